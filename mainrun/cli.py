@@ -1,0 +1,98 @@
+"""Command line: the same entry points as the Python API.
+
+    python -m mainrun train --profile full --preset baseline --set optimizer=adamw lr=3e-4
+    python -m mainrun eval RUN --data titles.parquet
+    python -m mainrun list
+    python -m mainrun bench
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import PRESETS, PROFILES, ConfigError, make_config, parse_overrides
+from .data import DataError
+
+
+def _find_run_dir(spec: str) -> Path:
+    """A run folder given as a path, a folder name, or its hash."""
+    from . import ledger
+
+    p = Path(spec)
+    if (p / "config.json").exists():
+        return p
+    for profile in ("full", "smoke"):
+        runs = ledger.results_root(profile) / "runs"
+        hits = [d for d in runs.glob("*") if d.name == spec or d.name.endswith("-" + spec)]
+        if len(hits) == 1:
+            return hits[0]
+    raise SystemExit(f"error: no run folder, name or hash matches {spec!r}; see `python -m mainrun list`")
+
+
+def cmd_train(args) -> int:
+    from .train import run
+
+    cfg = make_config(args.profile, args.preset, **parse_overrides(args.set or []))
+    print(json.dumps(cfg.to_dict()), file=sys.stderr)
+    summary = run(cfg, force=args.force, progress=not args.quiet)
+    keys = ("name", "hash", "status", "official", "final_val_loss", "full_val_bpc", "steps", "wall_time_s",
+            "tokens_per_s")
+    print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
+    return 0 if summary["status"] == "finished" else 3
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from . import ledger
+    from .config import from_dict
+    from .data import encode_titles, read_titles
+    from .evaluate import evaluate, full_coverage, official_coverage
+    from .train import build_model, resolve_device
+
+    run_dir = _find_run_dir(args.run)
+    meta = ledger.read_json(run_dir / "config.json")
+    final = ledger.checkpoints_root() / meta["hash"] / "final.pt"
+    if not final.exists():
+        raise SystemExit(f"error: {final} does not exist: the run has not finished on this machine "
+                         f"(final weights live under $MAINRUN_CHECKPOINTS, not in git)")
+    ck = torch.load(final, map_location="cpu", weights_only=False)
+    cfg = from_dict(ck["config"])
+    device = resolve_device(args.device)
+    model = build_model(cfg, ck["vocab_size"], ck["eos_id"]).to(device)
+    model.load_state_dict(ck["model"])
+    titles = read_titles(args.data, args.num_titles)  # file order, no shuffle
+    ids, chars = encode_titles(ck["tokenizer_path"], titles)
+    out = {"run": run_dir.name, "data": args.data, "titles": len(titles), "tokens": len(ids), "chars": chars,
+           "official_loss": evaluate(model, ids, chars, device, cfg.precision),
+           "official_coverage": official_coverage(len(ids))[1],
+           **full_coverage(model, ids, chars, device, cfg.precision)}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mainrun", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train a config (or return its recorded result)")
+    t.add_argument("--profile", default="full", choices=list(PROFILES))
+    t.add_argument("--preset", default="baseline", choices=list(PRESETS))
+    t.add_argument("--set", nargs="*", metavar="NAME=VALUE", help="config overrides")
+    t.add_argument("--force", action="store_true", help="train even if the ledger has this run")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(fn=cmd_train)
+    e = sub.add_parser("eval", help="evaluate a finished run's final weights on a titles file")
+    e.add_argument("run", help="run folder, folder name or hash")
+    e.add_argument("--data", required=True, help="titles file (.parquet/.jsonl/.csv with a 'title' column)")
+    e.add_argument("--num-titles", type=int, default=0, help="first N titles of the file (0 = all)")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(fn=cmd_eval)
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,279 @@
+"""One typed config for every run, plus the profiles and presets that fill it.
+
+A config is built the same way from CLI flags, papermill parameters or a dict:
+start from a profile (the scale of the study), apply a preset (a named recipe),
+then apply explicit overrides. Unknown names and bad values are refused with a
+message that lists what is accepted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+HUB_DATASET = "julien040/hacker-news-posts"
+# sha256 of ../shared/data/hn-stories-2016-2020.parquet, the offline stand-in for the hub dataset
+STANDIN_SHA256 = "09c48d4b417e4d989149bb1117f2f2ab5079057218811ed0056975b65e5ccc20"
+# The official evaluation shape (Mainrun's batch x block); never changes with the training shape.
+EVAL_BATCH, EVAL_BLOCK = 64, 128
+# Bumped whenever a code change alters the numbers a config produces; part of every run hash.
+CODE_VERSION = 1
+
+
+@dataclass
+class Config:
+    # --- identity (not part of the run hash) ---
+    name: str = ""                      # human label for the run folder; defaults to profile-preset
+    profile: str = "full"               # smoke | quick | full: the scale of the study
+    preset: str = "baseline"            # named recipe applied on top of the profile
+    # --- data (fixed by the Mainrun rules under the full profile) ---
+    data: str = ""                      # titles file (parquet/jsonl/csv) or "hub"; "" = $MAINRUN_DATA, else hub
+    num_titles: int = 100_000           # titles taken after the seeded shuffle
+    val_frac: float = 0.10              # last fraction of those titles is validation
+    seed: int = 1337                    # shuffle seed and torch/python RNG seed
+    epochs: int = 7                     # passes over the training tokens
+    # --- tokenizer ---
+    vocab_size: int = 16_000            # byte-level BPE vocabulary (trained on train+val titles, as the original)
+    # --- model ---
+    n_layer: int = 6
+    n_head: int = 8
+    d_model: int = 512
+    block_size: int = 128               # training context; must be >= 128 (the official eval block)
+    dropout: float = 0.1
+    norm: str = "layernorm"             # layernorm | rmsnorm
+    pos: str = "learned"                # learned | rope
+    init: str = "normal"                # normal (N(0, 0.02)) | scaled_residual (GPT-2) | kaiming (He)
+    mlp: str = "gelu"                   # gelu (4d hidden) | swiglu (8d/3 hidden, rounded to 64)
+    tie_embeddings: bool = True         # share token embedding and output head
+    qk_norm: bool = False               # RMS-normalise queries and keys per head
+    attn_mask: str = "causal"           # causal | title (causal and each title attends only to itself)
+    # --- optimisation ---
+    optimizer: str = "sgd"              # sgd | adamw | muon (Muon on hidden matrices, AdamW elsewhere)
+    lr: float = 6e-3                    # peak learning rate (AdamW part for muon)
+    muon_lr: float = 0.02               # Muon's learning rate for hidden matrices
+    momentum: float = 0.0               # SGD momentum (Muon uses 0.95)
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 1.0              # max global grad norm; 0 disables
+    batch_size: int = 64                # sequences per micro-batch
+    grad_accum: int = 1                 # micro-batches per optimizer step
+    lr_scaling: str = "none"            # none | linear (lr *= batch_size * grad_accum / 64)
+    schedule: str = "cosine"            # cosine | warmup_cosine | wsd | constant
+    warmup_frac: float = 0.0            # fraction of optimizer steps spent warming up linearly
+    min_lr_frac: float = 0.0            # floor of the decay, as a fraction of peak
+    decay_frac: float = 0.2             # wsd: fraction of steps in the final linear decay
+    ema: float = 0.0                    # EMA decay of weights used for evaluation; 0 disables
+    # --- execution ---
+    precision: str = "bf16"             # fp32 | bf16 (autocast) for training and evaluation
+    device: str = "auto"                # auto | cpu | cuda
+    compile: bool = False               # torch.compile the model
+    evals_per_epoch: int = 3            # validation passes per epoch (plus step 1 and the last step)
+    checkpoint_every: int = 25          # optimizer steps between checkpoints; 0 = only at the end
+
+    # ------------------------------------------------------------------
+    def hash_fields(self) -> dict[str, Any]:
+        """The fields that change a run's result (identity and bookkeeping removed)."""
+        d = dataclasses.asdict(self)
+        for k in NOT_HASHED:
+            d.pop(k)
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.profile}-{self.preset}"
+
+
+NOT_HASHED = ("name", "profile", "preset", "data", "checkpoint_every", "device")
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "profile": ("smoke", "quick", "full"),
+    "norm": ("layernorm", "rmsnorm"),
+    "pos": ("learned", "rope"),
+    "init": ("normal", "scaled_residual", "kaiming"),
+    "mlp": ("gelu", "swiglu"),
+    "attn_mask": ("causal", "title"),
+    "optimizer": ("sgd", "adamw", "muon"),
+    "lr_scaling": ("none", "linear"),
+    "schedule": ("cosine", "warmup_cosine", "wsd", "constant"),
+    "precision": ("fp32", "bf16"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+# Profiles: the scale of a study. full = the Mainrun rules; quick = a CPU proxy; smoke = seconds.
+PROFILES: dict[str, dict[str, Any]] = {
+    "full": {},
+    "quick": dict(num_titles=20_000, vocab_size=4096, n_layer=4, n_head=4, d_model=128,
+                  evals_per_epoch=1, checkpoint_every=0),
+    "smoke": dict(num_titles=6_000, vocab_size=512, n_layer=1, n_head=2, d_model=32,
+                  epochs=2, batch_size=16, evals_per_epoch=1, checkpoint_every=0),
+}
+
+# Presets: named recipes. "baseline" is the original Mainrun train.py.
+PRESETS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    # Epic 1 of the seed plan: AdamW with linear warmup then cosine to 10% of peak.
+    "epic1": dict(optimizer="adamw", lr=3e-4, weight_decay=0.1, beta1=0.9, beta2=0.999,
+                  schedule="warmup_cosine", warmup_frac=0.05, min_lr_frac=0.1),
+    # Epic 2 on top of Epic 1: RMSNorm and rotary positions.
+    "epic2": dict(optimizer="adamw", lr=3e-4, weight_decay=0.1, schedule="warmup_cosine",
+                  warmup_frac=0.05, min_lr_frac=0.1, norm="rmsnorm", pos="rope"),
+}
+
+
+class ConfigError(ValueError):
+    """A config value or name that is not accepted."""
+
+
+def _coerce(name: str, value: Any, typ: type) -> Any:
+    """Turn strings (from the CLI) into the field's type; refuse mismatches clearly."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{name}={value!r} is not a boolean; accepted: true or false")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} is not an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}={value!r} is not an integer")
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} is not a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}={value!r} is not a number")
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}={value!r} is not a string")
+    return value
+
+
+_TYPES = {f.name: {"int": int, "float": float, "bool": bool, "str": str}[f.type] for f in fields(Config)}
+
+
+def validate(cfg: Config) -> Config:
+    """Refuse values outside what the code supports, naming the value and what is accepted."""
+    for name, choices in CHOICES.items():
+        v = getattr(cfg, name)
+        if v not in choices:
+            raise ConfigError(f"{name}={v!r} is not accepted; choose one of: {', '.join(choices)}")
+    if cfg.preset not in PRESETS:
+        raise ConfigError(f"preset={cfg.preset!r} is not accepted; choose one of: {', '.join(PRESETS)}")
+    positive_ints = ("num_titles", "epochs", "vocab_size", "n_layer", "n_head", "d_model",
+                     "block_size", "batch_size", "grad_accum", "evals_per_epoch")
+    for name in positive_ints:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}={getattr(cfg, name)} must be a positive integer")
+    if cfg.checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every={cfg.checkpoint_every} must be >= 0 (0 = only at the end)")
+    if cfg.vocab_size < 260:
+        raise ConfigError(f"vocab_size={cfg.vocab_size} must be >= 260 (256 bytes plus special tokens)")
+    if cfg.d_model % cfg.n_head:
+        raise ConfigError(f"d_model={cfg.d_model} must be divisible by n_head={cfg.n_head}")
+    if cfg.pos == "rope" and (cfg.d_model // cfg.n_head) % 2:
+        raise ConfigError(f"pos='rope' needs an even head size; d_model/n_head = {cfg.d_model // cfg.n_head}")
+    if cfg.block_size < EVAL_BLOCK:
+        raise ConfigError(f"block_size={cfg.block_size} must be >= {EVAL_BLOCK}: "
+                          f"the official evaluation always runs at {EVAL_BATCH} x {EVAL_BLOCK}")
+    if not 0.0 < cfg.val_frac < 1.0:
+        raise ConfigError(f"val_frac={cfg.val_frac} must be strictly between 0 and 1")
+    for name in ("dropout", "warmup_frac", "min_lr_frac", "decay_frac", "ema"):
+        v = getattr(cfg, name)
+        if not (0.0 <= v < 1.0 or (name in ("min_lr_frac", "decay_frac") and v == 1.0)):
+            raise ConfigError(f"{name}={v} must be in [0, 1)")
+    for name in ("lr", "muon_lr"):
+        v = getattr(cfg, name)
+        if not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"{name}={v} must be a positive finite number")
+    for name in ("weight_decay", "momentum", "grad_clip"):
+        v = getattr(cfg, name)
+        if not (math.isfinite(v) and v >= 0):
+            raise ConfigError(f"{name}={v} must be a finite number >= 0")
+    for name in ("beta1", "beta2"):
+        v = getattr(cfg, name)
+        if not 0.0 <= v < 1.0:
+            raise ConfigError(f"{name}={v} must be in [0, 1)")
+    if cfg.schedule == "wsd" and cfg.warmup_frac + cfg.decay_frac > 1.0:
+        raise ConfigError(f"warmup_frac + decay_frac = {cfg.warmup_frac + cfg.decay_frac} must be <= 1 for wsd")
+    return cfg
+
+
+def make_config(profile: str = "full", preset: str = "baseline", **overrides: Any) -> Config:
+    """Profile defaults, then the preset, then explicit overrides, then validation."""
+    if profile not in PROFILES:
+        raise ConfigError(f"profile={profile!r} is not accepted; choose one of: {', '.join(PROFILES)}")
+    if preset not in PRESETS:
+        raise ConfigError(f"preset={preset!r} is not accepted; choose one of: {', '.join(PRESETS)}")
+    values: dict[str, Any] = {"profile": profile, "preset": preset}
+    values.update(PROFILES[profile])
+    values.update(PRESETS[preset])
+    unknown = sorted(set(overrides) - set(_TYPES))
+    if unknown:
+        raise ConfigError(f"unknown config name(s): {', '.join(unknown)}; accepted: {', '.join(_TYPES)}")
+    values.update(overrides)
+    coerced = {k: _coerce(k, v, _TYPES[k]) for k, v in values.items()}
+    return validate(Config(**coerced))
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a config saved by to_dict (no profile/preset defaults re-applied)."""
+    unknown = sorted(set(d) - set(_TYPES))
+    if unknown:
+        raise ConfigError(f"unknown config name(s): {', '.join(unknown)}; accepted: {', '.join(_TYPES)}")
+    return validate(Config(**{k: _coerce(k, v, _TYPES[k]) for k, v in d.items()}))
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """['lr=3e-4', 'optimizer=adamw'] -> dict; refuses items without '='."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not NAME=VALUE; accepted names: {', '.join(_TYPES)}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def run_hash(cfg: Config, data_fingerprint: str) -> str:
+    """Short stable hash of everything that changes a run's result."""
+    payload = {"config": cfg.hash_fields(), "data": data_fingerprint, "code_version": CODE_VERSION,
+               "eval_shape": [EVAL_BATCH, EVAL_BLOCK]}
+    blob = json.dumps(payload, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def rules_check(cfg: Config, data_source: dict[str, Any]) -> tuple[bool, list[str]]:
+    """Is this run official under the Mainrun rules? Returns (official, reasons it is not)."""
+    reasons = []
+    fixed = dict(epochs=7, seed=1337, val_frac=0.10, num_titles=100_000)
+    for k, v in fixed.items():
+        if getattr(cfg, k) != v:
+            reasons.append(f"{k}={getattr(cfg, k)} (rules fix {v})")
+    if data_source.get("kind") == "hub":
+        if data_source.get("dataset") != HUB_DATASET:
+            reasons.append(f"dataset {data_source.get('dataset')} is not {HUB_DATASET}")
+    elif data_source.get("sha256") != STANDIN_SHA256:
+        reasons.append("data file is neither the hub dataset nor the designated offline stand-in")
+    return (not reasons), reasons

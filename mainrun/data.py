@@ -1,0 +1,211 @@
+"""Titles in, token ids out: loading, the seeded split, the BPE tokenizer, caches and batches.
+
+The split follows the original exactly: HF `datasets` shuffle(seed), first
+`num_titles` rows, strip, first (1 - val_frac) train, rest validation. Titles are
+joined with "<eos>" (and one trailing "<eos>"); the validation text's length in
+characters is the denominator of the official metric.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import HUB_DATASET, Config
+
+EOS = "<eos>"
+SPECIALS = ["<pad>", EOS, "<unk>"]  # the original's order: ids 0, 1, 2
+SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+
+class DataError(RuntimeError):
+    """The titles could not be obtained or are not usable."""
+
+
+def repo_root() -> Path:
+    return Path(os.environ.get("MAINRUN_ROOT", Path(__file__).resolve().parent.parent))
+
+
+def cache_dir() -> Path:
+    """Tokenizers, encoded ids and HF caches (git-ignored)."""
+    d = Path(os.environ.get("MAINRUN_CACHE", repo_root() / "data" / "cache"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def resolve_source(data: str) -> str:
+    """"" -> $MAINRUN_DATA or the hub; otherwise the given path or "hub"."""
+    return data or os.environ.get("MAINRUN_DATA", "") or "hub"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_dataset(source: str):
+    """A `datasets.Dataset` with a `title` column, from the hub or a local file."""
+    import datasets
+    from datasets import load_dataset
+
+    hf_cache = str(cache_dir() / "hf")
+    if source == "hub":
+        try:
+            return load_dataset(HUB_DATASET, split="train", cache_dir=hf_cache), {"kind": "hub", "dataset": HUB_DATASET}
+        except Exception as e:  # offline, hub down, auth...
+            raise DataError(
+                f"could not load the hub dataset {HUB_DATASET} ({type(e).__name__}: {str(e)[:200]}). "
+                "Supply the titles offline instead: set MAINRUN_DATA=/path/to/titles.parquet "
+                "(or .jsonl/.csv with a 'title' column), or pass data=PATH "
+                "(CLI: --set data=PATH). On these machines: ../shared/data/hn-stories-2016-2020.parquet"
+            ) from None
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} does not exist. Supply titles with MAINRUN_DATA=PATH or "
+                        f"data=PATH (a .parquet, .jsonl or .csv file with a 'title' column), or data='hub'")
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"data file {str(path)!r} has suffix {path.suffix!r}; accepted: {', '.join(SUFFIXES)}")
+    try:
+        ds = load_dataset(kind, data_files=str(path), split="train", cache_dir=hf_cache)
+    except Exception as e:
+        raise DataError(f"could not read {str(path)!r} as {kind}: {type(e).__name__}: {str(e)[:200]}") from None
+    if isinstance(ds, datasets.DatasetDict):  # pragma: no cover - split="train" returns a Dataset
+        ds = ds["train"]
+    return ds, {"kind": "file", "path": str(path.resolve()), "sha256": file_sha256(path)}
+
+
+def load_titles(data: str, num_titles: int, seed: int, val_frac: float) -> tuple[list[str], list[str], dict]:
+    """The original's split: shuffle(seed), first num_titles, strip, train/val."""
+    ds, source = _load_dataset(resolve_source(data))
+    if "title" not in ds.column_names:
+        raise DataError(f"the data has no 'title' column (columns: {', '.join(ds.column_names)})")
+    if len(ds) < num_titles:
+        raise DataError(f"the data has {len(ds):,} titles but num_titles={num_titles:,} were asked for")
+    ds = ds.shuffle(seed=seed)
+    titles = [(t or "").strip() for t in ds.select(range(num_titles))["title"]]
+    n = int(num_titles * (1 - val_frac))
+    return titles[:n], titles[n:], source
+
+
+def read_titles(data: str, limit: int = 0) -> list[str]:
+    """All titles of a source in file order (the first `limit` if > 0), stripped; for held-out tests."""
+    ds, _ = _load_dataset(resolve_source(data))
+    if "title" not in ds.column_names:
+        raise DataError(f"the data has no 'title' column (columns: {', '.join(ds.column_names)})")
+    if limit:
+        if len(ds) < limit:
+            raise DataError(f"the data has {len(ds):,} titles but {limit:,} were asked for")
+        ds = ds.select(range(limit))
+    return [(t or "").strip() for t in ds["title"]]
+
+
+@dataclass
+class Corpus:
+    """Everything a run needs from the data, plus where it came from."""
+    train_ids: torch.Tensor   # int64 [N_train]
+    val_ids: torch.Tensor     # int64 [N_val]
+    val_chars: int            # len(val_text): the official metric's denominator
+    vocab_size: int           # the trained tokenizer's actual size
+    eos_id: int
+    fingerprint: str          # sha256 of the selected titles and tokenizer settings
+    source: dict              # kind/path/sha256 or hub dataset name
+    tokenizer_path: str
+    n_train_titles: int
+    n_val_titles: int
+
+
+def train_tokenizer(titles: list[str], vocab_size: int):
+    """Byte-level BPE trained as the original trains it (specials <pad>, <eos>, <unk>)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False)
+    tok.train_from_iterator(titles, trainer)
+    return tok
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def join_titles(titles: list[str]) -> str:
+    return EOS.join(titles) + EOS
+
+
+def prepare(cfg: Config) -> Corpus:
+    """Load, split, tokenize (cached by data fingerprint and tokenizer settings)."""
+    from tokenizers import Tokenizer
+
+    train_titles, val_titles, source = load_titles(cfg.data, cfg.num_titles, cfg.seed, cfg.val_frac)
+    h = hashlib.sha256()
+    h.update(json.dumps({"tokenizer": "bytelevel-bpe", "vocab_size": cfg.vocab_size, "n_train": len(train_titles)}).encode())
+    for t in train_titles + val_titles:
+        h.update(t.encode("utf-8", "surrogatepass") + b"\n")
+    fp = h.hexdigest()
+    d = cache_dir()
+    tok_path = d / f"tokenizer-{fp[:16]}.json"
+    ids_path = d / f"ids-{fp[:16]}.pt"
+    if tok_path.exists():
+        tok = Tokenizer.from_file(str(tok_path))
+    else:
+        tok = train_tokenizer(train_titles + val_titles, cfg.vocab_size)
+        _atomic_write_bytes(tok_path, lambda p: tok.save(p))
+    val_text = join_titles(val_titles)
+    if ids_path.exists():
+        blob = torch.load(ids_path)
+        train_ids, val_ids = blob["train_ids"], blob["val_ids"]
+    else:
+        train_ids = torch.tensor(tok.encode(join_titles(train_titles)).ids, dtype=torch.long)
+        val_ids = torch.tensor(tok.encode(val_text).ids, dtype=torch.long)
+        _atomic_write_bytes(ids_path, lambda p: torch.save({"train_ids": train_ids, "val_ids": val_ids}, p))
+    return Corpus(train_ids=train_ids, val_ids=val_ids, val_chars=len(val_text), vocab_size=tok.get_vocab_size(),
+                  eos_id=tok.token_to_id(EOS), fingerprint=fp, source=source, tokenizer_path=str(tok_path),
+                  n_train_titles=len(train_titles), n_val_titles=len(val_titles))
+
+
+def encode_titles(tokenizer_path: str, titles: list[str]) -> tuple[torch.Tensor, int]:
+    """Encode held-out titles with a run's tokenizer: (ids, number of characters)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(tokenizer_path)
+    text = join_titles(titles)
+    return torch.tensor(tok.encode(text).ids, dtype=torch.long), len(text)
+
+
+# ----------------------------------------------------------------------------- batches
+def get_batch(ids: torch.Tensor, ptr: int, block: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The original's sequential batch: a span of batch*block+1 tokens from ptr, wrapping to 0."""
+    span = block * batch + 1
+    if ptr + span >= len(ids):
+        ptr = 0
+    chunk = ids[ptr: ptr + span]
+    x = chunk[:-1].view(batch, block)  # [B, T]
+    y = chunk[1:].view(batch, block)   # [B, T] next-token targets
+    return x, y, ptr + block * batch
+
+
+def iter_full_split(ids: torch.Tensor, block: int, batch: int):
+    """The original's evaluation spans: disjoint spans of batch*block+1 tokens; the tail is dropped."""
+    span = block * batch + 1
+    for ptr in range(0, len(ids) - span + 1, span):
+        chunk = ids[ptr: ptr + span]
+        yield chunk[:-1].view(batch, block), chunk[1:].view(batch, block)

@@ -1,0 +1,121 @@
+"""The results ledger: one self-describing folder per run, written atomically.
+
+results/runs/<name>-<hash>/
+    config.json   the full config, its hash, data fingerprint and source
+    log.jsonl     the original's JSONL events (+ a few of ours), appended as the run goes
+    summary.json  written once, at the end: status finished | diverged, metrics, hardware
+A folder without summary.json is a run that is still going or was cut short.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .data import repo_root
+
+TERMINAL = ("finished", "diverged")
+
+
+def results_root(profile: str) -> Path:
+    """$MAINRUN_RESULTS, else results/ in the repo; smoke runs go to a temporary ledger."""
+    if os.environ.get("MAINRUN_RESULTS"):
+        return Path(os.environ["MAINRUN_RESULTS"])
+    if profile == "smoke":
+        return Path(tempfile.gettempdir()) / "mainrun-smoke" / "results"
+    return repo_root() / "results"
+
+
+def checkpoints_root() -> Path:
+    """$MAINRUN_CHECKPOINTS (keep it outside the checkout for long runs), else data/checkpoints."""
+    return Path(os.environ.get("MAINRUN_CHECKPOINTS", repo_root() / "data" / "checkpoints")).expanduser()
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def find_run(root: Path, run_hash: str) -> Path | None:
+    hits = sorted((root / "runs").glob(f"*-{run_hash}"))
+    return hits[0] if hits else None
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def read_log(path: Path) -> list[dict]:
+    """Events of a JSONL log (ours or Mainrun's baseline.log); a torn last line is skipped."""
+    events = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events
+
+
+def load_runs(root: Path | None = None) -> list[dict]:
+    """Every run in a ledger: {'dir', 'config', 'summary' (None if unfinished), 'status'}."""
+    root = Path(root) if root else results_root("full")
+    runs = []
+    for d in sorted((root / "runs").glob("*-*")):
+        cfg = read_json(d / "config.json")
+        if cfg is None:
+            continue
+        summ = read_json(d / "summary.json")
+        runs.append({"dir": d, "config": cfg["config"], "hash": cfg.get("hash"), "summary": summ,
+                     "status": summ["status"] if summ else "incomplete"})
+    return runs
+
+
+def git_state() -> dict[str, Any]:
+    root = repo_root()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "mainrun"], cwd=root,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        return {"git_commit": commit or None, "git_dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+
+
+def hardware(device: str) -> dict[str, Any]:
+    import torch
+
+    info = {"device": device, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
+            "python": platform.python_version()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info

@@ -1,0 +1,185 @@
+"""A GPT with switchable parts. With the defaults it is the original Mainrun model.
+
+Parity note: the baseline must draw the same random numbers as the original, so
+modules are created in the original's order (token_emb, pos_emb, drop, blocks
+[ln1, ln2, attn[qkv, proj], mlp], ln_f, head) and re-initialised by one
+`apply` pass afterwards. Attention goes through F.scaled_dot_product_attention.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    block_size: int
+    n_layer: int
+    n_head: int
+    d_model: int
+    dropout: float
+    norm: str = "layernorm"
+    pos: str = "learned"
+    init: str = "normal"
+    mlp: str = "gelu"
+    tie_embeddings: bool = True
+    qk_norm: bool = False
+
+
+NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
+
+
+def rope_cache(T: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [T, head_dim/2] for rotary position embeddings."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(T, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of each head's channels. x: [B, H, T, D]."""
+    T = x.size(-2)
+    x1, x2 = x.float().chunk(2, dim=-1)
+    c, s = cos[:T], sin[:T]
+    return torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        assert cfg.d_model % cfg.n_head == 0
+        self.n_head = cfg.n_head
+        self.head_dim = cfg.d_model // cfg.n_head
+        self.dropout = cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.qk_norm = cfg.qk_norm
+        self.rope = cfg.pos == "rope"
+        if self.rope:
+            cos, sin = rope_cache(cfg.block_size, self.head_dim)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, C = x.size()
+        # [B, T, 3C] -> [B, T, 3, H, D] -> 3 x [B, H, T, D]
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
+        if self.rope:
+            q, k = apply_rope(q, self.rope_cos, self.rope_sin), apply_rope(k, self.rope_cos, self.rope_sin)
+        p = self.dropout if self.training else 0.0
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        y = y.transpose(1, 2).reshape(B, T, C)  # [B, H, T, D] -> [B, T, C]
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.kind = cfg.mlp
+        if cfg.mlp == "gelu":
+            self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model)
+            self.act = nn.GELU()
+            self.out = nn.Linear(4 * cfg.d_model, cfg.d_model)
+        else:  # swiglu: hidden 8d/3 rounded up to 64 keeps the parameter count near the GELU MLP's
+            hidden = 64 * math.ceil(8 * cfg.d_model / 3 / 64)
+            self.fc = nn.Linear(cfg.d_model, 2 * hidden)
+            self.out = nn.Linear(hidden, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "gelu":
+            h = self.act(self.fc(x))
+        else:
+            a, g = self.fc(x).chunk(2, dim=-1)
+            h = a * F.silu(g)
+        return self.drop(self.out(h))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1 = NORMS[cfg.norm](cfg.d_model)
+        self.ln2 = NORMS[cfg.norm](cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), mask)
+        x = x + self.mlp(self.ln2(x))
+        return x
+
+
+def title_mask(idx: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Boolean attention mask [B, 1, T, T]: causal, and no attention across an <eos>.
+
+    Title number of a position = count of <eos> strictly before it; a query sees a
+    key only when both are in the same title (the <eos> ends its own title).
+    """
+    is_eos = (idx == eos_id).long()
+    seg = torch.cumsum(is_eos, dim=1) - is_eos              # [B, T]
+    same = seg.unsqueeze(2) == seg.unsqueeze(1)             # [B, T, T]
+    T = idx.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+    return (same & causal).unsqueeze(1)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.token_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if cfg.pos == "learned":
+            self.pos_emb = nn.Parameter(torch.zeros(1, cfg.block_size, cfg.d_model))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = NORMS[cfg.norm](cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if cfg.tie_embeddings:
+            self.head.weight = self.token_emb.weight
+        self.eos_id: int | None = None  # set by the trainer when attn_mask == "title"
+
+    def _init_weights(self, module: nn.Module) -> None:
+        init = self.cfg.init
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, nn.Linear):
+            if init == "kaiming" and module is not self.head:
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")  # He: std = sqrt(2 / fan_in)
+            else:
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        if init == "scaled_residual" and isinstance(module, (CausalSelfAttention, MLP)):
+            # GPT-2: layers writing into the residual stream start smaller, by 1/sqrt(2 * n_layer)
+            target = module.proj if isinstance(module, CausalSelfAttention) else module.out
+            nn.init.normal_(target.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        B, T = idx.size()
+        x = self.token_emb(idx)                   # [B, T, C]
+        if self.cfg.pos == "learned":
+            x = x + self.pos_emb[:, :T, :]
+        x = self.drop(x)
+        mask = title_mask(idx, self.eos_id) if self.eos_id is not None else None
+        for block in self.blocks:
+            x = block(x, mask)
+        logits = self.head(self.ln_f(x))          # [B, T, V]
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1))
+        return logits, loss

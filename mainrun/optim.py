@@ -1,0 +1,108 @@
+"""Optimizers, parameter groups and learning-rate schedules.
+
+Schedules are pure functions of the optimizer step returning a multiplier of the
+peak LR; the trainer writes `peak * multiplier` into every param group before
+each step, so one schedule drives one or two optimizers (Muon + AdamW) alike.
+"""
+from __future__ import annotations
+
+import math
+import torch
+import torch.nn as nn
+
+from .config import Config
+
+REFERENCE_BATCH = 64  # the baseline's sequences per optimizer step, for linear LR scaling
+
+
+# ----------------------------------------------------------------------------- schedules
+def lr_multiplier(cfg: Config, step: int, total: int) -> float:
+    """Multiplier of the peak LR at optimizer step `step` (0-based) out of `total`."""
+    warmup = int(round(cfg.warmup_frac * total))
+    floor = cfg.min_lr_frac
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "cosine" and warmup == 0:
+        # 1) the original: CosineAnnealingLR(T_max=total) stepped once per optimizer step
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / total))
+    # 1) linear warmup from 1/warmup to 1
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule in ("cosine", "warmup_cosine"):
+        # 2) cosine from 1 at the end of warmup down to the floor at the last step
+        progress = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    # wsd: 2) stable at 1, then 3) linear decay to the floor over the last decay_frac of steps
+    decay = int(round(cfg.decay_frac * total))
+    if step < total - decay:
+        return 1.0
+    progress = (step - (total - decay) + 1) / max(1, decay)
+    return 1.0 - (1.0 - floor) * progress
+
+
+def peak_lr(cfg: Config) -> float:
+    """Peak LR after the optional linear scaling rule for the effective batch."""
+    scale = cfg.batch_size * cfg.grad_accum / REFERENCE_BATCH if cfg.lr_scaling == "linear" else 1.0
+    return cfg.lr * scale
+
+
+# ----------------------------------------------------------------------------- param groups
+def param_groups(model: nn.Module) -> dict[str, list[torch.nn.Parameter]]:
+    """One explicit table: which tensors get weight decay and which may use Muon.
+
+    - hidden: 2-D weights inside the transformer blocks (Muon candidates; decayed)
+    - embed:  token/position embeddings and the (possibly tied) head (not decayed)
+    - other:  norms and biases (not decayed)
+    """
+    groups: dict[str, list] = {"hidden": [], "embed": [], "other": []}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if name.startswith("blocks.") and p.ndim == 2:
+            groups["hidden"].append(p)
+        elif "emb" in name or name.startswith("head."):
+            groups["embed"].append(p)
+        else:
+            groups["other"].append(p)
+    return groups
+
+
+def build_optimizers(cfg: Config, model: nn.Module, device: str) -> list[torch.optim.Optimizer]:
+    """The optimizer(s) for a config; each param group carries its peak LR in 'peak_lr'."""
+    lr = peak_lr(cfg)
+    g = param_groups(model)
+    fused = {"fused": True} if device == "cuda" else {"foreach": True}
+    if cfg.optimizer == "sgd":
+        # the original: one group, weight decay on everything (0.0 in the baseline)
+        opts = [torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, foreach=True)]
+    elif cfg.optimizer == "adamw":
+        opts = [torch.optim.AdamW(
+            [{"params": g["hidden"], "weight_decay": cfg.weight_decay},
+             {"params": g["embed"] + g["other"], "weight_decay": 0.0}],
+            lr=lr, betas=(cfg.beta1, cfg.beta2), **fused)]
+    else:  # muon for hidden matrices, AdamW for the rest
+        opts = [torch.optim.Muon(g["hidden"], lr=cfg.muon_lr, weight_decay=cfg.weight_decay,
+                                 momentum=0.95, nesterov=True),
+                torch.optim.AdamW([{"params": g["embed"] + g["other"], "weight_decay": 0.0}],
+                                  lr=lr, betas=(cfg.beta1, cfg.beta2), **fused)]
+    for opt in opts:
+        for group in opt.param_groups:
+            group["peak_lr"] = group["lr"]
+    return opts
+
+
+def set_lr(opts: list[torch.optim.Optimizer], multiplier: float) -> float:
+    """Write peak * multiplier into every group; returns the first group's LR (for logging)."""
+    for opt in opts:
+        for group in opt.param_groups:
+            group["lr"] = group["peak_lr"] * multiplier
+    return opts[0].param_groups[0]["lr"]
+
+
+def describe_groups(model: nn.Module) -> dict[str, int]:
+    """Parameter counts per group, printed at the start of a run."""
+    return {k: sum(p.numel() for p in v) for k, v in param_groups(model).items()}
+

@@ -1,0 +1,290 @@
+"""The training loop: the original's data order and JSONL events, resumable, recorded in the ledger.
+
+    summary = mainrun.run(make_config("full", optimizer="adamw", lr=3e-4))
+
+Asking for a run whose hash already has a finished summary returns it without
+training (unless force=True). A run whose checkpoint exists resumes from it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import ledger
+from .config import EVAL_BATCH, EVAL_BLOCK, Config, rules_check, run_hash, validate
+from .data import Corpus, get_batch, prepare
+from .evaluate import autocast, evaluate, full_coverage, official_coverage
+from .model import GPT, GPTConfig
+from .optim import build_optimizers, describe_groups, lr_multiplier, set_lr
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but torch sees no CUDA device; use device=cpu or auto")
+    return device
+
+
+def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT:
+    """Seeded exactly as the original: torch.manual_seed(seed) then module construction."""
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                          n_head=cfg.n_head, d_model=cfg.d_model, dropout=cfg.dropout, norm=cfg.norm,
+                          pos=cfg.pos, init=cfg.init, mlp=cfg.mlp, tie_embeddings=cfg.tie_embeddings,
+                          qk_norm=cfg.qk_norm))
+    if cfg.attn_mask == "title":
+        model.eos_id = eos_id
+    return model
+
+
+class JsonlLog:
+    """Appends the original's events ({"event", "timestamp", **fields}) to log.jsonl."""
+
+    def __init__(self, path: Path, truncate_to: int | None = None):
+        self.path = path
+        if truncate_to is not None and path.exists():
+            with open(path, "r+b") as f:
+                f.truncate(truncate_to)
+        self.f = open(path, "a")
+
+    def log(self, event: str, **fields: Any) -> None:
+        self.f.write(json.dumps({"event": event, "timestamp": time.time(), **fields}, default=str) + "\n")
+        self.f.flush()
+
+    def offset(self) -> int:
+        self.f.flush()
+        return self.f.tell()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None = None,
+        progress: bool = True) -> dict:
+    """Train `cfg` (or return its recorded result) and return its summary dict."""
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    corpus = prepare(cfg)
+    h = run_hash(cfg, corpus.fingerprint)
+    root = ledger.results_root(cfg.profile)
+    run_dir = ledger.find_run(root, h)
+    ckpt_dir = ledger.checkpoints_root() / h
+    if run_dir is not None and not force:
+        summary = ledger.read_json(run_dir / "summary.json")
+        if summary and summary.get("status") in ledger.TERMINAL:
+            return summary
+    if force:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if run_dir is not None:
+            shutil.rmtree(run_dir)
+            run_dir = None
+    run_dir = run_dir or root / "runs" / f"{cfg.run_name}-{h}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    official, reasons = rules_check(cfg, corpus.source)
+    ledger.atomic_write_json(run_dir / "config.json", {
+        "config": cfg.to_dict(), "hash": h, "data_fingerprint": corpus.fingerprint,
+        "data_source": corpus.source, "official": official, "official_reasons": reasons,
+        "eval_shape": [EVAL_BATCH, EVAL_BLOCK]})
+    return Trainer(cfg, corpus, device, run_dir, ckpt_dir, h, official, reasons).train(on_step, progress)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, corpus: Corpus, device: str, run_dir: Path, ckpt_dir: Path, h: str,
+                 official: bool, reasons: list[str]):
+        self.cfg, self.corpus, self.device = cfg, corpus, device
+        self.run_dir, self.ckpt_dir, self.hash = run_dir, ckpt_dir, h
+        self.official, self.reasons = official, reasons
+        self.model = build_model(cfg, corpus.vocab_size, corpus.eos_id).to(device)
+        self.n_params = self.model.num_params()
+        self.opts = build_optimizers(cfg, self.model, device)
+        self.ema = None
+        if cfg.ema > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
+        self.step_fn = torch.compile(self.model) if cfg.compile else self.model
+        tokens_per_batch = cfg.block_size * cfg.batch_size
+        self.batches = len(corpus.train_ids) // tokens_per_batch      # micro-batches per epoch (original)
+        self.steps_per_epoch = self.batches // cfg.grad_accum           # optimizer steps per epoch
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"the training split has {len(corpus.train_ids):,} tokens: fewer than one optimizer "
+                             f"step of {tokens_per_batch * cfg.grad_accum:,}; lower batch_size or grad_accum")
+        self.max_steps = cfg.epochs * self.steps_per_epoch
+        self.eval_interval = max(1, self.steps_per_epoch // cfg.evals_per_epoch)
+        scored, self.coverage = official_coverage(len(corpus.val_ids))
+        if scored == 0:
+            raise ValueError(f"the validation split has {len(corpus.val_ids):,} tokens, fewer than one official "
+                             f"span of {EVAL_BATCH * EVAL_BLOCK + 1:,}; raise num_titles or val_frac")
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, step: int, ptr: int, state: dict, log: JsonlLog) -> None:
+        _atomic_save({"model": self.model.state_dict(), "opts": [o.state_dict() for o in self.opts],
+                      "ema": self.ema.state_dict() if self.ema else None, "step": step, "ptr": ptr,
+                      "rng": _rng_state(), "log_offset": log.offset(), "state": state,
+                      "config": self.cfg.to_dict()}, self.ckpt_dir / "ckpt.pt")
+
+    def load_checkpoint(self) -> dict | None:
+        path = self.ckpt_dir / "ckpt.pt"
+        if not path.exists():
+            return None
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(ck["model"])
+        for o, s in zip(self.opts, ck["opts"]):
+            o.load_state_dict(s)
+        if self.ema and ck["ema"] is not None:
+            self.ema.load_state_dict(ck["ema"])
+        _set_rng_state(ck["rng"])
+        return ck
+
+    # ------------------------------------------------------------------ the loop
+    def evaluate(self) -> float:
+        m = self.ema.module if self.ema else self.model
+        return evaluate(m, self.corpus.val_ids, self.corpus.val_chars, self.device, self.cfg.precision)
+
+    def train(self, on_step: Callable[[int], None] | None = None, progress: bool = True) -> dict:
+        cfg, c = self.cfg, self.corpus
+        ck = self.load_checkpoint()
+        log_path = self.run_dir / "log.jsonl"
+        log = JsonlLog(log_path, truncate_to=ck["log_offset"] if ck else 0)
+        state = ck["state"] if ck else {"elapsed": 0.0, "train_time": 0.0, "best": math.inf, "last_val": None,
+                                        "final_val": None, "resumes": 0,
+                                        "started_at": datetime.now(timezone.utc).isoformat()}
+        step, ptr = (ck["step"], ck["ptr"]) if ck else (0, 0)
+        if ck:
+            state["resumes"] += 1
+            log.log("resumed", step=step, resumes=state["resumes"])
+        else:
+            log.log("hyperparameters_configured", **cfg.to_dict(), run_hash=self.hash)
+            log.log("device_info", **ledger.hardware(self.device))
+            log.log("dataset_info", titles_count=c.n_train_titles, epochs=cfg.epochs,
+                    batches_per_epoch=self.steps_per_epoch, tokens_per_epoch=len(c.train_ids),
+                    vocab_size=c.vocab_size, val_tokens=len(c.val_ids), val_chars=c.val_chars,
+                    official_coverage=self.coverage, data_fingerprint=c.fingerprint)
+            log.log("model_info", parameters_count=self.n_params, param_groups=describe_groups(self.model))
+        t_start = time.time() - state["elapsed"]
+        self.model.train()
+        bar = tqdm(total=self.max_steps, initial=step, desc=cfg.run_name, disable=not progress,
+                   dynamic_ncols=True, mininterval=1.0)
+        status, diverged_step = "finished", None
+        try:
+            while step < self.max_steps:
+                t0 = time.time()
+                mult = lr_multiplier(cfg, step, self.max_steps)
+                lr = set_lr(self.opts, mult)
+                loss_sum = torch.zeros((), device=self.device)
+                for _ in range(cfg.grad_accum):
+                    xb, yb, ptr = get_batch(c.train_ids, ptr, cfg.block_size, cfg.batch_size)
+                    xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+                    with autocast(self.device, cfg.precision):
+                        _, loss = self.step_fn(xb, yb)
+                    (loss / cfg.grad_accum).backward()
+                    loss_sum += loss.detach()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                for o in self.opts:
+                    o.step()
+                for o in self.opts:
+                    o.zero_grad(set_to_none=True)
+                if self.ema:
+                    self.ema.update_parameters(self.model)
+                step += 1
+                train_loss = loss_sum.item() / cfg.grad_accum  # one host sync per step, for the log
+                state["train_time"] += time.time() - t0
+                state["elapsed"] = time.time() - t_start
+                log.log("training_step", step=step, max_steps=self.max_steps, loss=train_loss,
+                        elapsed_time=state["elapsed"], lr=lr)
+                bar.update(1)
+                bar.set_postfix(loss=f"{train_loss:.4f}", val=state["last_val"], refresh=False)
+                if not math.isfinite(train_loss):
+                    status, diverged_step = "diverged", step
+                    log.log("diverged", step=step, loss=str(train_loss))
+                    break
+                if step == 1 or step % self.eval_interval == 0 or step == self.max_steps:
+                    val = self.evaluate()
+                    state["elapsed"] = time.time() - t_start
+                    state["last_val"], state["final_val"] = round(val, 4), val
+                    state["best"] = min(state["best"], val)
+                    log.log("validation_step", step=step, max_steps=self.max_steps, loss=val,
+                            elapsed_time=state["elapsed"])
+                    if progress:
+                        tqdm.write(f"[{step:>5}/{self.max_steps}] validation_step: loss={val:.6f} "
+                                   f"time={state['elapsed']:.1f}s")
+                    if not math.isfinite(val):
+                        status, diverged_step = "diverged", step
+                        log.log("diverged", step=step, loss=str(val))
+                        break
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.max_steps:
+                    self.save_checkpoint(step, ptr, state, log)
+                if on_step is not None:
+                    on_step(step)
+        finally:
+            bar.close()
+        return self.finish(status, diverged_step, step, state, log)
+
+    def finish(self, status: str, diverged_step: int | None, step: int, state: dict, log: JsonlLog) -> dict:
+        cfg, c = self.cfg, self.corpus
+        m = self.ema.module if self.ema else self.model
+        extra: dict[str, Any] = {}
+        if status == "finished":
+            extra = full_coverage(m, c.val_ids, c.val_chars, self.device, cfg.precision)
+            log.log("full_coverage", step=step, **extra, official_coverage=self.coverage)
+            _atomic_save({"model": m.state_dict(), "config": cfg.to_dict(), "vocab_size": c.vocab_size,
+                          "eos_id": c.eos_id, "tokenizer_path": c.tokenizer_path}, self.ckpt_dir / "final.pt")
+        log.close()
+        train_tokens = step * cfg.grad_accum * cfg.batch_size * cfg.block_size
+        best = state["best"] if math.isfinite(state["best"]) else None
+        summary = {
+            "name": cfg.run_name, "hash": self.hash, "status": status, "diverged_step": diverged_step,
+            "official": self.official, "official_reasons": self.reasons,
+            "final_val_loss": state.get("final_val"), "best_val_loss": best,
+            "full_val_loss": extra.get("full_loss"), "full_val_bpc": extra.get("full_bpc"),
+            "official_coverage": self.coverage, "val_chars": c.val_chars, "val_tokens": len(c.val_ids),
+            "steps": step, "max_steps": self.max_steps, "n_params": self.n_params,
+            "wall_time_s": state["elapsed"], "train_time_s": state["train_time"],
+            "tokens_per_s": train_tokens / state["train_time"] if state["train_time"] else None,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "precision": cfg.precision, "resumes": state["resumes"],
+            "data_fingerprint": c.fingerprint, "data_source": c.source,
+            "started_at": state["started_at"], "finished_at": datetime.now(timezone.utc).isoformat(),
+            "hardware": ledger.hardware(self.device), **ledger.git_state(),
+        }
+        if self.device == "cuda":
+            summary["peak_cuda_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        ledger.atomic_write_json(self.run_dir / "summary.json", summary)
+        (self.ckpt_dir / "ckpt.pt").unlink(missing_ok=True)
+        return summary
