@@ -68,7 +68,8 @@ class Config:
     decay_frac: float = 0.2             # wsd: fraction of steps in the final linear decay
     ema: float = 0.0                    # EMA decay of weights used for evaluation; 0 disables
     # --- execution ---
-    precision: str = "bf16"             # fp32 | bf16 (autocast) for training and evaluation
+    precision: str = "auto"             # auto | fp32 | bf16 (autocast); auto = bf16 where the hardware has
+                                        # native bf16 matmuls (CUDA, AVX512-BF16/AMX CPUs), else fp32
     device: str = "auto"                # auto | cpu | cuda
     compile: bool = False               # torch.compile the model
     evals_per_epoch: int = 3            # validation passes per epoch (plus step 1 and the last step)
@@ -102,14 +103,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("sgd", "adamw", "muon"),
     "lr_scaling": ("none", "linear"),
     "schedule": ("cosine", "warmup_cosine", "wsd", "constant"),
-    "precision": ("fp32", "bf16"),
+    "precision": ("auto", "fp32", "bf16"),
     "device": ("auto", "cpu", "cuda"),
 }
 
 # Profiles: the scale of a study. full = the Mainrun rules; quick = a CPU proxy; smoke = seconds.
 PROFILES: dict[str, dict[str, Any]] = {
     "full": {},
-    "quick": dict(num_titles=20_000, vocab_size=4096, n_layer=4, n_head=4, d_model=128,
+    "quick": dict(num_titles=10_000, vocab_size=1024, n_layer=2, n_head=2, d_model=64,
                   evals_per_epoch=1, checkpoint_every=0),
     "smoke": dict(num_titles=6_000, vocab_size=512, n_layer=1, n_head=2, d_model=32,
                   epochs=2, batch_size=16, evals_per_epoch=1, checkpoint_every=0),
