@@ -284,10 +284,11 @@ class Trainer:
         log.close()
         train_tokens = step * cfg.grad_accum * cfg.batch_size * cfg.block_size
         best = state["best"] if math.isfinite(state["best"]) else None
+        final_val = state["final_val"] if status == "finished" else None  # a diverged run has no final loss
         summary = {
             "name": cfg.run_name, "hash": self.hash, "status": status, "diverged_step": diverged_step,
             "official": self.official, "official_reasons": self.reasons,
-            "final_val_loss": state.get("final_val"), "best_val_loss": best,
+            "final_val_loss": final_val, "best_val_loss": best,
             "full_val_loss": extra.get("full_loss"), "full_val_bpc": extra.get("full_bpc"),
             "official_coverage": self.coverage, "val_chars": c.val_chars, "val_tokens": len(c.val_ids),
             "steps": step, "max_steps": self.max_steps, "n_params": self.n_params,

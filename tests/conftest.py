@@ -1,0 +1,41 @@
+"""Shared fixtures: an isolated ledger and checkpoint folder per test, one shared data cache."""
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STANDIN = ROOT.parent / "shared" / "data" / "hn-stories-2016-2020.parquet"
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, shared_cache, monkeypatch):
+    """Each test writes its ledger and checkpoints under its own tmp folder."""
+    monkeypatch.setenv("MAINRUN_CACHE", str(shared_cache))
+    monkeypatch.setenv("MAINRUN_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("MAINRUN_CHECKPOINTS", str(tmp_path / "ckpt"))
+    if not os.environ.get("MAINRUN_DATA") and STANDIN.exists():
+        monkeypatch.setenv("MAINRUN_DATA", str(STANDIN))
+    return tmp_path
+
+
+@pytest.fixture
+def titles_file(tmp_path):
+    """A small parquet of varied synthetic titles (for input-handling tests, not for results)."""
+    words = ["show", "hn", "rust", "python", "why", "the", "new", "open", "source", "gpu", "startup", "ask",
+             "database", "linux", "we", "built", "a", "fast", "tiny", "model", "for", "web", "apple", "google"]
+    titles = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(3 + i % 6)).capitalize() + f" {i}"
+              for i in range(3000)]
+    path = tmp_path / "titles.parquet"
+    pd.DataFrame({"title": titles, "id": range(len(titles))}).to_parquet(path)
+    return path
+
+
+def have_standin() -> bool:
+    return bool(os.environ.get("MAINRUN_DATA")) or STANDIN.exists()

@@ -1,0 +1,63 @@
+"""One typed config: profiles, presets, overrides; bad input refused clearly; the rules guard."""
+import pytest
+
+from mainrun.config import (STANDIN_SHA256, Config, ConfigError, from_dict, make_config, parse_overrides,
+                            rules_check, run_hash)
+
+
+def test_profiles_and_presets_then_overrides():
+    cfg = make_config("quick", "epic1", lr="1e-3", dropout="0.05", tie_embeddings="false")
+    assert cfg.optimizer == "adamw" and cfg.lr == 1e-3 and cfg.dropout == 0.05 and cfg.tie_embeddings is False
+    assert cfg.num_titles == 10_000                      # from the quick profile
+    assert make_config("full") == Config()               # full + baseline = the original's values
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(optimiser="adamw"), ["optimiser", "accepted", "optimizer"]),
+    (dict(optimizer="lion"), ["lion", "sgd, adamw, muon"]),
+    (dict(norm="batchnorm"), ["batchnorm", "layernorm, rmsnorm"]),
+    (dict(lr="fast"), ["lr", "fast", "not a number"]),
+    (dict(lr=-1.0), ["lr=-1.0", "positive"]),
+    (dict(n_layer=0), ["n_layer=0", "positive"]),
+    (dict(d_model=100, n_head=8), ["d_model=100", "n_head=8"]),
+    (dict(block_size=64), ["block_size=64", "64 x 128"]),
+    (dict(dropout=1.5), ["dropout=1.5", "[0, 1)"]),
+    (dict(epochs="7.5"), ["epochs", "not an integer"]),
+    (dict(compile="maybe"), ["compile", "true or false"]),
+])
+def test_bad_values_are_refused_with_what_is_accepted(kwargs, words):
+    with pytest.raises(ConfigError) as e:
+        make_config("full", **kwargs)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_bad_profile_preset_and_override_syntax():
+    with pytest.raises(ConfigError, match="full, quick, smoke"):
+        make_config("huge")
+    with pytest.raises(ConfigError, match="baseline"):
+        make_config("full", "best")
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        parse_overrides(["lr"])
+    assert parse_overrides(["lr=3e-4", "optimizer=adamw"]) == {"lr": "3e-4", "optimizer": "adamw"}
+
+
+def test_round_trip_and_hash():
+    cfg = make_config("quick", lr=1e-3)
+    assert from_dict(cfg.to_dict()) == cfg
+    h = run_hash(cfg, "fp")
+    assert run_hash(make_config("quick", lr=1e-3, name="other-name", data="/elsewhere.parquet"), "fp") == h
+    assert run_hash(make_config("quick", lr=2e-3), "fp") != h
+    assert run_hash(cfg, "other-data") != h
+
+
+def test_rules_guard():
+    standin = {"kind": "file", "sha256": STANDIN_SHA256}
+    assert rules_check(make_config("full", optimizer="adamw", lr=1e-3), standin) == (True, [])
+    assert rules_check(make_config("full"), {"kind": "hub", "dataset": "julien040/hacker-news-posts"})[0]
+    ok, why = rules_check(make_config("full", epochs=8, seed=1), standin)
+    assert not ok and any("epochs=8" in r for r in why) and any("seed=1" in r for r in why)
+    ok, why = rules_check(make_config("quick"), standin)
+    assert not ok and any("num_titles" in r for r in why)
+    ok, why = rules_check(make_config("full"), {"kind": "file", "sha256": "0" * 64})
+    assert not ok and "stand-in" in why[0]

@@ -1,0 +1,97 @@
+"""Data: the original's split, clear errors for bad sources, tokenizer and ids cached."""
+import json
+
+import pandas as pd
+import pytest
+
+import mainrun.data as data
+from mainrun.config import make_config
+from mainrun.data import DataError, get_batch, load_titles, prepare
+
+
+def test_split_follows_the_original(titles_file):
+    train, val, source = load_titles(str(titles_file), 1000, 1337, 0.1)
+    assert len(train) == 900 and len(val) == 100 and source["kind"] == "file" and len(source["sha256"]) == 64
+    again = load_titles(str(titles_file), 1000, 1337, 0.1)
+    assert again[0] == train and again[1] == val                       # deterministic
+    assert load_titles(str(titles_file), 1000, 7, 0.1)[0] != train    # the seed shuffles
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_other_formats_same_titles(titles_file, tmp_path, fmt):
+    df = pd.read_parquet(titles_file)
+    path = tmp_path / f"t.{fmt}"
+    if fmt == "csv":
+        df.to_csv(path, index=False)
+    else:
+        path.write_text("\n".join(json.dumps(r) for r in df.to_dict("records")))
+    assert load_titles(str(path), 500, 1337, 0.1)[1] == load_titles(str(titles_file), 500, 1337, 0.1)[1]
+
+
+def test_missing_file_names_both_ways(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_titles(str(tmp_path / "nope.parquet"), 10, 1, 0.1)
+    assert "nope.parquet" in str(e.value) and "MAINRUN_DATA" in str(e.value) and "data=" in str(e.value)
+
+
+def test_hub_unreachable_names_both_ways(monkeypatch):
+    import datasets
+
+    def offline(*a, **k):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError) as e:
+        load_titles("hub", 10, 1, 0.1)
+    msg = str(e.value)
+    assert "julien040/hacker-news-posts" in msg and "MAINRUN_DATA" in msg and "data=PATH" in msg
+
+
+def test_bad_suffix_missing_column_unreadable_too_few(tmp_path, titles_file):
+    bad = tmp_path / "titles.txt"
+    bad.write_text("hello")
+    with pytest.raises(DataError, match=r"suffix '.txt'.*accepted"):
+        load_titles(str(bad), 10, 1, 0.1)
+    nocol = tmp_path / "nocol.parquet"
+    pd.DataFrame({"headline": ["a", "b"]}).to_parquet(nocol)
+    with pytest.raises(DataError, match="no 'title' column.*headline"):
+        load_titles(str(nocol), 1, 1, 0.1)
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="could not read"):
+        load_titles(str(garbage), 1, 1, 0.1)
+    with pytest.raises(DataError, match="3,000 titles but num_titles=5,000"):
+        load_titles(str(titles_file), 5000, 1, 0.1)
+
+
+def test_tokenizer_and_ids_are_cached(titles_file, monkeypatch):
+    cfg = make_config("smoke", data=str(titles_file), num_titles=2000)
+    first = prepare(cfg)
+    assert first.vocab_size <= 512 and first.train_ids.dtype.is_floating_point is False
+
+    def boom(*a, **k):
+        raise AssertionError("re-tokenized")
+    monkeypatch.setattr(data, "train_tokenizer", boom)
+    from tokenizers import Tokenizer
+    monkeypatch.setattr(Tokenizer, "encode", boom, raising=False)
+    second = prepare(cfg)                                   # served from the cache
+    assert second.fingerprint == first.fingerprint and (second.train_ids == first.train_ids).all()
+    assert second.val_chars == len("<eos>".join(load_titles(str(titles_file), 2000, 1337, 0.1)[1]) + "<eos>")
+
+
+def test_tokenizer_round_trip(titles_file):
+    from tokenizers import Tokenizer
+    c = prepare(make_config("smoke", data=str(titles_file), num_titles=2000))
+    tok = Tokenizer.from_file(c.tokenizer_path)
+    a, b = load_titles(str(titles_file), 2000, 1337, 0.1)[1][:2]
+    ids = tok.encode(a + "<eos>" + b + "<eos>").ids
+    assert ids.count(c.eos_id) == 2 and tok.token_to_id("<pad>") == 0 and c.eos_id == 1
+    assert tok.decode(tok.encode(a).ids).strip() == a      # byte-level: every trained character comes back
+
+
+def test_get_batch_wraps_like_the_original():
+    import torch
+    ids = torch.arange(100)
+    x, y, ptr = get_batch(ids, 0, 4, 2)
+    assert x.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]] and y[0].tolist() == [1, 2, 3, 4] and ptr == 8
+    x, _, ptr = get_batch(ids, 91, 4, 2)                   # 91 + 9 >= 100: back to the start
+    assert x[0, 0].item() == 0 and ptr == 8

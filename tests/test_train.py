@@ -1,0 +1,132 @@
+"""Training: a smoke run end to end, the ledger, resume after a kill, divergence, the CLI."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mainrun
+import mainrun.ledger as ledger
+import mainrun.train as train_mod
+from conftest import ROOT, have_standin
+from mainrun.config import make_config
+
+pytestmark = pytest.mark.skipif(not have_standin(), reason="needs the offline HN corpus (MAINRUN_DATA)")
+SMOKE = dict(epochs=1)
+
+
+def run_dirs(tmp):
+    return sorted((tmp / "results" / "runs").glob("*"))
+
+
+def test_smoke_run_records_everything(isolated):
+    s = mainrun.run(make_config("smoke", **SMOKE), progress=False)
+    assert s["status"] == "finished" and s["steps"] == s["max_steps"] > 0
+    assert s["official"] is False and any("num_titles" in r for r in s["official_reasons"])
+    assert 0 < s["official_coverage"] < 1 and s["final_val_loss"] < s["full_val_loss"]
+    assert s["precision"] in ("fp32", "bf16") and s["tokens_per_s"] > 0 and s["wall_time_s"] > 0
+    (d,) = run_dirs(isolated)
+    assert d.name == f"smoke-baseline-{s['hash']}"
+    events = ledger.read_log(d / "log.jsonl")
+    kinds = [e["event"] for e in events]
+    for k in ("hyperparameters_configured", "device_info", "dataset_info", "model_info", "training_step",
+              "validation_step", "full_coverage"):
+        assert k in kinds
+    steps = [e for e in events if e["event"] == "training_step"]
+    assert [e["step"] for e in steps] == list(range(1, s["max_steps"] + 1))
+    vals = [e for e in events if e["event"] == "validation_step"]
+    assert vals[0]["step"] == 1 and vals[-1]["step"] == s["max_steps"] and vals[-1]["loss"] == s["final_val_loss"]
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["hash"] == s["hash"] and cfg["config"]["precision"] == s["precision"]
+    assert (isolated / "ckpt" / s["hash"] / "final.pt").exists()
+    assert not (isolated / "ckpt" / s["hash"] / "ckpt.pt").exists()
+
+
+def test_ledger_reuse_and_force(isolated, monkeypatch):
+    cfg = make_config("smoke", **SMOKE)
+    first = mainrun.run(cfg, progress=False)
+
+    class NoTraining:
+        def __init__(self, *a, **k):
+            raise AssertionError("trained again")
+    monkeypatch.setattr(train_mod, "Trainer", NoTraining)
+    assert mainrun.run(make_config("smoke", name="renamed", **SMOKE), progress=False) == first
+    with pytest.raises(AssertionError, match="trained again"):
+        mainrun.run(cfg, force=True, progress=False)
+
+
+def test_atomic_write_leaves_no_half_file(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    ledger.atomic_write_json(path, {"status": "finished", "loss": 1.0})
+
+    def torn(obj, f, **kw):
+        f.write('{"status": "finished", "lo')
+        raise OSError("disk full")
+    monkeypatch.setattr(json, "dump", torn)
+    with pytest.raises(OSError):
+        ledger.atomic_write_json(path, {"status": "finished", "loss": 2.0})
+    assert json.loads(path.read_text())["loss"] == 1.0          # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temp file left
+
+
+def test_resume_after_kill_equals_uninterrupted(isolated, monkeypatch):
+    cfg = make_config("smoke", epochs=2, checkpoint_every=10, dropout=0.1)
+    whole = mainrun.run(cfg, progress=False)
+
+    monkeypatch.setenv("MAINRUN_RESULTS", str(isolated / "results2"))
+    monkeypatch.setenv("MAINRUN_CHECKPOINTS", str(isolated / "ckpt2"))
+
+    def kill_at_25(step):
+        if step == 25:                      # dies between checkpoints (last one at step 20)
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        mainrun.run(cfg, on_step=kill_at_25, progress=False)
+    (d,) = sorted((isolated / "results2" / "runs").glob("*"))
+    assert not (d / "summary.json").exists()                     # unfinished: no summary
+    assert ledger.load_runs(isolated / "results2")[0]["status"] == "incomplete"
+    resumed = mainrun.run(cfg, progress=False)
+    assert resumed["resumes"] == 1 and resumed["steps"] == whole["steps"]
+    assert resumed["final_val_loss"] == whole["final_val_loss"]
+    assert resumed["full_val_loss"] == whole["full_val_loss"]
+    steps = [e["step"] for e in ledger.read_log(d / "log.jsonl") if e["event"] == "training_step"]
+    assert steps == list(range(1, whole["steps"] + 1))           # no step logged twice or lost
+
+
+def test_divergence_is_recorded(isolated):
+    s = mainrun.run(make_config("smoke", lr=1e30, grad_clip=0.0, **SMOKE), progress=False)
+    assert s["status"] == "diverged" and s["diverged_step"] is not None and s["steps"] == s["diverged_step"]
+    (d,) = run_dirs(isolated)
+    events = ledger.read_log(d / "log.jsonl")
+    assert events[-1]["event"] == "diverged" and events[-1]["step"] == s["diverged_step"]
+    assert mainrun.run(make_config("smoke", lr=1e30, grad_clip=0.0, **SMOKE), progress=False) == s  # recorded
+
+
+def cli(*args, env_extra=None):
+    env = {**os.environ, **(env_extra or {}), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "mainrun", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=300)
+
+
+def test_cli_train_then_eval_on_heldout_file(isolated, titles_file):
+    r = cli("train", "--profile", "smoke", "--quiet", "--set", "epochs=1", "optimizer=adamw", "lr=3e-3")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["status"] == "finished"
+    same = mainrun.run(make_config("smoke", epochs=1, optimizer="adamw", lr=3e-3), progress=False)
+    assert same["hash"] == out["hash"] and same["final_val_loss"] == out["final_val_loss"]  # API == CLI
+    r = cli("eval", out["hash"], "--data", str(titles_file))
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(r.stdout)
+    assert ev["titles"] == 3000 and ev["official_loss"] > 0 and ev["full_loss"] >= ev["official_loss"]
+
+
+def test_cli_bad_input_is_refused_clearly():
+    r = cli("train", "--profile", "smoke", "--set", "optimizer=lion")
+    assert r.returncode == 2 and "optimizer='lion'" in r.stderr and "sgd, adamw, muon" in r.stderr
+    r = cli("train", "--profile", "smoke", "--set", "learning_rate=1")
+    assert r.returncode == 2 and "learning_rate" in r.stderr and "accepted" in r.stderr
+    r = cli("train", "--profile", "smoke", "--set", "data=/no/such/file.parquet")
+    assert r.returncode == 2 and "/no/such/file.parquet" in r.stderr and "MAINRUN_DATA" in r.stderr
