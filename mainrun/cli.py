@@ -73,6 +73,14 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import main as bench_main
+
+    if args.label is None:
+        args.label = args.preset if not args.set else "custom"
+    return bench_main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mainrun", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--num-titles", type=int, default=0, help="first N titles of the file (0 = all)")
     e.add_argument("--device", default="auto")
     e.set_defaults(fn=cmd_eval)
+    b = sub.add_parser("bench", help="time our training step against the original's, and the matmul ceiling")
+    b.add_argument("--profile", default="full", choices=list(PROFILES))
+    b.add_argument("--preset", default="baseline", choices=list(PRESETS))
+    b.add_argument("--set", nargs="*", metavar="NAME=VALUE", help="config overrides")
+    b.add_argument("--reps", type=int, default=3, help="timed steps after one warm-up")
+    b.add_argument("--label", default=None, help="name of the JSON under results/bench/")
+    b.set_defaults(fn=cmd_bench)
     args = p.parse_args(argv)
     try:
         return args.fn(args)

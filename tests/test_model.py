@@ -5,7 +5,7 @@ import torch
 from mainrun.config import make_config
 from mainrun.model import GPT, title_mask
 from mainrun.train import build_model
-from reference_original import RefGPT
+from mainrun.reference import RefGPT
 
 V = 16_000
 

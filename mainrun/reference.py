@@ -1,4 +1,5 @@
-"""An independent restatement of the original Mainrun model (train.py), used only as a test oracle.
+"""An independent restatement of the original Mainrun model (train.py): the test oracle for
+parity, and the reference step of the benchmark.
 
 Written to mirror the original's structure and RNG use: manual masked-softmax attention with
 its own dropout module, an nn.Sequential MLP, weights re-initialised N(0, 0.02) by one apply()

@@ -1,0 +1,173 @@
+"""Training-speed benchmark: the original's step, our step, and the machine's matmul ceiling.
+
+    python -m mainrun bench                      # baseline preset
+    python -m mainrun bench --set d_model=256 n_layer=4 vocab_size=8192
+
+Measured in one process: (a) a reference step written like the original train.py
+(fp32, manual masked-softmax attention, SGD without foreach), (b) our training
+step with the default fast settings, (c) large matmuls in fp32 and bf16. FLOPs
+follow the 6·N·T rule (N = parameters, tied head counted once, T = tokens);
+attention-score FLOPs are not counted. Medians over timed steps after warm-up.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .config import EVAL_BATCH, EVAL_BLOCK, Config, make_config
+from .data import repo_root
+from .ledger import hardware
+from .evaluate import autocast, evaluate
+from .optim import build_optimizers
+from .reference import RefGPT
+from .train import build_model, resolve_device, resolve_precision
+
+TOKENS_PER_EPOCH = 1_155_847   # our corpus, 16k BPE (dataset_info of the baseline run)
+STEPS_7_EPOCHS = 987
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device: str, warmup: int, reps: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def matmul_rate(device: str, dtype: torch.dtype, n: int) -> float:
+    """GFLOP/s of an n x n x n matmul (random data; median of 3 after one warm-up)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    times = _time(lambda: a @ b, device, 1, 3)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _peak_mem_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_config(cfg: Config, device: str, reps: int = 3, warmup: int = 1, reference: bool = True) -> dict:
+    V, B, T = cfg.vocab_size, cfg.batch_size, cfg.block_size
+    tokens = B * T
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, V, (B, T), generator=g).to(device)
+    y = torch.randint(0, V, (B, T), generator=g).to(device)
+    rows = {}
+
+    if reference and cfg.d_model and cfg.norm == "layernorm" and cfg.mlp == "gelu":
+        torch.manual_seed(cfg.seed)
+        ref = RefGPT(V, T, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.dropout).to(device)
+        ref_opt = torch.optim.SGD(ref.parameters(), lr=cfg.lr, foreach=False)
+
+        def ref_step():
+            _, loss = ref(x, y)
+            ref_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0, foreach=False)
+            ref_opt.step()
+            loss.item()
+        rows["reference"] = {"times": _time(ref_step, device, warmup, reps), "precision": "fp32",
+                             "n_params": sum(p.numel() for p in ref.parameters())}
+        del ref, ref_opt
+
+    precision = resolve_precision(cfg.precision, device)
+    model = build_model(cfg, V).to(device)
+    opts = build_optimizers(cfg, model, device)
+    fwd = torch.compile(model) if cfg.compile else model
+
+    def our_step():
+        with autocast(device, precision):
+            _, loss = fwd(x, y)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        for o in opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
+        loss.item()
+    rows["ours"] = {"times": _time(our_step, device, warmup, reps), "precision": precision,
+                    "n_params": model.num_params()}
+
+    # evaluation throughput at the official shape: one full 64 x 128 span per call
+    val = torch.randint(0, V, (EVAL_BATCH * EVAL_BLOCK + 1,), generator=g)
+    eval_times = _time(lambda: evaluate(model, val, 1, device, precision), device, 1, 2)
+    eval_tok_s = EVAL_BATCH * EVAL_BLOCK / statistics.median(eval_times)
+
+    for r in rows.values():
+        s = statistics.median(r["times"])
+        r.update(s_per_step=s, tokens_per_s=tokens / s, gflops=6 * r["n_params"] * tokens / s / 1e9)
+    return {"rows": rows, "eval_tokens_per_s": eval_tok_s, "tokens_per_step": tokens,
+            "peak_mem_mb": _peak_mem_mb(device)}
+
+
+def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: str | None = None) -> dict:
+    device = resolve_device(cfg.device)
+    ceil = {"fp32": matmul_rate(device, torch.float32, 2048)}
+    ceil["bf16"] = matmul_rate(device, torch.bfloat16, 2048 if device == "cuda" else 512)
+    res = bench_config(cfg, device, reps=reps)
+    ours = res["rows"]["ours"]
+    ceiling = max(ceil.values())
+    steps = STEPS_7_EPOCHS * 64 * 128 // res["tokens_per_step"]
+    val_tokens_per_eval = 15 * EVAL_BATCH * EVAL_BLOCK
+    n_evals = 7 * 3 + 1
+    out = {
+        "label": label or "custom", "config": cfg.to_dict(), "device": device,
+        "host": hardware(device),
+        "matmul_gflops": ceil, **res,
+        "speedup_vs_reference": (res["rows"]["reference"]["s_per_step"] / ours["s_per_step"]
+                                 if "reference" in res["rows"] else None),
+        "fraction_of_matmul_ceiling": ours["gflops"] / ceiling,
+        "fraction_of_bf16_matmul": ours["gflops"] / ceil["bf16"],
+        "extrapolated_7_epoch_s": steps * ours["s_per_step"] + n_evals * val_tokens_per_eval / res["eval_tokens_per_s"],
+        "flops_note": "6*N*T per step; attention-score FLOPs not counted",
+        "measured_at": datetime.now(timezone.utc).isoformat(),
+    }
+    if device == "cuda":
+        out["mfu_vs_989_tflops"] = ours["gflops"] / 989e3
+    out_dir = out_dir or repo_root() / "results" / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{device}-{out['label']}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    return out
+
+
+def format_table(r: dict) -> str:
+    lines = [f"benchmark '{r['label']}' on {r['device']} ({r['host']['cpu']}, {r['host']['torch_threads']} threads, "
+             f"torch {r['host']['torch_version']})",
+             f"{'step':<10}{'precision':>10}{'s/step':>10}{'tokens/s':>12}{'GFLOP/s':>10}"]
+    for name, row in r["rows"].items():
+        lines.append(f"{name:<10}{row['precision']:>10}{row['s_per_step']:>10.3f}{row['tokens_per_s']:>12,.0f}"
+                     f"{row['gflops']:>10.1f}")
+    m = r["matmul_gflops"]
+    lines += [f"matmul ceiling: fp32 {m['fp32']:.1f} GFLOP/s, bf16 {m['bf16']:.1f} GFLOP/s",
+              f"ours / reference: {r['speedup_vs_reference']:.2f}x" if r["speedup_vs_reference"] else "",
+              f"ours / best matmul rate: {r['fraction_of_matmul_ceiling']:.0%}; "
+              f"ours / bf16 matmul rate: {r['fraction_of_bf16_matmul']:.0%}",
+              f"eval throughput (64 x 128): {r['eval_tokens_per_s']:,.0f} tokens/s; peak memory {r['peak_mem_mb']:,.0f} MB",
+              f"7-epoch run extrapolated: {r['extrapolated_7_epoch_s'] / 60:.1f} min ({r['flops_note']})"]
+    return "\n".join(line for line in lines if line)
+
+
+def main(args) -> int:
+    from .config import parse_overrides
+    cfg = make_config(args.profile, args.preset, **parse_overrides(args.set or []))
+    r = run_bench(cfg, reps=args.reps, label=args.label)
+    print(format_table(r))
+    return 0
