@@ -4,6 +4,7 @@
     python -m mainrun eval RUN --data titles.parquet
     python -m mainrun list
     python -m mainrun bench
+    python -m mainrun report --profile full
 """
 from __future__ import annotations
 
@@ -73,12 +74,46 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_list(args) -> int:
+    from . import ledger
+
+    root = Path(args.results) if args.results else ledger.results_root(args.profile)
+    runs = ledger.load_runs(root)
+    print(f"{len(runs)} run(s) in {root}")
+    print(f"{'run':<44}{'status':>11}{'official':>9}{'val loss':>10}{'full bpc':>10}{'steps':>11}{'wall min':>9}")
+    for r in runs:
+        s = r["summary"] or {}
+        fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"  # noqa: E731
+        steps = f"{s.get('steps', '-')}/{s.get('max_steps', '-')}" if s else "-"
+        wall = s.get("wall_time_s") / 60 if s.get("wall_time_s") else None
+        print(f"{r['dir'].name:<44}{r['status']:>11}{str(s.get('official', '-')):>9}"
+              f"{fmt(s.get('final_val_loss'), '.4f'):>10}{fmt(s.get('full_val_bpc'), '.4f'):>10}{steps:>11}"
+              f"{fmt(wall, '.1f'):>9}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
 
     if args.label is None:
         args.label = args.preset if not args.set else "custom"
     return bench_main(args)
+
+
+def add_report_command(sub) -> None:
+    """`report`: render report/report.qmd to PDF from the analysis outputs (never trains)."""
+    def cmd_report(args) -> int:
+        from .report import render
+
+        print(f"report: {render(args.profile, args.output, args.engine)}")
+        return 0
+
+    r = sub.add_parser("report", help="render the report PDF from the analysis outputs")
+    r.add_argument("--profile", default="full", choices=list(PROFILES))
+    r.add_argument("--output", type=Path, help="PDF path (default: mainrun/report.pdf for full, "
+                                               "<results>/report-PROFILE.pdf otherwise)")
+    r.add_argument("--engine", default="auto", choices=("auto", "quarto", "pandoc"))
+    r.set_defaults(fn=cmd_report)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--num-titles", type=int, default=0, help="first N titles of the file (0 = all)")
     e.add_argument("--device", default="auto")
     e.set_defaults(fn=cmd_eval)
+    ls = sub.add_parser("list", help="the runs in a ledger")
+    ls.add_argument("--profile", default="full", choices=list(PROFILES), help="smoke lists the temporary ledger")
+    ls.add_argument("--results", default=None, help="a ledger folder (default: results/)")
+    ls.set_defaults(fn=cmd_list)
     b = sub.add_parser("bench", help="time our training step against the original's, and the matmul ceiling")
     b.add_argument("--profile", default="full", choices=list(PROFILES))
     b.add_argument("--preset", default="baseline", choices=list(PRESETS))
@@ -105,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--reps", type=int, default=3, help="timed steps after one warm-up")
     b.add_argument("--label", default=None, help="name of the JSON under results/bench/")
     b.set_defaults(fn=cmd_bench)
+    add_report_command(sub)
     args = p.parse_args(argv)
     try:
         return args.fn(args)
