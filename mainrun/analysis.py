@@ -1,0 +1,525 @@
+"""The ledger as tables, and the report's inputs: figures, markdown tables, numbers.
+
+Everything here reads stored results only (run folders, study records, the
+ladder); nothing trains. `write_report_inputs(profile)` is what 05_analysis
+calls: it writes <results>/analysis/<profile>/ with
+
+    fig-curves.png fig-lr.png fig-sensitivity.png   the report's figures
+    ladder.md results.md seeds.md coverage.md ...    markdown tables and paragraphs
+    numbers.json                                      every headline number, for tests and readers
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import ledger
+from .config import STANDIN_SHA256, Config, make_config
+from .evaluate import official_coverage
+from .sweep import STUDY_PROFILE, by_point, read_ladder, studies_dir
+
+PROXY_NOTE = {
+    "full": "",
+    "quick": ("These are **quick-profile proxy results**: a 2-layer, 64-wide model on 10,000 titles, "
+              "for studying the same questions at CPU scale. They rank ideas; they are not Mainrun numbers."),
+    "smoke": ("These are **smoke-profile results**: a seconds-long pipeline check on a 1-layer, 32-wide model. "
+              "They prove the machinery works and carry no evidence about which idea is better."),
+}
+
+
+# ----------------------------------------------------------------------------- formats (one place)
+def fmt_loss(x: float | None) -> str:
+    return "n/a" if x is None or _nan(x) else f"{x:.4f}"
+
+
+def fmt_bpc(x: float | None) -> str:
+    return "n/a" if x is None or _nan(x) else f"{x:.3f}"
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "n/a" if x is None or _nan(x) else f"{x:.3f}"
+
+
+def fmt_time(s: float | None) -> str:
+    if s is None or _nan(s):
+        return "n/a"
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def fmt_int(x: float | None) -> str:
+    return "n/a" if x is None or _nan(x) else f"{int(round(x)):,}"
+
+
+def _nan(x: Any) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+# ----------------------------------------------------------------------------- loading
+def analysis_dir(profile: str) -> Path:
+    """Beside the ledger the numbers come from: <results>/analysis/<profile>/."""
+    return ledger.results_root(profile) / "analysis" / profile
+
+
+SUMMARY_FIELDS = ("status", "official", "final_val_loss", "full_val_bpc", "full_val_loss", "official_coverage",
+                  "n_params", "wall_time_s", "tokens_per_s", "steps", "max_steps", "val_tokens", "val_chars",
+                  "precision", "started_at")
+
+
+def load_results(profile: str) -> pd.DataFrame:
+    """One row per run of `profile` in its ledger: metrics, ratio to the baseline, and the config fields."""
+    rows = []
+    for r in ledger.load_runs(ledger.results_root(profile)):
+        cfg = r["config"]
+        if cfg.get("profile") != profile:
+            continue
+        s = r["summary"] or {}
+        row = {"run": r["dir"].name.rsplit("-", 1)[0], "hash": r["hash"], "dir": str(r["dir"]),
+               **{k: s.get(k) for k in SUMMARY_FIELDS}, "status": r["status"],
+               "hardware": _hardware_text(s.get("hardware"))}
+        row.update({k: v for k, v in cfg.items() if k not in row and k != "name"})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    base = baseline_hash(df, profile)
+    ref = df.loc[df["hash"] == base, "final_val_loss"].iloc[0] if base else float("nan")
+    df["ratio_to_baseline"] = df["final_val_loss"] / ref
+    df["is_baseline"] = df["hash"] == base
+    return df
+
+
+def _hardware_text(hw: dict | None) -> str | None:
+    if not hw:
+        return None
+    text = f"{hw.get('gpu') or hw.get('cpu')} ({hw.get('device')}, {hw.get('cpu_count')} CPU cores"
+    return text + f", {hw.get('torch_threads')} torch threads, torch {hw.get('torch_version')})"
+
+
+def baseline_hash(df: pd.DataFrame, profile: str) -> str | None:
+    """The finished run whose config is the `baseline` preset of this profile (any precision)."""
+    ref = make_config(profile, "baseline").hash_fields()
+    ref.pop("precision")
+    done = df[df["status"] == "finished"].sort_values("started_at")
+    for _, row in done.iterrows():
+        if all(row.get(k) == v for k, v in ref.items()):
+            return row["hash"]
+    return None
+
+
+def read_curve(run_dir: str | Path) -> pd.DataFrame:
+    """Validation events of a run: step, official loss, elapsed seconds, training tokens seen."""
+    run_dir = Path(run_dir)
+    cfg = ledger.read_json(run_dir / "config.json")["config"]
+    per_step = cfg["batch_size"] * cfg["grad_accum"] * cfg["block_size"]
+    ev = [e for e in ledger.read_log(run_dir / "log.jsonl") if e.get("event") == "validation_step"]
+    df = pd.DataFrame(ev, columns=["step", "loss", "elapsed_time"])
+    df["tokens"] = df["step"] * per_step
+    return df
+
+
+def read_lr(run_dir: str | Path) -> pd.DataFrame:
+    """The learning rate the run actually used at each optimizer step (from its log)."""
+    ev = [e for e in ledger.read_log(Path(run_dir) / "log.jsonl") if e.get("event") == "training_step"]
+    return pd.DataFrame(ev, columns=["step", "lr", "max_steps"])
+
+
+def read_studies(profile: str) -> dict[str, dict]:
+    """{study name: record} of every study recorded for the profile."""
+    d = studies_dir(profile)
+    out = {}
+    for p in sorted(d.glob("*.json")) if d.exists() else []:
+        if p.name != "ladder.json":
+            out[p.stem] = ledger.read_json(p)
+    return out
+
+
+def study_frame(record: dict, results: pd.DataFrame) -> pd.DataFrame:
+    """A study's rows joined with the runs' results (one row per point and seed)."""
+    rows = pd.DataFrame(record["rows"])
+    keep = ["hash", "run", "status", "final_val_loss", "full_val_bpc", "ratio_to_baseline", "n_params",
+            "tokens_per_s", "wall_time_s"]
+    return rows.merge(results[keep], on="hash", how="left")
+
+
+def ladder_frame(profile: str, results: pd.DataFrame) -> pd.DataFrame:
+    """The ladder's stages in order, each joined with its run's results."""
+    stages = pd.DataFrame(read_ladder(profile), columns=["stage", "hash", "label", "note"])
+    return stages.merge(results, on="hash", how="left")
+
+
+# ----------------------------------------------------------------------------- notebook helpers
+def profile_note(profile: str) -> str:
+    """What the numbers of this profile can and cannot show (displayed at the top of each notebook)."""
+    return PROXY_NOTE[profile] or "Profile **full**: the Mainrun rules (7 epochs, seed 1337, 100,000 titles)."
+
+
+def show_config(cfg: Config) -> None:
+    """Print a config as its changes from the profile's baseline (the full dataclass is `print(cfg)`)."""
+    ref = make_config(cfg.profile, "baseline").to_dict()
+    changed = {k: v for k, v in cfg.to_dict().items() if k not in ("name", "preset") and ref.get(k) != v}
+    print(f"{cfg.run_name}: changes from the {cfg.profile} baseline: {changed or 'none'}")
+
+
+def run_dir(profile: str, run_hash: str) -> Path:
+    d = ledger.find_run(ledger.results_root(profile), run_hash)
+    if d is None:
+        raise FileNotFoundError(f"run {run_hash} is not in the {profile} ledger ({ledger.results_root(profile)})")
+    return d
+
+
+def curves_of(profile: str, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """{label: validation curve} for the finished points of a study frame (first seed of each)."""
+    ok = frame[frame["status"] == "finished"].drop_duplicates("label")
+    return {r.label: read_curve(run_dir(profile, r.hash)) for r in ok.itertuples()}
+
+
+def optimizer_steps(cfg: Config) -> int:
+    """Optimizer steps of a run, as the trainer counts them (whole micro-batches per epoch)."""
+    from .data import prepare
+
+    micro = len(prepare(cfg).train_ids) // (cfg.block_size * cfg.batch_size)
+    return cfg.epochs * (micro // cfg.grad_accum)
+
+
+def planned_schedule(cfg: Config, total_steps: int | None = None) -> pd.DataFrame:
+    """The LR a config will use at each optimizer step (the pure schedule, before training)."""
+    from .optim import lr_multiplier, peak_lr
+
+    total = total_steps or optimizer_steps(cfg)
+    lrs = [peak_lr(cfg) * lr_multiplier(cfg, s, total) for s in range(total)]
+    return pd.DataFrame({"step": range(1, total + 1), "lr": lrs, "max_steps": total})
+
+
+def metric_notes(summary: dict) -> pd.DataFrame:
+    """The official metric beside the full-coverage one, with what each number means."""
+    rows = [
+        ("official validation loss", fmt_loss(summary["final_val_loss"]),
+         "summed token cross-entropy over full 64 x 128 spans / characters of the validation text"),
+        ("official coverage", f"{summary['official_coverage']:.1%}",
+         "fraction of validation targets those spans score (the tail and one target per span are dropped)"),
+        ("full-coverage loss", fmt_loss(summary["full_val_loss"]), "every validation target scored, nats/char"),
+        ("full-coverage bits/char", fmt_bpc(summary["full_val_bpc"]), "the same in bits per character"),
+        ("validation tokens / chars", f"{summary['val_tokens']:,} / {summary['val_chars']:,}", ""),
+        ("parameters", fmt_int(summary["n_params"]), ""),
+        ("wall time", fmt_time(summary["wall_time_s"]), "training and validation, without data preparation"),
+        ("tokens/s", fmt_int(summary["tokens_per_s"]), "training tokens per second of optimizer steps"),
+        ("official run", "yes" if summary["official"] else "no", "; ".join(summary.get("official_reasons") or [])),
+    ]
+    return pd.DataFrame(rows, columns=["quantity", "value", "meaning"])
+
+
+def compare(frame: pd.DataFrame) -> pd.DataFrame:
+    """A study frame as a readable table: each point against the first (the reference)."""
+    ok = frame.drop_duplicates(["label", "seed"])
+    ref = ok["final_val_loss"].iloc[0]
+    return pd.DataFrame({
+        "point": ok["label"], "seed": ok["seed"], "official loss": ok["final_val_loss"].map(fmt_loss),
+        f"vs {ok['label'].iloc[0]}": [f"{x / ref - 1:+.2%}" for x in ok["final_val_loss"]],
+        "full bits/char": ok["full_val_bpc"].map(fmt_bpc), "params": ok["n_params"].map(fmt_int),
+        "tokens/s": ok["tokens_per_s"].map(fmt_int), "wall time": ok["wall_time_s"].map(fmt_time),
+    }).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- derived tables
+def permutation_p(a: list[float], b: list[float]) -> float | None:
+    """Exact two-sided permutation test on the difference of means (no normality assumed).
+
+    With 3 seeds a side the smallest possible p is 0.1: a few seeds cannot show significance."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    pooled, n = list(a) + list(b), len(a)
+    obs = abs(sum(a) / n - sum(b) / len(b))
+    hits = total = 0
+    for idx in itertools.combinations(range(len(pooled)), n):
+        xa = [pooled[i] for i in idx]
+        xb = [pooled[i] for i in range(len(pooled)) if i not in idx]
+        hits += abs(sum(xa) / n - sum(xb) / len(xb)) >= obs - 1e-12
+        total += 1
+    return hits / total
+
+
+NO_CHANGE = 0.001  # |relative change| below 0.1% of the loss is reported as no change
+
+
+def findings(profile: str, results: pd.DataFrame) -> pd.DataFrame:
+    """Every single change against its study's reference point (the spec's first named point)."""
+    rows = []
+    for name, rec in read_studies(profile).items():
+        frame = study_frame(rec, results)
+        ref_label = rec["rows"][0]["label"] if rec["rows"] else None
+        stats = by_point(frame)
+        if ref_label not in stats.index or len(stats) < 2:
+            continue
+        ref = stats.loc[ref_label]
+        ref_hashes = set(frame.loc[frame["label"] == ref_label, "hash"])
+        for label, s in stats.iterrows():
+            if label == ref_label or set(frame.loc[frame["label"] == label, "hash"]) <= ref_hashes:
+                continue  # the reference itself, reached under another label
+            delta = s["loss_mean"] / ref["loss_mean"] - 1
+            verdict = "no change" if abs(delta) < NO_CHANGE else "helped" if delta < 0 else "did not help"
+            rows.append({"study": name, "change": label, "reference": ref_label, "loss": s["loss_mean"],
+                         "reference_loss": ref["loss_mean"], "delta": delta, "seeds": int(s["seeds"]),
+                         "verdict": verdict})
+    return pd.DataFrame(rows, columns=["study", "change", "reference", "loss", "reference_loss", "delta", "seeds",
+                                       "verdict"])
+
+
+def coverage_check(ladder: pd.DataFrame) -> pd.DataFrame:
+    """Step-1 check of the metric's normalisation: an untrained model (logits ~ 0) predicts
+    nearly uniformly, so its official loss should be ln(V) x scored tokens / validation chars."""
+    rows = []
+    for _, st in ladder.dropna(subset=["dir"]).iterrows():
+        events = ledger.read_log(Path(st["dir"]) / "log.jsonl")
+        info = next((e for e in events if e.get("event") == "dataset_info"), None)
+        first = next((e for e in events if e.get("event") == "validation_step"), None)
+        if info is None or first is None:
+            continue
+        scored, frac = official_coverage(info["val_tokens"])
+        expected = math.log(info["vocab_size"]) * scored / info["val_chars"]
+        rows.append({"stage": st["stage"], "vocab": info["vocab_size"], "coverage": frac,
+                     "step1_loss": first["loss"], "uniform_loss": expected, "ratio": first["loss"] / expected})
+    return pd.DataFrame(rows, columns=["stage", "vocab", "coverage", "step1_loss", "uniform_loss", "ratio"])
+
+
+def time_to_quality(final_dir: str | Path, target: float) -> float | None:
+    """Seconds until a run's validation loss first reaches `target` (None if it never does)."""
+    c = read_curve(final_dir)
+    hit = c[c["loss"] <= target]
+    return float(hit["elapsed_time"].iloc[0]) if len(hit) else None
+
+
+# ----------------------------------------------------------------------------- markdown
+def md_table(df: pd.DataFrame, align: str = "") -> str:
+    """A pandoc/Quarto pipe table; align is one of l/r per column (default: l then r)."""
+    cols = list(df.columns)
+    align = align or "l" + "r" * (len(cols) - 1)
+    cells = [[str(v) for v in row] for row in df.itertuples(index=False)]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+    sep = ["-" * max(3, w - 1) + ":" if a == "r" else ":" + "-" * max(3, w - 1) for w, a in zip(widths, align)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(sep) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in cells]
+    return "\n".join(lines) + "\n"
+
+
+def _short(run: str, profile: str) -> str:
+    return run[len(profile) + 1:] if run.startswith(profile + "-") else run
+
+
+def results_table(results: pd.DataFrame, profile: str) -> pd.DataFrame:
+    done = results[results["status"] == "finished"].sort_values("final_val_loss")
+    return pd.DataFrame({
+        "run": [_short(r, profile) for r in done["run"]],
+        "official loss": done["final_val_loss"].map(fmt_loss),
+        "full bits/char": done["full_val_bpc"].map(fmt_bpc),
+        "ratio": done["ratio_to_baseline"].map(fmt_ratio),
+        "params": done["n_params"].map(fmt_int),
+        "wall time": done["wall_time_s"].map(fmt_time),
+        "tokens/s": done["tokens_per_s"].map(fmt_int),
+        "official": done["official"].map(lambda o: "yes" if o else "no"),
+    })
+
+
+def ladder_table(ladder: pd.DataFrame) -> pd.DataFrame:
+    prev = ladder["final_val_loss"].shift(1)
+    return pd.DataFrame({
+        "stage": ladder["stage"], "run": ladder["label"],
+        "official loss": ladder["final_val_loss"].map(fmt_loss),
+        "vs previous": [("" if _nan(p) or _nan(x) else f"{x / p - 1:+.1%}") for x, p in zip(ladder["final_val_loss"], prev)],
+        "ratio": ladder["ratio_to_baseline"].map(fmt_ratio),
+        "full bits/char": ladder["full_val_bpc"].map(fmt_bpc),
+        "params": ladder["n_params"].map(fmt_int),
+        "wall time": ladder["wall_time_s"].map(fmt_time),
+        "tokens/s": ladder["tokens_per_s"].map(fmt_int),
+    })
+
+
+BASELINE_FIELDS = ("optimizer", "lr", "schedule", "n_layer", "n_head", "d_model", "vocab_size", "norm", "pos",
+                   "dropout", "batch_size", "epochs", "num_titles")
+NOT_SETTINGS = ("name", "profile", "preset", "data", "precision", "device", "checkpoint_every")
+
+
+def changes_table(ladder: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """Each stage's config as changes from the profile's baseline, read from the run's config.json."""
+    ref = make_config(profile, "baseline").to_dict()
+    rows = []
+    for st in ladder.dropna(subset=["dir"]).itertuples():
+        cfg = ledger.read_json(Path(st.dir) / "config.json")["config"]
+        if st.stage == "baseline":
+            text = "baseline: " + ", ".join(f"{k}={cfg[k]}" for k in BASELINE_FIELDS)
+        else:
+            diff = {k: v for k, v in cfg.items() if k not in NOT_SETTINGS and ref.get(k) != v}
+            text = ", ".join(f"{k}={v}" for k, v in diff.items()) or "none"
+        rows.append({"stage": st.stage, "configuration": text})
+    return pd.DataFrame(rows, columns=["stage", "configuration"])
+
+
+# ----------------------------------------------------------------------------- the report's inputs
+def write_report_inputs(profile: str) -> dict[str, Any]:
+    """Write every figure, table and number the report uses; returns numbers.json's content."""
+    from . import plots
+
+    out = analysis_dir(profile)
+    out.mkdir(parents=True, exist_ok=True)
+    results = load_results(profile)
+    if results.empty or not results["is_baseline"].any():
+        raise RuntimeError(f"the {profile} ledger ({ledger.results_root(profile)}) has no finished baseline run; "
+                           f"run notebooks/01_baseline.ipynb first")
+    ladder = ladder_frame(profile, results)
+    # the sweeps ran on the study profile (the quick proxy under full; see sweep.STUDY_PROFILE)
+    proxy = STUDY_PROFILE[profile]
+    proxy_results = results if proxy == profile else load_results(proxy)
+    studies = ({k: study_frame(v, proxy_results) for k, v in read_studies(proxy).items()}
+               if len(proxy_results) else {})
+    base = results[results["is_baseline"]].iloc[0]
+    final = ladder.dropna(subset=["final_val_loss"]).iloc[-1] if ladder["final_val_loss"].notna().any() else base
+
+    # figures
+    curves = {f"{s.stage}: {s.label}": read_curve(s.dir) for s in ladder.dropna(subset=["dir"]).itertuples()}
+    plots.save(plots.validation_curves(curves), out / "fig-curves.png", close=True)
+    lrs = {f"{s.stage}: {s.label}": read_lr(s.dir) for s in ladder.dropna(subset=["dir"]).itertuples()}
+    plots.save(plots.lr_schedules(lrs), out / "fig-lr.png", close=True)
+    sweep = studies.get("04_sweeps")
+    seeds = studies.get("04_seeds")
+    band = None
+    if seeds is not None:
+        st = by_point(seeds)
+        if "base" in st.index and st.loc["base", "seeds"] > 1:
+            band = (st.loc["base", "loss_mean"], st.loc["base", "loss_std"])
+    fig = plots.sensitivity(sweep if sweep is not None else pd.DataFrame(), band, seeds)
+    plots.save(fig, out / "fig-sensitivity.png", close=True)
+
+    # tables and paragraphs
+    (out / "results.md").write_text(md_table(results_table(results, profile), "lrrrrrrl"))
+    (out / "ladder.md").write_text(md_table(ladder_table(ladder), "llrrrrrrr"))
+    (out / "changes.md").write_text(md_table(changes_table(ladder, profile), "ll"))
+    cov = coverage_check(ladder)
+    (out / "coverage.md").write_text(md_table(pd.DataFrame({
+        "stage": cov["stage"], "vocabulary": cov["vocab"].map(fmt_int),
+        "official coverage": cov["coverage"].map(lambda x: f"{x:.1%}"),
+        "step-1 loss": cov["step1_loss"].map(fmt_loss), "uniform expectation": cov["uniform_loss"].map(fmt_loss),
+        "ratio": cov["ratio"].map(lambda x: f"{x:.3f}")})))
+    seed_info = _seeds_section(seeds, out)
+    found = findings(profile, results)
+    if proxy != profile and len(proxy_results):
+        proxy_found = findings(proxy, proxy_results)
+        proxy_found["study"] += f", {proxy} proxy"
+        found = pd.concat([found, proxy_found], ignore_index=True)
+    (out / "findings.md").write_text(_findings_md(found, seed_info))
+
+    numbers = {
+        "profile": profile, "n_runs": int((results["status"] == "finished").sum()),
+        "baseline": _run_numbers(base), "final": _run_numbers(final),
+        "final_stage": final["stage"] if "stage" in final.index else "baseline",
+        "ratio": float(final["final_val_loss"] / base["final_val_loss"]),
+        "time_to_baseline_s": time_to_quality(final["dir"], base["final_val_loss"]),
+        "seeds": seed_info,
+        "formatted": {"baseline_loss": fmt_loss(base["final_val_loss"]), "final_loss": fmt_loss(final["final_val_loss"]),
+                      "ratio": fmt_ratio(final["final_val_loss"] / base["final_val_loss"]),
+                      "baseline_bpc": fmt_bpc(base["full_val_bpc"]), "final_bpc": fmt_bpc(final["full_val_bpc"])},
+    }
+    (out / "summary.md").write_text(_summary_md(numbers, final, base))
+    (out / "setup.md").write_text(_setup_md(results, base, profile))
+    note = PROXY_NOTE[profile] or (f"Profile **full**: the Mainrun rules. The single-change studies and the sweeps "
+                                   f"ran on the {proxy} proxy; only the kept configurations trained at full scale.")
+    (out / "profile.md").write_text(note + "\n")
+    (out / "numbers.json").write_text(json.dumps(numbers, indent=2, default=str) + "\n")
+    return numbers
+
+
+def _run_numbers(row: pd.Series) -> dict[str, Any]:
+    keys = ("run", "hash", "final_val_loss", "full_val_bpc", "n_params", "wall_time_s", "tokens_per_s", "official")
+    return {k: _py(row.get(k)) for k in keys}
+
+
+def _py(v: Any) -> Any:
+    """numpy scalars and NaN -> plain JSON values."""
+    v = v.item() if hasattr(v, "item") else v
+    return None if _nan(v) else v
+
+
+def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
+    """seeds.md (per candidate: mean, std, range) and the permutation p-value between them."""
+    if seeds is None or seeds.empty:
+        (out / "seeds.md").write_text("No seed study has been recorded for this profile.\n")
+        (out / "seeds_test.md").write_text("\n")
+        return {}
+    st = by_point(seeds)
+    table = pd.DataFrame({"candidate": st.index, "seeds": st["seeds"].astype(int),
+                          "mean loss": st["loss_mean"].map(fmt_loss), "std": st["loss_std"].map(fmt_loss),
+                          "min": st["loss_min"].map(fmt_loss), "max": st["loss_max"].map(fmt_loss)})
+    info: dict[str, Any] = {k: {"n": int(r["seeds"]), "mean": _py(r["loss_mean"]), "std": _py(r["loss_std"])}
+                            for k, r in st.iterrows()}
+    text = md_table(table)
+    note = "There are fewer than two candidates with two or more seeds: no test.\n"
+    labels = list(st.index)
+    if len(labels) >= 2:
+        ok = seeds[seeds["status"] == "finished"]
+        a = ok.loc[ok["label"] == labels[0], "final_val_loss"].tolist()
+        b = ok.loc[ok["label"] == labels[1], "final_val_loss"].tolist()
+        p = permutation_p(a, b)
+        info["p_value"] = p
+        if p is not None:
+            note = (f"Exact permutation test of the difference of mean losses, {labels[1]} against {labels[0]} "
+                    f"over their seeds: two-sided p = {p:.2f}.\n")
+    (out / "seeds.md").write_text(text)
+    (out / "seeds_test.md").write_text(note)
+    return info
+
+
+def _findings_md(found: pd.DataFrame, seed_info: dict) -> str:
+    noise = (seed_info.get("base") or {}).get("std")
+    def line(r) -> str:
+        s = (f"- **{r.change}** ({r.study}, against {r.reference}): {fmt_loss(r.loss)} vs "
+             f"{fmt_loss(r.reference_loss)} ({r.delta:+.2%})")
+        if noise and abs(r.loss - r.reference_loss) < noise:
+            s += ", within the seed spread (one std) of the base"
+        return s
+    parts = []
+    groups = (("helped", "What worked"), ("no change", f"No measurable change (under {NO_CHANGE:.1%})"),
+              ("did not help", "What did not work"))
+    for verdict, title in groups:
+        sub = found[found["verdict"] == verdict].sort_values("delta")
+        parts.append(f"**{title}** (official loss against the reference):\n")
+        parts.append("\n".join(line(r) for r in sub.itertuples()) if len(sub) else "- nothing in this group")
+        parts.append("")
+    return "\n".join(parts) + "\n"
+
+
+def _summary_md(n: dict, final: pd.Series, base: pd.Series) -> str:
+    f = n["formatted"]
+    prof = n["profile"]
+    scale = {"full": "under the Mainrun rules", "quick": "at the quick (CPU proxy) scale",
+             "smoke": "at the smoke (pipeline check) scale"}[prof]
+    s = (f"Profile **{prof}**, {scale}: the reproduced baseline reaches an official validation loss of "
+         f"**{f['baseline_loss']}** ({f['baseline_bpc']} bits/char over the full validation text). "
+         f"The last rung of the ladder, *{n['final_stage']}* (run `{final['run']}`), reaches **{f['final_loss']}** "
+         f"({f['final_bpc']} bits/char): a ratio of **{f['ratio']}** to the baseline, "
+         f"over {n['n_runs']} recorded runs.")
+    if n["time_to_baseline_s"] is not None:
+        s += f" It first beats the baseline's final loss after {fmt_time(n['time_to_baseline_s'])} of training."
+    official = final.get("official")
+    official = bool(official) if official is not None and not _nan(official) else False
+    s += (" The final run is official under the Mainrun rules." if official else
+          " The final run is not official under the Mainrun rules (profile or seed differs from them), "
+          "so it supports no headline claim.")
+    return s + "\n"
+
+
+def _setup_md(results: pd.DataFrame, base: pd.Series, profile: str) -> str:
+    src = ledger.read_json(Path(base["dir"]) / "config.json").get("data_source", {})
+    if src.get("kind") == "hub":
+        data = f"the hub dataset `{src.get('dataset')}`"
+    elif src.get("sha256") == STANDIN_SHA256:
+        data = f"the offline stand-in `{Path(src.get('path', '?')).name}` (sha256 {STANDIN_SHA256[:12]}...)"
+    else:
+        data = f"the file `{Path(src.get('path', '?')).name}` (not the designated stand-in)"
+    hw = sorted(set(results["hardware"].dropna()))
+    prec = ", ".join(sorted(results["precision"].dropna().unique()))
+    return (f"- Data: {data}; {base['num_titles']:,} titles, {base['val_frac']:.0%} held out for validation.\n"
+            f"- Hardware: {'; '.join(hw)}.\n- Precision: {prec}.\n"
+            f"- Profile: {profile}; {int((results['status'] == 'finished').sum())} finished runs in the ledger.\n")

@@ -1,0 +1,136 @@
+"""The report's figures. Each function takes tables (from `analysis`) and returns a Figure;
+nothing here reads the ledger or decides anything."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+# one colour per curve, stable across figures
+COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def save(fig: Figure, path: str | Path, close: bool = False) -> Path:
+    """PNG at 150 dpi; close=True when the figure is only for the report (not shown inline)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    if close:
+        plt.close(fig)
+    return path
+
+
+def validation_curves(curves: dict[str, pd.DataFrame], title: str = "") -> Figure:
+    """Official validation loss against training tokens (equal budget) and against wall time."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for i, (label, c) in enumerate(curves.items()):
+        kw = dict(color=COLORS[i % len(COLORS)], marker="o", ms=3, lw=1.4, label=label)
+        a.plot(c["tokens"] / 1e6, c["loss"], **kw)
+        b.plot(c["elapsed_time"] / 60, c["loss"], **kw)
+    a.set_xlabel("training tokens (millions)")
+    b.set_xlabel("wall time (minutes)")
+    a.set_ylabel("official validation loss (nats/char)")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    if curves:
+        _zoom(a, curves)
+        a.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _zoom(ax, curves: dict[str, pd.DataFrame]) -> None:
+    """The step-1 point is far above the rest; keep it visible but give the range to the later points."""
+    later = pd.concat([c["loss"].iloc[1:] for c in curves.values() if len(c) > 1] or [pd.Series(dtype=float)])
+    first = max(c["loss"].iloc[0] for c in curves.values() if len(c))
+    if len(later):
+        lo, hi = later.min(), later.max()
+        pad = 0.1 * (hi - lo or 1.0)
+        ax.set_ylim(lo - pad, min(first, hi + 4 * pad) + pad)
+
+
+def lr_schedules(schedules: dict[str, pd.DataFrame], title: str = "") -> Figure:
+    """LR against the fraction of training: absolute (log scale) and as a fraction of each peak."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for i, (label, s) in enumerate(schedules.items()):
+        if s.empty:
+            continue
+        x = s["step"] / s["max_steps"]
+        kw = dict(color=COLORS[i % len(COLORS)], lw=1.4, label=label)
+        a.plot(x, s["lr"], **kw)
+        b.plot(x, s["lr"] / s["lr"].max(), **kw)
+    a.set_yscale("log")
+    a.set_ylabel("learning rate")
+    b.set_ylabel("fraction of peak")
+    for ax in (a, b):
+        ax.set_xlabel("fraction of training")
+        ax.grid(alpha=0.3)
+    if schedules:
+        a.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def sensitivity(sweep: pd.DataFrame, band: tuple[float, float] | None = None,
+                seeds: pd.DataFrame | None = None) -> Figure:
+    """One panel per swept field: official loss per value (every seed a dot, the mean a line);
+    the grey band is the base point's mean +- 1 std over seeds. A last panel shows the seed spread
+    of the final candidates."""
+    axes_names = [a for a in dict.fromkeys(sweep["axis"].dropna()) if a != "grid"] if len(sweep) else []
+    panels = axes_names + (["seeds"] if seeds is not None and len(seeds) else [])
+    n = max(1, len(panels))
+    cols = min(3, n)
+    rows = int(np.ceil(n / cols))
+    fig, axs = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    for ax in axs.flat[n:]:
+        ax.set_visible(False)
+    for ax, name in zip(axs.flat, panels):
+        if name == "seeds":
+            _seed_panel(ax, seeds)
+        else:
+            _axis_panel(ax, sweep[(sweep["axis"] == name) & (sweep["status"] == "finished")], name, band)
+        ax.grid(alpha=0.3)
+    if not panels:
+        axs[0, 0].text(0.5, 0.5, "no sweep recorded", ha="center", va="center")
+    axs[0, 0].set_ylabel("official validation loss")
+    fig.tight_layout()
+    return fig
+
+
+def _axis_panel(ax, d: pd.DataFrame, name: str, band: tuple[float, float] | None) -> None:
+    numeric = pd.to_numeric(d["value"], errors="coerce").notna().all()
+    if numeric:
+        x = d["value"].astype(float)
+    else:
+        cats = list(dict.fromkeys(d["value"].astype(str)))
+        x = d["value"].astype(str).map(cats.index)
+        ax.set_xticks(range(len(cats)), cats)
+    ax.scatter(x, d["final_val_loss"], s=14, color=COLORS[0], zorder=3)
+    mean = d.assign(x=x).groupby("x")["final_val_loss"].agg(["mean", "std"]).sort_index()
+    ax.errorbar(mean.index, mean["mean"], yerr=mean["std"].fillna(0), color=COLORS[0], lw=1.2, capsize=3)
+    if band is not None and not np.isnan(band[1]):
+        ax.axhspan(band[0] - band[1], band[0] + band[1], color="0.6", alpha=0.25, lw=0, label="base: seed spread")
+        ax.legend(fontsize=7)
+    if numeric and name in ("lr", "muon_lr", "weight_decay") and (d["value"].astype(float) > 0).all():
+        ax.set_xscale("log")
+    ax.set_xlabel(name)
+
+
+def _seed_panel(ax, seeds: pd.DataFrame) -> None:
+    ok = seeds[seeds["status"] == "finished"]
+    labels = list(dict.fromkeys(ok["label"]))
+    for i, lab in enumerate(labels):
+        y = ok.loc[ok["label"] == lab, "final_val_loss"]
+        ax.scatter(np.full(len(y), i), y, s=14, color=COLORS[i % len(COLORS)], zorder=3)
+        ax.errorbar([i + 0.15], [y.mean()], yerr=[y.std(ddof=1) if len(y) > 1 else 0], fmt="_", ms=12,
+                    color="k", capsize=3)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    ax.set_xlabel("final candidates over seeds")
