@@ -1,0 +1,100 @@
+"""Render the report (report/report.qmd) to PDF from the analysis outputs; never trains.
+
+    python -m mainrun report --profile full      # -> mainrun/report.pdf (where Mainrun expects it)
+    python -m mainrun report --profile quick     # -> <results>/report-quick.pdf
+
+Two paths render the same sources: `quarto render` (Quarto's typst format) when
+quarto is on PATH, else pandoc (pypandoc-binary) to typst and the `typst` wheel
+to PDF. The sources keep to what both understand: `{{< include >}}` of the
+generated snippets on their own line, figures and tables with `#fig-`/`#tbl-`
+labels, `@fig-` cross-references, a typst header file.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from . import ledger
+from .analysis import analysis_dir
+from .data import repo_root
+
+INCLUDE = re.compile(r"^\{\{<\s*include\s+(\S+)\s*>\}\}[ \t]*$", re.M)
+# pandoc writes a cross-reference to a figure/table label as a citation; typst wants @label
+CITE_REF = re.compile(r'#cite\(<((?:fig|tbl)-[^>]+)>, form: "prose"\)')
+
+
+def report_dir() -> Path:
+    return repo_root() / "report"
+
+
+def output_path(profile: str) -> Path:
+    """full -> mainrun/report.pdf (the submission's path); other profiles beside their ledger."""
+    if profile == "full":
+        return repo_root() / "mainrun" / "report.pdf"
+    return ledger.results_root(profile) / f"report-{profile}.pdf"
+
+
+def stage_inputs(profile: str, engine: str) -> Path:
+    """Copy the profile's analysis outputs to report/_generated/, where report.qmd includes them."""
+    src = analysis_dir(profile)
+    if not (src / "numbers.json").exists():
+        raise FileNotFoundError(f"{src}/numbers.json does not exist: run notebooks/05_analysis.ipynb for profile "
+                                f"{profile!r} first (make run PROFILE={profile})")
+    dst = report_dir() / "_generated"
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    (dst / "render.md").write_text(f"This PDF was rendered by {engine} from the `{profile}` ledger at "
+                                   f"`{ledger.results_root(profile)}`.\n")
+    return dst
+
+
+def expand_includes(text: str, base: Path, depth: int = 0) -> str:
+    """Quarto's include shortcode, done by hand for the pandoc path (paths relative to `base`)."""
+    if depth > 5:
+        raise RecursionError("includes nested more than 5 deep")
+    return INCLUDE.sub(lambda m: expand_includes((base / m.group(1)).read_text(), base, depth + 1).rstrip("\n"),
+                       text)
+
+
+def render_pandoc_typst(qmd: Path, pdf: Path) -> Path:
+    import pypandoc
+    import typst
+
+    md = expand_includes(qmd.read_text(), qmd.parent)
+    typ = pypandoc.convert_text(md, "typst", format="markdown", extra_args=[
+        "--standalone", f"--include-in-header={qmd.parent / 'header.typ'}", "--columns=200"])
+    typ = CITE_REF.sub(r"@\1", typ)
+    typ_path = qmd.with_suffix(".typ")
+    typ_path.write_text(typ)
+    pdf.parent.mkdir(parents=True, exist_ok=True)
+    typst.compile(str(typ_path), output=str(pdf), root=str(qmd.parent))
+    return pdf
+
+
+def render_quarto(qmd: Path, pdf: Path) -> Path:
+    subprocess.run(["quarto", "render", str(qmd), "--to", "typst"], cwd=repo_root(), check=True)
+    pdf.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(qmd.with_suffix(".pdf")), pdf)
+    return pdf
+
+
+def engine_name(engine: str = "auto") -> str:
+    if engine == "auto":
+        engine = "quarto" if shutil.which("quarto") else "pandoc"
+    if engine == "quarto":
+        return "quarto"
+    import pypandoc
+    import typst
+
+    return f"pandoc {pypandoc.get_pandoc_version()} and typst (Python package {typst.__version__})"
+
+
+def render(profile: str, output: Path | None = None, engine: str = "auto") -> Path:
+    """Stage the analysis outputs and render report.qmd to `output` (default: `output_path`)."""
+    name = engine_name(engine)
+    stage_inputs(profile, name)
+    qmd = report_dir() / "report.qmd"
+    pdf = Path(output) if output else output_path(profile)
+    return (render_quarto if name == "quarto" else render_pandoc_typst)(qmd, pdf)
