@@ -24,3 +24,31 @@ test: venv
 
 bench: venv
 	$(PY) -m mainrun bench
+
+# ---- the workbook: notebooks 01-05 headless (papermill), then the report
+NOTEBOOKS := 01_baseline 02_optimizer 03_architecture 04_sweeps 05_analysis
+# executed copies, with outputs; never edited by hand
+NB_OUT ?= results/notebooks/$(PROFILE)
+# Smoke models are tiny: one thread is as fast, and it does not fight a long run for the cores.
+ifeq ($(PROFILE),smoke)
+export OMP_NUM_THREADS ?= 1
+endif
+
+run: venv
+	@mkdir -p $(NB_OUT)
+	@for nb in $(NOTEBOOKS); do \
+	  echo "==> [$(PROFILE)] notebooks/$$nb.ipynb -> $(NB_OUT)/$$nb.ipynb"; \
+	  $(PY) -m papermill notebooks/$$nb.ipynb $(NB_OUT)/$$nb.ipynb -p profile $(PROFILE) -k python3 \
+	    --cwd notebooks --log-output --no-progress-bar || { \
+	    echo "error: notebooks/$$nb.ipynb failed at the cell named above; the executed copy with its traceback is $(NB_OUT)/$$nb.ipynb"; \
+	    exit 1; }; \
+	done
+	@$(MAKE) --no-print-directory report PROFILE=$(PROFILE)
+
+# Render the report from the stored analysis (quarto if installed, else pandoc + typst); never trains.
+report: venv
+	$(PY) -m mainrun report --profile $(PROFILE)
+
+# The smoke ledger is temporary (see mainrun/ledger.py); this forgets it and its executed notebooks.
+clean-smoke:
+	rm -rf "$${TMPDIR:-/tmp}/mainrun-smoke" results/notebooks/smoke
