@@ -1,0 +1,97 @@
+"""The workbook end to end at the smoke profile: `make run PROFILE=smoke` into a temporary ledger
+executes the five notebooks with papermill and renders a PDF that states the ledger's numbers."""
+import json
+import os
+import re
+import subprocess
+import time
+import unicodedata
+from pathlib import Path
+
+import nbformat
+import pytest
+from pypdf import PdfReader
+
+ROOT = Path(__file__).resolve().parent.parent
+STANDIN = ROOT.parent / "shared" / "data" / "hn-stories-2016-2020.parquet"
+NOTEBOOKS = ("01_baseline", "02_optimizer", "03_architecture", "04_sweeps", "05_analysis")
+
+pytestmark = pytest.mark.skipif(not (os.environ.get("MAINRUN_DATA") or STANDIN.exists()),
+                                reason="needs the titles corpus (MAINRUN_DATA or ../shared/data)")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    env = {**os.environ, "MAINRUN_RESULTS": str(tmp / "results"), "MAINRUN_CHECKPOINTS": str(tmp / "ckpt"),
+           "MAINRUN_DATA": os.environ.get("MAINRUN_DATA") or str(STANDIN)}
+    t0 = time.time()
+    proc = subprocess.run(["make", "--no-print-directory", "run", "PROFILE=smoke", f"NB_OUT={tmp / 'notebooks'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    print(f"make run PROFILE=smoke took {time.time() - t0:.0f}s")
+    return {"proc": proc, "tmp": tmp, "results": tmp / "results", "notebooks": tmp / "notebooks",
+            "pdf": tmp / "results" / "report-smoke.pdf"}
+
+
+def pdf_text(path: Path) -> str:
+    """The PDF's text, ligatures unfolded, typographic quotes made plain, whitespace runs made one space."""
+    text = " ".join(page.extract_text() for page in PdfReader(path).pages)
+    text = unicodedata.normalize("NFKC", text).translate(str.maketrans("\u2018\u2019\u201c\u201d", "''\"\""))
+    return re.sub(r"\s+", " ", text)
+
+
+def finished_summaries(results: Path) -> dict[str, dict]:
+    out = {}
+    for p in (results / "runs").glob("*/summary.json"):
+        s = json.loads(p.read_text())
+        if s["status"] == "finished":
+            out[s["hash"]] = s
+    return out
+
+
+def test_make_run_smoke_succeeds(pipeline):
+    proc = pipeline["proc"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_every_notebook_is_executed_without_errors(pipeline):
+    for name in NOTEBOOKS:
+        path = pipeline["notebooks"] / f"{name}.ipynb"
+        assert path.exists(), f"{name}: no executed copy"
+        nb = nbformat.read(path, as_version=4)
+        assert not nb.metadata.papermill.get("exception"), f"{name}: papermill recorded an exception"
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                  if o.get("output_type") == "error"]
+        assert not errors, f"{name}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
+        assert nb.cells[1].metadata.get("tags") == ["parameters"]
+        assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+
+
+def test_pdf_exists_and_has_pages(pipeline):
+    assert pipeline["pdf"].exists()
+    assert len(PdfReader(pipeline["pdf"]).pages) >= 2
+
+
+def test_pdf_states_the_ledgers_final_numbers(pipeline):
+    text = pdf_text(pipeline["pdf"])
+    runs = finished_summaries(pipeline["results"])
+    ladder = json.loads((pipeline["results"] / "studies" / "smoke" / "ladder.json").read_text())["stages"]
+    baseline, final = runs[ladder[0]["hash"]], runs[ladder[-1]["hash"]]
+    assert ladder[0]["stage"] == "baseline"
+    assert f"{baseline['final_val_loss']:.4f}" in text
+    assert f"{final['final_val_loss']:.4f}" in text
+    assert f"{final['full_val_bpc']:.3f}" in text
+    assert f"{final['final_val_loss'] / baseline['final_val_loss']:.3f}" in text
+    missing = [s["name"] for s in runs.values() if f"{s['final_val_loss']:.4f}" not in text]
+    assert not missing, f"runs whose official loss is not in the PDF: {missing}"
+
+
+def test_pdf_shows_every_figure_with_its_caption(pipeline):
+    text = pdf_text(pipeline["pdf"])
+    qmd = (ROOT / "report" / "report.qmd").read_text()
+    captions = re.findall(r"^!\[(.+?)\]\((.+?)\)", qmd, re.M)
+    assert len(captions) >= 3
+    for caption, _ in captions:
+        assert re.sub(r"\s+", " ", caption) in text, f"caption missing from the PDF: {caption}"
+    images = sum(len(page.images) for page in PdfReader(pipeline["pdf"]).pages)
+    assert images >= len(captions)
