@@ -118,7 +118,30 @@ def bench_config(cfg: Config, device: str, reps: int = 3, warmup: int = 1, refer
             "peak_mem_mb": _peak_mem_mb(device)}
 
 
-def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: str | None = None) -> dict:
+def profile_ops(cfg: Config, device: str, rows: int = 15) -> str:
+    """torch.profiler's top ops (self time) for one of our training steps after a warm-up."""
+    from torch.profiler import profile
+
+    precision = resolve_precision(cfg.precision, device)
+    model = build_model(cfg, cfg.vocab_size).to(device)
+    opts = build_optimizers(cfg, model, device)
+    x = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size), device=device)
+
+    def step():
+        with autocast(device, precision):
+            _, loss = model(x, x)
+        loss.backward()
+        for o in opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
+    step()
+    with profile() as prof:
+        step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: str | None = None,
+              ops: bool = False) -> dict:
     device = resolve_device(cfg.device)
     ceil = {"fp32": matmul_rate(device, torch.float32, 2048)}
     ceil["bf16"] = matmul_rate(device, torch.bfloat16, 2048 if device == "cuda" else 512)
@@ -144,6 +167,10 @@ def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: st
         out["mfu_vs_989_tflops"] = ours["gflops"] / 989e3
     out_dir = out_dir or repo_root() / "results" / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
+    if ops:
+        table = profile_ops(cfg, device)
+        (out_dir / f"{device}-{out['label']}-ops.txt").write_text(table + "\n")
+        out["top_ops_file"] = f"{device}-{out['label']}-ops.txt"
     (out_dir / f"{device}-{out['label']}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     return out
 
@@ -168,6 +195,8 @@ def format_table(r: dict) -> str:
 def main(args) -> int:
     from .config import parse_overrides
     cfg = make_config(args.profile, args.preset, **parse_overrides(args.set or []))
-    r = run_bench(cfg, reps=args.reps, label=args.label)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    r = run_bench(cfg, reps=args.reps, label=args.label, ops=args.ops)
     print(format_table(r))
     return 0
