@@ -73,7 +73,7 @@ def bench_config(cfg: Config, device: str, reps: int = 3, warmup: int = 1, refer
     rows = {}
 
     if reference and cfg.d_model and cfg.norm == "layernorm" and cfg.mlp == "gelu":
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.rng_seed)
         ref = RefGPT(V, T, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.dropout).to(device)
         ref_opt = torch.optim.SGD(ref.parameters(), lr=cfg.lr, foreach=False)
 

@@ -33,7 +33,8 @@ class Config:
     data: str = ""                      # titles file (parquet/jsonl/csv) or "hub"; "" = $MAINRUN_DATA, else hub
     num_titles: int = 100_000           # titles taken after the seeded shuffle
     val_frac: float = 0.10              # last fraction of those titles is validation
-    seed: int = 1337                    # shuffle seed and torch/python RNG seed
+    seed: int = 1337                    # shuffle seed of the split, and the RNG seed unless train_seed is set
+    train_seed: int = -1                # RNG seed of init, dropout (-1 = seed); varies runs on one split
     epochs: int = 7                     # passes over the training tokens
     # --- tokenizer ---
     vocab_size: int = 16_000            # byte-level BPE vocabulary (trained on train+val titles, as the original)
@@ -77,11 +78,21 @@ class Config:
 
     # ------------------------------------------------------------------
     def hash_fields(self) -> dict[str, Any]:
-        """The fields that change a run's result (identity and bookkeeping removed)."""
+        """The fields that change a run's result (identity and bookkeeping removed).
+
+        Fields added after runs were recorded are left out while they hold their neutral
+        value, so older runs keep their hashes."""
         d = dataclasses.asdict(self)
         for k in NOT_HASHED:
             d.pop(k)
+        for k, neutral in HASH_OMIT_IF.items():
+            if d[k] == neutral:
+                d.pop(k)
         return d
+
+    @property
+    def rng_seed(self) -> int:
+        return self.seed if self.train_seed < 0 else self.train_seed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -92,6 +103,7 @@ class Config:
 
 
 NOT_HASHED = ("name", "profile", "preset", "data", "checkpoint_every", "device")
+HASH_OMIT_IF = {"train_seed": -1}
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "profile": ("smoke", "quick", "full"),
@@ -113,7 +125,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "quick": dict(num_titles=10_000, vocab_size=1024, n_layer=2, n_head=2, d_model=64,
                   evals_per_epoch=1, checkpoint_every=0),
     "smoke": dict(num_titles=6_000, vocab_size=512, n_layer=1, n_head=2, d_model=32,
-                  epochs=2, batch_size=16, evals_per_epoch=1, checkpoint_every=0),
+                  epochs=1, batch_size=16, evals_per_epoch=1, checkpoint_every=0),
 }
 
 # Presets: named recipes. "baseline" is the original Mainrun train.py.
@@ -272,6 +284,8 @@ def rules_check(cfg: Config, data_source: dict[str, Any]) -> tuple[bool, list[st
     for k, v in fixed.items():
         if getattr(cfg, k) != v:
             reasons.append(f"{k}={getattr(cfg, k)} (rules fix {v})")
+    if cfg.rng_seed != 1337:
+        reasons.append(f"train_seed={cfg.train_seed} (an extra seed; the official run uses 1337)")
     if data_source.get("kind") == "hub":
         if data_source.get("dataset") != HUB_DATASET:
             reasons.append(f"dataset {data_source.get('dataset')} is not {HUB_DATASET}")

@@ -80,7 +80,7 @@ def expand(spec: dict) -> list[Point]:
             points.append(Point(",".join(f"{n}={_fmt(v)}" for n, v in ov.items()), ov, "grid", None))
     seeds = spec.get("seeds")
     if seeds:
-        points = [Point(p.label, {**p.overrides, "seed": s}, p.axis, p.value, s) for p in points for s in seeds]
+        points = [Point(p.label, {**p.overrides, "train_seed": s}, p.axis, p.value, s) for p in points for s in seeds]
     labels = [(p.label, p.seed) for p in points]
     dupes = sorted({str(x) for x in labels if labels.count(x) > 1})
     if dupes:
@@ -126,7 +126,7 @@ def run_sweep(spec: dict, profile: str, study: str, progress: bool = True, force
               f"({'from the ledger' if reused else f'trained in {time.time() - t0:.0f}s'}), "
               f"run {summary['name']}-{summary['hash']}", flush=True)
         rows.append({"study": study, "label": p.label, "axis": p.axis, "value": p.value,
-                     "seed": cfg.seed, "hash": summary["hash"], "overrides": p.overrides,
+                     "seed": cfg.rng_seed, "hash": summary["hash"], "overrides": p.overrides,
                      **{k: summary.get(k) for k in SUMMARY_COLUMNS}})
     df = pd.DataFrame(rows)
     record_study(profile, study, spec, rows)
@@ -202,7 +202,7 @@ def by_point(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"loss_mean": g.mean(), "loss_std": g.std(ddof=1), "seeds": g.size(),
                         "loss_min": g.min(), "loss_max": g.max()})
     first = ok.drop_duplicates("label").set_index("label")[["axis", "value", "overrides"]].copy()
-    first["overrides"] = [{k: v for k, v in ov.items() if k != "seed"} for ov in first["overrides"]]
+    first["overrides"] = [{k: v for k, v in ov.items() if k not in ("seed", "train_seed")} for ov in first["overrides"]]
     return out.join(first)
 
 

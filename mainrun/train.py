@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import ledger
 from .config import EVAL_BATCH, EVAL_BLOCK, Config, rules_check, run_hash, validate
@@ -54,8 +54,8 @@ def resolve_precision(precision: str, device: str) -> str:
 
 def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT:
     """Seeded exactly as the original: torch.manual_seed(seed) then module construction."""
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
+    torch.manual_seed(cfg.rng_seed)
+    random.seed(cfg.rng_seed)
     model = GPT(GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, d_model=cfg.d_model, dropout=cfg.dropout, norm=cfg.norm,
                           pos=cfg.pos, init=cfg.init, mlp=cfg.mlp, tie_embeddings=cfg.tie_embeddings,

@@ -4,6 +4,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+
+# The test models are tiny: one thread is as fast as two, and does not fight a background run.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT.parent / "shared" / "data" / "hn-stories-2016-2020.parquet"

@@ -61,3 +61,14 @@ def test_rules_guard():
     assert not ok and any("num_titles" in r for r in why)
     ok, why = rules_check(make_config("full"), {"kind": "file", "sha256": "0" * 64})
     assert not ok and "stand-in" in why[0]
+
+
+def test_train_seed_varies_the_run_not_the_split():
+    standin = {"kind": "file", "sha256": STANDIN_SHA256}
+    base = make_config("full")
+    assert base.rng_seed == 1337 and "train_seed" not in base.hash_fields()   # older hashes unchanged
+    extra = make_config("full", train_seed=1338)
+    assert extra.rng_seed == 1338 and extra.seed == 1337                      # same split, other RNG
+    assert run_hash(extra, "fp") != run_hash(base, "fp")
+    ok, why = rules_check(extra, standin)
+    assert not ok and "train_seed=1338" in why[0]

@@ -15,7 +15,7 @@ def test_a_spec_expands_to_named_points_then_each_axis_alone():
 def test_grid_and_seeds_multiply_points():
     pts = sweep.expand({"grid": {"lr": [1e-4, 3e-4], "dropout": [0.0, 0.1]}, "seeds": [1, 2]})
     assert len(pts) == 8
-    assert {p.seed for p in pts} == {1, 2} and all(p.overrides["seed"] == p.seed for p in pts)
+    assert {p.seed for p in pts} == {1, 2} and all(p.overrides["train_seed"] == p.seed for p in pts)
 
 
 def test_a_compound_axis_value_keeps_its_extra_overrides():
