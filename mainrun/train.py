@@ -162,6 +162,8 @@ class Trainer:
                              f"step of {tokens_per_batch * cfg.grad_accum:,}; lower batch_size or grad_accum")
         self.max_steps = cfg.epochs * self.steps_per_epoch
         self.eval_interval = max(1, self.steps_per_epoch // cfg.evals_per_epoch)
+        # training losses stay on the device and are read every log_every steps (each read is a sync)
+        self.log_every = 1 if device == "cpu" else 25
         scored, self.coverage = official_coverage(len(corpus.val_ids))
         if scored == 0:
             raise ValueError(f"the validation split has {len(corpus.val_ids):,} tokens, fewer than one official "
@@ -217,9 +219,10 @@ class Trainer:
         bar = tqdm(total=self.max_steps, initial=step, desc=cfg.run_name, disable=not progress,
                    dynamic_ncols=True, mininterval=1.0)
         status, diverged_step = "finished", None
+        pending: list[tuple] = []   # (step, loss on the device, elapsed, lr) not yet read by the host
+        t_seg = time.time()         # start of the current stretch of training steps (evals excluded)
         try:
             while step < self.max_steps:
-                t0 = time.time()
                 mult = lr_multiplier(cfg, step, self.max_steps)
                 lr = set_lr(self.opts, mult)
                 loss_sum = torch.zeros((), device=self.device)
@@ -239,18 +242,19 @@ class Trainer:
                 if self.ema:
                     self.ema.update_parameters(self.model)
                 step += 1
-                train_loss = loss_sum.item() / cfg.grad_accum  # one host sync per step, for the log
-                state["train_time"] += time.time() - t0
-                state["elapsed"] = time.time() - t_start
-                log.log("training_step", step=step, max_steps=self.max_steps, loss=train_loss,
-                        elapsed_time=state["elapsed"], lr=lr)
+                pending.append((step, loss_sum / cfg.grad_accum, time.time() - t_start, lr))
                 bar.update(1)
-                bar.set_postfix(loss=f"{train_loss:.4f}", val=state["last_val"], refresh=False)
-                if not math.isfinite(train_loss):
-                    status, diverged_step = "diverged", step
-                    log.log("diverged", step=step, loss=str(train_loss))
-                    break
-                if step == 1 or step % self.eval_interval == 0 or step == self.max_steps:
+                eval_due = step == 1 or step % self.eval_interval == 0 or step == self.max_steps
+                ckpt_due = bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0 and step < self.max_steps
+                if len(pending) >= self.log_every or eval_due or ckpt_due:
+                    bad = self.flush(pending, log, bar, state)      # the one host sync
+                    now = time.time()
+                    state["train_time"] += now - t_seg
+                    state["elapsed"], t_seg = now - t_start, now
+                    if bad is not None:
+                        status, diverged_step, step = "diverged", bad, bad
+                        break
+                if eval_due:
                     val = self.evaluate()
                     state["elapsed"] = time.time() - t_start
                     state["last_val"], state["final_val"] = round(val, 4), val
@@ -264,13 +268,28 @@ class Trainer:
                         status, diverged_step = "diverged", step
                         log.log("diverged", step=step, loss=str(val))
                         break
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.max_steps:
+                if ckpt_due:
                     self.save_checkpoint(step, ptr, state, log)
+                if eval_due or ckpt_due:
+                    t_seg = time.time()
                 if on_step is not None:
                     on_step(step)
         finally:
             bar.close()
         return self.finish(status, diverged_step, step, state, log)
+
+    def flush(self, pending: list[tuple], log: JsonlLog, bar, state: dict) -> int | None:
+        """Log the pending training steps; returns the first step whose loss is not finite, if any."""
+        losses = torch.stack([p[1] for p in pending]).tolist()
+        pending_steps = list(pending)
+        pending.clear()
+        for (step, _, elapsed, lr), loss in zip(pending_steps, losses):
+            log.log("training_step", step=step, max_steps=self.max_steps, loss=loss, elapsed_time=elapsed, lr=lr)
+            if not math.isfinite(loss):
+                log.log("diverged", step=step, loss=str(loss))
+                return step
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", val=state["last_val"], refresh=False)
+        return None
 
     def finish(self, status: str, diverged_step: int | None, step: int, state: dict, log: JsonlLog) -> dict:
         cfg, c = self.cfg, self.corpus

@@ -130,3 +130,19 @@ def test_cli_bad_input_is_refused_clearly():
     assert r.returncode == 2 and "learning_rate" in r.stderr and "accepted" in r.stderr
     r = cli("train", "--profile", "smoke", "--set", "data=/no/such/file.parquet")
     assert r.returncode == 2 and "/no/such/file.parquet" in r.stderr and "MAINRUN_DATA" in r.stderr
+
+
+def test_deferred_loss_reads_log_every_step_and_catch_divergence(isolated, monkeypatch):
+    """On CUDA losses are read every few steps (one sync each); the log and divergence stay exact."""
+    init = train_mod.Trainer.__init__
+
+    def every_7(self, *a, **k):
+        init(self, *a, **k)
+        self.log_every = 7
+    monkeypatch.setattr(train_mod.Trainer, "__init__", every_7)
+    s = mainrun.run(make_config("smoke", **SMOKE), progress=False)
+    (d,) = run_dirs(isolated)
+    steps = [e["step"] for e in ledger.read_log(d / "log.jsonl") if e["event"] == "training_step"]
+    assert s["status"] == "finished" and steps == list(range(1, s["max_steps"] + 1))
+    bad = mainrun.run(make_config("smoke", lr=1e30, grad_clip=0.0, **SMOKE), progress=False)
+    assert bad["status"] == "diverged" and bad["steps"] == bad["diverged_step"]
