@@ -106,7 +106,8 @@ def baseline_hash(df: pd.DataFrame, profile: str) -> str | None:
     ref.pop("precision")
     done = df[df["status"] == "finished"].sort_values("started_at")
     for _, row in done.iterrows():
-        if all(row.get(k) == v for k, v in ref.items()):
+        extra_seed = row.get("train_seed") not in (None, -1) and not _nan(row.get("train_seed"))
+        if all(row.get(k) == v for k, v in ref.items()) and not extra_seed:
             return row["hash"]
     return None
 

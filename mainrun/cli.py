@@ -67,9 +67,9 @@ def cmd_eval(args) -> int:
     titles = read_titles(args.data, args.num_titles)  # file order, no shuffle
     ids, chars = encode_titles(ck["tokenizer_path"], titles)
     out = {"run": run_dir.name, "data": args.data, "titles": len(titles), "tokens": len(ids), "chars": chars,
-           "official_loss": evaluate(model, ids, chars, device, cfg.precision),
+           "official_loss": evaluate(model, ids, chars, device) if official_coverage(len(ids))[0] else None,
            "official_coverage": official_coverage(len(ids))[1],
-           **full_coverage(model, ids, chars, device, cfg.precision)}
+           **full_coverage(model, ids, chars, device)}
     print(json.dumps(out, indent=2))
     return 0
 
@@ -150,6 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -31,8 +31,9 @@ def results_root(profile: str) -> Path:
 
 
 def checkpoints_root() -> Path:
-    """$MAINRUN_CHECKPOINTS (keep it outside the checkout for long runs), else data/checkpoints."""
-    return Path(os.environ.get("MAINRUN_CHECKPOINTS", repo_root() / "data" / "checkpoints")).expanduser()
+    """$MAINRUN_CHECKPOINTS, else ~/.cache/mainrun: outside the checkout, so a fresh clone on the same
+    machine (or JupyterLab without the Makefile's environment) finds and resumes the same runs."""
+    return Path(os.environ.get("MAINRUN_CHECKPOINTS", Path.home() / ".cache" / "mainrun")).expanduser()
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -95,11 +95,12 @@ def build_optimizers(cfg: Config, model: nn.Module, device: str) -> list[torch.o
 
 
 def set_lr(opts: list[torch.optim.Optimizer], multiplier: float) -> float:
-    """Write peak * multiplier into every group; returns the first group's LR (for logging)."""
+    """Write peak * multiplier into every group; returns the last optimizer's first LR (AdamW's under
+    muon) for the log."""
     for opt in opts:
         for group in opt.param_groups:
             group["lr"] = group["peak_lr"] * multiplier
-    return opts[0].param_groups[0]["lr"]
+    return opts[-1].param_groups[0]["lr"]
 
 
 def describe_groups(model: nn.Module) -> dict[str, int]:

@@ -37,7 +37,7 @@ SPEC_KEYS = ("base", "points", "axes", "grid", "seeds")
 # Where the one-change-at-a-time studies run. Under full they run on the quick proxy and only the kept
 # configuration is trained at full scale (a full-scale sweep would take days on 2 CPU cores).
 STUDY_PROFILE = {"full": "quick", "quick": "quick", "smoke": "smoke"}
-STAGES = ("baseline", "epic1", "epic2", "epic3")  # the seed plan's ladder, notebooks 01-04
+STAGES = ("baseline", "epic1", "epic2", "epic3", "beyond")  # the seed plan (notebooks 01-04), then past it
 # Fields that name or place a run rather than change it; left out of a stage's overrides.
 IDENTITY = ("name", "profile", "preset", "data", "precision", "device", "checkpoint_every")
 

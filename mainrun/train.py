@@ -7,6 +7,7 @@ training (unless force=True). A run whose checkpoint exists resumes from it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -137,7 +138,56 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
         "config": cfg.to_dict(), "hash": h, "data_fingerprint": corpus.fingerprint,
         "data_source": corpus.source, "official": official, "official_reasons": reasons,
         "eval_shape": [EVAL_BATCH, EVAL_BLOCK]})
-    return Trainer(cfg, corpus, device, run_dir, ckpt_dir, h, official, reasons).train(on_step, progress)
+    with run_lock(run_dir):
+        check_resumable(run_dir, ckpt_dir, cfg)
+        return Trainer(cfg, corpus, device, run_dir, ckpt_dir, h, official, reasons).train(on_step, progress)
+
+
+def _lock_owner(lock: Path) -> int | None:
+    """The pid in a lock file if that process is alive, else None (a stale lock)."""
+    try:
+        pid = int(lock.read_text() or 0)
+        os.kill(pid, 0)
+        return pid
+    except PermissionError:
+        return pid                               # alive, another user's
+    except (ValueError, OSError):
+        return None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """One process per run: a second `run` of the same config refuses while the first is alive."""
+    lock = run_dir / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            pid = _lock_owner(lock)
+            if pid is not None:
+                raise RuntimeError(f"run {run_dir.name} is being trained by process {pid} already; wait for "
+                                   f"it, or stop it and start again to resume") from None
+            lock.unlink(missing_ok=True)
+    else:
+        raise RuntimeError(f"could not lock {lock}")
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def check_resumable(run_dir: Path, ckpt_dir: Path, cfg: Config) -> None:
+    """Refuse to silently restart a run whose log is past a checkpoint that cannot be found here."""
+    if (ckpt_dir / "ckpt.pt").exists() or not cfg.checkpoint_every or not (run_dir / "log.jsonl").exists():
+        return
+    steps = [e["step"] for e in ledger.read_log(run_dir / "log.jsonl") if e.get("event") == "training_step"]
+    if steps and max(steps) >= cfg.checkpoint_every:
+        raise RuntimeError(f"run {run_dir.name} has logged {max(steps)} steps but no checkpoint is under {ckpt_dir}; "
+                           f"set MAINRUN_CHECKPOINTS to the folder that holds <hash>/ckpt.pt, or force=True "
+                           f"(--force) to start it over")
 
 
 class Trainer:
@@ -148,6 +198,8 @@ class Trainer:
         self.official, self.reasons = official, reasons
         self.model = build_model(cfg, corpus.vocab_size, corpus.eos_id).to(device)
         self.n_params = self.model.num_params()
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         self.opts = build_optimizers(cfg, self.model, device)
         self.ema = None
         if cfg.ema > 0:
@@ -180,7 +232,8 @@ class Trainer:
         path = self.ckpt_dir / "ckpt.pt"
         if not path.exists():
             return None
-        ck = torch.load(path, map_location=self.device, weights_only=False)
+        # on the CPU first: RNG states must stay CPU byte tensors; load_state_dict moves the rest
+        ck = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(ck["model"])
         for o, s in zip(self.opts, ck["opts"]):
             o.load_state_dict(s)
@@ -192,7 +245,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def evaluate(self) -> float:
         m = self.ema.module if self.ema else self.model
-        return evaluate(m, self.corpus.val_ids, self.corpus.val_chars, self.device, self.cfg.precision)
+        return evaluate(m, self.corpus.val_ids, self.corpus.val_chars, self.device, self.cfg.eval_precision)
 
     def train(self, on_step: Callable[[int], None] | None = None, progress: bool = True) -> dict:
         cfg, c = self.cfg, self.corpus
@@ -203,10 +256,14 @@ class Trainer:
                                         "final_val": None, "resumes": 0,
                                         "started_at": datetime.now(timezone.utc).isoformat()}
         step, ptr = (ck["step"], ck["ptr"]) if ck else (0, 0)
+        code = {**ledger.git_state(), "torch_version": torch.__version__, "device": self.device}
         if ck:
             state["resumes"] += 1
-            log.log("resumed", step=step, resumes=state["resumes"])
+            state.setdefault("code", [{"git_commit": None, "note": "started before code was recorded"}])
+            state["code"].append(code)
+            log.log("resumed", step=step, resumes=state["resumes"], **code)
         else:
+            state["code"] = [code]
             log.log("hyperparameters_configured", **cfg.to_dict(), run_hash=self.hash)
             log.log("device_info", **ledger.hardware(self.device))
             log.log("dataset_info", titles_count=c.n_train_titles, epochs=cfg.epochs,
@@ -255,12 +312,12 @@ class Trainer:
                         status, diverged_step, step = "diverged", bad, bad
                         break
                 if eval_due:
+                    at = state["elapsed"]                     # as the original: time before the evaluation
                     val = self.evaluate()
                     state["elapsed"] = time.time() - t_start
                     state["last_val"], state["final_val"] = round(val, 4), val
                     state["best"] = min(state["best"], val)
-                    log.log("validation_step", step=step, max_steps=self.max_steps, loss=val,
-                            elapsed_time=state["elapsed"])
+                    log.log("validation_step", step=step, max_steps=self.max_steps, loss=val, elapsed_time=at)
                     if progress:
                         tqdm.write(f"[{step:>5}/{self.max_steps}] validation_step: loss={val:.6f} "
                                    f"time={state['elapsed']:.1f}s")
@@ -296,7 +353,7 @@ class Trainer:
         m = self.ema.module if self.ema else self.model
         extra: dict[str, Any] = {}
         if status == "finished":
-            extra = full_coverage(m, c.val_ids, c.val_chars, self.device, cfg.precision)
+            extra = full_coverage(m, c.val_ids, c.val_chars, self.device, cfg.eval_precision)
             log.log("full_coverage", step=step, **extra, official_coverage=self.coverage)
             _atomic_save({"model": m.state_dict(), "config": cfg.to_dict(), "vocab_size": c.vocab_size,
                           "eos_id": c.eos_id, "tokenizer_path": c.tokenizer_path}, self.ckpt_dir / "final.pt")
@@ -313,11 +370,11 @@ class Trainer:
             "steps": step, "max_steps": self.max_steps, "n_params": self.n_params,
             "wall_time_s": state["elapsed"], "train_time_s": state["train_time"],
             "tokens_per_s": train_tokens / state["train_time"] if state["train_time"] else None,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_process_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "precision": cfg.precision, "resumes": state["resumes"],
             "data_fingerprint": c.fingerprint, "data_source": c.source,
             "started_at": state["started_at"], "finished_at": datetime.now(timezone.utc).isoformat(),
-            "hardware": ledger.hardware(self.device), **ledger.git_state(),
+            "hardware": ledger.hardware(self.device), **state["code"][0], "code_history": state["code"],
         }
         if self.device == "cuda":
             summary["peak_cuda_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20

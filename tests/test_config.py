@@ -72,3 +72,9 @@ def test_train_seed_varies_the_run_not_the_split():
     assert run_hash(extra, "fp") != run_hash(base, "fp")
     ok, why = rules_check(extra, standin)
     assert not ok and "train_seed=1338" in why[0]
+
+
+def test_official_metric_runs_in_fp32_by_default():
+    cfg = make_config("full")
+    assert cfg.eval_precision == "fp32" and "eval_precision" not in cfg.hash_fields()
+    assert run_hash(make_config("full", eval_precision="bf16"), "fp") != run_hash(cfg, "fp")

@@ -146,3 +146,23 @@ def test_deferred_loss_reads_log_every_step_and_catch_divergence(isolated, monke
     assert s["status"] == "finished" and steps == list(range(1, s["max_steps"] + 1))
     bad = mainrun.run(make_config("smoke", lr=1e30, grad_clip=0.0, **SMOKE), progress=False)
     assert bad["status"] == "diverged" and bad["steps"] == bad["diverged_step"]
+
+
+def test_one_process_per_run_and_no_silent_restart(isolated, monkeypatch):
+    cfg = make_config("smoke", checkpoint_every=5, **SMOKE)
+
+    def stop_at_7(step):
+        if step == 7:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        mainrun.run(cfg, on_step=stop_at_7, progress=False)
+    (d,) = run_dirs(isolated)
+    assert not (d / ".lock").exists()                         # released on the way out
+    (d / ".lock").write_text(str(os.getpid()))                # a live process holds the run
+    with pytest.raises(RuntimeError, match="being trained by process"):
+        mainrun.run(cfg, progress=False)
+    (d / ".lock").write_text("999999999")                     # a dead one: stale, taken over
+    monkeypatch.setenv("MAINRUN_CHECKPOINTS", str(isolated / "elsewhere"))
+    with pytest.raises(RuntimeError, match="no checkpoint is under"):   # the log is past a checkpoint we cannot see
+        mainrun.run(cfg, progress=False)
+    assert mainrun.run(cfg, force=True, progress=False)["status"] == "finished"
