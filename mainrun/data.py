@@ -135,7 +135,7 @@ def train_tokenizer(titles: list[str], vocab_size: int):
     return tok
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
+def atomic_write_bytes(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
@@ -168,7 +168,7 @@ def prepare(cfg: Config) -> Corpus:
         tok = Tokenizer.from_file(str(tok_path))
     else:
         tok = train_tokenizer(train_titles + val_titles, cfg.vocab_size)
-        _atomic_write_bytes(tok_path, lambda p: tok.save(p))
+        atomic_write_bytes(tok_path, lambda p: tok.save(p))
     val_text = join_titles(val_titles)
     if ids_path.exists():
         blob = torch.load(ids_path)
@@ -176,7 +176,7 @@ def prepare(cfg: Config) -> Corpus:
     else:
         train_ids = torch.tensor(tok.encode(join_titles(train_titles)).ids, dtype=torch.long)
         val_ids = torch.tensor(tok.encode(val_text).ids, dtype=torch.long)
-        _atomic_write_bytes(ids_path, lambda p: torch.save({"train_ids": train_ids, "val_ids": val_ids}, p))
+        atomic_write_bytes(ids_path, lambda p: torch.save({"train_ids": train_ids, "val_ids": val_ids}, p))
     return Corpus(train_ids=train_ids, val_ids=val_ids, val_chars=len(val_text), vocab_size=tok.get_vocab_size(),
                   eos_id=tok.token_to_id(EOS), fingerprint=fp, source=source, tokenizer_path=str(tok_path),
                   n_train_titles=len(train_titles), n_val_titles=len(val_titles))

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from . import ledger
 from .config import EVAL_BATCH, EVAL_BLOCK, Config, rules_check, run_hash, validate
-from .data import Corpus, get_batch, prepare
+from .data import Corpus, atomic_write_bytes, get_batch, prepare
 from .evaluate import autocast, evaluate, full_coverage, official_coverage
 from .model import GPT, GPTConfig
 from .optim import build_optimizers, describe_groups, lr_multiplier, set_lr
@@ -104,10 +104,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through the same temp-file-then-rename writer as the data caches."""
+    atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp))
 
 
 def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None = None,
