@@ -143,8 +143,8 @@ def profile_ops(cfg: Config, device: str, rows: int = 15) -> str:
 def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: str | None = None,
               ops: bool = False) -> dict:
     device = resolve_device(cfg.device)
-    ceil = {"fp32": matmul_rate(device, torch.float32, 2048)}
-    ceil["bf16"] = matmul_rate(device, torch.bfloat16, 2048 if device == "cuda" else 512)
+    ceil = {"fp32": matmul_rate(device, torch.float32, 8192 if device == "cuda" else 2048)}
+    ceil["bf16"] = matmul_rate(device, torch.bfloat16, 8192 if device == "cuda" else 512)
     res = bench_config(cfg, device, reps=reps)
     ours = res["rows"]["ours"]
     ceiling = max(ceil.values())

@@ -51,12 +51,52 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+class _Titles:
+    """The few `datasets.Dataset` methods the loader uses, over a pandas frame.
+
+    Only for machines without HF `datasets` (the lent GPU machines): `shuffle` draws the same
+    permutation as `datasets.Dataset.shuffle(seed=...)` (numpy's default_rng(seed)), which
+    tests/test_data.py checks against `datasets` on the stand-in corpus."""
+
+    def __init__(self, frame):
+        self._frame = frame.reset_index(drop=True)
+        self.column_names = list(frame.columns)
+
+    def __len__(self) -> int:
+        return len(self._frame)
+
+    def __getitem__(self, column: str) -> list:
+        return self._frame[column].tolist()
+
+    def shuffle(self, seed: int) -> "_Titles":
+        import numpy as np
+        return _Titles(self._frame.iloc[np.random.default_rng(seed).permutation(len(self._frame))])
+
+    def select(self, indices) -> "_Titles":
+        return _Titles(self._frame.iloc[list(indices)])
+
+
+def _read_without_datasets(path: Path, kind: str) -> _Titles:
+    import pandas as pd
+    if kind == "parquet":
+        return _Titles(pd.read_parquet(path))
+    if kind == "json":
+        return _Titles(pd.read_json(path, lines=path.suffix.lower() == ".jsonl"))
+    return _Titles(pd.read_csv(path))
+
+
 def _load_dataset(source: str):
     """A `datasets.Dataset` with a `title` column, from the hub or a local file."""
-    import datasets
-    from datasets import load_dataset
+    try:
+        import datasets
+        from datasets import load_dataset
+    except ImportError:  # a machine without HF datasets: local files only, read with pandas
+        datasets = load_dataset = None
 
     hf_cache = str(cache_dir() / "hf")
+    if source == "hub" and datasets is None:
+        raise DataError("the hub dataset needs the `datasets` package, which is not installed here; "
+                        "pip install -r requirements.txt, or set MAINRUN_DATA=/path/to/titles.parquet")
     if source == "hub":
         try:
             return load_dataset(HUB_DATASET, split="train", cache_dir=hf_cache), {"kind": "hub", "dataset": HUB_DATASET}
@@ -75,10 +115,13 @@ def _load_dataset(source: str):
     if kind is None:
         raise DataError(f"data file {str(path)!r} has suffix {path.suffix!r}; accepted: {', '.join(SUFFIXES)}")
     try:
-        ds = load_dataset(kind, data_files=str(path), split="train", cache_dir=hf_cache)
+        if datasets is None:
+            ds = _read_without_datasets(path, kind)
+        else:
+            ds = load_dataset(kind, data_files=str(path), split="train", cache_dir=hf_cache)
     except Exception as e:
         raise DataError(f"could not read {str(path)!r} as {kind}: {type(e).__name__}: {str(e)[:200]}") from None
-    if isinstance(ds, datasets.DatasetDict):  # pragma: no cover - split="train" returns a Dataset
+    if datasets is not None and isinstance(ds, datasets.DatasetDict):  # pragma: no cover - split="train" returns a Dataset
         ds = ds["train"]
     return ds, {"kind": "file", "path": str(path.resolve()), "sha256": file_sha256(path)}
 

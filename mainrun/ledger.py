@@ -98,7 +98,9 @@ def git_state() -> dict[str, Any]:
                                 timeout=10).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "mainrun"], cwd=root,
                                     capture_output=True, text=True, timeout=10).stdout.strip())
-        return {"git_commit": commit or None, "git_dirty": dirty}
+        if not commit:  # a copy of the tree without .git (a lent GPU machine): the caller may say which commit
+            return {"git_commit": os.environ.get("MAINRUN_GIT_COMMIT") or None, "git_dirty": None}
+        return {"git_commit": commit, "git_dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
 

@@ -95,3 +95,28 @@ def test_get_batch_wraps_like_the_original():
     assert x.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]] and y[0].tolist() == [1, 2, 3, 4] and ptr == 8
     x, _, ptr = get_batch(ids, 91, 4, 2)                   # 91 + 9 >= 100: back to the start
     assert x[0, 0].item() == 0 and ptr == 8
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv"])
+def test_split_without_datasets_matches_datasets(titles_file, tmp_path, monkeypatch, fmt):
+    """Machines without HF datasets (the lent GPU machines) read files with pandas and must draw the same split."""
+    import builtins
+
+    df = pd.read_parquet(titles_file)
+    path = tmp_path / f"t.{fmt}"
+    {"parquet": lambda: df.to_parquet(path), "csv": lambda: df.to_csv(path, index=False),
+     "jsonl": lambda: path.write_text("\n".join(json.dumps(r) for r in df.to_dict("records")))}[fmt]()
+    with_datasets = load_titles(str(path), 1000, 1337, 0.1)
+    real_import = builtins.__import__
+
+    def no_datasets(name, *a, **k):
+        if name == "datasets" or name.startswith("datasets."):
+            raise ImportError("no datasets here")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    without = load_titles(str(path), 1000, 1337, 0.1)
+    assert without[0] == with_datasets[0] and without[1] == with_datasets[1]
+    assert without[2] == with_datasets[2]
+    with pytest.raises(DataError, match="needs the `datasets` package"):
+        load_titles("hub", 10, 1337, 0.1)
