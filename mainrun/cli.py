@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--label", default=None, help="name of the JSON under results/bench/")
     b.add_argument("--ops", action="store_true", help="also save torch.profiler's top ops for our step")
     b.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch's default)")
+    b.add_argument("--no-reference", action="store_true", help="skip the original-style reference step")
     b.set_defaults(fn=cmd_bench)
     add_report_command(sub)
     args = p.parse_args(argv)

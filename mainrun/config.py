@@ -55,6 +55,8 @@ class Config:
     optimizer: str = "sgd"              # sgd | adamw | muon (Muon on hidden matrices, AdamW elsewhere)
     lr: float = 6e-3                    # peak learning rate (AdamW part for muon)
     muon_lr: float = 0.02               # Muon's learning rate for hidden matrices
+    muon_ns: str = "bf16"               # dtype of Muon's Newton-Schulz iteration: bf16 (torch's) | fp32
+                                        # (for CPUs without native bf16, where bf16 matmuls crawl)
     momentum: float = 0.0               # SGD momentum (Muon uses 0.95)
     weight_decay: float = 0.0
     beta1: float = 0.9
@@ -104,7 +106,7 @@ class Config:
 
 
 NOT_HASHED = ("name", "profile", "preset", "data", "checkpoint_every", "device")
-HASH_OMIT_IF = {"train_seed": -1, "eval_precision": "fp32"}
+HASH_OMIT_IF = {"train_seed": -1, "eval_precision": "fp32", "muon_ns": "bf16"}
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "profile": ("smoke", "quick", "full"),
@@ -114,6 +116,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mlp": ("gelu", "swiglu"),
     "attn_mask": ("causal", "title"),
     "optimizer": ("sgd", "adamw", "muon"),
+    "muon_ns": ("bf16", "fp32"),
     "lr_scaling": ("none", "linear"),
     "schedule": ("cosine", "warmup_cosine", "wsd", "constant"),
     "precision": ("auto", "fp32", "bf16"),

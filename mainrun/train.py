@@ -29,7 +29,7 @@ from .config import EVAL_BATCH, EVAL_BLOCK, Config, rules_check, run_hash, valid
 from .data import Corpus, atomic_write_bytes, get_batch, prepare
 from .evaluate import autocast, evaluate, full_coverage, official_coverage
 from .model import GPT, GPTConfig
-from .optim import build_optimizers, describe_groups, lr_multiplier, set_lr
+from .optim import build_optimizers, describe_groups, lr_multiplier, native_bf16, set_lr
 
 
 def resolve_device(device: str) -> str:
@@ -45,12 +45,7 @@ def resolve_precision(precision: str, device: str) -> str:
     CPU, bf16 matmuls run through a slow fallback at ~2 GFLOP/s against ~100 for fp32)."""
     if precision != "auto":
         return precision
-    if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    except (AttributeError, RuntimeError):
-        return "fp32"
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT:

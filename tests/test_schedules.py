@@ -70,3 +70,35 @@ def test_muon_splits_hidden_matrices():
     muon.step()
     adamw.step()
     assert all(math.isfinite(p.sum().item()) for p in m.parameters())
+
+
+def test_fp32_muon_matches_torch_muon():
+    """muon_ns=fp32 changes only the dtype of torch's Newton-Schulz iteration: one step lands where torch's
+    bf16 step lands (to bf16 rounding), is closer to an fp64 iteration, and torch's function is restored."""
+    import torch.optim._muon as impl
+    from mainrun.optim import Fp32Muon, _newton_schulz_fp32
+
+    g = torch.Generator().manual_seed(3)
+    grad = torch.randn(96, 40, generator=g)
+    coeffs = (impl.DEFAULT_A, impl.DEFAULT_B, impl.DEFAULT_C)
+    exact = _newton_schulz_fp32(grad.double(), coeffs, 5, 1e-7).double()
+    ours = _newton_schulz_fp32(grad, coeffs, 5, 1e-7)
+    theirs = impl._zeropower_via_newtonschulz(grad, coeffs, 5, 1e-7).float()
+    rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()
+    assert ours.dtype == torch.float32 and ours.shape == grad.shape
+    assert rel(ours, exact) < 1e-5 < rel(theirs, exact) < 3e-2
+
+    params = [torch.nn.Parameter(torch.randn(64, 32, generator=g)) for _ in range(2)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for p, q in zip(params, twins):
+        p.grad = torch.randn(p.shape, generator=g)
+        q.grad = p.grad.clone()
+    before = impl._zeropower_via_newtonschulz
+    Fp32Muon(params, lr=0.02).step()
+    torch.optim.Muon(twins, lr=0.02).step()
+    assert impl._zeropower_via_newtonschulz is before
+    for p, q in zip(params, twins):
+        assert rel(p.detach(), q.detach()) < 1e-3 and not torch.equal(p.detach(), q.detach())
+    cfg = make_config("smoke", optimizer="muon", muon_ns="fp32")
+    opts = build_optimizers(cfg, build_model(cfg, 512), "cpu")
+    assert type(opts[0]) is Fp32Muon
