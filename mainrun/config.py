@@ -142,6 +142,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Epic 2 on top of Epic 1: RMSNorm and rotary positions.
     "epic2": dict(optimizer="adamw", lr=3e-4, weight_decay=0.1, schedule="warmup_cosine",
                   warmup_frac=0.05, min_lr_frac=0.1, norm="rmsnorm", pos="rope"),
+    # The final configuration: what the full-scale studies on a lent H200 kept (results/studies/full/gpu_*),
+    # at a size whose 7 epochs fit 60 minutes on 2 CPU cores (bench: 51 min extrapolated).
+    "final": dict(optimizer="muon", muon_ns="fp32", lr=2e-3, weight_decay=0.05, schedule="wsd",
+                  warmup_frac=0.05, min_lr_frac=0.1, dropout=0.05, pos="rope", init="scaled_residual",
+                  qk_norm=True, tie_embeddings=False, d_model=192, n_head=3, n_layer=5, vocab_size=4096,
+                  evals_per_epoch=2),
 }
 
 
