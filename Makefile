@@ -34,11 +34,19 @@ ifeq ($(PROFILE),smoke)
 export OMP_NUM_THREADS ?= 1
 endif
 
+# Under full, runs missing from the ledger are not trained (hours each on 2 CPU cores): the notebooks read the
+# committed runs and say what is missing. TRAIN=True trains them (and resumes unfinished ones).
+ifeq ($(PROFILE),full)
+TRAIN ?= False
+else
+TRAIN ?= True
+endif
+
 run: venv
 	@mkdir -p $(NB_OUT)
 	@for nb in $(NOTEBOOKS); do \
 	  echo "==> [$(PROFILE)] notebooks/$$nb.ipynb -> $(NB_OUT)/$$nb.ipynb"; \
-	  $(PY) -m papermill notebooks/$$nb.ipynb $(NB_OUT)/$$nb.ipynb -p profile $(PROFILE) -k python3 \
+	  $(PY) -m papermill notebooks/$$nb.ipynb $(NB_OUT)/$$nb.ipynb -p profile $(PROFILE) -p train $(TRAIN) -k python3 \
 	    --cwd notebooks --log-output --no-progress-bar || { \
 	    echo "error: notebooks/$$nb.ipynb failed at the cell named above; the executed copy with its traceback is $(NB_OUT)/$$nb.ipynb"; \
 	    exit 1; }; \

@@ -67,11 +67,34 @@ def analysis_dir(profile: str) -> Path:
 
 SUMMARY_FIELDS = ("status", "official", "final_val_loss", "full_val_bpc", "full_val_loss", "official_coverage",
                   "n_params", "wall_time_s", "tokens_per_s", "steps", "max_steps", "val_tokens", "val_chars",
-                  "precision", "started_at")
+                  "precision", "started_at", "train_time_s")
+
+
+def _device_and_progress(r: dict) -> dict[str, Any]:
+    """The device a run trained on, and for an unfinished run how far its log got."""
+    s = r["summary"] or {}
+    device = (s.get("hardware") or {}).get("device")
+    out: dict[str, Any] = {}
+    if device is None or s.get("status") is None:
+        log = Path(r["dir"]) / "log.jsonl"
+        events = ledger.read_log(log) if log.exists() else []
+        info = next((e for e in events if e.get("event") == "device_info"), {})
+        device = device or info.get("device")
+        steps = [e["step"] for e in events if e.get("event") == "training_step"]
+        vals = [e for e in events if e.get("event") == "validation_step"]
+        out = {"last_step": max(steps) if steps else None,
+               "last_val_step": vals[-1]["step"] if vals else None,
+               "last_val_loss": vals[-1]["loss"] if vals else None,
+               "max_steps": vals[-1]["max_steps"] if vals else None}
+    return {"device": device or r["config"].get("device"), **out}
 
 
 def load_results(profile: str) -> pd.DataFrame:
-    """One row per run of `profile` in its ledger: metrics, ratio to the baseline, and the config fields."""
+    """One row per run of `profile` in its ledger: metrics, ratio to the baseline, and the config fields.
+
+    Ratios are taken against the finished baseline trained on the same kind of device (CPU runs
+    against the CPU baseline, GPU runs against the GPU one). While a device has no finished
+    baseline its runs are compared with another device's, and `ratio_provisional` says so."""
     rows = []
     for r in ledger.load_runs(ledger.results_root(profile)):
         cfg = r["config"]
@@ -81,15 +104,30 @@ def load_results(profile: str) -> pd.DataFrame:
         row = {"run": r["dir"].name.rsplit("-", 1)[0], "hash": r["hash"], "dir": str(r["dir"]),
                **{k: s.get(k) for k in SUMMARY_FIELDS}, "status": r["status"],
                "hardware": _hardware_text(s.get("hardware"))}
+        row.update({k: v for k, v in _device_and_progress(r).items() if v is not None or k not in row})
         row.update({k: v for k, v in cfg.items() if k not in row and k != "name"})
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    base = baseline_hash(df, profile)
-    ref = df.loc[df["hash"] == base, "final_val_loss"].iloc[0] if base else float("nan")
-    df["ratio_to_baseline"] = df["final_val_loss"] / ref
-    df["is_baseline"] = df["hash"] == base
+    refs: dict[str, tuple[str, float]] = {}
+    for dev in df["device"].dropna().unique():
+        base = baseline_hash(df[df["device"] == dev], profile)
+        if base:
+            refs[dev] = (base, df.loc[df["hash"] == base, "final_val_loss"].iloc[0])
+    fallback = refs.get("cpu") or next(iter(refs.values()), None)
+    df["ratio_to_baseline"] = float("nan")
+    df["ratio_reference"] = None
+    df["ratio_provisional"] = False
+    for dev in df["device"].unique():
+        ref = refs.get(dev) or fallback
+        if ref is None:
+            continue
+        mask = df["device"] == dev
+        df.loc[mask, "ratio_to_baseline"] = df.loc[mask, "final_val_loss"] / ref[1]
+        df.loc[mask, "ratio_reference"] = ref[0]
+        df.loc[mask, "ratio_provisional"] = dev not in refs
+    df["is_baseline"] = df["hash"].isin({h for h, _ in refs.values()})
     return df
 
 
@@ -214,13 +252,41 @@ def metric_notes(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["quantity", "value", "meaning"])
 
 
+def run_status(summary: dict) -> str:
+    """One line on where a run stands (finished, diverged, training elsewhere, or not run)."""
+    st, name = summary["status"], f"{summary['name']}-{summary['hash']}"
+    if st == "finished":
+        return f"{name}: finished, official loss {fmt_loss(summary['final_val_loss'])}"
+    if st == "diverged":
+        return f"{name}: diverged at step {summary.get('diverged_step')}"
+    if st == "incomplete":
+        return (f"{name}: not finished: logged step {summary['last_step']} of {summary['max_steps']}, last official "
+                f"loss {fmt_loss(summary['last_val_loss'])} at step {summary['last_val_step']}; it resumes from its "
+                f"checkpoint with train=True (or `python -m mainrun train` with the same settings)")
+    return f"{name}: not in the ledger; train it with train=True (or `python -m mainrun train`)"
+
+
+def gpu_study(profile: str, study: str) -> pd.DataFrame:
+    """A GPU study of the ledger (scripts/gpu_study.py) as a comparison table; empty if absent."""
+    rec = read_studies(profile).get(study)
+    if rec is None:
+        return pd.DataFrame()
+    frame = study_frame(rec, load_results(profile)).drop_duplicates("hash")
+    frame["status"] = frame["status"].fillna("missing")
+    out = compare(frame)
+    out.insert(0, "study", study)
+    return out
+
+
 def compare(frame: pd.DataFrame) -> pd.DataFrame:
-    """A study frame as a readable table: each point against the first (the reference)."""
+    """A study frame as a readable table: each point against the first (the reference).
+    Points without a finished run show their status instead of numbers."""
     ok = frame.drop_duplicates(["label", "seed"])
-    ref = ok["final_val_loss"].iloc[0]
+    loss = pd.to_numeric(ok["final_val_loss"], errors="coerce")
+    ref = loss.iloc[0]
     return pd.DataFrame({
-        "point": ok["label"], "seed": ok["seed"], "official loss": ok["final_val_loss"].map(fmt_loss),
-        f"vs {ok['label'].iloc[0]}": [f"{x / ref - 1:+.2%}" for x in ok["final_val_loss"]],
+        "point": ok["label"], "seed": ok["seed"], "status": ok["status"], "official loss": loss.map(fmt_loss),
+        f"vs {ok['label'].iloc[0]}": ["" if _nan(x) or _nan(ref) else f"{x / ref - 1:+.2%}" for x in loss],
         "full bits/char": ok["full_val_bpc"].map(fmt_bpc), "params": ok["n_params"].map(fmt_int),
         "tokens/s": ok["tokens_per_s"].map(fmt_int), "wall time": ok["wall_time_s"].map(fmt_time),
     }).reset_index(drop=True)
@@ -251,6 +317,8 @@ def findings(profile: str, results: pd.DataFrame) -> pd.DataFrame:
     """Every single change against its study's reference point (the spec's first named point)."""
     rows = []
     for name, rec in read_studies(profile).items():
+        if name in ("gpu_ladder", "gpu_seeds"):
+            continue  # a ladder (each rung against the previous) and repeats: shown as tables, not as findings
         frame = study_frame(rec, results)
         ref_label = rec["rows"][0]["label"] if rec["rows"] else None
         stats = by_point(frame)
@@ -376,8 +444,13 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
     proxy_results = results if proxy == profile else load_results(proxy)
     studies = ({k: study_frame(v, proxy_results) for k, v in read_studies(proxy).items()}
                if len(proxy_results) else {})
-    base = results[results["is_baseline"]].iloc[0]
-    final = ladder.dropna(subset=["final_val_loss"]).iloc[-1] if ladder["final_val_loss"].notna().any() else base
+    done = ladder.dropna(subset=["final_val_loss"])
+    final_device = done.iloc[-1]["device"] if len(done) else "cpu"
+    bases = results[results["is_baseline"]]
+    same = bases[bases["device"] == final_device]
+    base = (same if len(same) else bases).iloc[0]
+    final = done.iloc[-1] if len(done) else base
+    provisional = base["device"] != final["device"]
 
     # figures
     curves = {f"{s.stage}: {s.label}": read_curve(s.dir) for s in ladder.dropna(subset=["dir"]).itertuples()}
@@ -386,6 +459,11 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
     plots.save(plots.lr_schedules(lrs), out / "fig-lr.png", close=True)
     sweep = studies.get("04_sweeps")
     seeds = studies.get("04_seeds")
+    seed_table = seeds
+    final_rec = read_studies(profile).get("04_final") if proxy != profile else None
+    if final_rec:  # the final configuration's seeds at full scale, beside the proxy's candidates
+        fin = study_frame(final_rec, results).assign(label=f"final ({profile} scale)")
+        seed_table = fin if seeds is None else pd.concat([seeds, fin], ignore_index=True)
     band = None
     if seeds is not None:
         st = by_point(seeds)
@@ -404,7 +482,8 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
         "official coverage": cov["coverage"].map(lambda x: f"{x:.1%}"),
         "step-1 loss": cov["step1_loss"].map(fmt_loss), "uniform expectation": cov["uniform_loss"].map(fmt_loss),
         "ratio": cov["ratio"].map(lambda x: f"{x:.3f}")})))
-    seed_info = _seeds_section(seeds, out)
+    seed_info = _seeds_section(seed_table, out)
+    (out / "gpu.md").write_text(gpu_section(profile, results, out))
     found = findings(profile, results)
     if proxy != profile and len(proxy_results):
         proxy_found = findings(proxy, proxy_results)
@@ -417,13 +496,16 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
         "baseline": _run_numbers(base), "final": _run_numbers(final),
         "final_stage": final["stage"] if "stage" in final.index else "baseline",
         "ratio": float(final["final_val_loss"] / base["final_val_loss"]),
+        "ratio_provisional": bool(provisional),
+        "baseline_device": base["device"], "final_device": final["device"],
+        "pending_baseline": _pending_baseline(results, final["device"]) if provisional else None,
         "time_to_baseline_s": time_to_quality(final["dir"], base["final_val_loss"]),
         "seeds": seed_info,
         "formatted": {"baseline_loss": fmt_loss(base["final_val_loss"]), "final_loss": fmt_loss(final["final_val_loss"]),
                       "ratio": fmt_ratio(final["final_val_loss"] / base["final_val_loss"]),
                       "baseline_bpc": fmt_bpc(base["full_val_bpc"]), "final_bpc": fmt_bpc(final["full_val_bpc"])},
     }
-    (out / "summary.md").write_text(_summary_md(numbers, final, base))
+    (out / "summary.md").write_text(_summary_md(numbers, final, base) + _provisional_md(numbers, results))
     (out / "setup.md").write_text(_setup_md(results, base, profile))
     note = PROXY_NOTE[profile] or (f"Profile **full**: the Mainrun rules. The single-change studies and the sweeps "
                                    f"ran on the {proxy} proxy; only the kept configurations trained at full scale.")
@@ -496,7 +578,8 @@ def _summary_md(n: dict, final: pd.Series, base: pd.Series) -> str:
     prof = n["profile"]
     scale = {"full": "under the Mainrun rules", "quick": "at the quick (CPU proxy) scale",
              "smoke": "at the smoke (pipeline check) scale"}[prof]
-    s = (f"Profile **{prof}**, {scale}: the reproduced baseline reaches an official validation loss of "
+    where = f" (on the {DEVICE_NAME.get(n['baseline_device'], '?')})" if n.get("ratio_provisional") else ""
+    s = (f"Profile **{prof}**, {scale}: the reproduced baseline{where} reaches an official validation loss of "
          f"**{f['baseline_loss']}** ({f['baseline_bpc']} bits/char over the full validation text). "
          f"The last rung of the ladder, *{n['final_stage']}* (run `{final['run']}`), reaches **{f['final_loss']}** "
          f"({f['final_bpc']} bits/char): a ratio of **{f['ratio']}** to the baseline, "
@@ -524,3 +607,134 @@ def _setup_md(results: pd.DataFrame, base: pd.Series, profile: str) -> str:
     return (f"- Data: {data}; {base['num_titles']:,} titles, {base['val_frac']:.0%} held out for validation.\n"
             f"- Hardware: {'; '.join(hw)}.\n- Precision: {prec}.\n"
             f"- Profile: {profile}; {int((results['status'] == 'finished').sum())} finished runs in the ledger.\n")
+
+
+# ----------------------------------------------------------------------------- runs on two kinds of device
+def _pending_baseline(results: pd.DataFrame, device: str) -> dict[str, Any] | None:
+    """The unfinished baseline run on `device` (the one a provisional ratio waits for), if any."""
+    ref = make_config(results["profile"].iloc[0], "baseline").hash_fields()
+    ref.pop("precision")
+    cand = results[(results["device"] == device) & (results["status"] != "finished")]
+    for _, r in cand.iterrows():
+        if all(r.get(k) == v for k, v in ref.items()):
+            as_int = lambda v: None if _py(v) is None else int(v)
+            return {"run": r["run"], "hash": r["hash"], "dir": r["dir"], "last_step": as_int(r.get("last_step")),
+                    "max_steps": as_int(r.get("max_steps")), "last_val_step": as_int(r.get("last_val_step")),
+                    "last_val_loss": _py(r.get("last_val_loss"))}
+    return None
+
+
+def curve_agreement(dir_a: str | Path, dir_b: str | Path) -> dict[str, Any] | None:
+    """Largest |difference| of two runs' validation losses over the evaluations both logged."""
+    a, b = read_curve(dir_a).set_index("step")["loss"], read_curve(dir_b).set_index("step")["loss"]
+    common = a.index.intersection(b.index)
+    if len(common) == 0:
+        return None
+    diff = (a[common] - b[common]).abs()
+    return {"evaluations": int(len(common)), "last_step": int(common.max()), "max_abs_diff": float(diff.max())}
+
+
+def _provisional_md(n: dict, results: pd.DataFrame) -> str:
+    if not n["ratio_provisional"]:
+        return ""
+    pend, base = n["pending_baseline"], n["baseline"]
+    fin, other = DEVICE_NAME.get(n["final_device"], n["final_device"]), DEVICE_NAME.get(n["baseline_device"], "?")
+    text = (f"\n**The ratio is provisional.** The final run trained on the {fin}, but the {fin} baseline has not "
+            f"finished, so the ratio above is taken against the baseline trained on the {other} (run "
+            f"`{base['run']}`, official loss {fmt_loss(base['final_val_loss'])}).")
+    if pend:
+        agree = curve_agreement(pend["dir"], results.loc[results["hash"] == base["hash"], "dir"].iloc[0])
+        text += (f" The {fin} baseline (run `{pend['run']}`) is at step {pend['last_step']} "
+                 f"of {pend['max_steps']}; its last official loss is {fmt_loss(pend['last_val_loss'])} at step "
+                 f"{pend['last_val_step']}.")
+        if agree:
+            n["curve_agreement"] = agree
+            text += (f" Over the {agree['evaluations']} evaluations both have logged (to step {agree['last_step']}) "
+                     f"the two baselines' official losses differ by at most {agree['max_abs_diff']:.4f}. The ratio "
+                     f"is recomputed against the {fin} baseline once it finishes.")
+    return text + "\n"
+
+
+DEVICE_NAME = {"cpu": "CPU", "cuda": "GPU"}
+GPU_STUDIES = ("gpu_ladder", "gpu_small", "gpu_final", "gpu_seeds", "gpu_ablate", "gpu_lr", "gpu_large")
+
+
+def _best_of_curve(run_dir: str | Path) -> tuple[float, int]:
+    c = read_curve(run_dir)
+    i = c["loss"].idxmin()
+    return float(c.loc[i, "loss"]), int(c.loc[i, "step"])
+
+
+def gpu_section(profile: str, results: pd.DataFrame, out: Path) -> str:
+    """The full-scale studies run on a lent GPU (scripts/gpu_study.py): markdown, plus fig-gpu-curves.png."""
+    from . import plots
+
+    gpu = results[(results.get("device") == "cuda") & (results["status"] == "finished")] if len(results) else results
+    recs = {k: v for k, v in read_studies(profile).items() if k in GPU_STUDIES}
+    if gpu.empty or not recs:
+        return "No run of this profile trained on a GPU.\n"
+    frames = {k: study_frame(v, results) for k, v in recs.items()}
+    hw = sorted(set(gpu["hardware"].dropna()))
+    base = gpu[gpu["is_baseline"]]
+    base_loss = base["final_val_loss"].iloc[0] if len(base) else float("nan")
+    parts = [f"These runs follow the Mainrun rules (100,000 titles, 7 epochs, the 64 x 128 official evaluation in "
+             f"fp32) but trained with bf16 autocast on {'; '.join(hw)}, so they are reported apart from the CPU "
+             f"runs: ratios in this section are to the baseline trained on that GPU "
+             f"(official loss {fmt_loss(base_loss)}). They were run by `scripts/gpu_study.py` in two calls of "
+             f"the lent machine.\n"]
+    lad = frames.get("gpu_ladder")
+    if lad is not None and len(lad):
+        lad = lad[lad["status"] == "finished"].drop_duplicates("label")
+        best = [_best_of_curve(d) for d in lad["hash"].map(lambda h: results.loc[results["hash"] == h, "dir"].iloc[0])]
+        prev = lad["final_val_loss"].shift(1)
+        t = pd.DataFrame({
+            "rung": lad["label"], "official loss": lad["final_val_loss"].map(fmt_loss),
+            "vs previous": ["" if _nan(p) else f"{x / p - 1:+.1%}" for x, p in zip(lad["final_val_loss"], prev)],
+            "ratio": lad["ratio_to_baseline"].map(fmt_ratio), "full bits/char": lad["full_val_bpc"].map(fmt_bpc),
+            "lowest loss (step)": [f"{b:.4f} ({st})" for b, st in best], "params": lad["n_params"].map(fmt_int),
+            "tokens/s": lad["tokens_per_s"].map(fmt_int)})
+        parts += [md_table(t, "llrrrrrr"),
+                  ": The seed plan at the original size (27.2M parameters) on the GPU, each rung the quick proxy's "
+                  "kept configuration. The lowest loss column shows where a run was best before its end. "
+                  "{#tbl-gpu-ladder}\n"]
+    pts = pd.concat([frames[k].assign(study=k) for k in ("gpu_small", "gpu_final", "gpu_seeds") if k in frames],
+                    ignore_index=True)
+    if len(pts):
+        pts = pts[pts["status"] == "finished"].drop_duplicates("hash")  # a reference point recorded in two studies
+        stats = pts.groupby("label", sort=False).agg(
+            loss=("final_val_loss", "mean"), std=("final_val_loss", "std"), seeds=("final_val_loss", "size"),
+            bpc=("full_val_bpc", "mean"), params=("n_params", "first"), ratio=("ratio_to_baseline", "mean"))
+        stats = stats.sort_values("loss")
+        t = pd.DataFrame({
+            "model": stats.index,
+            "official loss": stats["loss"].map(fmt_loss),
+            "seed std": [("" if n < 2 else f"{sd:.4f}") for sd, n in zip(stats["std"], stats["seeds"])],
+            "seeds": stats["seeds"].astype(int), "ratio": stats["ratio"].map(fmt_ratio),
+            "full bits/char": stats["bpc"].map(fmt_bpc), "params": stats["params"].map(fmt_int)})
+        parts += [md_table(t, "lrrrrrr"),
+                  ": Small models at full scale on the GPU (d = width, L = layers, v = vocabulary), mean over "
+                  "their seeds. All use the beyond recipe (Epic 3's settings plus Muon, WSD, QK-norm, title mask, "
+                  "untied embeddings; dropout 0.05, or none where marked drop0); the shapes were chosen to fit "
+                  "60 minutes on 2 CPU cores. {#tbl-gpu-small}\n"]
+    abl = frames.get("gpu_ablate")
+    if abl is not None and len(abl):
+        abl = abl[abl["status"] == "finished"].drop_duplicates("label")
+        ref = abl.iloc[0]
+        t = pd.DataFrame({"change": abl["label"], "official loss": abl["final_val_loss"].map(fmt_loss),
+                          f"vs {ref['label']}": [f"{x / ref['final_val_loss'] - 1:+.2%}" for x in abl["final_val_loss"]],
+                          "full bits/char": abl["full_val_bpc"].map(fmt_bpc), "params": abl["n_params"].map(fmt_int)})
+        parts += [md_table(t, "lrrrr"),
+                  ": One change at a time against the best small model on the GPU. {#tbl-gpu-ablate}\n"]
+    curves = {}
+    if lad is not None and len(lad):
+        for r in lad.itertuples():
+            curves[f"27M {r.label}"] = read_curve(results.loc[results["hash"] == r.hash, "dir"].iloc[0])
+    if len(pts):
+        top = pts[pts["label"] == stats.index[0]].iloc[0]
+        curves[f"small {top['label']}"] = read_curve(results.loc[results["hash"] == top["hash"], "dir"].iloc[0])
+    if curves:
+        plots.save(plots.validation_curves(curves, title="full scale on the GPU"), out / "fig-gpu-curves.png",
+                   close=True)
+        parts.append("![Validation curves of the GPU runs: the 27.2M ladder and the best small model, against "
+                     "training tokens and wall time.](_generated/fig-gpu-curves.png){#fig-gpu-curves width=100%}\n")
+    return "\n".join(parts)

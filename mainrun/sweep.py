@@ -109,8 +109,12 @@ SUMMARY_COLUMNS = ("status", "official", "final_val_loss", "full_val_bpc", "n_pa
                    "wall_time_s", "tokens_per_s")
 
 
-def run_sweep(spec: dict, profile: str, study: str, progress: bool = True, force: bool = False) -> pd.DataFrame:
-    """Run (or read back) every point of `spec`; record the study; one row per point."""
+def run_sweep(spec: dict, profile: str, study: str, progress: bool = True, force: bool = False,
+              train: bool = True) -> pd.DataFrame:
+    """Run (or read back) every point of `spec`; record the study; one row per point.
+
+    train=False reads the ledger only: points without a finished run get status "missing" or
+    "incomplete" and are not recorded in the study."""
     from .train import run
 
     pairs = build_configs(spec, profile, study)
@@ -120,16 +124,23 @@ def run_sweep(spec: dict, profile: str, study: str, progress: bool = True, force
         t0 = time.time()
         print(f"[{study} {i}/{len(pairs)}] {p.label}" + (f" seed={p.seed}" if p.seed is not None else ""),
               flush=True)
-        summary = run(cfg, force=force, progress=progress)
+        summary = run(cfg, force=force, progress=progress, train=train)
         reused = (summary.get("finished_at") or "") < started
-        print(f"    -> official loss {summary.get('final_val_loss')!s:.8} "
-              f"({'from the ledger' if reused else f'trained in {time.time() - t0:.0f}s'}), "
-              f"run {summary['name']}-{summary['hash']}", flush=True)
+        if summary["status"] in ("missing", "incomplete"):
+            print(f"    -> not in the ledger as a finished run ({summary['status']}"
+                  + (f", step {summary['last_step']} of {summary['max_steps']}" if summary["status"] == "incomplete"
+                     else "") + "); not trained here (train=False)", flush=True)
+        else:
+            print(f"    -> official loss {summary.get('final_val_loss')!s:.8} "
+                  f"({'from the ledger' if reused else f'trained in {time.time() - t0:.0f}s'}), "
+                  f"run {summary['name']}-{summary['hash']}", flush=True)
         rows.append({"study": study, "label": p.label, "axis": p.axis, "value": p.value,
                      "seed": cfg.rng_seed, "hash": summary["hash"], "overrides": p.overrides,
                      **{k: summary.get(k) for k in SUMMARY_COLUMNS}})
     df = pd.DataFrame(rows)
-    record_study(profile, study, spec, rows)
+    recorded = [r for r in rows if r["status"] in ledger.TERMINAL]
+    if recorded:
+        record_study(profile, study, spec, recorded)
     return df
 
 
@@ -187,11 +198,12 @@ def stage_overrides(profile: str, stage: str, fallback_preset: str = "baseline")
     return {k: v for k, v in cfg.items() if k not in IDENTITY and ref.get(k) != v}
 
 
-def confirm(profile: str, before: str, changes: dict[str, Any], study: str, fallback_preset: str) -> pd.DataFrame:
+def confirm(profile: str, before: str, changes: dict[str, Any], study: str, fallback_preset: str,
+            train: bool = True) -> pd.DataFrame:
     """Run the ladder stage `before` and `before` + `changes` at `profile` (the kept proxy result at full
     scale); one row each, the first being the stage before (usually read back from the ledger)."""
     base = stage_overrides(profile, before, fallback_preset)
-    return run_sweep({"base": base, "points": {before: {}, "kept": dict(changes)}}, profile, study)
+    return run_sweep({"base": base, "points": {before: {}, "kept": dict(changes)}}, profile, study, train=train)
 
 
 # ----------------------------------------------------------------------------- choosing
@@ -218,6 +230,12 @@ def row(df: pd.DataFrame, label: str, seed: int | None = None) -> pd.Series:
     if hits.empty:
         raise KeyError(f"no point {label!r} in this study; points: {', '.join(dict.fromkeys(df['label']))}")
     return hits.iloc[0]
+
+
+def finished(df: pd.DataFrame, label: str | None = None) -> bool:
+    """Whether every point (or the point `label`) of a study frame has a finished run."""
+    rows = df if label is None else df[df["label"] == label]
+    return len(rows) > 0 and bool((rows["status"] == "finished").all())
 
 
 def best_row(df: pd.DataFrame) -> pd.Series:

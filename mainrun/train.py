@@ -104,8 +104,11 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None = None,
-        progress: bool = True) -> dict:
-    """Train `cfg` (or return its recorded result) and return its summary dict."""
+        progress: bool = True, train: bool = True) -> dict:
+    """Train `cfg` (or return its recorded result) and return its summary dict.
+
+    train=False only reads the ledger: a finished or diverged run's summary, else a stub with
+    status "incomplete" (a log without a summary: training elsewhere or cut off) or "missing"."""
     validate(cfg)
     device = resolve_device(cfg.device)
     # the hash and the record hold the precision actually used
@@ -119,6 +122,8 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
         summary = ledger.read_json(run_dir / "summary.json")
         if summary and summary.get("status") in ledger.TERMINAL:
             return summary
+    if not train:
+        return not_trained(cfg, h, run_dir)
     if force:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         if run_dir is not None:
@@ -134,6 +139,21 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
     with run_lock(run_dir):
         check_resumable(run_dir, ckpt_dir, cfg)
         return Trainer(cfg, corpus, device, run_dir, ckpt_dir, h, official, reasons).train(on_step, progress)
+
+
+def not_trained(cfg: Config, h: str, run_dir: Path | None) -> dict:
+    """What the ledger knows of a run that has no final summary (run(..., train=False))."""
+    out: dict[str, Any] = {"name": cfg.run_name, "hash": h, "status": "missing", "final_val_loss": None,
+                           "dir": str(run_dir) if run_dir else None}
+    log = run_dir / "log.jsonl" if run_dir else None
+    if log is not None and log.exists():
+        events = ledger.read_log(log)
+        steps = [e["step"] for e in events if e.get("event") == "training_step"]
+        vals = [e for e in events if e.get("event") == "validation_step"]
+        out.update(status="incomplete", last_step=max(steps, default=0),
+                   max_steps=vals[-1]["max_steps"] if vals else None,
+                   last_val_loss=vals[-1]["loss"] if vals else None, last_val_step=vals[-1]["step"] if vals else None)
+    return out
 
 
 def _lock_owner(lock: Path) -> int | None:

@@ -53,7 +53,10 @@ SMALL_BEST = {**BEYOND, "d_model": 192, "n_head": 3, "n_layer": 6, "vocab_size":
 
 
 def studies() -> list[tuple[str, dict]]:
-    """(study name, sweep spec) in priority order; call 1 ran the first six, call 2 the rest."""
+    """(study name, sweep spec) in priority order; call 1 ran the first six, call 2 the rest.
+
+    The reference point of gpu_final and gpu_ablate ("d192-L6-v4k", first) is gpu_small's run of the same
+    config (same hash): on a machine whose ledger holds it, it is read back, not trained again."""
     return [
         ("gpu_ladder", {"base": GPU, "points": {"baseline": {}, "epic1": EPIC1, "epic2": EPIC2,
                                                  "epic3": EPIC3, "beyond": BEYOND}}),
@@ -71,10 +74,10 @@ def studies() -> list[tuple[str, dict]]:
         ("gpu_final", {"base": {**GPU, **SMALL_BEST},
                        "points": {"d192-L6-v4k-drop0": dict(dropout=0.0)}, "seeds": [1337, 1338, 1339]}),
         ("gpu_final", {"base": {**GPU, **SMALL_BEST},
-                       "points": {"d192-L4-v4k": dict(n_layer=4), "d192-L6-v2k": dict(vocab_size=2048),
+                       "points": {"d192-L6-v4k": {}, "d192-L4-v4k": dict(n_layer=4), "d192-L6-v2k": dict(vocab_size=2048),
                                   "d128-L6-v4k": dict(d_model=128, n_head=2)}}),
         ("gpu_ablate", {"base": {**GPU, **SMALL_BEST},
-                        "points": {"causal-mask": dict(attn_mask="causal"), "adamw": dict(optimizer="adamw"),
+                        "points": {"d192-L6-v4k": {}, "causal-mask": dict(attn_mask="causal"), "adamw": dict(optimizer="adamw"),
                                    "tied": dict(tie_embeddings=True), "no-qk-norm": dict(qk_norm=False),
                                    "cosine": dict(schedule="warmup_cosine")}}),
     ]

@@ -166,3 +166,18 @@ def test_one_process_per_run_and_no_silent_restart(isolated, monkeypatch):
     with pytest.raises(RuntimeError, match="no checkpoint is under"):   # the log is past a checkpoint we cannot see
         mainrun.run(cfg, progress=False)
     assert mainrun.run(cfg, force=True, progress=False)["status"] == "finished"
+
+
+def test_train_false_only_reads_the_ledger(isolated):
+    cfg = make_config("smoke", **SMOKE)
+    s = mainrun.run(cfg, train=False, progress=False)
+    assert s["status"] == "missing" and s["dir"] is None and not (isolated / "results").exists()
+    done = mainrun.run(cfg, progress=False)
+    again = mainrun.run(cfg, train=False, progress=False)
+    assert again == done and again["status"] == "finished"
+    # a log without a summary (a run cut off, or training elsewhere) is reported with its progress
+    run_dir = next((isolated / "results").glob("runs/*"))
+    (run_dir / "summary.json").unlink()
+    s = mainrun.run(cfg, train=False, progress=False)
+    assert s["status"] == "incomplete" and s["last_step"] == done["steps"] and s["last_val_loss"] is not None
+    assert not (run_dir / "summary.json").exists()

@@ -1,0 +1,91 @@
+"""Analysis of a ledger with runs on two kinds of device: same-device ratios, provisional ratios, GPU tables."""
+import json
+from pathlib import Path
+
+import pytest
+
+from mainrun import analysis, ledger, sweep
+from mainrun.config import make_config
+
+
+def fake_run(root: Path, name: str, h: str, cfg: dict, device: str, curve: list[tuple[int, float]],
+             finished: bool = True, started: str = "2026-01-01T00:00:00") -> Path:
+    """A run folder as train.run writes it (config, log, summary), with a chosen validation curve."""
+    d = root / "runs" / f"{name}-{h}"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"config": cfg, "hash": h}))
+    events = [{"event": "device_info", "device": device},
+              {"event": "dataset_info", "val_tokens": 129_151, "val_chars": 563_154, "vocab_size": cfg["vocab_size"]}]
+    events += [{"event": "training_step", "step": s, "loss": 5.0, "lr": 0.1, "max_steps": 987} for s, _ in curve]
+    events += [{"event": "validation_step", "step": s, "loss": v, "max_steps": 987, "elapsed_time": float(s)}
+               for s, v in curve]
+    (d / "log.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    if finished:
+        (d / "summary.json").write_text(json.dumps({
+            "status": "finished", "final_val_loss": curve[-1][1], "full_val_bpc": 2.0, "n_params": 100,
+            "started_at": started, "hardware": {"device": device}, "precision": "fp32", "official": True,
+            "wall_time_s": 10.0, "tokens_per_s": 1.0}))
+    return d
+
+
+@pytest.fixture
+def two_devices(isolated):
+    root = ledger.results_root("full")
+    base = make_config("full", "baseline").to_dict()
+    final = make_config("full", "final").to_dict()
+    gpu_base = {**base, "precision": "bf16", "device": "cuda"}
+    fake_run(root, "full-gpu_ladder-baseline", "g0", gpu_base, "cuda", [(1, 2.1325), (94, 1.90), (987, 1.73)])
+    fake_run(root, "full-gpu_small-x", "g1", {**final, "device": "cuda"}, "cuda", [(1, 2.3), (987, 1.12)])
+    cpu_base = fake_run(root, "full-baseline", "c0", base, "cpu", [(1, 2.1325), (94, 1.9001)], finished=False)
+    fake_run(root, "full-final", "c1", final, "cpu", [(1, 2.3), (987, 1.15)])
+    sweep.mark_stage("full", "baseline", {"hash": "c0", "label": "baseline"})
+    sweep.mark_stage("full", "final", {"hash": "c1", "label": "final"})
+    return root, cpu_base
+
+
+def test_ratios_are_per_device_and_provisional_until_the_cpu_baseline_finishes(two_devices):
+    root, cpu_base = two_devices
+    df = analysis.load_results("full").set_index("hash")
+    assert df.loc["g1", "ratio_to_baseline"] == pytest.approx(1.12 / 1.73) and not df.loc["g1", "ratio_provisional"]
+    assert df.loc["c1", "ratio_to_baseline"] == pytest.approx(1.15 / 1.73) and df.loc["c1", "ratio_provisional"]
+    assert df.loc["c0", "status"] == "incomplete" and df.loc["c0", "last_step"] == 94
+    assert df.loc["g0", "is_baseline"] and not df.loc["c0", "is_baseline"]
+
+    n = analysis.write_report_inputs("full")
+    assert n["ratio_provisional"] and n["final_device"] == "cpu" and n["baseline_device"] == "cuda"
+    assert n["ratio"] == pytest.approx(1.15 / 1.73)
+    assert n["curve_agreement"] == {"evaluations": 2, "last_step": 94, "max_abs_diff": pytest.approx(0.0001)}
+    text = (analysis.analysis_dir("full") / "summary.md").read_text()
+    assert "provisional" in text and "step 94 of 987" in text and "1.9001" in text
+
+    # the CPU baseline finishes: CPU ratios are now against it, and nothing is provisional
+    (cpu_base / "summary.json").write_text(json.dumps({
+        "status": "finished", "final_val_loss": 1.75, "full_val_bpc": 2.6, "n_params": 100,
+        "started_at": "2026-01-01T00:00:00", "hardware": {"device": "cpu"}, "precision": "fp32", "official": True}))
+    df = analysis.load_results("full").set_index("hash")
+    assert df.loc["c1", "ratio_to_baseline"] == pytest.approx(1.15 / 1.75) and not df.loc["c1", "ratio_provisional"]
+    assert df.loc["g1", "ratio_to_baseline"] == pytest.approx(1.12 / 1.73)
+    n = analysis.write_report_inputs("full")
+    assert not n["ratio_provisional"] and n["ratio"] == pytest.approx(1.15 / 1.75)
+    assert "provisional" not in (analysis.analysis_dir("full") / "summary.md").read_text()
+
+
+def test_gpu_section_tables_and_figure(two_devices):
+    root, _ = two_devices
+    ledger.atomic_write_json(root / "studies" / "full" / "gpu_ladder.json", {
+        "study": "gpu_ladder", "profile": "full", "specs": [],
+        "rows": [{"label": "baseline", "axis": None, "value": None, "seed": 1337, "hash": "g0", "overrides": {}}]})
+    ledger.atomic_write_json(root / "studies" / "full" / "gpu_small.json", {
+        "study": "gpu_small", "profile": "full", "specs": [],
+        "rows": [{"label": "x", "axis": None, "value": None, "seed": 1337, "hash": "g1", "overrides": {}}]})
+    analysis.write_report_inputs("full")
+    out = analysis.analysis_dir("full")
+    md = (out / "gpu.md").read_text()
+    assert "{#tbl-gpu-ladder}" in md and "{#tbl-gpu-small}" in md and "1.7300" in md and "0.647" in md
+    assert (out / "fig-gpu-curves.png").stat().st_size > 0
+    assert list(analysis.gpu_study("full", "gpu_small")["official loss"]) == ["1.1200"]
+
+
+def test_no_gpu_runs_say_so(isolated):
+    assert analysis.gpu_section("quick", analysis.load_results("quick"), isolated) == \
+        "No run of this profile trained on a GPU.\n"
