@@ -369,7 +369,8 @@ def md_table(df: pd.DataFrame, align: str = "") -> str:
     align = align or "l" + "r" * (len(cols) - 1)
     cells = [[str(v) for v in row] for row in df.itertuples(index=False)]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
-    sep = ["-" * max(3, w - 1) + ":" if a == "r" else ":" + "-" * max(3, w - 1) for w, a in zip(widths, align)]
+    # dash counts set relative widths when a table is wider than the page: give short columns room
+    sep = ["-" * max(8, w - 1) + ":" if a == "r" else ":" + "-" * max(8, w - 1) for w, a in zip(widths, align)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(sep) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in cells]
     return "\n".join(lines) + "\n"
@@ -393,11 +394,20 @@ def results_table(results: pd.DataFrame, profile: str) -> pd.DataFrame:
     })
 
 
+def _loss_or_progress(row: pd.Series) -> str:
+    """The official loss, or for a run still training its last logged one."""
+    if not _nan(row.get("final_val_loss")) and row.get("final_val_loss") is not None:
+        return fmt_loss(row["final_val_loss"])
+    if row.get("status") == "incomplete" and not _nan(row.get("last_val_loss")) and row.get("last_val_loss") is not None:
+        return f"training: {fmt_loss(row['last_val_loss'])} at step {int(row['last_val_step'])}"
+    return "n/a"
+
+
 def ladder_table(ladder: pd.DataFrame) -> pd.DataFrame:
     prev = ladder["final_val_loss"].shift(1)
     return pd.DataFrame({
         "stage": ladder["stage"], "run": ladder["label"],
-        "official loss": ladder["final_val_loss"].map(fmt_loss),
+        "official loss": [_loss_or_progress(r) for _, r in ladder.iterrows()],
         "vs previous": [("" if _nan(p) or _nan(x) else f"{x / p - 1:+.1%}") for x, p in zip(ladder["final_val_loss"], prev)],
         "ratio": ladder["ratio_to_baseline"].map(fmt_ratio),
         "full bits/char": ladder["full_val_bpc"].map(fmt_bpc),
@@ -582,7 +592,8 @@ def _summary_md(n: dict, final: pd.Series, base: pd.Series) -> str:
     s = (f"Profile **{prof}**, {scale}: the reproduced baseline{where} reaches an official validation loss of "
          f"**{f['baseline_loss']}** ({f['baseline_bpc']} bits/char over the full validation text). "
          f"The last rung of the ladder, *{n['final_stage']}* (run `{final['run']}`), reaches **{f['final_loss']}** "
-         f"({f['final_bpc']} bits/char): a ratio of **{f['ratio']}** to the baseline, "
+         f"({f['final_bpc']} bits/char) in {fmt_time(n['final']['wall_time_s'])} of wall time on the "
+         f"{DEVICE_NAME.get(n.get('final_device'), '?')}: a ratio of **{f['ratio']}** to the baseline, "
          f"over {n['n_runs']} recorded runs.")
     if n["time_to_baseline_s"] is not None:
         s += f" It first beats the baseline's final loss after {fmt_time(n['time_to_baseline_s'])} of training."

@@ -6,7 +6,8 @@
 Measured in one process: (a) a reference step written like the original train.py
 (fp32, manual masked-softmax attention, SGD without foreach), (b) our training
 step with the default fast settings, (c) large matmuls in fp32 and bf16. FLOPs
-follow the 6·N·T rule (N = parameters, tied head counted once, T = tokens);
+follow the 6·N·T rule (N = parameters in matmuls: embedding lookups left out, a tied head
+counted once; T = tokens);
 attention-score FLOPs are not counted. Medians over timed steps after warm-up.
 """
 from __future__ import annotations
@@ -58,6 +59,14 @@ def matmul_rate(device: str, dtype: torch.dtype, n: int) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+def flop_params(model: torch.nn.Module) -> int:
+    """Parameters that take part in matmuls: all, less embedding tables used only as lookups (positions,
+    and the token table when the head is untied); a token table tied to the head counts once, as the head."""
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    lookups = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)} - linear
+    return sum(p.numel() for p in model.parameters() if id(p) not in lookups)
+
+
 def _peak_mem_mb(device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
@@ -85,7 +94,7 @@ def bench_config(cfg: Config, device: str, reps: int = 3, warmup: int = 1, refer
             ref_opt.step()
             loss.item()
         rows["reference"] = {"times": _time(ref_step, device, warmup, reps), "precision": "fp32",
-                             "n_params": sum(p.numel() for p in ref.parameters())}
+                             "n_params": sum(p.numel() for p in ref.parameters()), "n_flop_params": flop_params(ref)}
         del ref, ref_opt
 
     precision = resolve_precision(cfg.precision, device)
@@ -104,7 +113,7 @@ def bench_config(cfg: Config, device: str, reps: int = 3, warmup: int = 1, refer
             o.zero_grad(set_to_none=True)
         loss.item()
     rows["ours"] = {"times": _time(our_step, device, warmup, reps), "precision": precision,
-                    "n_params": model.num_params()}
+                    "n_params": model.num_params(), "n_flop_params": flop_params(model)}
 
     # evaluation throughput at the official shape: one full 64 x 128 span per call
     val = torch.randint(0, V, (EVAL_BATCH * EVAL_BLOCK + 1,), generator=g)
@@ -113,7 +122,7 @@ def bench_config(cfg: Config, device: str, reps: int = 3, warmup: int = 1, refer
 
     for r in rows.values():
         s = statistics.median(r["times"])
-        r.update(s_per_step=s, tokens_per_s=tokens / s, gflops=6 * r["n_params"] * tokens / s / 1e9)
+        r.update(s_per_step=s, tokens_per_s=tokens / s, gflops=6 * r["n_flop_params"] * tokens / s / 1e9)
     return {"rows": rows, "eval_tokens_per_s": eval_tok_s, "tokens_per_step": tokens,
             "peak_mem_mb": _peak_mem_mb(device)}
 
@@ -168,7 +177,7 @@ def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: st
         "fraction_of_bf16_matmul": ours["gflops"] / ceil["bf16"],
         "extrapolated_7_epoch_s": steps * ours["s_per_step"] + n_evals * val_tokens_per_eval / res["eval_tokens_per_s"],
         "extrapolation": {"optimizer_steps": steps, "evaluations": n_evals, "tokens_counted_from": counted},
-        "flops_note": "6*N*T per step; attention-score FLOPs not counted",
+        "flops_note": "6*N*T per step, N without embedding lookups (n_flop_params); attention-score FLOPs not counted",
         "measured_at": datetime.now(timezone.utc).isoformat(),
     }
     if device == "cuda":

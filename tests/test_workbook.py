@@ -52,7 +52,7 @@ def test_markdown_tables_align_text_left_and_numbers_right():
     import pandas as pd
 
     text = md_table(pd.DataFrame({"run": ["a"], "loss": ["1.2345"]}))
-    assert text.splitlines()[1] == "|:---|-----:|"
+    assert text.splitlines()[1] == "|:--------|--------:|"
 
 
 def test_includes_and_cross_references_render_as_quarto_would(tmp_path):
