@@ -363,14 +363,15 @@ def time_to_quality(final_dir: str | Path, target: float) -> float | None:
 
 
 # ----------------------------------------------------------------------------- markdown
-def md_table(df: pd.DataFrame, align: str = "") -> str:
+def md_table(df: pd.DataFrame, align: str = "", min_dashes: int = 8) -> str:
     """A pandoc/Quarto pipe table; align is one of l/r per column (default: l then r)."""
     cols = list(df.columns)
     align = align or "l" + "r" * (len(cols) - 1)
     cells = [[str(v) for v in row] for row in df.itertuples(index=False)]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
     # dash counts set relative widths when a table is wider than the page: give short columns room
-    sep = ["-" * max(8, w - 1) + ":" if a == "r" else ":" + "-" * max(8, w - 1) for w, a in zip(widths, align)]
+    sep = ["-" * max(min_dashes, w - 1) + ":" if a == "r" else ":" + "-" * max(min_dashes, w - 1)
+           for w, a in zip(widths, align)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(sep) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in cells]
     return "\n".join(lines) + "\n"
@@ -485,7 +486,7 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
     # tables and paragraphs
     (out / "results.md").write_text(md_table(results_table(results, profile), "lrrrrrrl"))
     (out / "ladder.md").write_text(md_table(ladder_table(ladder), "llrrrrrrr"))
-    (out / "changes.md").write_text(md_table(changes_table(ladder, profile), "ll"))
+    (out / "changes.md").write_text(md_table(changes_table(ladder, profile), "ll", min_dashes=40))
     cov = coverage_check(ladder)
     (out / "coverage.md").write_text(md_table(pd.DataFrame({
         "stage": cov["stage"], "vocabulary": cov["vocab"].map(fmt_int),
