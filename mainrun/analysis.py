@@ -76,16 +76,8 @@ def _device_and_progress(r: dict) -> dict[str, Any]:
     device = (s.get("hardware") or {}).get("device")
     out: dict[str, Any] = {}
     if device is None or s.get("status") is None:
-        log = Path(r["dir"]) / "log.jsonl"
-        events = ledger.read_log(log) if log.exists() else []
-        info = next((e for e in events if e.get("event") == "device_info"), {})
-        device = device or info.get("device")
-        steps = [e["step"] for e in events if e.get("event") == "training_step"]
-        vals = [e for e in events if e.get("event") == "validation_step"]
-        out = {"last_step": max(steps) if steps else None,
-               "last_val_step": vals[-1]["step"] if vals else None,
-               "last_val_loss": vals[-1]["loss"] if vals else None,
-               "max_steps": vals[-1]["max_steps"] if vals else None}
+        out = ledger.log_progress(Path(r["dir"]) / "log.jsonl")
+        device = device or out.pop("device")
     return {"device": device or r["config"].get("device"), **out}
 
 
@@ -138,16 +130,18 @@ def _hardware_text(hw: dict | None) -> str | None:
     return text + f", {hw.get('torch_threads')} torch threads, torch {hw.get('torch_version')})"
 
 
-def baseline_hash(df: pd.DataFrame, profile: str) -> str | None:
-    """The finished run whose config is the `baseline` preset of this profile (any precision)."""
+def _is_baseline(row: pd.Series, profile: str) -> bool:
+    """Whether a run's config is the `baseline` preset of this profile (any precision, the default seed)."""
     ref = make_config(profile, "baseline").hash_fields()
     ref.pop("precision")
+    extra_seed = row.get("train_seed") not in (None, -1) and not _nan(row.get("train_seed"))
+    return all(row.get(k) == v for k, v in ref.items()) and not extra_seed
+
+
+def baseline_hash(df: pd.DataFrame, profile: str) -> str | None:
+    """The finished run whose config is the `baseline` preset of this profile (any precision)."""
     done = df[df["status"] == "finished"].sort_values("started_at")
-    for _, row in done.iterrows():
-        extra_seed = row.get("train_seed") not in (None, -1) and not _nan(row.get("train_seed"))
-        if all(row.get(k) == v for k, v in ref.items()) and not extra_seed:
-            return row["hash"]
-    return None
+    return next((row["hash"] for _, row in done.iterrows() if _is_baseline(row, profile)), None)
 
 
 def read_curve(run_dir: str | Path) -> pd.DataFrame:
@@ -624,11 +618,9 @@ def _setup_md(results: pd.DataFrame, base: pd.Series, profile: str) -> str:
 # ----------------------------------------------------------------------------- runs on two kinds of device
 def _pending_baseline(results: pd.DataFrame, device: str) -> dict[str, Any] | None:
     """The unfinished baseline run on `device` (the one a provisional ratio waits for), if any."""
-    ref = make_config(results["profile"].iloc[0], "baseline").hash_fields()
-    ref.pop("precision")
     cand = results[(results["device"] == device) & (results["status"] != "finished")]
     for _, r in cand.iterrows():
-        if all(r.get(k) == v for k, v in ref.items()):
+        if _is_baseline(r, r["profile"]):
             as_int = lambda v: None if _py(v) is None else int(v)
             return {"run": r["run"], "hash": r["hash"], "dir": r["dir"], "last_step": as_int(r.get("last_step")),
                     "max_steps": as_int(r.get("max_steps")), "last_val_step": as_int(r.get("last_val_step")),

@@ -77,6 +77,17 @@ def read_log(path: Path) -> list[dict]:
     return events
 
 
+def log_progress(path: Path) -> dict[str, Any]:
+    """How far a run's log got: device, last training step, and the last validation (None where absent)."""
+    events = read_log(path) if path.exists() else []
+    info = next((e for e in events if e.get("event") == "device_info"), {})
+    steps = [e["step"] for e in events if e.get("event") == "training_step"]
+    vals = [e for e in events if e.get("event") == "validation_step"]
+    last = vals[-1] if vals else {}
+    return {"device": info.get("device"), "last_step": max(steps) if steps else None,
+            "max_steps": last.get("max_steps"), "last_val_step": last.get("step"), "last_val_loss": last.get("loss")}
+
+
 def load_runs(root: Path | None = None) -> list[dict]:
     """Every run in a ledger: {'dir', 'config', 'summary' (None if unfinished), 'status'}."""
     root = Path(root) if root else results_root("full")

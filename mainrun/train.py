@@ -145,14 +145,11 @@ def not_trained(cfg: Config, h: str, run_dir: Path | None) -> dict:
     """What the ledger knows of a run that has no final summary (run(..., train=False))."""
     out: dict[str, Any] = {"name": cfg.run_name, "hash": h, "status": "missing", "final_val_loss": None,
                            "dir": str(run_dir) if run_dir else None}
-    log = run_dir / "log.jsonl" if run_dir else None
-    if log is not None and log.exists():
-        events = ledger.read_log(log)
-        steps = [e["step"] for e in events if e.get("event") == "training_step"]
-        vals = [e for e in events if e.get("event") == "validation_step"]
-        out.update(status="incomplete", last_step=max(steps, default=0),
-                   max_steps=vals[-1]["max_steps"] if vals else None,
-                   last_val_loss=vals[-1]["loss"] if vals else None, last_val_step=vals[-1]["step"] if vals else None)
+    if run_dir is not None and (run_dir / "log.jsonl").exists():
+        progress = ledger.log_progress(run_dir / "log.jsonl")
+        progress.pop("device")
+        progress["last_step"] = progress["last_step"] or 0
+        out.update(status="incomplete", **progress)
     return out
 
 
@@ -196,9 +193,9 @@ def check_resumable(run_dir: Path, ckpt_dir: Path, cfg: Config) -> None:
     """Refuse to silently restart a run whose log is past a checkpoint that cannot be found here."""
     if (ckpt_dir / "ckpt.pt").exists() or not cfg.checkpoint_every or not (run_dir / "log.jsonl").exists():
         return
-    steps = [e["step"] for e in ledger.read_log(run_dir / "log.jsonl") if e.get("event") == "training_step"]
-    if steps and max(steps) >= cfg.checkpoint_every:
-        raise RuntimeError(f"run {run_dir.name} has logged {max(steps)} steps but no checkpoint is under {ckpt_dir}; "
+    last = ledger.log_progress(run_dir / "log.jsonl")["last_step"]
+    if last and last >= cfg.checkpoint_every:
+        raise RuntimeError(f"run {run_dir.name} has logged {last} steps but no checkpoint is under {ckpt_dir}; "
                            f"set MAINRUN_CHECKPOINTS to the folder that holds <hash>/ckpt.pt, or force=True "
                            f"(--force) to start it over")
 
