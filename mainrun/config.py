@@ -262,6 +262,19 @@ def make_config(profile: str = "full", preset: str = "baseline", **overrides: An
     return validate(Config(**coerced))
 
 
+def resolve_train(profile: str, train: bool | None) -> bool:
+    """A notebook's `train` parameter: None trains what is missing under quick and smoke (minutes) and
+    only reads the ledger under full (hours per run on 2 CPU cores); True or False decides it."""
+    if profile not in PROFILES:
+        raise ConfigError(f"profile={profile!r} is not accepted; choose one of: {', '.join(PROFILES)}")
+    if train is None:
+        return profile != "full"
+    if not isinstance(train, bool):
+        raise ConfigError(f"train={train!r} is not accepted; use True, False or None (None: train under "
+                          f"quick and smoke, only read the ledger under full)")
+    return train
+
+
 def from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a config saved by to_dict (no profile/preset defaults re-applied)."""
     unknown = sorted(set(d) - set(_TYPES))

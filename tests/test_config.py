@@ -78,3 +78,15 @@ def test_official_metric_runs_in_fp32_by_default():
     cfg = make_config("full")
     assert cfg.eval_precision == "fp32" and "eval_precision" not in cfg.hash_fields()
     assert run_hash(make_config("full", eval_precision="bf16"), "fp") != run_hash(cfg, "fp")
+
+
+def test_notebook_train_parameter_defaults_by_profile():
+    from mainrun.config import resolve_train
+    # None: a notebook opened in JupyterLab under full never starts an hours-long CPU run by itself
+    assert resolve_train("full", None) is False
+    assert resolve_train("quick", None) is True and resolve_train("smoke", None) is True
+    assert resolve_train("full", True) is True and resolve_train("quick", False) is False
+    with pytest.raises(ConfigError, match="train='yes'.*True, False or None"):
+        resolve_train("quick", "yes")
+    with pytest.raises(ConfigError, match="profile='huge'"):
+        resolve_train("huge", None)
