@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .data import repo_root
+from .data import atomic_write_bytes, repo_root
 
 TERMINAL = ("finished", "diverged")
 
@@ -37,17 +37,9 @@ def checkpoints_root() -> Path:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Temp file in the same folder, then rename (data.atomic_write_bytes): readers never see half a file."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def find_run(root: Path, run_hash: str) -> Path | None:

@@ -62,22 +62,35 @@ def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT:
 
 
 class JsonlLog:
-    """Appends the original's events ({"event", "timestamp", **fields}) to log.jsonl."""
+    """Appends the original's events ({"event", "timestamp", **fields}) to log.jsonl.
+
+    The log is also kept in memory: checkpoints store what this process wrote, and if the file is
+    replaced or deleted under a running run (a `git stash` or checkout in the work tree), the next
+    event writes the whole log to the path again instead of appending to a file nobody can see."""
 
     def __init__(self, path: Path, restore: str | None = None):
         """restore: the log as it was at a checkpoint (resume); None starts a new log."""
         self.path = path
-        self.f = open(path, "w")
-        if restore:
-            self.f.write(restore)
+        self.lines: list[str] = [restore] if restore else []
+        self._open()
+
+    def _open(self) -> None:
+        self.f = open(self.path, "w")
+        self.f.write(self.text())
+        self.f.flush()
 
     def log(self, event: str, **fields: Any) -> None:
-        self.f.write(json.dumps({"event": event, "timestamp": time.time(), **fields}, default=str) + "\n")
-        self.f.flush()
+        line = json.dumps({"event": event, "timestamp": time.time(), **fields}, default=str) + "\n"
+        self.lines.append(line)
+        if os.fstat(self.f.fileno()).st_nlink == 0:         # our file was unlinked: write it anew
+            self.f.close()
+            self._open()
+        else:
+            self.f.write(line)
+            self.f.flush()
 
     def text(self) -> str:
-        self.f.flush()
-        return self.path.read_text()
+        return "".join(self.lines)
 
     def close(self) -> None:
         self.f.close()

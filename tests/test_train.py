@@ -62,10 +62,11 @@ def test_atomic_write_leaves_no_half_file(tmp_path, monkeypatch):
     path = tmp_path / "summary.json"
     ledger.atomic_write_json(path, {"status": "finished", "loss": 1.0})
 
-    def torn(obj, f, **kw):
-        f.write('{"status": "finished", "lo')
+    def torn(self, text, *a, **kw):                  # half the bytes reach the disk, then it fails
+        with open(self, "w") as f:
+            f.write(text[: len(text) // 2])
         raise OSError("disk full")
-    monkeypatch.setattr(json, "dump", torn)
+    monkeypatch.setattr(Path, "write_text", torn)
     with pytest.raises(OSError):
         ledger.atomic_write_json(path, {"status": "finished", "loss": 2.0})
     assert json.loads(path.read_text())["loss"] == 1.0          # the old file is intact
@@ -181,3 +182,17 @@ def test_train_false_only_reads_the_ledger(isolated):
     s = mainrun.run(cfg, train=False, progress=False)
     assert s["status"] == "incomplete" and s["last_step"] == done["steps"] and s["last_val_loss"] is not None
     assert not (run_dir / "summary.json").exists()
+
+
+def test_log_survives_its_file_being_replaced(tmp_path):
+    # a `git stash` / `git checkout` under a running run swaps log.jsonl for another file
+    path = tmp_path / "log.jsonl"
+    log = train_mod.JsonlLog(path, restore='{"event": "training_step", "step": 1}\n')
+    log.log("training_step", step=2)
+    path.unlink()
+    path.write_text('{"event": "training_step", "step": 1}\n')       # the stale copy put back
+    log.log("training_step", step=3)
+    log.log("training_step", step=4)
+    steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4] and log.text() == path.read_text()
+    log.close()
