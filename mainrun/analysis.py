@@ -622,7 +622,7 @@ def _pending_baseline(results: pd.DataFrame, device: str) -> dict[str, Any] | No
     for _, r in cand.iterrows():
         if _is_baseline(r, r["profile"]):
             as_int = lambda v: None if _py(v) is None else int(v)
-            return {"run": r["run"], "hash": r["hash"], "dir": r["dir"], "last_step": as_int(r.get("last_step")),
+            return {"run": r["run"], "hash": r["hash"], "last_step": as_int(r.get("last_step")),
                     "max_steps": as_int(r.get("max_steps")), "last_val_step": as_int(r.get("last_val_step")),
                     "last_val_loss": _py(r.get("last_val_loss"))}
     return None
@@ -647,7 +647,8 @@ def _provisional_md(n: dict, results: pd.DataFrame) -> str:
             f"finished, so the ratio above is taken against the baseline trained on the {other} (run "
             f"`{base['run']}`, official loss {fmt_loss(base['final_val_loss'])}).")
     if pend:
-        agree = curve_agreement(pend["dir"], results.loc[results["hash"] == base["hash"], "dir"].iloc[0])
+        run_dir = lambda h: results.loc[results["hash"] == h, "dir"].iloc[0]      # not in numbers.json: local paths
+        agree = curve_agreement(run_dir(pend["hash"]), run_dir(base["hash"]))
         text += (f" The {fin} baseline (run `{pend['run']}`) is at step {pend['last_step']} "
                  f"of {pend['max_steps']}; its last official loss is {fmt_loss(pend['last_val_loss'])} at step "
                  f"{pend['last_val_step']}.")
