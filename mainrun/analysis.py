@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import ledger
@@ -97,6 +98,12 @@ def load_results(profile: str) -> pd.DataFrame:
                **{k: s.get(k) for k in SUMMARY_FIELDS}, "status": r["status"],
                "hardware": _hardware_text(s.get("hardware"))}
         row.update({k: v for k, v in _device_and_progress(r).items() if v is not None or k not in row})
+        row["paused_s"] = paused_time(r["dir"]) if r["status"] == "finished" else 0.0
+        if row["paused_s"] > 0:   # tables show the time the run was running; the raw figures stay beside
+            row["wall_time_raw_s"], row["tokens_per_s_raw"] = row["wall_time_s"], row["tokens_per_s"]
+            row["wall_time_s"] = row["wall_time_s"] - row["paused_s"]
+            train_s = row.get("train_time_s") or row["wall_time_raw_s"]
+            row["tokens_per_s"] = row["tokens_per_s"] * train_s / (train_s - row["paused_s"])
         row.update({k: v for k, v in cfg.items() if k not in row and k != "name"})
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -142,6 +149,24 @@ def baseline_hash(df: pd.DataFrame, profile: str) -> str | None:
     """The finished run whose config is the `baseline` preset of this profile (any precision)."""
     done = df[df["status"] == "finished"].sort_values("started_at")
     return next((row["hash"] for _, row in done.iterrows() if _is_baseline(row, profile)), None)
+
+
+PAUSE_GAP_S = 600.0   # no training step or evaluation of these runs takes 10 minutes
+
+
+def paused_time(run_dir: str | Path) -> float:
+    """Seconds a run's process spent stopped (SIGSTOP, so that other runs had the cores), from its log.
+
+    A gap of more than PAUSE_GAP_S between two consecutive training steps' elapsed times is a pause;
+    what it holds beyond the run's median step time is counted. Time between sessions is not in the
+    elapsed times at all (a resumed run continues from its checkpoint's), so only a live pause shows."""
+    events = ledger.read_log(Path(run_dir) / "log.jsonl") if (Path(run_dir) / "log.jsonl").exists() else []
+    t = [e["elapsed_time"] for e in events if e.get("event") == "training_step" and "elapsed_time" in e]
+    gaps = np.diff(t) if len(t) > 2 else np.array([])
+    if not len(gaps):
+        return 0.0
+    typical = float(np.median(gaps))
+    return float(sum(g - typical for g in gaps if g > PAUSE_GAP_S))
 
 
 def read_curve(run_dir: str | Path) -> pd.DataFrame:
@@ -520,7 +545,8 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
 
 
 def _run_numbers(row: pd.Series) -> dict[str, Any]:
-    keys = ("run", "hash", "final_val_loss", "full_val_bpc", "n_params", "wall_time_s", "tokens_per_s", "official")
+    keys = ("run", "hash", "final_val_loss", "full_val_bpc", "n_params", "wall_time_s", "paused_s", "tokens_per_s",
+            "official")
     return {k: _py(row.get(k)) for k in keys}
 
 
@@ -610,9 +636,19 @@ def _setup_md(results: pd.DataFrame, base: pd.Series, profile: str) -> str:
         data = f"the file `{Path(src.get('path', '?')).name}` (not the designated stand-in)"
     hw = sorted(set(results["hardware"].dropna()))
     prec = ", ".join(sorted(results["precision"].dropna().unique()))
-    return (f"- Data: {data}; {base['num_titles']:,} titles, {base['val_frac']:.0%} held out for validation.\n"
+    text = (f"- Data: {data}; {base['num_titles']:,} titles, {base['val_frac']:.0%} held out for validation.\n"
             f"- Hardware: {'; '.join(hw)}.\n- Precision: {prec}.\n"
             f"- Profile: {profile}; {int((results['status'] == 'finished').sum())} finished runs in the ledger.\n")
+    paused = results[results["paused_s"] > 0] if "paused_s" in results else results.iloc[:0]
+    if len(paused):
+        runs = "; ".join(f"`{r.run}` {fmt_time(r.paused_s)} (logged wall time {fmt_time(r.wall_time_raw_s)})"
+                         for r in paused.itertuples())
+        text += (f"- Paused runs: a run was stopped (SIGSTOP) while other runs or benchmarks needed the cores; "
+                 f"wall times and tokens/s in the tables leave those stretches out (a gap of over "
+                 f"{PAUSE_GAP_S / 60:.0f} min between two logged steps): {runs}. Other runs that shared the "
+                 f"cores without a pause show the slower wall time they had.\n")
+    return text
+
 
 
 # ----------------------------------------------------------------------------- runs on two kinds of device

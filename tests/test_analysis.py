@@ -89,3 +89,26 @@ def test_gpu_section_tables_and_figure(two_devices):
 def test_no_gpu_runs_say_so(isolated):
     assert analysis.gpu_section("quick", analysis.load_results("quick"), isolated) == \
         "No run of this profile trained on a GPU.\n"
+
+
+def test_a_paused_run_shows_its_running_time(two_devices):
+    root, _ = two_devices
+    d = fake_run(root, "full-paused", "p0", make_config("full", "final", dropout=0.0).to_dict(), "cpu",
+                 [(1, 2.3), (987, 1.2)])
+    # 100 steps of 10 s with one stretch of an hour in the middle (the process was stopped)
+    t = [10.0 * i + (3600.0 if i >= 50 else 0.0) for i in range(100)]
+    steps = [{"event": "training_step", "step": i + 1, "loss": 5.0, "elapsed_time": x} for i, x in enumerate(t)]
+    with open(d / "log.jsonl", "a") as f:
+        f.write("\n".join(json.dumps(e) for e in steps) + "\n")
+    summary = json.loads((d / "summary.json").read_text())
+    summary.update(wall_time_s=4600.0, train_time_s=4000.0, tokens_per_s=100.0)
+    (d / "summary.json").write_text(json.dumps(summary))
+
+    assert analysis.paused_time(d) == pytest.approx(3600.0)
+    assert analysis.paused_time(root / "runs" / "full-final-c1") == 0.0          # no gaps, nothing paused
+    row = analysis.load_results("full").set_index("hash").loc["p0"]
+    assert row["wall_time_s"] == pytest.approx(1000.0) and row["wall_time_raw_s"] == 4600.0
+    assert row["tokens_per_s"] == pytest.approx(100.0 * 4000.0 / 400.0)
+    analysis.write_report_inputs("full")
+    setup = (analysis.analysis_dir("full") / "setup.md").read_text()
+    assert "Paused runs" in setup and "`full-paused` 60.0 min" in setup
