@@ -98,12 +98,7 @@ def load_results(profile: str) -> pd.DataFrame:
                **{k: s.get(k) for k in SUMMARY_FIELDS}, "status": r["status"],
                "hardware": _hardware_text(s.get("hardware"))}
         row.update({k: v for k, v in _device_and_progress(r).items() if v is not None or k not in row})
-        row["paused_s"] = paused_time(r["dir"]) if r["status"] == "finished" else 0.0
-        if row["paused_s"] > 0:   # tables show the time the run was running; the raw figures stay beside
-            row["wall_time_raw_s"], row["tokens_per_s_raw"] = row["wall_time_s"], row["tokens_per_s"]
-            row["wall_time_s"] = row["wall_time_s"] - row["paused_s"]
-            train_s = row.get("train_time_s") or row["wall_time_raw_s"]
-            row["tokens_per_s"] = row["tokens_per_s"] * train_s / (train_s - row["paused_s"])
+        row.update(_without_pauses(row, r["dir"]) if r["status"] == "finished" else {"paused_s": 0.0})
         row.update({k: v for k, v in cfg.items() if k not in row and k != "name"})
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -130,6 +125,20 @@ def load_results(profile: str) -> pd.DataFrame:
     return df
 
 
+def _without_pauses(row: dict, run_dir: Path) -> dict[str, Any]:
+    """Wall time and tokens/s of the time a run was running (see `pauses`); the raw figures kept beside."""
+    p = pauses(run_dir)
+    out: dict[str, Any] = {"paused_s": float(p["wall_s"].sum())}
+    wall, tps, train = row.get("wall_time_s"), row.get("tokens_per_s"), row.get("train_time_s")
+    if out["paused_s"] <= 0 or wall is None or _nan(wall):
+        return out
+    out.update(wall_time_raw_s=wall, tokens_per_s_raw=tps, wall_time_s=wall - out["paused_s"])
+    paused_train = float(p["train_s"].sum())
+    if tps is not None and not _nan(tps) and train and not _nan(train) and train - paused_train > 0:
+        out["tokens_per_s"] = tps * train / (train - paused_train)
+    return out
+
+
 def _hardware_text(hw: dict | None) -> str | None:
     if not hw:
         return None
@@ -154,19 +163,42 @@ def baseline_hash(df: pd.DataFrame, profile: str) -> str | None:
 PAUSE_GAP_S = 600.0   # no training step or evaluation of these runs takes 10 minutes
 
 
-def paused_time(run_dir: str | Path) -> float:
-    """Seconds a run's process spent stopped (SIGSTOP, so that other runs had the cores), from its log.
+def pauses(run_dir: str | Path) -> pd.DataFrame:
+    """Stretches a run's process spent stopped (SIGSTOP, so that other runs had the cores), from its log.
 
-    A gap of more than PAUSE_GAP_S between two consecutive training steps' elapsed times is a pause;
-    what it holds beyond the run's median step time is counted. Time between sessions is not in the
-    elapsed times at all (a resumed run continues from its checkpoint's), so only a live pause shows."""
-    events = ledger.read_log(Path(run_dir) / "log.jsonl") if (Path(run_dir) / "log.jsonl").exists() else []
-    t = [e["elapsed_time"] for e in events if e.get("event") == "training_step" and "elapsed_time" in e]
-    gaps = np.diff(t) if len(t) > 2 else np.array([])
-    if not len(gaps):
-        return 0.0
-    typical = float(np.median(gaps))
-    return float(sum(g - typical for g in gaps if g > PAUSE_GAP_S))
+    One row per pause: `step` (the training step it followed), `wall_s` (seconds it adds to the run's
+    elapsed time) and `train_s` (the part that fell in a training step rather than an evaluation:
+    train_time_s leaves evaluations out). Between two consecutive training steps the elapsed time
+    holds one step, plus one evaluation where a validation_step follows the first; a step or an
+    evaluation that took over PAUSE_GAP_S counts as paused beyond the run's median step or
+    evaluation time. Time between sessions is not in the elapsed times at all (a resumed run
+    continues from its checkpoint's), so only a live pause shows."""
+    path = Path(run_dir) / "log.jsonl"
+    events = ledger.read_log(path) if path.exists() else []
+    steps = [e for e in events if e.get("event") == "training_step" and "elapsed_time" in e]
+    evals = {e["step"]: e for e in events if e.get("event") == "validation_step" and "timestamp" in e}
+    rows: list[dict[str, Any]] = []
+    if len(steps) < 3:
+        return pd.DataFrame(rows, columns=["step", "wall_s", "train_s"])
+    # an evaluation's duration: from its step's training event to its own event (wall-clock stamps)
+    eval_s = {a["step"]: evals[a["step"]]["timestamp"] - a["timestamp"]
+              for a in steps if a["step"] in evals and "timestamp" in a}
+    gaps = [(a, b["elapsed_time"] - a["elapsed_time"]) for a, b in zip(steps, steps[1:])]
+    typical_step = float(np.median([g - eval_s.get(a["step"], 0.0) for a, g in gaps]))
+    typical_eval = float(np.median(list(eval_s.values()))) if eval_s else 0.0
+    for a, g in gaps:
+        in_eval = eval_s.get(a["step"], 0.0)
+        in_step = g - in_eval
+        eval_pause = in_eval - typical_eval if in_eval > PAUSE_GAP_S else 0.0
+        step_pause = in_step - typical_step if in_step > PAUSE_GAP_S else 0.0
+        if eval_pause > 0 or step_pause > 0:
+            rows.append({"step": a["step"], "wall_s": eval_pause + step_pause, "train_s": step_pause})
+    return pd.DataFrame(rows, columns=["step", "wall_s", "train_s"])
+
+
+def paused_time(run_dir: str | Path) -> float:
+    """Seconds a run's process spent stopped in all (see `pauses`)."""
+    return float(pauses(run_dir)["wall_s"].sum())
 
 
 def read_curve(run_dir: str | Path) -> pd.DataFrame:
@@ -177,6 +209,9 @@ def read_curve(run_dir: str | Path) -> pd.DataFrame:
     ev = [e for e in ledger.read_log(run_dir / "log.jsonl") if e.get("event") == "validation_step"]
     df = pd.DataFrame(ev, columns=["step", "loss", "elapsed_time"])
     df["tokens"] = df["step"] * per_step
+    # running time: a stretch the process spent stopped before an evaluation is left out
+    p = pauses(run_dir)
+    df["elapsed_time"] = df["elapsed_time"] - [p.loc[p["step"] < st, "wall_s"].sum() for st in df["step"]]
     return df
 
 
@@ -546,7 +581,7 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
 
 def _run_numbers(row: pd.Series) -> dict[str, Any]:
     keys = ("run", "hash", "final_val_loss", "full_val_bpc", "n_params", "wall_time_s", "paused_s", "tokens_per_s",
-            "official")
+            "official", "wall_time_raw_s", "tokens_per_s_raw")
     return {k: _py(row.get(k)) for k in keys}
 
 
@@ -644,9 +679,9 @@ def _setup_md(results: pd.DataFrame, base: pd.Series, profile: str) -> str:
         runs = "; ".join(f"`{r.run}` {fmt_time(r.paused_s)} (logged wall time {fmt_time(r.wall_time_raw_s)})"
                          for r in paused.itertuples())
         text += (f"- Paused runs: a run was stopped (SIGSTOP) while other runs or benchmarks needed the cores; "
-                 f"wall times and tokens/s in the tables leave those stretches out (a gap of over "
-                 f"{PAUSE_GAP_S / 60:.0f} min between two logged steps): {runs}. Other runs that shared the "
-                 f"cores without a pause show the slower wall time they had.\n")
+                 f"wall times, tokens/s, curves against time and the time-to-quality leave those stretches out "
+                 f"(a step or an evaluation that took over {PAUSE_GAP_S / 60:.0f} min): {runs}. Other runs "
+                 f"that shared the cores without a pause show the slower wall time they had.\n")
     return text
 
 

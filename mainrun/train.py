@@ -75,19 +75,35 @@ class JsonlLog:
         self._open()
 
     def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = open(self.path, "w")
         self.f.write(self.text())
         self.f.flush()
 
+    def _replaced(self) -> bool:
+        """Whether the path no longer names the file this process writes."""
+        try:
+            at_path = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        own = os.fstat(self.f.fileno())
+        return (at_path.st_dev, at_path.st_ino) != (own.st_dev, own.st_ino)
+
     def log(self, event: str, **fields: Any) -> None:
         line = json.dumps({"event": event, "timestamp": time.time(), **fields}, default=str) + "\n"
         self.lines.append(line)
-        if os.fstat(self.f.fileno()).st_nlink == 0:         # our file was unlinked: write it anew
-            self.f.close()
-            self._open()
-        else:
-            self.f.write(line)
-            self.f.flush()
+        if self._replaced():
+            old = self.f
+            try:
+                self._open()
+                old.close()
+                return
+            except OSError as e:                  # keep training; the checkpoint still holds the whole log
+                self.f = old
+                print(f"warning: could not rewrite {self.path} ({e}); the log continues in memory and in "
+                      f"checkpoints", flush=True)
+        self.f.write(line)
+        self.f.flush()
 
     def text(self) -> str:
         return "".join(self.lines)

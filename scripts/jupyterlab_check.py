@@ -82,7 +82,7 @@ def accept_dialog(page) -> None:
 
 def kernel_idle(api: str, name: str) -> bool:
     """The server's word: this notebook's kernel is started and idle."""
-    with urllib.request.urlopen(api) as r:
+    with urllib.request.urlopen(api, timeout=30) as r:
         sessions = json.load(r)
     return any(s["path"].endswith(f"{name}.ipynb") and s.get("kernel", {}).get("execution_state") == "idle"
                for s in sessions)
@@ -205,7 +205,10 @@ def main() -> int:
             browser.close()
     finally:
         lab.terminate()
-        lab.wait(timeout=60)
+        try:
+            lab.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            lab.kill()
         if not ok and lab_log.exists():
             shutil.copy(lab_log, out / "jupyterlab.log")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -95,20 +95,42 @@ def test_a_paused_run_shows_its_running_time(two_devices):
     root, _ = two_devices
     d = fake_run(root, "full-paused", "p0", make_config("full", "final", dropout=0.0).to_dict(), "cpu",
                  [(1, 2.3), (987, 1.2)])
-    # 100 steps of 10 s with one stretch of an hour in the middle (the process was stopped)
-    t = [10.0 * i + (3600.0 if i >= 50 else 0.0) for i in range(100)]
-    steps = [{"event": "training_step", "step": i + 1, "loss": 5.0, "elapsed_time": x} for i, x in enumerate(t)]
-    with open(d / "log.jsonl", "a") as f:
-        f.write("\n".join(json.dumps(e) for e in steps) + "\n")
+    # 100 steps of 10 s, an evaluation of 30 s after steps 20, 40, 60, 80; the process is stopped for an
+    # hour inside step 51 (training time) and for two hours inside the evaluation after step 60
+    events, t, ts = [], 0.0, 1000.0
+    for step in range(1, 101):
+        t += 10.0 + (3600.0 if step == 51 else 0.0)
+        ts += 10.0 + (3600.0 if step == 51 else 0.0)
+        events.append({"event": "training_step", "step": step, "loss": 5.0, "elapsed_time": t, "timestamp": ts})
+        if step % 20 == 0:
+            stop = 7200.0 if step == 60 else 0.0
+            events.append({"event": "validation_step", "step": step, "loss": 2.0, "elapsed_time": t,
+                           "timestamp": ts + 30.0 + stop})
+            t, ts = t + 30.0 + stop, ts + 30.0 + stop
+    (d / "log.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
     summary = json.loads((d / "summary.json").read_text())
-    summary.update(wall_time_s=4600.0, train_time_s=4000.0, tokens_per_s=100.0)
+    summary.update(wall_time_s=t, train_time_s=1000.0 + 3600.0, tokens_per_s=100.0)
     (d / "summary.json").write_text(json.dumps(summary))
 
-    assert analysis.paused_time(d) == pytest.approx(3600.0)
-    assert analysis.paused_time(root / "runs" / "full-final-c1") == 0.0          # no gaps, nothing paused
+    p = analysis.pauses(d).set_index("step")
+    assert p.loc[50, "wall_s"] == pytest.approx(3600.0) and p.loc[50, "train_s"] == pytest.approx(3600.0)
+    assert p.loc[60, "wall_s"] == pytest.approx(7200.0) and p.loc[60, "train_s"] == 0.0   # inside an evaluation
+    assert analysis.paused_time(d) == pytest.approx(10800.0)
     row = analysis.load_results("full").set_index("hash").loc["p0"]
-    assert row["wall_time_s"] == pytest.approx(1000.0) and row["wall_time_raw_s"] == 4600.0
-    assert row["tokens_per_s"] == pytest.approx(100.0 * 4000.0 / 400.0)
-    analysis.write_report_inputs("full")
+    assert row["wall_time_s"] == pytest.approx(1000.0 + 5 * 30.0) and row["wall_time_raw_s"] == pytest.approx(t)
+    assert row["tokens_per_s"] == pytest.approx(100.0 * 4600.0 / 1000.0)      # only the training-time pause
+    curve = analysis.read_curve(d).set_index("step")["elapsed_time"]
+    assert curve[40] == pytest.approx(400.0 + 30.0 + 3600.0 - 3600.0) and curve[80] == pytest.approx(800.0 + 90.0)
+    n = analysis.write_report_inputs("full")
+    assert n["final"]["run"] == "full-final"          # the ladder's final; the paused run is only a row
     setup = (analysis.analysis_dir("full") / "setup.md").read_text()
-    assert "Paused runs" in setup and "`full-paused` 60.0 min" in setup
+    assert "Paused runs" in setup and f"`full-paused` {analysis.fmt_time(10800.0)} (logged wall time" in setup
+
+
+def test_slow_steps_under_the_gap_are_not_pauses(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    t = [10.0 * i + (500.0 if i >= 50 else 0.0) for i in range(100)]      # one 510 s step: contention
+    (d / "log.jsonl").write_text("\n".join(json.dumps({"event": "training_step", "step": i + 1, "elapsed_time": x,
+                                                        "timestamp": x}) for i, x in enumerate(t)) + "\n")
+    assert analysis.pauses(d).empty and analysis.paused_time(d) == 0.0

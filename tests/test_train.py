@@ -1,6 +1,7 @@
 """Training: a smoke run end to end, the ledger, resume after a kill, divergence, the CLI."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -186,13 +187,20 @@ def test_train_false_only_reads_the_ledger(isolated):
 
 def test_log_survives_its_file_being_replaced(tmp_path):
     # a `git stash` / `git checkout` under a running run swaps log.jsonl for another file
-    path = tmp_path / "log.jsonl"
+    path = tmp_path / "run" / "log.jsonl"
+    path.parent.mkdir()
     log = train_mod.JsonlLog(path, restore='{"event": "training_step", "step": 1}\n')
     log.log("training_step", step=2)
     path.unlink()
     path.write_text('{"event": "training_step", "step": 1}\n')       # the stale copy put back
     log.log("training_step", step=3)
+    stale = tmp_path / "stale.jsonl"
+    stale.write_text("")
+    os.replace(stale, path)                                          # renamed over it
     log.log("training_step", step=4)
+    shutil.rmtree(path.parent)                                       # the whole (untracked) run folder
+    log.log("training_step", step=5)
+    log.log("training_step", step=6)
     steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
-    assert steps == [1, 2, 3, 4] and log.text() == path.read_text()
+    assert steps == [1, 2, 3, 4, 5, 6] and log.text() == path.read_text()
     log.close()
