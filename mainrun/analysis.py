@@ -288,8 +288,15 @@ def planned_schedule(cfg: Config, total_steps: int | None = None) -> pd.DataFram
     return pd.DataFrame({"step": range(1, total + 1), "lr": lrs, "max_steps": total})
 
 
-def metric_notes(summary: dict) -> pd.DataFrame:
-    """The official metric beside the full-coverage one, with what each number means."""
+def metric_notes(summary: dict, profile: str) -> pd.DataFrame:
+    """The official metric beside the full-coverage one, with what each number means.
+
+    Wall time and tokens/s are the running ones where the run was paused (see `pauses`)."""
+    run_dir = ledger.find_run(ledger.results_root(profile), summary["hash"])
+    timing = _without_pauses(summary, run_dir) if run_dir is not None else {"paused_s": 0.0}
+    summary = {**summary, **timing}
+    paused = (f"; {fmt_time(timing['paused_s'])} paused left out of the logged {fmt_time(timing['wall_time_raw_s'])}"
+              if timing["paused_s"] > 0 and "wall_time_raw_s" in timing else "")
     rows = [
         ("official validation loss", fmt_loss(summary["final_val_loss"]),
          "summed token cross-entropy over full 64 x 128 spans / characters of the validation text"),
@@ -299,7 +306,7 @@ def metric_notes(summary: dict) -> pd.DataFrame:
         ("full-coverage bits/char", fmt_bpc(summary["full_val_bpc"]), "the same in bits per character"),
         ("validation tokens / chars", f"{summary['val_tokens']:,} / {summary['val_chars']:,}", ""),
         ("parameters", fmt_int(summary["n_params"]), ""),
-        ("wall time", fmt_time(summary["wall_time_s"]), "training and validation, without data preparation"),
+        ("wall time", fmt_time(summary["wall_time_s"]), "training and validation, without data preparation" + paused),
         ("tokens/s", fmt_int(summary["tokens_per_s"]), "training tokens per second of optimizer steps"),
         ("official run", "yes" if summary["official"] else "no", "; ".join(summary.get("official_reasons") or [])),
     ]

@@ -121,6 +121,9 @@ def test_a_paused_run_shows_its_running_time(two_devices):
     assert row["tokens_per_s"] == pytest.approx(100.0 * 4600.0 / 1000.0)      # only the training-time pause
     curve = analysis.read_curve(d).set_index("step")["elapsed_time"]
     assert curve[40] == pytest.approx(400.0 + 30.0 + 3600.0 - 3600.0) and curve[80] == pytest.approx(800.0 + 90.0)
+    notes = analysis.metric_notes({**summary, "hash": "p0", "official_coverage": 0.95, "full_val_loss": 1.2,
+                                   "val_tokens": 10, "val_chars": 40}, "full").set_index("quantity")
+    assert notes.loc["wall time", "value"] == analysis.fmt_time(1150.0) and "paused" in notes.loc["wall time", "meaning"]
     n = analysis.write_report_inputs("full")
     assert n["final"]["run"] == "full-final"          # the ladder's final; the paused run is only a row
     setup = (analysis.analysis_dir("full") / "setup.md").read_text()
