@@ -577,7 +577,8 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
                       "ratio": fmt_ratio(final["final_val_loss"] / base["final_val_loss"]),
                       "baseline_bpc": fmt_bpc(base["full_val_bpc"]), "final_bpc": fmt_bpc(final["full_val_bpc"])},
     }
-    (out / "summary.md").write_text(_summary_md(numbers, final, base) + _provisional_md(numbers, results))
+    (out / "summary.md").write_text(_summary_md(numbers, final, base) + _provisional_md(numbers, results)
+                                    + _baselines_md(numbers, results))
     (out / "setup.md").write_text(_setup_md(results, base, profile))
     note = PROXY_NOTE[profile] or (f"Profile **full**: the Mainrun rules. The single-change studies and the sweeps "
                                    f"ran on the {proxy} proxy; only the kept configurations trained at full scale.")
@@ -714,6 +715,25 @@ def curve_agreement(dir_a: str | Path, dir_b: str | Path) -> dict[str, Any] | No
         return None
     diff = (a[common] - b[common]).abs()
     return {"evaluations": int(len(common)), "last_step": int(common.max()), "max_abs_diff": float(diff.max())}
+
+
+def _baselines_md(n: dict, results: pd.DataFrame) -> str:
+    """Where the baseline was reproduced on two kinds of device: how far apart the two runs are."""
+    bases = results[results["is_baseline"]]
+    if n["ratio_provisional"] or len(bases) < 2:
+        return ""
+    ref = bases[bases["hash"] == n["baseline"]["hash"]].iloc[0]
+    other = bases[bases["hash"] != ref["hash"]].iloc[0]
+    name = lambda r: f"{DEVICE_NAME.get(r['device'], r['device'])} ({r['precision']})"
+    text = (f"\nThe baseline was reproduced on two kinds of device: on the {name(ref)} (the reference above) and on "
+            f"the {name(other)} (run `{other['run']}`, official loss {fmt_loss(other['final_val_loss'])}, "
+            f"{other['final_val_loss'] / ref['final_val_loss'] - 1:+.2%}).")
+    agree = curve_agreement(ref["dir"], other["dir"])
+    if agree:
+        n["baseline_agreement"] = agree
+        text += (f" Over the {agree['evaluations']} evaluations both logged their official losses differ by at "
+                 f"most {agree['max_abs_diff']:.4f}.")
+    return text + " Each device's runs are compared with its own baseline.\n"
 
 
 def _provisional_md(n: dict, results: pd.DataFrame) -> str:
