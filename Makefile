@@ -34,13 +34,10 @@ ifeq ($(PROFILE),smoke)
 export OMP_NUM_THREADS ?= 1
 endif
 
-# Under full, runs missing from the ledger are not trained (hours each on 2 CPU cores): the notebooks read the
-# committed runs and say what is missing. TRAIN=True trains them (and resumes unfinished ones).
-ifeq ($(PROFILE),full)
-TRAIN ?= False
-else
-TRAIN ?= True
-endif
+# TRAIN=None leaves it to the notebooks (mainrun.config.resolve_train): under quick and smoke they train what
+# is missing from the ledger; under full (hours per run on 2 CPU cores) they only read the committed runs and
+# say what is missing. TRAIN=True trains them (and resumes unfinished ones); TRAIN=False never trains.
+TRAIN ?= None
 
 run: venv
 	@mkdir -p $(NB_OUT)

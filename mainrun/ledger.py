@@ -8,6 +8,7 @@ A folder without summary.json is a run that is still going or was cut short.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -55,7 +56,16 @@ def read_json(path: Path) -> dict | None:
 
 
 def read_log(path: Path) -> list[dict]:
-    """Events of a JSONL log (ours or Mainrun's baseline.log); a torn last line is skipped."""
+    """Events of a JSONL log (ours or Mainrun's baseline.log); a torn last line is skipped.
+
+    The analysis reads each run's log from several places (table, pauses, curves, coverage); a log is
+    parsed once per version of the file (path, inode, size, modification time) and each caller gets its own copies."""
+    st = os.stat(path)
+    return [dict(e) for e in _parse_log(str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)]
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_log(path: str, inode: int, size: int, mtime_ns: int) -> tuple[dict, ...]:
     events = []
     with open(path) as f:
         for line in f:
@@ -66,7 +76,7 @@ def read_log(path: Path) -> list[dict]:
                 events.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-    return events
+    return tuple(events)
 
 
 def log_progress(path: Path) -> dict[str, Any]:

@@ -141,3 +141,21 @@ def test_slow_steps_under_the_gap_are_not_pauses(tmp_path):
     (d / "log.jsonl").write_text("\n".join(json.dumps({"event": "training_step", "step": i + 1, "elapsed_time": x,
                                                         "timestamp": x}) for i, x in enumerate(t)) + "\n")
     assert analysis.pauses(d).empty and analysis.paused_time(d) == 0.0
+
+
+def test_log_reads_follow_the_file_and_hand_out_copies(tmp_path):
+    """read_log parses a log once per version of the file: an appended line, a rewrite or a replaced
+    file is seen by the next read, and a caller editing its events does not change anyone else's."""
+    path = tmp_path / "log.jsonl"
+    path.write_text(json.dumps({"event": "training_step", "step": 1}) + "\n")
+    first = ledger.read_log(path)
+    first[0]["step"] = 99
+    first.append({"event": "junk"})
+    assert ledger.read_log(path) == [{"event": "training_step", "step": 1}]
+    with open(path, "a") as f:
+        f.write(json.dumps({"event": "training_step", "step": 2}) + "\n{torn")
+    assert [e["step"] for e in ledger.read_log(path)] == [1, 2]
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"event": "validation_step", "step": 7}) + "\n")
+    other.replace(path)
+    assert ledger.read_log(path) == [{"event": "validation_step", "step": 7}]
