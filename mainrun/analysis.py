@@ -392,11 +392,12 @@ def findings(profile: str, results: pd.DataFrame) -> pd.DataFrame:
                 continue  # the reference itself, reached under another label
             delta = s["loss_mean"] / ref["loss_mean"] - 1
             verdict = "no change" if abs(delta) < NO_CHANGE else "helped" if delta < 0 else "did not help"
+            devices = results.loc[results["hash"].isin(frame.loc[frame["label"] == label, "hash"]), "device"]
             rows.append({"study": name, "change": label, "reference": ref_label, "loss": s["loss_mean"],
                          "reference_loss": ref["loss_mean"], "delta": delta, "seeds": int(s["seeds"]),
-                         "verdict": verdict})
+                         "verdict": verdict, "device": "/".join(sorted(set(devices.dropna()))) or None})
     return pd.DataFrame(rows, columns=["study", "change", "reference", "loss", "reference_loss", "delta", "seeds",
-                                       "verdict"])
+                                       "verdict", "device"])
 
 
 def coverage_check(ladder: pd.DataFrame) -> pd.DataFrame:
@@ -556,12 +557,22 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
         "ratio": cov["ratio"].map(lambda x: f"{x:.3f}")})))
     seed_info = _seeds_section(seed_table, out)
     (out / "gpu.md").write_text(gpu_section(profile, results, out))
+    # each finding is judged against the seed spread of its own scale: the proxy's base candidate, or the
+    # final configuration's seeds at full scale
     found = findings(profile, results)
-    if proxy != profile and len(proxy_results):
-        proxy_found = findings(proxy, proxy_results)
-        proxy_found["study"] += f", {proxy} proxy"
-        found = pd.concat([found, proxy_found], ignore_index=True)
-    (out / "findings.md").write_text(_findings_md(found, seed_info))
+    full_std = (seed_info.get(f"final ({profile} scale)") or {}).get("std")
+    if proxy != profile:
+        found["study"] = [f"{st}, {profile} scale on the {DEVICE_NAME.get(d, d)}" if d else st
+                          for st, d in zip(found["study"], found["device"])]
+        found["noise"] = full_std
+        if len(proxy_results):
+            proxy_found = findings(proxy, proxy_results)
+            proxy_found["study"] += f", {proxy} proxy"
+            proxy_found["noise"] = (seed_info.get("base") or {}).get("std")
+            found = pd.concat([found, proxy_found], ignore_index=True)
+    else:
+        found["noise"] = (seed_info.get("base") or {}).get("std")
+    (out / "findings.md").write_text(_findings_md(found))
 
     numbers = {
         "profile": profile, "n_runs": int((results["status"] == "finished").sum()),
@@ -628,13 +639,13 @@ def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
     return info
 
 
-def _findings_md(found: pd.DataFrame, seed_info: dict) -> str:
-    noise = (seed_info.get("base") or {}).get("std")
+def _findings_md(found: pd.DataFrame) -> str:
+    """The findings grouped by verdict; `noise` (per row) is the seed std of that row's scale, if measured."""
     def line(r) -> str:
         s = (f"- **{r.change}** ({r.study}, against {r.reference}): {fmt_loss(r.loss)} vs "
              f"{fmt_loss(r.reference_loss)} ({r.delta:+.2%})")
-        if noise and abs(r.loss - r.reference_loss) < noise:
-            s += ", within the seed spread (one std) of the base"
+        if r.noise and not _nan(r.noise) and abs(r.loss - r.reference_loss) < r.noise:
+            s += ", within the seed spread (one std) at its scale"
         return s
     parts = []
     groups = (("helped", "What worked"), ("no change", f"No measurable change (under {NO_CHANGE:.1%})"),

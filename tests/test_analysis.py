@@ -159,3 +159,28 @@ def test_log_reads_follow_the_file_and_hand_out_copies(tmp_path):
     other.write_text(json.dumps({"event": "validation_step", "step": 7}) + "\n")
     other.replace(path)
     assert ledger.read_log(path) == [{"event": "validation_step", "step": 7}]
+
+
+def test_full_scale_findings_name_their_device_and_their_seed_spread(two_devices):
+    """A one-change study at full scale says where it ran, and is judged against the final seeds' spread
+    (not the proxy's): a 0.0004 difference is inside a 0.0006 std, a 0.01 difference is not."""
+    root, _ = two_devices
+    final = make_config("full", "final").to_dict()
+    fake_run(root, "full-04_final_ablate-cosine", "a1", {**final, "schedule": "cosine"}, "cpu", [(1, 2.3), (987, 1.1504)])
+    fake_run(root, "full-04_final_ablate-tied", "a2", {**final, "tie_embeddings": True}, "cpu", [(1, 2.3), (987, 1.16)])
+    fake_run(root, "full-04_final-final-seed1338", "s2", {**final, "train_seed": 1338}, "cpu", [(1, 2.3), (987, 1.1508)])
+    row = lambda label, h, **ov: {"label": label, "axis": None, "value": None, "seed": 1337, "hash": h, "overrides": ov}
+    studies = root / "studies" / "full"
+    ledger.atomic_write_json(studies / "04_final_ablate.json", {
+        "study": "04_final_ablate", "profile": "full", "specs": [],
+        "rows": [row("final", "c1"), row("cosine", "a1", schedule="cosine"), row("tied", "a2", tie_embeddings=True)]})
+    ledger.atomic_write_json(studies / "04_final.json", {
+        "study": "04_final", "profile": "full", "specs": [],
+        "rows": [row("final", "c1"), {**row("final", "s2", train_seed=1338), "seed": 1338}]})
+    analysis.write_report_inputs("full")
+    md = (analysis.analysis_dir("full") / "findings.md").read_text()
+    cosine = next(l for l in md.splitlines() if l.startswith("- **cosine**"))
+    tied = next(l for l in md.splitlines() if l.startswith("- **tied**"))
+    assert "(04_final_ablate, full scale on the CPU, against final): 1.1504 vs 1.1500 (+0.03%)" in cosine
+    assert "within the seed spread" in cosine and "within the seed spread" not in tied
+    assert md.index("**No measurable change") < md.index(cosine) < md.index("**What did not work") < md.index(tied)
