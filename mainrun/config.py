@@ -38,12 +38,16 @@ class Config:
     epochs: int = 7                     # passes over the training tokens
     # --- tokenizer ---
     vocab_size: int = 16_000            # byte-level BPE vocabulary (trained on train+val titles, as the original)
+    tokenizer: str = "bpe"              # bpe (byte-level BPE, the original's) | unigram (byte-level Unigram LM);
+                                        # both lossless over bytes, so the per-character metric stays comparable
     # --- model ---
     n_layer: int = 6
     n_head: int = 8
     d_model: int = 512
     block_size: int = 128               # training context; must be >= 128 (the official eval block)
     dropout: float = 0.1
+    rdrop: float = 0.0                  # R-Drop: two dropout passes per batch, their mean cross-entropy plus
+                                        # rdrop x their symmetric KL per token; 0 disables (needs dropout > 0)
     norm: str = "layernorm"             # layernorm | rmsnorm
     pos: str = "learned"                # learned | rope
     init: str = "normal"                # normal (N(0, 0.02)) | scaled_residual (GPT-2) | kaiming (He)
@@ -106,10 +110,11 @@ class Config:
 
 
 NOT_HASHED = ("name", "profile", "preset", "data", "checkpoint_every", "device")
-HASH_OMIT_IF = {"train_seed": -1, "eval_precision": "fp32", "muon_ns": "bf16"}
+HASH_OMIT_IF = {"train_seed": -1, "eval_precision": "fp32", "muon_ns": "bf16", "tokenizer": "bpe", "rdrop": 0.0}
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "profile": ("smoke", "quick", "full"),
+    "tokenizer": ("bpe", "unigram"),
     "norm": ("layernorm", "rmsnorm"),
     "pos": ("learned", "rope"),
     "init": ("normal", "scaled_residual", "kaiming"),
@@ -232,7 +237,7 @@ def validate(cfg: Config) -> Config:
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v > 0):
             raise ConfigError(f"{name}={v} must be a positive finite number")
-    for name in ("weight_decay", "momentum", "grad_clip"):
+    for name in ("weight_decay", "momentum", "grad_clip", "rdrop"):
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v >= 0):
             raise ConfigError(f"{name}={v} must be a finite number >= 0")
@@ -240,6 +245,9 @@ def validate(cfg: Config) -> Config:
         v = getattr(cfg, name)
         if not 0.0 <= v < 1.0:
             raise ConfigError(f"{name}={v} must be in [0, 1)")
+    if cfg.rdrop > 0 and cfg.dropout == 0:
+        raise ConfigError(f"rdrop={cfg.rdrop} needs dropout > 0 (without dropout both passes agree and the KL "
+                          f"term is zero); set dropout or rdrop=0")
     if cfg.schedule == "wsd" and cfg.warmup_frac + cfg.decay_frac > 1.0:
         raise ConfigError(f"warmup_frac + decay_frac = {cfg.warmup_frac + cfg.decay_frac} must be <= 1 for wsd")
     return cfg

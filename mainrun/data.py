@@ -166,14 +166,23 @@ class Corpus:
     n_val_titles: int
 
 
-def train_tokenizer(titles: list[str], vocab_size: int):
-    """Byte-level BPE trained as the original trains it (specials <pad>, <eos>, <unk>)."""
+def train_tokenizer(titles: list[str], vocab_size: int, kind: str = "bpe"):
+    """A byte-level tokenizer (specials <pad>, <eos>, <unk>): "bpe" trains BPE as the original does;
+    "unigram" trains a Unigram LM over the same byte-level pieces, seeded with all 256 byte symbols so
+    that no input is ever unknown."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False)
+    elif kind == "unigram":
+        tok = Tokenizer(models.Unigram())
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, unk_token="<unk>",
+                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    else:
+        raise ValueError(f"tokenizer={kind!r} is not accepted; choose one of: bpe, unigram")
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False)
     tok.train_from_iterator(titles, trainer)
     return tok
 
@@ -200,7 +209,7 @@ def prepare(cfg: Config) -> Corpus:
 
     train_titles, val_titles, source = load_titles(cfg.data, cfg.num_titles, cfg.seed, cfg.val_frac)
     h = hashlib.sha256()
-    h.update(json.dumps({"tokenizer": "bytelevel-bpe", "vocab_size": cfg.vocab_size, "n_train": len(train_titles)}).encode())
+    h.update(json.dumps({"tokenizer": f"bytelevel-{cfg.tokenizer}", "vocab_size": cfg.vocab_size, "n_train": len(train_titles)}).encode())
     for t in train_titles + val_titles:
         h.update(t.encode("utf-8", "surrogatepass") + b"\n")
     fp = h.hexdigest()
@@ -210,7 +219,7 @@ def prepare(cfg: Config) -> Corpus:
     if tok_path.exists():
         tok = Tokenizer.from_file(str(tok_path))
     else:
-        tok = train_tokenizer(train_titles + val_titles, cfg.vocab_size)
+        tok = train_tokenizer(train_titles + val_titles, cfg.vocab_size, cfg.tokenizer)
         atomic_write_bytes(tok_path, lambda p: tok.save(p))
     val_text = join_titles(val_titles)
     if ids_path.exists():
@@ -219,6 +228,10 @@ def prepare(cfg: Config) -> Corpus:
     else:
         train_ids = torch.tensor(tok.encode(join_titles(train_titles)).ids, dtype=torch.long)
         val_ids = torch.tensor(tok.encode(val_text).ids, dtype=torch.long)
+        unk = tok.token_to_id("<unk>")
+        if bool((train_ids == unk).any() or (val_ids == unk).any()):
+            # the metric divides by characters: a tokenizer that loses input would score text it never saw
+            raise RuntimeError(f"the {cfg.tokenizer} tokenizer mapped input to <unk>; refusing a lossy tokenization")
         atomic_write_bytes(ids_path, lambda p: torch.save({"train_ids": train_ids, "val_ids": val_ids}, p))
     return Corpus(train_ids=train_ids, val_ids=val_ids, val_chars=len(val_text), vocab_size=tok.get_vocab_size(),
                   eos_id=tok.token_to_id(EOS), fingerprint=fp, source=source, tokenizer_path=str(tok_path),

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import ledger
@@ -260,6 +261,21 @@ class Trainer:
             raise ValueError(f"the validation split has {len(corpus.val_ids):,} tokens, fewer than one official "
                              f"span of {EVAL_BATCH * EVAL_BLOCK + 1:,}; raise num_titles or val_frac")
 
+    def objective(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cross-entropy to log, loss to minimise). With R-Drop the batch goes through the model twice
+        (two dropout masks): the logged loss is the two passes' mean cross-entropy, and the objective adds
+        rdrop x their symmetric KL divergence per token (Liang et al., 2021)."""
+        logits, loss = self.step_fn(xb, yb)
+        if self.cfg.rdrop <= 0:
+            return loss, loss
+        logits2, loss2 = self.step_fn(xb, yb)
+        lp1 = F.log_softmax(logits.float(), dim=-1)
+        lp2 = F.log_softmax(logits2.float(), dim=-1)
+        kl = 0.5 * (F.kl_div(lp1, lp2, log_target=True, reduction="none")
+                    + F.kl_div(lp2, lp1, log_target=True, reduction="none")).sum(-1).mean()
+        ce = 0.5 * (loss + loss2)
+        return ce, ce + self.cfg.rdrop * kl
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int, ptr: int, state: dict, log: JsonlLog) -> None:
         _atomic_save({"model": self.model.state_dict(), "opts": [o.state_dict() for o in self.opts],
@@ -326,8 +342,8 @@ class Trainer:
                     xb, yb, ptr = get_batch(c.train_ids, ptr, cfg.block_size, cfg.batch_size)
                     xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
                     with autocast(self.device, cfg.precision):
-                        _, loss = self.step_fn(xb, yb)
-                    (loss / cfg.grad_accum).backward()
+                        loss, objective = self.objective(xb, yb)
+                    (objective / cfg.grad_accum).backward()
                     loss_sum += loss.detach()
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)

@@ -24,6 +24,9 @@ def test_profiles_and_presets_then_overrides():
     (dict(dropout=1.5), ["dropout=1.5", "[0, 1)"]),
     (dict(epochs="7.5"), ["epochs", "not an integer"]),
     (dict(compile="maybe"), ["compile", "true or false"]),
+    (dict(tokenizer="wordpiece"), ["tokenizer='wordpiece'", "bpe, unigram"]),
+    (dict(rdrop=-0.5), ["rdrop=-0.5", ">= 0"]),
+    (dict(rdrop=1.0, dropout=0.0), ["rdrop=1.0", "dropout > 0"]),
 ])
 def test_bad_values_are_refused_with_what_is_accepted(kwargs, words):
     with pytest.raises(ConfigError) as e:
@@ -90,3 +93,13 @@ def test_notebook_train_parameter_defaults_by_profile():
         resolve_train("quick", "yes")
     with pytest.raises(ConfigError, match="profile='huge'"):
         resolve_train("huge", None)
+
+
+def test_knobs_added_later_keep_older_runs_hashes():
+    """tokenizer and rdrop came after runs were recorded: at their neutral values they are not hashed
+    (the committed ledger keeps its hashes); any other value is part of the run's identity."""
+    cfg = make_config("quick", lr=1e-3)
+    assert "tokenizer" not in cfg.hash_fields() and "rdrop" not in cfg.hash_fields()
+    h = run_hash(cfg, "fp")
+    assert run_hash(make_config("quick", lr=1e-3, tokenizer="unigram"), "fp") != h
+    assert run_hash(make_config("quick", lr=1e-3, rdrop=0.5), "fp") != h

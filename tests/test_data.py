@@ -120,3 +120,18 @@ def test_split_without_datasets_matches_datasets(titles_file, tmp_path, monkeypa
     assert without[2] == with_datasets[2]
     with pytest.raises(DataError, match="needs the `datasets` package"):
         load_titles("hub", 10, 1337, 0.1)
+
+
+def test_unigram_tokenizer_is_lossless_and_cached_apart(titles_file):
+    """The Unigram tokenizer covers every byte (no <unk>, text comes back exactly, accents and emoji
+    included), and its ids are cached under their own fingerprint, not the BPE ones."""
+    from tokenizers import Tokenizer
+    bpe = prepare(make_config("smoke", data=str(titles_file), num_titles=2000))
+    uni = prepare(make_config("smoke", data=str(titles_file), num_titles=2000, tokenizer="unigram"))
+    assert uni.fingerprint != bpe.fingerprint and uni.tokenizer_path != bpe.tokenizer_path
+    assert uni.val_chars == bpe.val_chars and uni.eos_id == bpe.eos_id == 1
+    tok = Tokenizer.from_file(uni.tokenizer_path)
+    assert tok.get_vocab_size() <= 512 and (uni.val_ids != tok.token_to_id("<unk>")).all()
+    for text in ("Show HN: a café in Zürich – naïve ✓ 🚀", "Ask HN: 日本語のタイトル?"):
+        ids = tok.encode(text).ids
+        assert tok.token_to_id("<unk>") not in ids and tok.decode(ids).strip() == text

@@ -204,3 +204,25 @@ def test_log_survives_its_file_being_replaced(tmp_path):
     steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6] and log.text() == path.read_text()
     log.close()
+
+
+def test_rdrop_adds_a_kl_term_and_logs_the_cross_entropy(isolated):
+    """R-Drop: the objective is the two passes' mean cross-entropy plus rdrop x their symmetric KL, which
+    is positive while dropout is on; the logged loss is the cross-entropy alone."""
+    from mainrun.data import get_batch, prepare
+    cfg = make_config("smoke", dropout=0.3, rdrop=2.0, **SMOKE)
+    corpus = prepare(cfg)
+    t = train_mod.Trainer(cfg, corpus, "cpu", isolated / "run", isolated / "ck", "h", False, [])
+    xb, yb, _ = get_batch(corpus.train_ids, 0, cfg.block_size, cfg.batch_size)
+    torch.manual_seed(0)
+    ce, objective = t.objective(xb, yb)
+    assert objective.item() > ce.item() > 0
+    torch.manual_seed(0)
+    _, l1 = t.model(xb, yb)
+    _, l2 = t.model(xb, yb)
+    assert ce.item() == pytest.approx(0.5 * (l1.item() + l2.item()), rel=1e-5)
+    t.model.eval()                     # no dropout: the passes agree, the KL term vanishes
+    ce, objective = t.objective(xb, yb)
+    assert objective.item() == pytest.approx(ce.item(), abs=1e-6)
+    s = mainrun.run(cfg, progress=False)
+    assert s["status"] == "finished" and s["final_val_loss"] > 0
