@@ -184,3 +184,30 @@ def test_full_scale_findings_name_their_device_and_their_seed_spread(two_devices
     assert "(04_final_ablate, full scale on the CPU, against final): 1.1504 vs 1.1500 (+0.03%)" in cosine
     assert "within the seed spread" in cosine and "within the seed spread" not in tied
     assert md.index("**No measurable change") < md.index(cosine) < md.index("**What did not work") < md.index(tied)
+
+
+def test_a_tokenizer_change_is_judged_on_full_coverage(isolated):
+    """The official loss divides by every character but sums only the tokens its 64 x 128 spans score: a
+    tokenizer whose spans score less text looks better there without a better model. Such a finding is
+    judged on the full-coverage loss (as the Unigram tokenizer on the quick proxy: -5.9% official, +0.6%
+    full coverage); a change that keeps the coverage is judged on the official loss."""
+    root = ledger.results_root("quick")
+    base = make_config("quick", "baseline").to_dict()
+    runs = {"b0": ("baseline", {}, 1.4457, 1.9061, 0.7596), "u1": ("unigram", {"tokenizer": "unigram"}, 1.3600, 1.9166, 0.7083),
+            "r1": ("rdrop", {"rdrop": 1.0}, 1.4300, 1.8900, 0.7596)}
+    for h, (label, ov, official, full, cov) in runs.items():
+        d = fake_run(root, f"quick-x-{label}", h, {**base, **ov}, "cpu", [(1, 2.3), (161, official)])
+        s = json.loads((d / "summary.json").read_text())
+        (d / "summary.json").write_text(json.dumps({**s, "full_val_loss": full, "official_coverage": cov}))
+    sweep.mark_stage("quick", "baseline", {"hash": "b0", "label": "baseline"})
+    ledger.atomic_write_json(root / "studies" / "quick" / "x.json", {"study": "x", "profile": "quick", "specs": [],
+        "rows": [{"label": lab, "axis": None, "value": None, "seed": 1337, "hash": h, "overrides": ov}
+                 for h, (lab, ov, *_ ) in runs.items()]})
+    found = analysis.findings("quick", analysis.load_results("quick")).set_index("change")
+    assert found.loc["unigram", "delta"] < -0.05 and found.loc["unigram", "full_delta"] > 0
+    assert found.loc["unigram", "verdict"] == "did not help" and found.loc["unigram", "judged_on"] == "full coverage"
+    assert found.loc["rdrop", "verdict"] == "helped" and found.loc["rdrop", "judged_on"] == "official"
+    md = analysis._findings_md(found.reset_index().assign(noise=None))
+    line = next(l for l in md.splitlines() if l.startswith("- **unigram**"))
+    assert "judged on the full-coverage loss, +0.55%" in line and "70.8%" in line and "76.0%" in line
+    assert md.index("**What did not work") < md.index(line)
