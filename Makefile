@@ -36,7 +36,9 @@ endif
 
 # TRAIN=None leaves it to the notebooks (mainrun.config.resolve_train): under quick and smoke they train what
 # is missing from the ledger; under full (hours per run on 2 CPU cores) they only read the committed runs and
-# say what is missing. TRAIN=True trains them (and resumes unfinished ones); TRAIN=False never trains.
+# say what is missing. TRAIN=True trains them (and resumes unfinished ones); TRAIN=False trains none of them.
+# It governs the runs at the notebook's own profile; the proxy studies of notebooks 03-04 (minutes a run)
+# always train what is missing.
 TRAIN ?= None
 
 run: venv

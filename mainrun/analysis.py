@@ -344,11 +344,13 @@ def compare(frame: pd.DataFrame) -> pd.DataFrame:
     Points without a finished run show their status instead of numbers."""
     ok = frame.drop_duplicates(["label", "seed"])
     loss = pd.to_numeric(ok["final_val_loss"], errors="coerce")
-    ref = loss.iloc[0]
+    bpc = pd.to_numeric(ok["full_val_bpc"], errors="coerce")
+    ref, ref_bpc, first = loss.iloc[0], bpc.iloc[0], ok["label"].iloc[0]
+    vs = lambda xs, r: ["" if _nan(x) or _nan(r) else f"{x / r - 1:+.2%}" for x in xs]
     return pd.DataFrame({
         "point": ok["label"], "seed": ok["seed"], "status": ok["status"], "official loss": loss.map(fmt_loss),
-        f"vs {ok['label'].iloc[0]}": ["" if _nan(x) or _nan(ref) else f"{x / ref - 1:+.2%}" for x in loss],
-        "full bits/char": ok["full_val_bpc"].map(fmt_bpc), "params": ok["n_params"].map(fmt_int),
+        f"vs {first}": vs(loss, ref), "full bits/char": ok["full_val_bpc"].map(fmt_bpc),
+        f"full vs {first}": vs(bpc, ref_bpc), "params": ok["n_params"].map(fmt_int),
         "tokens/s": ok["tokens_per_s"].map(fmt_int), "wall time": ok["wall_time_s"].map(fmt_time),
     }).reset_index(drop=True)
 
@@ -382,7 +384,8 @@ def findings(profile: str, results: pd.DataFrame) -> pd.DataFrame:
     text the official 64 x 128 spans score (a tokenizer or vocabulary change: more or fewer tokens,
     a different dropped tail). The official loss sums over the scored tokens but divides by every
     character, so scoring less text lowers it without a better model; there the verdict follows the
-    full-coverage loss (every validation token), and `judged_on` says so."""
+    full-coverage loss (every validation token), and `judged_on` says so; where that loss is not
+    recorded the change is "not judged"."""
     rows = []
     for name, rec in read_studies(profile).items():
         if name in ("gpu_ladder", "gpu_seeds"):
@@ -403,9 +406,10 @@ def findings(profile: str, results: pd.DataFrame) -> pd.DataFrame:
             delta = s["loss_mean"] / ref["loss_mean"] - 1
             full_delta = full.get(label, math.nan) / full.get(ref_label, math.nan) - 1
             moved = abs(cov.get(label, math.nan) - cov.get(ref_label, math.nan)) > SAME_COVERAGE
-            judged_on = "full coverage" if moved and not _nan(full_delta) else "official"
+            judged_on = ("official" if not moved else "full coverage" if not _nan(full_delta) else "none")
             d = full_delta if judged_on == "full coverage" else delta
-            verdict = "no change" if abs(d) < NO_CHANGE else "helped" if d < 0 else "did not help"
+            verdict = ("not judged" if judged_on == "none" else "no change" if abs(d) < NO_CHANGE
+                       else "helped" if d < 0 else "did not help")
             devices = results.loc[results["hash"].isin(frame.loc[frame["label"] == label, "hash"]), "device"]
             rows.append({"study": name, "change": label, "reference": ref_label, "loss": s["loss_mean"],
                          "reference_loss": ref["loss_mean"], "delta": delta, "seeds": int(s["seeds"]),
@@ -577,11 +581,11 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
     # each finding is judged against the seed spread of its own scale: the proxy's base candidate, or the
     # final configuration's seeds at full scale
     found = findings(profile, results)
-    full_std = (seed_info.get(f"final ({profile} scale)") or {}).get("std")
+    noise = {"cpu": (seed_info.get(f"final ({profile} scale)") or {}).get("std"), "cuda": _gpu_seed_std(profile, results)}
     if proxy != profile:
         found["study"] = [f"{st}, {profile} scale on the {DEVICE_NAME.get(d, d)}" if d else st
                           for st, d in zip(found["study"], found["device"])]
-        found["noise"] = full_std
+        found["noise"] = [noise.get(d) for d in found["device"]]
         if len(proxy_results):
             proxy_found = findings(proxy, proxy_results)
             proxy_found["study"] += f", {proxy} proxy"
@@ -660,6 +664,20 @@ def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
     return info
 
 
+def _gpu_seed_std(profile: str, results: pd.DataFrame) -> float | None:
+    """The seed spread of the GPU's full-scale small models: the mean std over the points repeated with
+    two or more seeds in the GPU studies (None if none was)."""
+    recs = read_studies(profile)
+    frames = [study_frame(recs[k], results) for k in ("gpu_small", "gpu_final", "gpu_seeds") if k in recs]
+    if not frames:
+        return None
+    pts = pd.concat(frames, ignore_index=True)
+    pts = pts[pts["status"] == "finished"].drop_duplicates("hash")
+    g = pts.groupby("label")["final_val_loss"]
+    stds = g.std(ddof=1)[g.size() >= 2]
+    return float(stds.mean()) if len(stds) else None
+
+
 def _findings_md(found: pd.DataFrame) -> str:
     """The findings grouped by verdict; `noise` (per row) is the seed std of that row's scale, if measured."""
     def line(r) -> str:
@@ -674,6 +692,9 @@ def _findings_md(found: pd.DataFrame) -> str:
     parts = []
     groups = (("helped", "What worked"), ("no change", f"No measurable change (under {NO_CHANGE:.1%})"),
               ("did not help", "What did not work"))
+    if (found["verdict"] == "not judged").any():
+        groups += (("not judged", "Not judged (the change moves what the official spans score, and its "
+                                  "full-coverage loss is not recorded)"),)
     for verdict, title in groups:
         sub = found[found["verdict"] == verdict]
         sub = sub.assign(judged=[f if j == "full coverage" else d

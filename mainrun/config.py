@@ -47,7 +47,8 @@ class Config:
     block_size: int = 128               # training context; must be >= 128 (the official eval block)
     dropout: float = 0.1
     rdrop: float = 0.0                  # R-Drop: two dropout passes per batch, their mean cross-entropy plus
-                                        # rdrop x their symmetric KL per token; 0 disables (needs dropout > 0)
+                                        # rdrop x their symmetric KL per token; 0 disables (needs dropout > 0).
+                                        # The paper sums the two cross-entropies: rdrop = its alpha / 2
     norm: str = "layernorm"             # layernorm | rmsnorm
     pos: str = "learned"                # learned | rope
     init: str = "normal"                # normal (N(0, 0.02)) | scaled_residual (GPT-2) | kaiming (He)

@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,12 @@ def read_log(path: Path) -> list[dict]:
     """Events of a JSONL log (ours or Mainrun's baseline.log); a torn last line is skipped.
 
     The analysis reads each run's log from several places (table, pauses, curves, coverage); a log is
-    parsed once per version of the file (path, inode, size, modification time) and each caller gets its own copies."""
+    parsed once per version of the file (path, inode, size, modification time) and each caller gets its own
+    shallow copies of the events. A file changed in the last few seconds is parsed afresh every time (a
+    same-size rewrite within one tick of a coarse file-system clock would otherwise look unchanged)."""
     st = os.stat(path)
+    if time.time() - st.st_mtime < 5:
+        return list(_parse_log.__wrapped__(str(path), st.st_ino, st.st_size, st.st_mtime_ns))
     return [dict(e) for e in _parse_log(str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)]
 
 

@@ -264,7 +264,8 @@ class Trainer:
     def objective(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(cross-entropy to log, loss to minimise). With R-Drop the batch goes through the model twice
         (two dropout masks): the logged loss is the two passes' mean cross-entropy, and the objective adds
-        rdrop x their symmetric KL divergence per token (Liang et al., 2021)."""
+        rdrop x their symmetric KL divergence (the mean of both directions, summed over the vocabulary,
+        averaged over tokens). Liang et al. (2021) sum the two cross-entropies, so rdrop is their alpha / 2."""
         logits, loss = self.step_fn(xb, yb)
         if self.cfg.rdrop <= 0:
             return loss, loss

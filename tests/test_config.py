@@ -103,3 +103,15 @@ def test_knobs_added_later_keep_older_runs_hashes():
     h = run_hash(cfg, "fp")
     assert run_hash(make_config("quick", lr=1e-3, tokenizer="unigram"), "fp") != h
     assert run_hash(make_config("quick", lr=1e-3, rdrop=0.5), "fp") != h
+
+
+def test_every_committed_run_keeps_its_hash():
+    """The ledger finds runs again by hash: each committed run's config and data fingerprint must still
+    give the hash it was recorded under (a new config field that changed old hashes would orphan them)."""
+    import json
+    from conftest import ROOT
+    dirs = sorted((ROOT / "results" / "runs").glob("*-*"))
+    assert len(dirs) > 20
+    for d in dirs:
+        rec = json.loads((d / "config.json").read_text())
+        assert run_hash(from_dict(rec["config"]), rec["data_fingerprint"]) == rec["hash"] == d.name.rsplit("-", 1)[1], d.name

@@ -218,9 +218,14 @@ def test_rdrop_adds_a_kl_term_and_logs_the_cross_entropy(isolated):
     ce, objective = t.objective(xb, yb)
     assert objective.item() > ce.item() > 0
     torch.manual_seed(0)
-    _, l1 = t.model(xb, yb)
-    _, l2 = t.model(xb, yb)
+    z1, l1 = t.model(xb, yb)
+    z2, l2 = t.model(xb, yb)
     assert ce.item() == pytest.approx(0.5 * (l1.item() + l2.item()), rel=1e-5)
+    # the KL term by hand: the mean of both directions, summed over the vocabulary, averaged over tokens
+    p1, p2 = torch.softmax(z1.double(), -1), torch.softmax(z2.double(), -1)
+    kl = 0.5 * ((p1 * (p1.log() - p2.log())).sum(-1) + (p2 * (p2.log() - p1.log())).sum(-1)).mean()
+    assert kl.item() > 0
+    assert (objective - ce).item() == pytest.approx(cfg.rdrop * kl.item(), rel=1e-3)
     t.model.eval()                     # no dropout: the passes agree, the KL term vanishes
     ce, objective = t.objective(xb, yb)
     assert objective.item() == pytest.approx(ce.item(), abs=1e-6)
