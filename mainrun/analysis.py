@@ -825,6 +825,51 @@ DEVICE_NAME = {"cpu": "CPU", "cuda": "GPU"}
 GPU_STUDIES = ("gpu_ladder", "gpu_small", "gpu_final", "gpu_seeds", "gpu_ablate", "gpu_lr", "gpu_large")
 
 
+# full-scale ablations of the final configuration that take back a change measured on the proxy:
+# {ablation label: (proxy study, proxy change)}
+ABLATION_OF = {"cosine": ("04_beyond", "wsd")}
+
+
+def proxy_vs_full(profile: str, results: pd.DataFrame) -> pd.DataFrame:
+    """Each change measured both on the proxy and at full scale, with its relative effect on the official
+    loss in each: the seed plan's rungs (proxy ladder against the GPU ladder, each rung against the
+    previous one) and the final configuration's CPU ablations (final against the ablation)."""
+    proxy = STUDY_PROFILE[profile]
+    cols = ["change", "proxy", "full", "where", "holds"]
+    if proxy == profile:
+        return pd.DataFrame(columns=cols)
+    presults = load_results(proxy)
+    if presults.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    plad = ladder_frame(proxy, presults).dropna(subset=["final_val_loss"]).set_index("stage")["final_val_loss"]
+    rec = read_studies(profile).get("gpu_ladder")
+    if rec is not None:
+        g = study_frame(rec, results)
+        g = g[g["status"] == "finished"].drop_duplicates("label").set_index("label")["final_val_loss"]
+        names = [n for n in g.index if n in plad.index]
+        for prev, cur in zip(names, names[1:]):
+            rows.append({"change": f"{cur} (rung)", "proxy": plad[cur] / plad[prev] - 1,
+                         "full": g[cur] / g[prev] - 1, "where": "GPU, 27.2M"})
+    recs = read_studies(proxy)
+    ab = read_studies(profile).get("04_final_ablate")
+    if ab is not None:
+        a = study_frame(ab, results)
+        a = a[a["status"] == "finished"].drop_duplicates("label").set_index("label")["final_val_loss"]
+        for label, (study, change) in ABLATION_OF.items():
+            if label not in a.index or "final" not in a.index or study not in recs:
+                continue
+            st = by_point(study_frame(recs[study], presults))
+            ref = recs[study]["rows"][0]["label"]
+            if change in st.index and ref in st.index:
+                rows.append({"change": f"{change} (final vs {label})",
+                             "proxy": st.loc[change, "loss_mean"] / st.loc[ref, "loss_mean"] - 1,
+                             "full": a["final"] / a[label] - 1, "where": "CPU, final configuration"})
+    out = pd.DataFrame(rows, columns=cols[:-1])
+    out["holds"] = np.sign(out["proxy"]) == np.sign(out["full"])
+    return out
+
+
 def _best_of_curve(run_dir: str | Path) -> tuple[float, int]:
     c = read_curve(run_dir)
     i = c["loss"].idxmin()
@@ -863,8 +908,8 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path) -> str:
                   ": The seed plan at the original size (27.2M parameters) on the GPU, each rung the quick proxy's "
                   "kept configuration. The lowest loss column shows where a run was best before its end. "
                   "{#tbl-gpu-ladder}\n"]
-    pts = pd.concat([frames[k].assign(study=k) for k in ("gpu_small", "gpu_final", "gpu_seeds") if k in frames],
-                    ignore_index=True)
+    small = [frames[k].assign(study=k) for k in ("gpu_small", "gpu_final", "gpu_seeds") if k in frames]
+    pts = pd.concat(small, ignore_index=True) if small else pd.DataFrame()
     if len(pts):
         pts = pts[pts["status"] == "finished"].drop_duplicates("hash")  # a reference point recorded in two studies
         stats = pts.groupby("label", sort=False).agg(
@@ -892,6 +937,16 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path) -> str:
                           "full bits/char": abl["full_val_bpc"].map(fmt_bpc), "params": abl["n_params"].map(fmt_int)})
         parts += [md_table(t, "lrrrr"),
                   ": One change at a time against the best small model on the GPU. {#tbl-gpu-ablate}\n"]
+    held = proxy_vs_full(profile, results)
+    if len(held):
+        t = pd.DataFrame({"change": held["change"], "proxy": held["proxy"].map(lambda x: f"{x:+.1%}"),
+                          "full scale": held["full"].map(lambda x: f"{x:+.1%}"), "where": held["where"],
+                          "holds": held["holds"].map({True: "yes", False: "no"})})
+        parts += [md_table(t, "lrrll"),
+                  ": Does the quick proxy's ranking hold at full scale? Each change's effect on the official "
+                  "loss on the proxy and at full scale (the ladder's rungs against the previous rung; an ablation "
+                  "of the final configuration read as the change it takes back). It holds where both have the "
+                  "same sign. {#tbl-proxy-vs-full}\n"]
     curves = {}
     if lad is not None and len(lad):
         for r in lad.itertuples():

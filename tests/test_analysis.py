@@ -211,3 +211,24 @@ def test_a_tokenizer_change_is_judged_on_full_coverage(isolated):
     line = next(l for l in md.splitlines() if l.startswith("- **unigram**"))
     assert "judged on the full-coverage loss, +0.55%" in line and "70.8%" in line and "76.0%" in line
     assert md.index("**What did not work") < md.index(line)
+
+
+def test_proxy_ranking_against_full_scale(two_devices):
+    """A rung that helped on the proxy but not on the GPU ladder is marked as not holding."""
+    root, _ = two_devices
+    qroot = ledger.results_root("quick")
+    qbase = make_config("quick", "baseline").to_dict()
+    fake_run(qroot, "quick-baseline", "q0", qbase, "cpu", [(1, 2.3), (161, 2.00)])
+    fake_run(qroot, "quick-epic1", "q1", {**qbase, "optimizer": "adamw"}, "cpu", [(1, 2.3), (161, 1.80)])
+    sweep.mark_stage("quick", "baseline", {"hash": "q0", "label": "baseline"})
+    sweep.mark_stage("quick", "epic1", {"hash": "q1", "label": "epic1"})
+    fake_run(root, "full-gpu_ladder-epic1", "g2", {**make_config("full", "epic1").to_dict(), "device": "cuda"},
+             "cuda", [(1, 2.3), (987, 1.90)])
+    row = lambda label, h: {"label": label, "axis": None, "value": None, "seed": 1337, "hash": h, "overrides": {}}
+    ledger.atomic_write_json(root / "studies" / "full" / "gpu_ladder.json", {
+        "study": "gpu_ladder", "profile": "full", "specs": [], "rows": [row("baseline", "g0"), row("epic1", "g2")]})
+    held = analysis.proxy_vs_full("full", analysis.load_results("full")).set_index("change")
+    assert held.loc["epic1 (rung)", "proxy"] == pytest.approx(-0.10)
+    assert held.loc["epic1 (rung)", "full"] == pytest.approx(1.90 / 1.73 - 1) and not held.loc["epic1 (rung)", "holds"]
+    analysis.write_report_inputs("full")
+    assert "{#tbl-proxy-vs-full}" in (analysis.analysis_dir("full") / "gpu.md").read_text()
