@@ -947,6 +947,11 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path) -> str:
                   "loss on the proxy and at full scale (the ladder's rungs against the previous rung; an ablation "
                   "of the final configuration read as the change it takes back). It holds where both have the "
                   "same sign. {#tbl-proxy-vs-full}\n"]
+        if not held["holds"].all():
+            parts.append("Where @tbl-proxy-vs-full says no, a change that helped on the quick proxy did not help at "
+                         "full scale" + (": the lowest-loss column of @tbl-gpu-ladder shows which of those runs were "
+                                         "better before their end than at it (overfitting over 7 epochs)."
+                                         if lad is not None and len(lad) else ".") + "\n")
     curves = {}
     if lad is not None and len(lad):
         for r in lad.itertuples():
