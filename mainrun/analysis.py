@@ -407,18 +407,19 @@ def findings(profile: str, results: pd.DataFrame) -> pd.DataFrame:
             full_delta = full.get(label, math.nan) / full.get(ref_label, math.nan) - 1
             moved = abs(cov.get(label, math.nan) - cov.get(ref_label, math.nan)) > SAME_COVERAGE
             judged_on = ("official" if not moved else "full coverage" if not _nan(full_delta) else "none")
-            d = full_delta if judged_on == "full coverage" else delta
-            verdict = ("not judged" if judged_on == "none" else "no change" if abs(d) < NO_CHANGE
-                       else "helped" if d < 0 else "did not help")
+            judged_delta = full_delta if judged_on == "full coverage" else delta
+            verdict = ("not judged" if judged_on == "none" else "no change" if abs(judged_delta) < NO_CHANGE
+                       else "helped" if judged_delta < 0 else "did not help")
             devices = results.loc[results["hash"].isin(frame.loc[frame["label"] == label, "hash"]), "device"]
             rows.append({"study": name, "change": label, "reference": ref_label, "loss": s["loss_mean"],
                          "reference_loss": ref["loss_mean"], "delta": delta, "seeds": int(s["seeds"]),
                          "verdict": verdict, "device": "/".join(sorted(set(devices.dropna()))) or None,
                          "full_delta": full_delta, "coverage": cov.get(label, math.nan),
-                         "reference_coverage": cov.get(ref_label, math.nan), "judged_on": judged_on})
+                         "reference_coverage": cov.get(ref_label, math.nan), "judged_on": judged_on,
+                         "judged_delta": judged_delta})
     return pd.DataFrame(rows, columns=["study", "change", "reference", "loss", "reference_loss", "delta", "seeds",
                                        "verdict", "device", "full_delta", "coverage", "reference_coverage",
-                                       "judged_on"])
+                                       "judged_on", "judged_delta"])
 
 
 def coverage_check(ladder: pd.DataFrame) -> pd.DataFrame:
@@ -577,7 +578,7 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
         "step-1 loss": cov["step1_loss"].map(fmt_loss), "uniform expectation": cov["uniform_loss"].map(fmt_loss),
         "ratio": cov["ratio"].map(lambda x: f"{x:.3f}")})))
     seed_info = _seeds_section(seed_table, out)
-    (out / "gpu.md").write_text(gpu_section(profile, results, out))
+    (out / "gpu.md").write_text(gpu_section(profile, results, out, proxy_results))
     # each finding is judged against the seed spread of its own scale: the proxy's base candidate, or the
     # final configuration's seeds at full scale
     found = findings(profile, results)
@@ -664,15 +665,23 @@ def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
     return info
 
 
+def _gpu_small_points(profile: str, results: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs of the GPU's small-model studies, each once (a reference point is recorded in two)."""
+    recs = read_studies(profile)
+    small = [study_frame(recs[k], results).assign(study=k) for k in ("gpu_small", "gpu_final", "gpu_seeds")
+             if k in recs]
+    if not small:
+        return pd.DataFrame()
+    pts = pd.concat(small, ignore_index=True)
+    return pts[pts["status"] == "finished"].drop_duplicates("hash")
+
+
 def _gpu_seed_std(profile: str, results: pd.DataFrame) -> float | None:
     """The seed spread of the GPU's full-scale small models: the mean std over the points repeated with
     two or more seeds in the GPU studies (None if none was)."""
-    recs = read_studies(profile)
-    frames = [study_frame(recs[k], results) for k in ("gpu_small", "gpu_final", "gpu_seeds") if k in recs]
-    if not frames:
+    pts = _gpu_small_points(profile, results)
+    if pts.empty:
         return None
-    pts = pd.concat(frames, ignore_index=True)
-    pts = pts[pts["status"] == "finished"].drop_duplicates("hash")
     g = pts.groupby("label")["final_val_loss"]
     stds = g.std(ddof=1)[g.size() >= 2]
     return float(stds.mean()) if len(stds) else None
@@ -696,10 +705,7 @@ def _findings_md(found: pd.DataFrame) -> str:
         groups += (("not judged", "Not judged (the change moves what the official spans score, and its "
                                   "full-coverage loss is not recorded)"),)
     for verdict, title in groups:
-        sub = found[found["verdict"] == verdict]
-        sub = sub.assign(judged=[f if j == "full coverage" else d
-                                 for d, f, j in zip(sub["delta"], sub["full_delta"], sub["judged_on"])])
-        sub = sub.sort_values("judged")
+        sub = found[found["verdict"] == verdict].sort_values("judged_delta")
         parts.append(f"**{title}** (official loss against the reference; the full-coverage loss where the change "
                      f"moves what the official spans score):\n")
         parts.append("\n".join(line(r) for r in sub.itertuples()) if len(sub) else "- nothing in this group")
@@ -830,15 +836,16 @@ GPU_STUDIES = ("gpu_ladder", "gpu_small", "gpu_final", "gpu_seeds", "gpu_ablate"
 ABLATION_OF = {"cosine": ("04_beyond", "wsd")}
 
 
-def proxy_vs_full(profile: str, results: pd.DataFrame) -> pd.DataFrame:
+def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFrame | None = None) -> pd.DataFrame:
     """Each change measured both on the proxy and at full scale, with its relative effect on the official
     loss in each: the seed plan's rungs (proxy ladder against the GPU ladder, each rung against the
-    previous one) and the final configuration's CPU ablations (final against the ablation)."""
+    previous one) and the final configuration's CPU ablations (final against the ablation).
+    `proxy_results` is load_results of the proxy profile (loaded here when not given)."""
     proxy = STUDY_PROFILE[profile]
     cols = ["change", "proxy", "full", "where", "holds"]
     if proxy == profile:
         return pd.DataFrame(columns=cols)
-    presults = load_results(proxy)
+    presults = load_results(proxy) if proxy_results is None else proxy_results
     if presults.empty:
         return pd.DataFrame(columns=cols)
     rows = []
@@ -876,7 +883,7 @@ def _best_of_curve(run_dir: str | Path) -> tuple[float, int]:
     return float(c.loc[i, "loss"]), int(c.loc[i, "step"])
 
 
-def gpu_section(profile: str, results: pd.DataFrame, out: Path) -> str:
+def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: pd.DataFrame | None = None) -> str:
     """The full-scale studies run on a lent GPU (scripts/gpu_study.py): markdown, plus fig-gpu-curves.png."""
     from . import plots
 
@@ -908,10 +915,8 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path) -> str:
                   ": The seed plan at the original size (27.2M parameters) on the GPU, each rung the quick proxy's "
                   "kept configuration. The lowest loss column shows where a run was best before its end. "
                   "{#tbl-gpu-ladder}\n"]
-    small = [frames[k].assign(study=k) for k in ("gpu_small", "gpu_final", "gpu_seeds") if k in frames]
-    pts = pd.concat(small, ignore_index=True) if small else pd.DataFrame()
+    pts = _gpu_small_points(profile, results)
     if len(pts):
-        pts = pts[pts["status"] == "finished"].drop_duplicates("hash")  # a reference point recorded in two studies
         stats = pts.groupby("label", sort=False).agg(
             loss=("final_val_loss", "mean"), std=("final_val_loss", "std"), seeds=("final_val_loss", "size"),
             bpc=("full_val_bpc", "mean"), params=("n_params", "first"), ratio=("ratio_to_baseline", "mean"))
@@ -937,7 +942,7 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path) -> str:
                           "full bits/char": abl["full_val_bpc"].map(fmt_bpc), "params": abl["n_params"].map(fmt_int)})
         parts += [md_table(t, "lrrrr"),
                   ": One change at a time against the best small model on the GPU. {#tbl-gpu-ablate}\n"]
-    held = proxy_vs_full(profile, results)
+    held = proxy_vs_full(profile, results, proxy_results)
     if len(held):
         t = pd.DataFrame({"change": held["change"], "proxy": held["proxy"].map(lambda x: f"{x:+.1%}"),
                           "full scale": held["full"].map(lambda x: f"{x:+.1%}"), "where": held["where"],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .config import HUB_DATASET, Config
+from .config import CHOICES, HUB_DATASET, Config
 
 EOS = "<eos>"
 SPECIALS = ["<pad>", EOS, "<unk>"]  # the original's order: ids 0, 1, 2
@@ -180,7 +180,7 @@ def train_tokenizer(titles: list[str], vocab_size: int, kind: str = "bpe"):
         trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, unk_token="<unk>",
                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     else:
-        raise ValueError(f"tokenizer={kind!r} is not accepted; choose one of: bpe, unigram")
+        raise ValueError(f"tokenizer={kind!r} is not accepted; choose one of: {', '.join(CHOICES['tokenizer'])}")
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(titles, trainer)
