@@ -148,8 +148,9 @@ def _hardware_text(hw: dict | None) -> str | None:
 
 def _is_baseline(row: pd.Series, profile: str) -> bool:
     """Whether a run's config is the `baseline` preset of this profile (any precision, the default seed)."""
-    ref = make_config(profile, "baseline").hash_fields()
+    ref = make_config(profile, "baseline", device="cpu", precision="fp32").hash_fields()
     ref.pop("precision")
+    ref.pop("device", None)
     extra_seed = row.get("train_seed") not in (None, -1) and not _nan(row.get("train_seed"))
     return all(row.get(k) == v for k, v in ref.items()) and not extra_seed
 
@@ -319,7 +320,11 @@ def run_status(summary: dict) -> str:
     if st == "finished":
         return f"{name}: finished, official loss {fmt_loss(summary['final_val_loss'])}"
     if st == "diverged":
-        return f"{name}: diverged at step {summary.get('diverged_step')}"
+        rule = summary.get("diverged_rule")
+        return f"{name}: diverged at step {summary.get('diverged_step')}" + (f" (rule: {rule})" if rule else "")
+    if st == "pruned":
+        return (f"{name}: pruned by a search at step {summary.get('pruned_step')}, last official loss "
+                f"{fmt_loss(summary.get('last_val_loss'))}")
     if st == "incomplete":
         return (f"{name}: not finished: logged step {summary['last_step']} of {summary['max_steps']}, last official "
                 f"loss {fmt_loss(summary['last_val_loss'])} at step {summary['last_val_step']}; it resumes from its "
@@ -740,22 +745,26 @@ def _summary_md(n: dict, final: pd.Series, base: pd.Series) -> str:
 
 def _setup_md(results: pd.DataFrame, base: pd.Series, profile: str) -> str:
     src = ledger.read_json(Path(base["dir"]) / "config.json").get("data_source", {})
+    name = src.get("name") or Path(src.get("path", "?")).name
     if src.get("kind") == "hub":
         data = f"the hub dataset `{src.get('dataset')}`"
     elif src.get("sha256") == STANDIN_SHA256:
-        data = f"the offline stand-in `{Path(src.get('path', '?')).name}` (sha256 {STANDIN_SHA256[:12]}...)"
+        data = (f"the offline stand-in `{name}` (sha256 {STANDIN_SHA256[:12]}...), Hacker News story titles "
+                f"from 2016 to 2020, since the hub dataset of the original problem cannot be downloaded on these "
+                f"machines. It is not the hub's selection of titles, so absolute losses are not comparable with "
+                f"numbers measured on the hub's data; ratios to our own reproduced baseline are")
     else:
-        data = f"the file `{Path(src.get('path', '?')).name}` (not the designated stand-in)"
+        data = f"the file `{name}` (not the designated stand-in)"
     hw = sorted(set(results["hardware"].dropna()))
     prec = ", ".join(sorted(results["precision"].dropna().unique()))
-    text = (f"- Data: {data}; {base['num_titles']:,} titles, {base['val_frac']:.0%} held out for validation.\n"
-            f"- Hardware: {'; '.join(hw)}.\n- Precision: {prec}.\n"
-            f"- Profile: {profile}; {int((results['status'] == 'finished').sum())} finished runs in the ledger.\n")
+    text = (f"- *Data.* {base['num_titles']:,} titles, {base['val_frac']:.0%} held out for validation, from {data}.\n"
+            f"- *Hardware.* {'; '.join(hw)}.\n- *Precision.* {prec}.\n"
+            f"- *Profile.* {profile}; {int((results['status'] == 'finished').sum())} finished runs in the ledger.\n")
     paused = results[results["paused_s"] > 0] if "paused_s" in results else results.iloc[:0]
     if len(paused):
         runs = "; ".join(f"`{r.run}` {fmt_time(r.paused_s)} (logged wall time {fmt_time(r.wall_time_raw_s)})"
                          for r in paused.itertuples())
-        text += (f"- Paused runs: a run was stopped (SIGSTOP) while other runs or benchmarks needed the cores; "
+        text += (f"- *Paused runs.* A run was stopped (SIGSTOP) while other runs or benchmarks needed the cores; "
                  f"wall times, tokens/s, curves against time and the time-to-quality leave those stretches out "
                  f"(a step or an evaluation that took over {PAUSE_GAP_S / 60:.0f} min): {runs}. Other runs "
                  f"that shared the cores without a pause show the slower wall time they had.\n")

@@ -78,8 +78,11 @@ class Config:
     eval_precision: str = "fp32"        # fp32 (the original's arithmetic) | bf16 (faster, not for headline numbers)
     # --- execution ---
     precision: str = "auto"             # auto | fp32 | bf16 (autocast); auto = bf16 where the hardware has
-                                        # native bf16 matmuls (CUDA, AVX512-BF16/AMX CPUs), else fp32
-    device: str = "auto"                # auto | cpu | cuda
+                                        # native bf16 matmuls (CUDA, AVX512-BF16/AMX CPUs), else fp32. For
+                                        # ad-hoc runs only: studies pin it (sweep.EXECUTION). A run records
+                                        # and hashes the resolved value
+    device: str = "auto"                # auto | cpu | cuda; auto = cuda if torch sees one. Resolved like
+                                        # precision, and part of the hash (see UNHASHED_EXECUTION)
     compile: bool = False               # torch.compile the model
     evals_per_epoch: int = 3            # validation passes per epoch (plus step 1 and the last step)
     checkpoint_every: int = 25          # optimizer steps between checkpoints; 0 = only at the end
@@ -91,11 +94,16 @@ class Config:
         Fields added after runs were recorded are left out while they hold their neutral
         value, so older runs keep their hashes."""
         d = dataclasses.asdict(self)
+        if d["device"] == "auto" or d["precision"] == "auto":
+            raise ValueError("a run hash needs the resolved device and precision (train.resolve_execution), "
+                             f"not device={d['device']!r} precision={d['precision']!r}")
         for k in NOT_HASHED:
             d.pop(k)
         for k, neutral in HASH_OMIT_IF.items():
             if d[k] == neutral:
                 d.pop(k)
+        if (d["device"], d["precision"]) in UNHASHED_EXECUTION:
+            d.pop("device")
         return d
 
     @property
@@ -110,7 +118,12 @@ class Config:
         return self.name or f"{self.profile}-{self.preset}"
 
 
-NOT_HASHED = ("name", "profile", "preset", "data", "checkpoint_every", "device")
+NOT_HASHED = ("name", "profile", "preset", "data", "checkpoint_every")
+# Device is part of what a run is: a bf16 run on a CPU and a bf16 run on a GPU are different runs. Before
+# device entered the hash, every run in the ledger was one of these two pairs (what `auto` gave on the
+# project's machines); for them the device is left out of the hash, so their hashes stay valid. Any other
+# pair (bf16 on a CPU, fp32 on a GPU) hashes its device.
+UNHASHED_EXECUTION = {("cpu", "fp32"), ("cuda", "bf16")}
 HASH_OMIT_IF = {"train_seed": -1, "eval_precision": "fp32", "muon_ns": "bf16", "tokenizer": "bpe", "rdrop": 0.0}
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -133,10 +146,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Profiles: the scale of a study. full = the Mainrun rules; quick = a CPU proxy; smoke = seconds.
 PROFILES: dict[str, dict[str, Any]] = {
     "full": {},
+    # quick and smoke are CPU profiles: fp32 on the CPU whatever the host, so their runs are the same
+    # computation (and hash) on an AVX2 laptop, a CPU with native bf16 and a GPU machine
     "quick": dict(num_titles=10_000, vocab_size=1024, n_layer=2, n_head=2, d_model=64,
-                  evals_per_epoch=1, checkpoint_every=0),
+                  evals_per_epoch=1, checkpoint_every=0, device="cpu", precision="fp32"),
     "smoke": dict(num_titles=6_000, vocab_size=512, n_layer=1, n_head=2, d_model=32,
-                  epochs=1, batch_size=16, evals_per_epoch=1, checkpoint_every=0),
+                  epochs=1, batch_size=16, evals_per_epoch=1, checkpoint_every=0, device="cpu", precision="fp32"),
 }
 
 # Presets: named recipes. "baseline" is the original Mainrun train.py.
@@ -282,6 +297,15 @@ def resolve_train(profile: str, train: bool | None) -> bool:
         raise ConfigError(f"train={train!r} is not accepted; use True, False or None (None: train under "
                           f"quick and smoke, only read the ledger under full)")
     return train
+
+
+def cli_command(cfg: Config) -> str:
+    """The `python -m mainrun train` command that trains exactly this config (its profile and preset, then
+    every field that differs from them)."""
+    ref = make_config(cfg.profile, cfg.preset).to_dict()
+    sets = [f"{k}={v}" for k, v in cfg.to_dict().items() if k not in ("profile", "preset") and ref[k] != v]
+    return (f"python -m mainrun train --profile {cfg.profile} --preset {cfg.preset}"
+            + (f" --set {' '.join(sets)}" if sets else ""))
 
 
 def from_dict(d: dict[str, Any]) -> Config:

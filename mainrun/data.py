@@ -123,7 +123,19 @@ def _load_dataset(source: str):
         raise DataError(f"could not read {str(path)!r} as {kind}: {type(e).__name__}: {str(e)[:200]}") from None
     if datasets is not None and isinstance(ds, datasets.DatasetDict):  # pragma: no cover - split="train" returns a Dataset
         ds = ds["train"]
-    return ds, {"kind": "file", "path": str(path.resolve()), "sha256": file_sha256(path)}
+    return ds, file_record(path)
+
+
+def file_record(path: Path) -> dict:
+    """How a run names its data file: file name and sha256, plus the path relative to the checkout when the
+    file lies inside it. Never an absolute path: records must read the same on every machine."""
+    path = Path(path).resolve()
+    rec = {"kind": "file", "name": path.name, "sha256": file_sha256(path)}
+    try:
+        rec["path"] = str(path.relative_to(repo_root().resolve()))
+    except ValueError:
+        pass
+    return rec
 
 
 def load_titles(data: str, num_titles: int, seed: int, val_frac: float) -> tuple[list[str], list[str], dict]:

@@ -20,7 +20,9 @@ from typing import Any
 
 from .data import atomic_write_bytes, repo_root
 
-TERMINAL = ("finished", "diverged")
+# A run with one of these statuses is done: asking for its config again returns it without training.
+# "pruned": stopped at an evaluation by a search's pruner (summary: pruned_step, last_val_loss), never finished.
+TERMINAL = ("finished", "diverged", "pruned")
 
 
 def results_root(profile: str) -> Path:
@@ -38,10 +40,36 @@ def checkpoints_root() -> Path:
     return Path(os.environ.get("MAINRUN_CHECKPOINTS", Path.home() / ".cache" / "mainrun")).expanduser()
 
 
+def display_path(path: str | Path) -> str:
+    """A path as committed artifacts may show it: relative to the checkout when inside it; otherwise
+    `$TMPDIR/...`, `~/...` or, failing both, the file name alone. Never a machine's absolute path."""
+    p = Path(path).expanduser().resolve()
+    for root, label in ((repo_root(), None), (Path(tempfile.gettempdir()), "$TMPDIR"), (Path.home(), "~")):
+        try:
+            rel = p.relative_to(Path(root).resolve())
+        except ValueError:
+            continue
+        return str(rel) if label is None else f"{label}/{rel}"
+    return p.name
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Temp file in the same folder, then rename (data.atomic_write_bytes): readers never see half a file."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
     atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json_if_changed(path: Path, obj: Any) -> bool:
+    """atomic_write_json unless the file already holds exactly this content (a study or ladder that a
+    notebook re-reads must not be rewritten). Returns whether it wrote."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    try:
+        if Path(path).read_text() == text:
+            return False
+    except FileNotFoundError:
+        pass
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+    return True
 
 
 def find_run(root: Path, run_hash: str) -> Path | None:

@@ -46,7 +46,7 @@ def stage_inputs(profile: str, engine: str) -> Path:
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst)
     (dst / "render.md").write_text(f"This PDF was rendered by {engine} from the `{profile}` ledger at "
-                                   f"`{ledger.results_root(profile)}`.\n")
+                                   f"`{ledger.display_path(ledger.results_root(profile))}`.\n")
     return dst
 
 

@@ -21,6 +21,7 @@ stages (baseline -> epic1 -> ...) lives beside it in ladder.json.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -31,9 +32,14 @@ from typing import Any
 import pandas as pd
 
 from . import ledger
-from .config import Config, make_config
+from .config import Config, cli_command, make_config
 
 SPEC_KEYS = ("base", "points", "axes", "grid", "seeds")
+# Where and in what precision a study's points train: part of the study's definition, never guessed from
+# the host, so a study asks for the same runs (hashes) on an AVX2 laptop, a CPU with native bf16 and a GPU
+# machine. The committed studies are CPU fp32 studies; a spec's base may say otherwise (scripts/gpu_study.py
+# sets device=cuda, precision=bf16), which makes them different runs.
+EXECUTION = {"device": "cpu", "precision": "fp32"}
 # Where the one-change-at-a-time studies run. Under full they run on the quick proxy and only the kept
 # configuration is trained at full scale (a full-scale sweep would take days on 2 CPU cores).
 STUDY_PROFILE = {"full": "quick", "quick": "quick", "smoke": "smoke"}
@@ -99,7 +105,7 @@ def build_configs(spec: dict, profile: str, study: str = "sweep") -> list[tuple[
     preset = base.pop("preset", "baseline")
     out = []
     for p in expand(spec):
-        overrides = {**base, **p.overrides}
+        overrides = {**EXECUTION, **base, **p.overrides}
         overrides.setdefault("name", _run_name(profile, study, p.label, p.seed))
         out.append((p, make_config(profile, preset, **overrides)))
     return out
@@ -129,7 +135,8 @@ def run_sweep(spec: dict, profile: str, study: str, progress: bool = True, force
         if summary["status"] in ("missing", "incomplete"):
             print(f"    -> not in the ledger as a finished run ({summary['status']}"
                   + (f", step {summary['last_step']} of {summary['max_steps']}" if summary["status"] == "incomplete"
-                     else "") + "); not trained here (train=False)", flush=True)
+                     else "") + "); not trained here (train=False). To train it (and resume it if it has a "
+                  f"checkpoint): {cli_command(cfg)}", flush=True)
         else:
             print(f"    -> official loss {summary.get('final_val_loss')!s:.8} "
                   f"({'from the ledger' if reused else f'trained in {time.time() - t0:.0f}s'}), "
@@ -153,11 +160,14 @@ def record_study(profile: str, study: str, spec: dict, rows: list[dict]) -> Path
     """Upsert rows (keyed by label and seed) into <results>/studies/<profile>/<study>.json."""
     path = studies_dir(profile) / f"{study}.json"
     old = ledger.read_json(path) or {"study": study, "profile": profile, "specs": [], "rows": []}
-    keep = {(r["label"], r["seed"]) for r in rows}
-    merged = [r for r in old["rows"] if (r["label"], r["seed"]) not in keep]
-    merged += [{k: r[k] for k in ("label", "axis", "value", "seed", "hash", "overrides")} for r in rows]
+    # rows keep their place (a re-read study writes nothing); new points go at the end
+    merged = {(r["label"], r["seed"]): r for r in old["rows"]}
+    for r in rows:
+        merged[(r["label"], r["seed"])] = {k: r[k] for k in ("label", "axis", "value", "seed", "hash", "overrides")}
+    merged = json.loads(json.dumps(list(merged.values()), default=str))
+    spec = json.loads(json.dumps(spec, default=str))
     specs = old["specs"] + ([spec] if spec not in old["specs"] else [])
-    ledger.atomic_write_json(path, {"study": study, "profile": profile, "specs": specs, "rows": merged})
+    ledger.write_json_if_changed(path, {"study": study, "profile": profile, "specs": specs, "rows": merged})
     return path
 
 
@@ -175,7 +185,7 @@ def mark_stage(profile: str, stage: str, row: Any, note: str = "") -> None:
     # the seed plan's rungs in their order (a notebook may run alone); later rungs keep their insertion order
     rank = {name: i for i, name in enumerate(STAGES)}
     ladder["stages"].sort(key=lambda s: rank.get(s["stage"], len(STAGES)))
-    ledger.atomic_write_json(path, ladder)
+    ledger.write_json_if_changed(path, ladder)
     print(f"stage {stage!r} = {entry['label']} (run {row['hash']})" + (f": {note}" if note else ""))
 
 

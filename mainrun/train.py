@@ -33,6 +33,16 @@ from .model import GPT, GPTConfig
 from .optim import build_optimizers, describe_groups, lr_multiplier, native_bf16, set_lr
 
 
+# A run whose loss explodes without turning NaN stops and is recorded "diverged", with the step and the
+# rule that fired. Both rules are loose enough that no run in the committed ledger comes near them (the
+# highest training loss after warmup there is 1.01 x ln(vocab); no validation loss ever rose above step 1's):
+#  - "train_loss": after warmup, a training loss above EXPLODE_FACTOR x ln(vocab_size) (a uniform guess
+#    scores ln(vocab_size), so the model has become far worse than knowing nothing);
+#  - "val_above_step1": a validation loss above the one measured after the first step.
+# A NaN/inf loss stops the run at once ("nonfinite").
+EXPLODE_FACTOR = 3.0
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -47,6 +57,13 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision != "auto":
         return precision
     return "bf16" if native_bf16(device) else "fp32"
+
+
+def resolve_execution(cfg: Config) -> Config:
+    """The config with `auto` device and precision replaced by what this host gives: the hash and the
+    record hold the device and precision actually used (studies pin both; see sweep.EXECUTION)."""
+    device = resolve_device(cfg.device)
+    return dataclasses.replace(cfg, device=device, precision=resolve_precision(cfg.precision, device))
 
 
 def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT:
@@ -134,15 +151,16 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None = None,
-        progress: bool = True, train: bool = True) -> dict:
+        progress: bool = True, train: bool = True, on_eval: Callable[[int, float], bool] | None = None) -> dict:
     """Train `cfg` (or return its recorded result) and return its summary dict.
+
+    on_eval(step, official_val_loss) is called after every evaluation; returning True stops the run there
+    and records it "pruned" with that evaluation as its last (a search's pruner), never as finished.
 
     train=False only reads the ledger: a finished or diverged run's summary, else a stub with
     status "incomplete" (a log without a summary: training elsewhere or cut off) or "missing"."""
-    validate(cfg)
-    device = resolve_device(cfg.device)
-    # the hash and the record hold the precision actually used
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
+    cfg = resolve_execution(validate(cfg))
+    device = cfg.device
     corpus = prepare(cfg)
     h = run_hash(cfg, corpus.fingerprint)
     root = ledger.results_root(cfg.profile)
@@ -168,13 +186,14 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
         "eval_shape": [EVAL_BATCH, EVAL_BLOCK]})
     with run_lock(run_dir):
         check_resumable(run_dir, ckpt_dir, cfg)
-        return Trainer(cfg, corpus, device, run_dir, ckpt_dir, h, official, reasons).train(on_step, progress)
+        return Trainer(cfg, corpus, device, run_dir, ckpt_dir, h, official, reasons).train(on_step, progress,
+                                                                                           on_eval)
 
 
 def not_trained(cfg: Config, h: str, run_dir: Path | None) -> dict:
     """What the ledger knows of a run that has no final summary (run(..., train=False))."""
     out: dict[str, Any] = {"name": cfg.run_name, "hash": h, "status": "missing", "final_val_loss": None,
-                           "dir": str(run_dir) if run_dir else None}
+                           "dir": ledger.display_path(run_dir) if run_dir else None}
     if run_dir is not None and (run_dir / "log.jsonl").exists():
         progress = ledger.log_progress(run_dir / "log.jsonl")
         progress.pop("device")
@@ -254,6 +273,8 @@ class Trainer:
                              f"step of {tokens_per_batch * cfg.grad_accum:,}; lower batch_size or grad_accum")
         self.max_steps = cfg.epochs * self.steps_per_epoch
         self.eval_interval = max(1, self.steps_per_epoch // cfg.evals_per_epoch)
+        self.warmup_steps = int(round(cfg.warmup_frac * self.max_steps))
+        self.explode_at = EXPLODE_FACTOR * math.log(corpus.vocab_size)
         # training losses stay on the device and are read every log_every steps (each read is a sync)
         self.log_every = 1 if device == "cpu" else 25
         scored, self.coverage = official_coverage(len(corpus.val_ids))
@@ -303,7 +324,8 @@ class Trainer:
         m = self.ema.module if self.ema else self.model
         return evaluate(m, self.corpus.val_ids, self.corpus.val_chars, self.device, self.cfg.eval_precision)
 
-    def train(self, on_step: Callable[[int], None] | None = None, progress: bool = True) -> dict:
+    def train(self, on_step: Callable[[int], None] | None = None, progress: bool = True,
+              on_eval: Callable[[int, float], bool] | None = None) -> dict:
         cfg, c = self.cfg, self.corpus
         ck = self.load_checkpoint()
         log_path = self.run_dir / "log.jsonl"
@@ -331,7 +353,7 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=self.max_steps, initial=step, desc=cfg.run_name, disable=not progress,
                    dynamic_ncols=True, mininterval=1.0)
-        status, diverged_step = "finished", None
+        status, diverged_step, rule = "finished", None, None
         pending: list[tuple] = []   # (step, loss on the device, elapsed, lr) not yet read by the host
         t_seg = time.time()         # start of the current stretch of training steps (evals excluded)
         try:
@@ -365,7 +387,7 @@ class Trainer:
                     state["train_time"] += now - t_seg
                     state["elapsed"], t_seg = now - t_start, now
                     if bad is not None:
-                        status, diverged_step, step = "diverged", bad, bad
+                        status, (diverged_step, rule), step = "diverged", bad, bad[0]
                         break
                 if eval_due:
                     at = state["elapsed"]                     # as the original: time before the evaluation
@@ -377,9 +399,16 @@ class Trainer:
                     if progress:
                         tqdm.write(f"[{step:>5}/{self.max_steps}] validation_step: loss={val:.6f} "
                                    f"time={state['elapsed']:.1f}s")
-                    if not math.isfinite(val):
+                    state.setdefault("first_val", val)
+                    rule = ("nonfinite" if not math.isfinite(val)
+                            else "val_above_step1" if val > state["first_val"] else None)
+                    if rule is not None:
                         status, diverged_step = "diverged", step
-                        log.log("diverged", step=step, loss=str(val))
+                        log.log("diverged", step=step, loss=str(val), rule=rule)
+                        break
+                    if on_eval is not None and on_eval(step, val):
+                        status = "pruned"
+                        log.log("pruned", step=step, loss=val)
                         break
                 if ckpt_due:
                     self.save_checkpoint(step, ptr, state, log)
@@ -389,22 +418,27 @@ class Trainer:
                     on_step(step)
         finally:
             bar.close()
-        return self.finish(status, diverged_step, step, state, log)
+        return self.finish(status, diverged_step, step, state, log, rule)
 
-    def flush(self, pending: list[tuple], log: JsonlLog, bar, state: dict) -> int | None:
-        """Log the pending training steps; returns the first step whose loss is not finite, if any."""
+    def flush(self, pending: list[tuple], log: JsonlLog, bar, state: dict) -> tuple[int, str] | None:
+        """Log the pending training steps; returns (step, rule) of the first step whose loss is not finite
+        or has exploded (see EXPLODE_FACTOR), if any."""
         losses = torch.stack([p[1] for p in pending]).tolist()
         pending_steps = list(pending)
         pending.clear()
         for (step, _, elapsed, lr), loss in zip(pending_steps, losses):
             log.log("training_step", step=step, max_steps=self.max_steps, loss=loss, elapsed_time=elapsed, lr=lr)
-            if not math.isfinite(loss):
-                log.log("diverged", step=step, loss=str(loss))
-                return step
+            rule = ("nonfinite" if not math.isfinite(loss)
+                    else "train_loss" if step > self.warmup_steps and loss > self.explode_at else None)
+            if rule is not None:
+                log.log("diverged", step=step, loss=str(loss), rule=rule,
+                        **({"limit": self.explode_at} if rule == "train_loss" else {}))
+                return step, rule
         bar.set_postfix(loss=f"{losses[-1]:.4f}", val=state["last_val"], refresh=False)
         return None
 
-    def finish(self, status: str, diverged_step: int | None, step: int, state: dict, log: JsonlLog) -> dict:
+    def finish(self, status: str, diverged_step: int | None, step: int, state: dict, log: JsonlLog,
+               rule: str | None = None) -> dict:
         cfg, c = self.cfg, self.corpus
         m = self.ema.module if self.ema else self.model
         extra: dict[str, Any] = {}
@@ -417,8 +451,10 @@ class Trainer:
         train_tokens = step * cfg.grad_accum * cfg.batch_size * cfg.block_size
         best = state["best"] if math.isfinite(state["best"]) else None
         final_val = state["final_val"] if status == "finished" else None  # a diverged run has no final loss
+        pruned = {"pruned_step": step, "last_val_loss": state["final_val"]} if status == "pruned" else {}
         summary = {
             "name": cfg.run_name, "hash": self.hash, "status": status, "diverged_step": diverged_step,
+            "diverged_rule": rule, **pruned,
             "official": self.official, "official_reasons": self.reasons,
             "final_val_loss": final_val, "best_val_loss": best,
             "full_val_loss": extra.get("full_loss"), "full_val_bpc": extra.get("full_bpc"),

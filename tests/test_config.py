@@ -68,9 +68,9 @@ def test_rules_guard():
 
 def test_train_seed_varies_the_run_not_the_split():
     standin = {"kind": "file", "sha256": STANDIN_SHA256}
-    base = make_config("full")
+    base = make_config("full", device="cpu", precision="fp32")
     assert base.rng_seed == 1337 and "train_seed" not in base.hash_fields()   # older hashes unchanged
-    extra = make_config("full", train_seed=1338)
+    extra = make_config("full", train_seed=1338, device="cpu", precision="fp32")
     assert extra.rng_seed == 1338 and extra.seed == 1337                      # same split, other RNG
     assert run_hash(extra, "fp") != run_hash(base, "fp")
     ok, why = rules_check(extra, standin)
@@ -78,9 +78,9 @@ def test_train_seed_varies_the_run_not_the_split():
 
 
 def test_official_metric_runs_in_fp32_by_default():
-    cfg = make_config("full")
+    cfg = make_config("full", device="cpu", precision="fp32")
     assert cfg.eval_precision == "fp32" and "eval_precision" not in cfg.hash_fields()
-    assert run_hash(make_config("full", eval_precision="bf16"), "fp") != run_hash(cfg, "fp")
+    assert run_hash(make_config("full", eval_precision="bf16", device="cpu", precision="fp32"), "fp") != run_hash(cfg, "fp")
 
 
 def test_notebook_train_parameter_defaults_by_profile():
@@ -115,3 +115,41 @@ def test_every_committed_run_keeps_its_hash():
     for d in dirs:
         rec = json.loads((d / "config.json").read_text())
         assert run_hash(from_dict(rec["config"]), rec["data_fingerprint"]) == rec["hash"] == d.name.rsplit("-", 1)[1], d.name
+
+
+def test_device_is_part_of_a_run():
+    """A bf16 run on a CPU and a bf16 run on a GPU are different runs; the two pairs every committed run has
+    (cpu/fp32, cuda/bf16) keep the device out of the hash so their hashes stay valid; auto cannot be hashed."""
+    from mainrun.config import UNHASHED_EXECUTION
+    h = {(d, p): run_hash(make_config("full", "final", device=d, precision=p), "fp")
+         for d in ("cpu", "cuda") for p in ("fp32", "bf16")}
+    assert len(set(h.values())) == 4
+    for pair in UNHASHED_EXECUTION:
+        assert "device" not in make_config("full", device=pair[0], precision=pair[1]).hash_fields()
+    assert make_config("full", device="cpu", precision="bf16").hash_fields()["device"] == "cpu"
+    with pytest.raises(ValueError, match="resolved device and precision"):
+        make_config("full").hash_fields()
+    # the CPU profiles pin their execution: the same hash whatever the host
+    assert (make_config("quick").device, make_config("quick").precision) == ("cpu", "fp32")
+    assert (make_config("smoke").device, make_config("smoke").precision) == ("cpu", "fp32")
+
+
+def test_cli_command_rebuilds_the_config():
+    from mainrun.config import cli_command, parse_overrides
+    cfg = make_config("quick", "epic1", lr=1e-3, name="x", tie_embeddings=False)
+    cmd = cli_command(cfg)
+    assert cmd.startswith("python -m mainrun train --profile quick --preset epic1 --set ")
+    sets = parse_overrides(cmd.split(" --set ", 1)[1].split())
+    assert make_config("quick", "epic1", **sets) == cfg
+
+
+def test_committed_records_name_no_machine_path():
+    """Run records name their data by file name and sha256; no absolute path and no unresolved device."""
+    import json
+    from conftest import ROOT
+    for d in sorted((ROOT / "results" / "runs").glob("*-*")):
+        for f in ("config.json", "summary.json"):
+            text = (d / f).read_text()
+            assert str(ROOT) not in text and '"path": "/' not in text, (d.name, f)
+        cfg = json.loads((d / "config.json").read_text())["config"]
+        assert cfg["device"] in ("cpu", "cuda") and cfg["precision"] in ("fp32", "bf16"), d.name
