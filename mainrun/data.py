@@ -7,6 +7,7 @@ characters is the denominator of the official metric.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -65,8 +66,10 @@ class _Titles:
     def __len__(self) -> int:
         return len(self._frame)
 
-    def __getitem__(self, column: str) -> list:
-        return self._frame[column].tolist()
+    def __getitem__(self, key):
+        if isinstance(key, slice):        # rows as a dict of columns, as datasets.Dataset[a:b]
+            return self._frame.iloc[key].to_dict(orient="list")
+        return self._frame[key].tolist()
 
     def shuffle(self, seed: int) -> "_Titles":
         import numpy as np
@@ -139,14 +142,37 @@ def file_record(path: Path) -> dict:
 
 
 def load_titles(data: str, num_titles: int, seed: int, val_frac: float) -> tuple[list[str], list[str], dict]:
-    """The original's split: shuffle(seed), first num_titles, strip, train/val."""
-    ds, source = _load_dataset(resolve_source(data))
+    """The original's split: shuffle(seed), first num_titles, strip, train/val.
+
+    Kept in memory per file version (a notebook resolves dozens of configs on the same split)."""
+    source = resolve_source(data)
+    version = None
+    if source != "hub":
+        try:
+            st = Path(source).expanduser().stat()
+            version = (str(Path(source).expanduser().resolve()), st.st_size, st.st_mtime_ns)
+        except OSError:
+            pass                                   # _load_dataset gives the clear error
+    if version is None:
+        return _load_titles(source, num_titles, seed, val_frac)
+    train, val, rec = _load_titles_cached(version, num_titles, seed, val_frac)
+    return list(train), list(val), dict(rec)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_titles_cached(version: tuple, num_titles: int, seed: int, val_frac: float):
+    return _load_titles(version[0], num_titles, seed, val_frac)
+
+
+def _load_titles(source: str, num_titles: int, seed: int, val_frac: float):
+    ds, source = _load_dataset(source)
     if "title" not in ds.column_names:
         raise DataError(f"the data has no 'title' column (columns: {', '.join(ds.column_names)})")
     if len(ds) < num_titles:
         raise DataError(f"the data has {len(ds):,} titles but num_titles={num_titles:,} were asked for")
     ds = ds.shuffle(seed=seed)
-    titles = [(t or "").strip() for t in ds.select(range(num_titles))["title"]]
+    # one slice of rows (a single Arrow query) rather than the column's lazy row-by-row iterator
+    titles = [(t or "").strip() for t in ds.select(range(num_titles))[:num_titles]["title"]]
     n = int(num_titles * (1 - val_frac))
     return titles[:n], titles[n:], source
 

@@ -1,0 +1,102 @@
+"""A study means the same computation on every host: under the committed ledger, the notebooks' studies
+find every run they ask for, whatever the host probe says (an AVX2-only CPU, a CPU with native bf16, a
+CUDA machine), so they train nothing and rewrite no study record; and the analysis the report reads
+comes out of the committed ledger as committed.
+
+The host is faked at the two probes the code consults: `optim.native_bf16` (which `precision=auto`
+follows) and `torch.cuda.is_available` (which `device=auto` follows). Training is made impossible
+(`train.Trainer` raises), so a study that asks for a run the ledger lacks fails the test by name."""
+import filecmp
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+
+from conftest import ROOT, have_standin
+
+matplotlib.use("Agg")
+pytestmark = pytest.mark.skipif(not have_standin(), reason="needs the offline corpus (../shared/data)")
+
+HOSTS = {
+    "avx2": dict(bf16=False, cuda=False),
+    "native-bf16": dict(bf16=True, cuda=False),
+    "cuda": dict(bf16=True, cuda=True),
+}
+
+
+def fake_host(monkeypatch, bf16: bool, cuda: bool) -> None:
+    import mainrun.optim
+    import mainrun.train
+    probe = lambda device="cpu": bf16 or device == "cuda"
+    monkeypatch.setattr(mainrun.optim, "native_bf16", probe)
+    monkeypatch.setattr(mainrun.train, "native_bf16", probe)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+
+    class NoTraining:
+        def __init__(self, cfg, *a, **k):
+            raise AssertionError(f"the study asked for a run the committed ledger does not hold: {cfg.run_name} "
+                                 f"(device={cfg.device}, precision={cfg.precision})")
+    monkeypatch.setattr(mainrun.train, "Trainer", NoTraining)
+
+
+def code_cells(name: str) -> list[str]:
+    nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())
+    return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def run_notebook(name: str, **params) -> None:
+    """Every code cell of a notebook in order, with papermill's parameters applied after the first cell."""
+    cells = code_cells(name)
+    ns: dict = {}
+    exec(compile(cells[0], f"{name}[parameters]", "exec"), ns)
+    ns.update(params)
+    for i, src in enumerate(cells[1:], 1):
+        exec(compile(src, f"{name}[{i}]", "exec"), ns)
+    import matplotlib.pyplot as plt
+    plt.close("all")
+
+
+@pytest.fixture
+def committed_ledger(tmp_path, monkeypatch):
+    """A copy of the committed results/ as this test's ledger."""
+    root = tmp_path / "committed"
+    shutil.copytree(ROOT / "results", root, ignore=shutil.ignore_patterns("notebooks", "jupyterlab", "*.pdf"))
+    monkeypatch.setenv("MAINRUN_RESULTS", str(root))
+    monkeypatch.chdir(ROOT / "notebooks")
+    return root
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes()
+            for sub in ("studies", "runs") for p in sorted((root / sub).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("host", list(HOSTS))
+def test_studies_train_and_write_nothing_on_any_host(host, committed_ledger, monkeypatch):
+    fake_host(monkeypatch, **HOSTS[host])
+    before = snapshot(committed_ledger)
+    for nb in ("01_baseline", "02_optimizer", "03_architecture", "04_sweeps"):
+        run_notebook(nb, profile="full", train=None)
+    after = snapshot(committed_ledger)
+    assert sorted(after) == sorted(before), "files appeared or vanished under results/"
+    changed = [k for k in before if before[k] != after[k]]
+    assert not changed, f"rewritten under results/: {changed[:10]}"
+
+
+def test_the_committed_analysis_is_what_the_ledger_gives(committed_ledger, monkeypatch):
+    """write_report_inputs over the committed ledger (on a faked bf16 host) reproduces the committed
+    numbers and tables byte for byte; the figures are not compared (matplotlib versions may differ)."""
+    from mainrun import analysis
+    fake_host(monkeypatch, bf16=True, cuda=False)
+    out = committed_ledger / "analysis" / "full"
+    shutil.rmtree(out)
+    analysis.write_report_inputs("full")
+    ref = ROOT / "results" / "analysis" / "full"
+    texts = sorted(p.name for p in ref.iterdir() if p.suffix in (".md", ".json"))
+    assert texts and "numbers.json" in texts
+    match, mismatch, errors = filecmp.cmpfiles(ref, out, texts, shallow=False)
+    assert not mismatch and not errors, f"differ from the committed analysis: {mismatch + errors}"
+    assert str(ROOT) not in "".join((out / t).read_text() for t in texts)
