@@ -59,11 +59,17 @@ def matmul_rate(device: str, dtype: torch.dtype, n: int) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+# Tables that the models (model.GPT, reference.RefGPT) read by index as plain Parameters, not nn.Embedding
+LOOKUP_PARAMETERS = ("pos_emb",)
+
+
 def flop_params(model: torch.nn.Module) -> int:
-    """Parameters that take part in matmuls: all, less embedding tables used only as lookups (positions,
-    and the token table when the head is untied); a token table tied to the head counts once, as the head."""
+    """Parameters that take part in matmuls: all, less the tables used only as lookups (the learned position
+    table, and the token table when the head is untied); a token table tied to the head counts once, as the
+    head."""
     linear = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
     lookups = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)} - linear
+    lookups |= {id(p) for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in LOOKUP_PARAMETERS}
     return sum(p.numel() for p in model.parameters() if id(p) not in lookups)
 
 
