@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
 import random
 import resource
 import shutil
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,6 +66,15 @@ def resolve_execution(cfg: Config) -> Config:
     record hold the device and precision actually used (studies pin both; see sweep.EXECUTION)."""
     device = resolve_device(cfg.device)
     return dataclasses.replace(cfg, device=device, precision=resolve_precision(cfg.precision, device))
+
+
+def record_config(cfg: Config) -> dict[str, Any]:
+    """The config as a committed record holds it: a data file named as ledger.display_path shows it (relative
+    to the checkout, never a machine's absolute path; `data` is not hashed, the data's sha256 is recorded)."""
+    d = cfg.to_dict()
+    if d["data"] not in ("", "hub"):
+        d["data"] = ledger.display_path(d["data"])
+    return d
 
 
 def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT:
@@ -145,9 +156,34 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# Fault injection, for tests only (tests/test_kill.py): with MAINRUN_CHECKPOINT_WRITE_DELAY_S=S set, every
+# checkpoint write (ckpt.pt and final.pt) puts the first half of its bytes into the temp file, flushes them,
+# says so on stderr, sleeps S seconds and only then writes the rest and renames the file into place: a test
+# can SIGKILL the process in the middle of a write. Unset or 0 (always, outside tests) it is a plain torch.save.
+WRITE_DELAY_ENV = "MAINRUN_CHECKPOINT_WRITE_DELAY_S"
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     """torch.save through the same temp-file-then-rename writer as the data caches."""
-    atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp))
+    delay = float(os.environ.get(WRITE_DELAY_ENV) or 0)
+    if delay <= 0:
+        atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp))
+        return
+
+    def slow_write(tmp: str) -> None:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        data = buf.getvalue()
+        half = len(data) // 2
+        with open(tmp, "wb") as f:
+            f.write(data[:half])
+            f.flush()
+            os.fsync(f.fileno())
+            print(f"{WRITE_DELAY_ENV}: {half} of {len(data)} bytes of {path.name} in {tmp}; sleeping {delay} s",
+                  file=sys.stderr, flush=True)
+            time.sleep(delay)
+            f.write(data[half:])
+    atomic_write_bytes(path, slow_write)
 
 
 def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None = None,
@@ -181,7 +217,7 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
     run_dir.mkdir(parents=True, exist_ok=True)
     official, reasons = rules_check(cfg, corpus.source)
     ledger.atomic_write_json(run_dir / "config.json", {
-        "config": cfg.to_dict(), "hash": h, "data_fingerprint": corpus.fingerprint,
+        "config": record_config(cfg), "hash": h, "data_fingerprint": corpus.fingerprint,
         "data_source": corpus.source, "official": official, "official_reasons": reasons,
         "eval_shape": [EVAL_BATCH, EVAL_BLOCK]})
     with run_lock(run_dir):
@@ -239,11 +275,15 @@ def run_lock(run_dir: Path):
 
 
 def check_resumable(run_dir: Path, ckpt_dir: Path, cfg: Config) -> None:
-    """Refuse to silently restart a run whose log is past a checkpoint that cannot be found here."""
+    """Refuse to silently restart a run whose log is past a checkpoint that cannot be found here.
+
+    A log that ends exactly at the first checkpoint step was cut off while that checkpoint was being written
+    (the step is logged before the write, and nothing after it is logged until the write is done): no
+    checkpoint was ever there, and the run starts over."""
     if (ckpt_dir / "ckpt.pt").exists() or not cfg.checkpoint_every or not (run_dir / "log.jsonl").exists():
         return
     last = ledger.log_progress(run_dir / "log.jsonl")["last_step"]
-    if last and last >= cfg.checkpoint_every:
+    if last and last > cfg.checkpoint_every:
         raise RuntimeError(f"run {run_dir.name} has logged {last} steps but no checkpoint is under {ckpt_dir}; "
                            f"set MAINRUN_CHECKPOINTS to the folder that holds <hash>/ckpt.pt, or force=True "
                            f"(--force) to start it over")
@@ -306,6 +346,11 @@ class Trainer:
                       "config": self.cfg.to_dict()}, self.ckpt_dir / "ckpt.pt")
 
     def load_checkpoint(self) -> dict | None:
+        # A process killed while writing ckpt.pt or final.pt leaves the writer's temp file beside it
+        # (data.atomic_write_bytes: <name>.<random>.tmp); the file it was replacing is intact. This process
+        # holds the run's lock, so no live writer owns such a file: remove it.
+        for partial in self.ckpt_dir.glob("*.pt.*.tmp"):
+            partial.unlink(missing_ok=True)
         path = self.ckpt_dir / "ckpt.pt"
         if not path.exists():
             return None
@@ -342,7 +387,7 @@ class Trainer:
             log.log("resumed", step=step, resumes=state["resumes"], **code)
         else:
             state["code"] = [code]
-            log.log("hyperparameters_configured", **cfg.to_dict(), run_hash=self.hash)
+            log.log("hyperparameters_configured", **record_config(cfg), run_hash=self.hash)
             log.log("device_info", **ledger.hardware(self.device))
             log.log("dataset_info", titles_count=c.n_train_titles, epochs=cfg.epochs,
                     batches_per_epoch=self.steps_per_epoch, tokens_per_epoch=len(c.train_ids),

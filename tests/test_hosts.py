@@ -100,3 +100,19 @@ def test_the_committed_analysis_is_what_the_ledger_gives(committed_ledger, monke
     match, mismatch, errors = filecmp.cmpfiles(ref, out, texts, shallow=False)
     assert not mismatch and not errors, f"differ from the committed analysis: {mismatch + errors}"
     assert str(ROOT) not in "".join((out / t).read_text() for t in texts)
+
+
+def test_a_fresh_run_record_names_no_machine_path(tmp_path):
+    """A run given its data by absolute path records the file's name and sha256, not where it lies."""
+    import mainrun
+    from conftest import STANDIN
+    from mainrun import ledger
+    data = STANDIN.resolve()
+    summary = mainrun.run(mainrun.make_config("smoke", data=str(data), name="paths"), progress=False)
+    run = ledger.find_run(ledger.results_root("smoke"), summary["hash"])
+    for f in ("config.json", "summary.json", "log.jsonl"):
+        text = (run / f).read_text()
+        assert str(ROOT) not in text and str(data.parent) not in text, f
+    rec = json.loads((run / "config.json").read_text())
+    assert rec["data_source"]["name"] == data.name and len(rec["data_source"]["sha256"]) == 64
+    assert "path" not in rec["data_source"]
