@@ -558,6 +558,7 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
     lrs = {f"{s.stage}: {s.label}": read_lr(s.dir) for s in ladder.dropna(subset=["dir"]).itertuples()}
     plots.save(plots.lr_schedules(lrs), out / "fig-lr.png", close=True)
     sweep = studies.get("04_sweeps")
+    (out / "sweep_edges.md").write_text(_edges_md(sweep))
     seeds = studies.get("04_seeds")
     seed_table = seeds
     final_rec = read_studies(profile).get("04_final") if proxy != profile else None
@@ -760,6 +761,9 @@ def _setup_md(results: pd.DataFrame, base: pd.Series, profile: str) -> str:
     text = (f"- *Data.* {base['num_titles']:,} titles, {base['val_frac']:.0%} held out for validation, from {data}.\n"
             f"- *Hardware.* {'; '.join(hw)}.\n- *Precision.* {prec}.\n"
             f"- *Profile.* {profile}; {int((results['status'] == 'finished').sum())} finished runs in the ledger.\n")
+    code = _code_versions_md(results)
+    if code:
+        text += code
     paused = results[results["paused_s"] > 0] if "paused_s" in results else results.iloc[:0]
     if len(paused):
         runs = "; ".join(f"`{r.run}` {fmt_time(r.paused_s)} (logged wall time {fmt_time(r.wall_time_raw_s)})"
@@ -862,11 +866,12 @@ def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFra
     rec = read_studies(profile).get("gpu_ladder")
     if rec is not None:
         g = study_frame(rec, results)
-        g = g[g["status"] == "finished"].drop_duplicates("label").set_index("label")["final_val_loss"]
+        g = g[g["status"] == "finished"].drop_duplicates("label").set_index("label")
         names = [n for n in g.index if n in plad.index]
         for prev, cur in zip(names, names[1:]):
             rows.append({"change": f"{cur} (rung)", "proxy": plad[cur] / plad[prev] - 1,
-                         "full": g[cur] / g[prev] - 1, "where": "GPU, 27.2M"})
+                         "full": g.loc[cur, "final_val_loss"] / g.loc[prev, "final_val_loss"] - 1,
+                         "where": f"GPU, {_millions(g.loc[cur, 'n_params'])}"})
     recs = read_studies(proxy)
     ab = read_studies(profile).get("04_final_ablate")
     if ab is not None:
@@ -884,6 +889,50 @@ def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFra
     out = pd.DataFrame(rows, columns=cols[:-1])
     out["holds"] = np.sign(out["proxy"]) == np.sign(out["full"])
     return out
+
+
+def _code_versions_md(results: pd.DataFrame) -> str:
+    """Runs whose code version is not one clean commit: a segment with no recorded commit, uncommitted
+    changes to mainrun/ (marked *), or resumes under several commits (each summary's code_history)."""
+    groups: dict[str, list[str]] = {}
+    for r in results[results["status"] == "finished"].itertuples():
+        hist = (ledger.read_json(Path(r.dir) / "summary.json") or {}).get("code_history") or []
+        if len(hist) == 1 and hist[0].get("git_commit") and hist[0].get("git_dirty") is False:
+            continue
+        seg = [("no recorded commit" if not c.get("git_commit") else c["git_commit"][:7] + ("*" if c.get("git_dirty") else ""))
+               for c in hist] or ["no recorded commit"]
+        groups.setdefault(" then ".join(seg), []).append(r.run)
+    if not groups:
+        return ""
+    parts = []
+    for hist, runs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        who = ", ".join(f"`{n}`" for n in runs) if len(runs) <= 2 else f"{len(runs)} runs (`{runs[0]}`, ...)"
+        parts.append(f"{who}: {hist}")
+    return ("- *Code versions.* Every run records the commit it trained under, once per resumed segment "
+            "(`code_history` in its summary; * = uncommitted changes under `mainrun/`). Not one clean commit: "
+            + "; ".join(parts) + ".\n")
+
+
+def _edges_md(sweep: pd.DataFrame | None, axis: str = "lr") -> str:
+    """Where the best value of a swept axis lies in its grid (the sweep widens an edge at most twice)."""
+    if sweep is None or not (sweep["axis"] == axis).any():
+        return ""
+    pts = by_point(sweep[sweep["axis"] == axis])
+    if pts.empty:
+        return ""
+    values = sorted(pts["value"])
+    best = pts.loc[pts["loss_mean"].idxmin(), "value"]
+    tried = ", ".join(f"{v:g}" for v in values)
+    if best in (values[0], values[-1]):
+        end = "largest" if best == values[-1] else "smallest"
+        return (f"The `{axis}` sweep's best value, {best:g}, is the {end} value tried ({tried}): the grid was widened "
+                f"beyond that edge as far as the study allows and the best still sits on it, so a value further out "
+                f"may do better on the proxy.\n")
+    return f"The `{axis}` sweep's best value, {best:g}, lies inside the grid ({tried}).\n"
+
+
+def _millions(n: float) -> str:
+    return f"{n / 1e6:.1f}M"
 
 
 def _best_of_curve(run_dir: str | Path) -> tuple[float, int]:
@@ -920,9 +969,12 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
             "ratio": lad["ratio_to_baseline"].map(fmt_ratio), "full bits/char": lad["full_val_bpc"].map(fmt_bpc),
             "lowest loss (step)": [f"{b:.4f} ({st})" for b, st in best], "params": lad["n_params"].map(fmt_int),
             "tokens/s": lad["tokens_per_s"].map(fmt_int)})
+        sizes = lad["n_params"].map(_millions)
+        other = [f"{r} {m}" for r, m in zip(lad["label"], sizes) if m != sizes.iloc[0]]
         parts += [md_table(t, "llrrrrrr"),
-                  ": The seed plan at the original size (27.2M parameters) on the GPU, each rung the quick proxy's "
-                  "kept configuration. The lowest loss column shows where a run was best before its end. "
+                  f": The seed plan at the original width and depth on the GPU ({sizes.iloc[0]} parameters"
+                  + (f"; {', '.join(other)}" if other else "") + "), each rung the quick "
+                  "proxy's kept configuration. The lowest loss column shows where a run was best before its end. "
                   "{#tbl-gpu-ladder}\n"]
     pts = _gpu_small_points(profile, results)
     if len(pts):
@@ -969,13 +1021,13 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
     curves = {}
     if lad is not None and len(lad):
         for r in lad.itertuples():
-            curves[f"27M {r.label}"] = read_curve(results.loc[results["hash"] == r.hash, "dir"].iloc[0])
+            curves[f"{_millions(r.n_params)} {r.label}"] = read_curve(results.loc[results["hash"] == r.hash, "dir"].iloc[0])
     if len(pts):
         top = pts[pts["label"] == stats.index[0]].iloc[0]
         curves[f"small {top['label']}"] = read_curve(results.loc[results["hash"] == top["hash"], "dir"].iloc[0])
     if curves:
         plots.save(plots.validation_curves(curves, title="full scale on the GPU"), out / "fig-gpu-curves.png",
                    close=True)
-        parts.append("![Validation curves of the GPU runs: the 27.2M ladder and the best small model, against "
+        parts.append("![Validation curves of the GPU runs: the seed plan's ladder at the original size and the best small model, against "
                      "training tokens and wall time.](_generated/fig-gpu-curves.png){#fig-gpu-curves width=100%}\n")
     return "\n".join(parts)
