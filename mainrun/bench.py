@@ -170,6 +170,8 @@ def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: st
         train_tokens, val_tokens, counted = len(corpus.train_ids), len(corpus.val_ids), "this config's corpus"
     except Exception:
         pass
+    # the same config's committed run, if the ledger has one (needs the data for its hash)
+    committed = from_the_ledger(cfg, corpus.fingerprint) if counted == "this config's corpus" else None
     steps = cfg.epochs * (train_tokens // res["tokens_per_step"] // cfg.grad_accum)
     val_tokens_per_eval = (val_tokens // (EVAL_BATCH * EVAL_BLOCK + 1)) * EVAL_BATCH * EVAL_BLOCK
     n_evals = cfg.epochs * cfg.evals_per_epoch + 1
@@ -183,6 +185,9 @@ def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: st
         "fraction_of_bf16_matmul": ours["gflops"] / ceil["bf16"],
         "extrapolated_7_epoch_s": steps * ours["s_per_step"] + n_evals * val_tokens_per_eval / res["eval_tokens_per_s"],
         "extrapolation": {"optimizer_steps": steps, "evaluations": n_evals, "tokens_counted_from": counted},
+        "eval_share_extrapolated": (n_evals * val_tokens_per_eval / res["eval_tokens_per_s"])
+                                   / (steps * ours["s_per_step"] + n_evals * val_tokens_per_eval / res["eval_tokens_per_s"]),
+        "committed_run": committed,
         "flops_note": "6*N*T per step, N without embedding lookups (n_flop_params); attention-score FLOPs not counted",
         "measured_at": datetime.now(timezone.utc).isoformat(),
     }
@@ -195,6 +200,32 @@ def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: st
         (out_dir / f"{device}-{out['label']}-ops.txt").write_text(table + "\n")
         out["top_ops_file"] = f"{device}-{out['label']}-ops.txt"
     (out_dir / f"{device}-{out['label']}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    return out
+
+
+def from_the_ledger(cfg: Config, fingerprint: str) -> dict | None:
+    """What the committed ledger measured for this exact config on this kind of device: the whole run's
+    time, the share of it spent evaluating, and time-to-quality (until it first beats the same device's
+    baseline's final official loss). None when the ledger has no finished run of it."""
+    from . import analysis, ledger
+    from .config import run_hash
+    from .train import resolve_execution
+
+    cfg = resolve_execution(cfg)
+    root = ledger.results_root(cfg.profile)
+    run_dir = ledger.find_run(root, run_hash(cfg, fingerprint))
+    summary = ledger.read_json(run_dir / "summary.json") if run_dir else None
+    if not summary or summary.get("status") != "finished":
+        return None
+    out = {"run": run_dir.name, "official_loss": summary["final_val_loss"], "wall_time_s": summary["wall_time_s"],
+           "train_time_s": summary["train_time_s"],
+           "eval_and_checkpoint_share": 1 - summary["train_time_s"] / summary["wall_time_s"]}
+    results = analysis.load_results(cfg.profile)
+    base = results[results["is_baseline"] & (results["device"] == cfg.device)]
+    if len(base):
+        target = float(base["final_val_loss"].iloc[0])
+        out.update(baseline_run=base["run"].iloc[0], baseline_loss=target,
+                   time_to_baseline_s=analysis.time_to_quality(run_dir, target))
     return out
 
 
@@ -213,7 +244,14 @@ def format_table(r: dict) -> str:
               f"eval throughput (64 x 128): {r['eval_tokens_per_s']:,.0f} tokens/s; peak memory {r['peak_mem_mb']:,.0f} MB",
               f"7-epoch run extrapolated: {r['extrapolated_7_epoch_s'] / 60:.1f} min "
               f"({r['extrapolation']['optimizer_steps']} steps, {r['extrapolation']['evaluations']} evaluations; "
-              f"{r['flops_note']})"]
+              f"{r['flops_note']})",
+              f"evaluations' share of that run: {r['eval_share_extrapolated']:.1%}"]
+    c = r.get("committed_run")
+    if c:
+        ttq = c.get("time_to_baseline_s")
+        lines.append(f"committed run {c['run']}: {c['wall_time_s'] / 60:.1f} min for 7 epochs (official "
+                     f"{c['official_loss']:.4f}); evaluations and checkpoints {c['eval_and_checkpoint_share']:.1%} of it"
+                     + (f"; beats the baseline's {c['baseline_loss']:.4f} after {ttq / 60:.1f} min" if ttq else ""))
     return "\n".join(line for line in lines if line)
 
 
