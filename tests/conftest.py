@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated ledger and checkpoint folder per test, one shared data cache."""
+import contextlib
 import os
 from pathlib import Path
 
@@ -19,15 +20,30 @@ def shared_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
+def isolate(env: pytest.MonkeyPatch, tmp: Path, cache: Path) -> None:
+    """Ledger and checkpoints under tmp, the shared data cache, the offline corpus."""
+    env.setenv("MAINRUN_CACHE", str(cache))
+    env.setenv("MAINRUN_RESULTS", str(tmp / "results"))
+    env.setenv("MAINRUN_CHECKPOINTS", str(tmp / "ckpt"))
+    if not os.environ.get("MAINRUN_DATA") and STANDIN.exists():
+        env.setenv("MAINRUN_DATA", str(STANDIN))
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, shared_cache, monkeypatch):
     """Each test writes its ledger and checkpoints under its own tmp folder."""
-    monkeypatch.setenv("MAINRUN_CACHE", str(shared_cache))
-    monkeypatch.setenv("MAINRUN_RESULTS", str(tmp_path / "results"))
-    monkeypatch.setenv("MAINRUN_CHECKPOINTS", str(tmp_path / "ckpt"))
-    if not os.environ.get("MAINRUN_DATA") and STANDIN.exists():
-        monkeypatch.setenv("MAINRUN_DATA", str(STANDIN))
+    isolate(monkeypatch, tmp_path, shared_cache)
     return tmp_path
+
+
+@contextlib.contextmanager
+def isolated_module(tmp_path_factory, shared_cache, name: str):
+    """`isolated` for a module-scoped fixture (which is set up before any test's own): a ledger of its own
+    under a fresh tmp folder, the variables restored on exit. Yields the folder."""
+    tmp = tmp_path_factory.mktemp(name)
+    with pytest.MonkeyPatch.context() as env:
+        isolate(env, tmp, shared_cache)
+        yield tmp
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Analysis of a ledger with runs on two kinds of device: same-device ratios, provisional ratios, GPU tables."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -143,22 +144,53 @@ def test_slow_steps_under_the_gap_are_not_pauses(tmp_path):
     assert analysis.pauses(d).empty and analysis.paused_time(d) == 0.0
 
 
+def age(path: Path, seconds: int = 60) -> None:
+    """Move a file's modification time into the past (read_log caches only files older than a few seconds)."""
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - seconds * 10**9))
+
+
 def test_log_reads_follow_the_file_and_hand_out_copies(tmp_path):
-    """read_log parses a log once per version of the file: an appended line, a rewrite or a replaced
-    file is seen by the next read, and a caller editing its events does not change anyone else's."""
+    """read_log parses a log once per version of the file (path, inode, size, mtime) once the file is a few
+    seconds old: a second read reuses the parse, an appended line, a rewrite or a replaced file is parsed
+    again, a file written in the last seconds is always parsed afresh, and a caller editing its events does
+    not change anyone else's."""
+    info = ledger._parse_log.cache_info
     path = tmp_path / "log.jsonl"
     path.write_text(json.dumps({"event": "training_step", "step": 1}) + "\n")
+    age(path)
+    hits, misses = info().hits, info().misses
     first = ledger.read_log(path)
+    assert (info().hits, info().misses) == (hits, misses + 1)                    # parsed and cached
     first[0]["step"] = 99
     first.append({"event": "junk"})
+    assert ledger.read_log(path) == [{"event": "training_step", "step": 1}]    # copies of the cached parse
+    assert (info().hits, info().misses) == (hits + 1, misses + 1)
+
+    # the cached parse is what a read returns: other bytes of the same size and time still read as before
+    st = os.stat(path)
+    path.write_text(json.dumps({"event": "training_step", "step": 7}) + "\n")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_ino == st.st_ino and os.stat(path).st_size == st.st_size
     assert ledger.read_log(path) == [{"event": "training_step", "step": 1}]
-    with open(path, "a") as f:
+    assert (info().hits, info().misses) == (hits + 2, misses + 1)
+    # ... which is why a file modified in the last few seconds is parsed afresh, not looked up
+    os.utime(path)
+    assert ledger.read_log(path) == [{"event": "training_step", "step": 7}]
+    assert (info().hits, info().misses) == (hits + 2, misses + 1)
+
+    with open(path, "a") as f:                                                 # appended: a new version
         f.write(json.dumps({"event": "training_step", "step": 2}) + "\n{torn")
-    assert [e["step"] for e in ledger.read_log(path)] == [1, 2]
-    other = tmp_path / "other.jsonl"
+    age(path)
+    assert [e["step"] for e in ledger.read_log(path)] == [7, 2]
+    assert [e["step"] for e in ledger.read_log(path)] == [7, 2]
+    assert (info().hits, info().misses) == (hits + 3, misses + 2)
+    other = tmp_path / "other.jsonl"                                           # replaced: a new inode
     other.write_text(json.dumps({"event": "validation_step", "step": 7}) + "\n")
+    age(other, 120)
     other.replace(path)
     assert ledger.read_log(path) == [{"event": "validation_step", "step": 7}]
+    assert (info().hits, info().misses) == (hits + 3, misses + 3)
 
 
 def test_full_scale_findings_name_their_device_and_their_seed_spread(two_devices):

@@ -20,17 +20,26 @@ pytestmark = pytest.mark.skipif(not (os.environ.get("MAINRUN_DATA") or STANDIN.e
                                 reason="needs the titles corpus (MAINRUN_DATA or ../shared/data)")
 
 
+def checkout_data_files() -> set[str]:
+    """The files under the checkout's data/ (git-ignored caches), as paths relative to it."""
+    data = ROOT / "data"
+    return {str(p.relative_to(data)) for p in data.rglob("*") if p.is_file()} if data.exists() else set()
+
+
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
+def pipeline(tmp_path_factory, shared_cache):
     tmp = tmp_path_factory.mktemp("pipeline")
+    # every cache (tokenizers, ids, HF arrow files) in the session's tmp cache, none in the checkout
     env = {**os.environ, "MAINRUN_RESULTS": str(tmp / "results"), "MAINRUN_CHECKPOINTS": str(tmp / "ckpt"),
-           "MAINRUN_DATA": os.environ.get("MAINRUN_DATA") or str(STANDIN)}
+           "MAINRUN_CACHE": str(shared_cache), "MAINRUN_DATA": os.environ.get("MAINRUN_DATA") or str(STANDIN)}
+    data_before = checkout_data_files()
     t0 = time.time()
     proc = subprocess.run(["make", "--no-print-directory", "run", "PROFILE=smoke", f"NB_OUT={tmp / 'notebooks'}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     print(f"make run PROFILE=smoke took {time.time() - t0:.0f}s")
     return {"proc": proc, "tmp": tmp, "results": tmp / "results", "notebooks": tmp / "notebooks",
-            "pdf": tmp / "results" / "report-smoke.pdf"}
+            "pdf": tmp / "results" / "report-smoke.pdf", "cache": shared_cache,
+            "new_data_files": checkout_data_files() - data_before}
 
 
 def pdf_text(path: Path) -> str:
@@ -52,6 +61,11 @@ def finished_summaries(results: Path) -> dict[str, dict]:
 def test_make_run_smoke_succeeds(pipeline):
     proc = pipeline["proc"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_caches_stay_out_of_the_checkout(pipeline):
+    assert pipeline["new_data_files"] == set(), "make run wrote into the checkout's data/"
+    assert list(pipeline["cache"].glob("tokenizer-*.json")) and list(pipeline["cache"].glob("ids-*.pt"))
 
 
 def test_every_notebook_is_executed_without_errors(pipeline):
@@ -95,3 +109,16 @@ def test_pdf_shows_every_figure_with_its_caption(pipeline):
         assert re.sub(r"\s+", " ", caption) in text, f"caption missing from the PDF: {caption}"
     images = sum(len(page.images) for page in PdfReader(pipeline["pdf"]).pages)
     assert images >= len(captions)
+
+
+def test_no_machine_path_in_the_report_notebooks_or_records(pipeline):
+    """Nothing the pipeline writes names the checkout's absolute path: not the PDF, the analysis outputs,
+    the executed notebooks or the run records (the ledger path is shown relative, or as $TMPDIR/...)."""
+    root = str(ROOT)
+    assert root not in pdf_text(pipeline["pdf"]) and root not in pdf_text(pipeline["pdf"]).replace(" ", "")
+    written = [p for sub in ("analysis", "runs", "studies") for p in (pipeline["results"] / sub).rglob("*")
+               if p.is_file() and p.suffix in (".md", ".json", ".jsonl")]
+    written += list(pipeline["notebooks"].glob("*.ipynb"))
+    assert written
+    leaks = [str(p.relative_to(pipeline["tmp"])) for p in written if root in p.read_text()]
+    assert not leaks, f"the checkout's absolute path appears in: {leaks[:5]}"

@@ -72,33 +72,59 @@ def test_muon_splits_hidden_matrices():
     assert all(math.isfinite(p.sum().item()) for p in m.parameters())
 
 
+def newton_schulz_fp64(g: torch.Tensor, coeffs: tuple[float, float, float], steps: int, eps: float) -> torch.Tensor:
+    """The quintic Newton-Schulz iteration (Muon's), written out here in float64: the reference."""
+    a, b, c = coeffs
+    x = g.to(torch.float64)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    x = x / max(x.norm().item(), eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
 def test_fp32_muon_matches_torch_muon():
-    """muon_ns=fp32 changes only the dtype of torch's Newton-Schulz iteration: one step lands where torch's
-    bf16 step lands (to bf16 rounding), is closer to an fp64 iteration, and torch's function is restored."""
+    """muon_ns=fp32 changes only the dtype of torch's Newton-Schulz iteration: its result is within fp32
+    rounding of a float64 iteration (torch's bf16 one is not), one optimizer step moves the weights by what
+    torch's Muon moves them (to bf16 rounding), and torch's function is restored afterwards."""
     import torch.optim._muon as impl
     from mainrun.optim import Fp32Muon, _newton_schulz_fp32
 
     g = torch.Generator().manual_seed(3)
     grad = torch.randn(96, 40, generator=g)
     coeffs = (impl.DEFAULT_A, impl.DEFAULT_B, impl.DEFAULT_C)
-    exact = _newton_schulz_fp32(grad.double(), coeffs, 5, 1e-7).double()
+    exact = newton_schulz_fp64(grad, coeffs, 5, 1e-7)
     ours = _newton_schulz_fp32(grad, coeffs, 5, 1e-7)
     theirs = impl._zeropower_via_newtonschulz(grad, coeffs, 5, 1e-7).float()
     rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()
-    assert ours.dtype == torch.float32 and ours.shape == grad.shape
-    assert rel(ours, exact) < 1e-5 < rel(theirs, exact) < 3e-2
+    assert exact.dtype == torch.float64 and ours.dtype == torch.float32 and ours.shape == grad.shape
+    assert 0 < rel(ours, exact) < 1e-5 < rel(theirs, exact) < 3e-2
 
-    params = [torch.nn.Parameter(torch.randn(64, 32, generator=g)) for _ in range(2)]
+    # one step of each optimizer from the same weights and gradients, no weight decay: only the
+    # orthogonalised update moves the weights, and the two updates must agree to bf16 rounding (~1%)
+    params = [torch.nn.Parameter(torch.randn(shape, generator=g)) for shape in ((64, 32), (32, 96))]
     twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
     for p, q in zip(params, twins):
         p.grad = torch.randn(p.shape, generator=g)
         q.grad = p.grad.clone()
+    start = [p.detach().clone() for p in params]
     before = impl._zeropower_via_newtonschulz
-    Fp32Muon(params, lr=0.02).step()
-    torch.optim.Muon(twins, lr=0.02).step()
+    Fp32Muon(params, lr=0.02, weight_decay=0.0).step()
+    torch.optim.Muon(twins, lr=0.02, weight_decay=0.0).step()
     assert impl._zeropower_via_newtonschulz is before
-    for p, q in zip(params, twins):
-        assert rel(p.detach(), q.detach()) < 1e-3 and not torch.equal(p.detach(), q.detach())
+    for p, q, p0 in zip(params, twins, start):
+        ours, theirs = p.detach() - p0, q.detach() - p0
+        assert ours.abs().max() > 0 and not torch.equal(ours, theirs)
+        assert rel(ours, theirs) < 3e-2
+        assert rel(1.25 * ours, theirs) > 3e-2 and rel(0.75 * ours, theirs) > 3e-2   # a 25% error fails
+        # and ours is the float64 step to fp32 rounding: first step of Nesterov momentum 0.95 from a zero
+        # buffer, Muon's learning rate scaled by sqrt(max(1, rows / cols))
+        update = p.grad.double().lerp(0.05 * p.grad.double(), 0.95)
+        step = -0.02 * max(1.0, p.shape[0] / p.shape[1]) ** 0.5 * newton_schulz_fp64(update, coeffs, 5, 1e-7)
+        assert rel(ours, step) < 1e-4
     cfg = make_config("smoke", optimizer="muon", muon_ns="fp32")
     opts = build_optimizers(cfg, build_model(cfg, 512), "cpu")
     assert type(opts[0]) is Fp32Muon

@@ -112,17 +112,25 @@ def cli(*args, env_extra=None):
                           cwd=ROOT, timeout=300)
 
 
-def test_cli_train_then_eval_on_heldout_file(isolated, titles_file):
+def test_cli_train_then_eval_on_heldout_file(isolated, titles_file, monkeypatch):
     r = cli("train", "--profile", "smoke", "--quiet", "--set", "epochs=1", "optimizer=adamw", "lr=3e-3")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["status"] == "finished"
-    same = mainrun.run(make_config("smoke", epochs=1, optimizer="adamw", lr=3e-3), progress=False)
-    assert same["hash"] == out["hash"] and same["final_val_loss"] == out["final_val_loss"]  # API == CLI
     r = cli("eval", out["hash"], "--data", str(titles_file))
     assert r.returncode == 0, r.stderr
     ev = json.loads(r.stdout)
     assert ev["titles"] == 3000 and ev["official_loss"] > 0 and ev["full_loss"] >= ev["official_loss"]
+    # API == CLI: the same config trained again through the API, in a ledger of its own (not read back)
+    monkeypatch.setenv("MAINRUN_RESULTS", str(isolated / "results-api"))
+    monkeypatch.setenv("MAINRUN_CHECKPOINTS", str(isolated / "ckpt-api"))
+    same = mainrun.run(make_config("smoke", epochs=1, optimizer="adamw", lr=3e-3), progress=False)
+    (api_dir,) = (isolated / "results-api" / "runs").glob("*")
+    assert (api_dir / "summary.json").exists() and (isolated / "ckpt-api" / same["hash"] / "final.pt").exists()
+    assert same["started_at"] != json.loads(next((isolated / "results" / "runs").glob("*/summary.json"))
+                                             .read_text())["started_at"]                # trained, not read
+    assert same["hash"] == out["hash"] and same["final_val_loss"] == out["final_val_loss"]
+    assert same["full_val_bpc"] == out["full_val_bpc"] and same["steps"] == out["steps"]
 
 
 def test_cli_bad_input_is_refused_clearly():

@@ -1,0 +1,236 @@
+"""The Dask engine (mainrun.cluster), the Optuna search (mainrun.search) and the packing benchmark
+(mainrun.packing): CPU only, smoke profile, local clusters of worker processes, no network."""
+import json
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import STANDIN, have_standin
+
+pytest.importorskip("distributed")
+optuna = pytest.importorskip("optuna")
+
+from mainrun import cluster, ledger, packing, search, sweep  # noqa: E402
+from mainrun.config import STANDIN_SHA256  # noqa: E402
+from mainrun.data import file_sha256  # noqa: E402
+from mainrun.train import run  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not have_standin(), reason="needs the offline stand-in corpus (MAINRUN_DATA)")
+
+TIMEOUT = 180   # seconds for any one wait on the cluster: a broken engine fails, never hangs
+# smoke runs at batch 32: 33 steps each (the tests time the engine, not the model)
+SPEC = {"base": {"batch_size": 32}, "points": {"a": {}, "b": {"lr": 1e-2}, "c": {"dropout": 0.0}, "boom": {"lr": 1e4}}}
+SEARCH = {"search": {"space": {"lr": {"log_uniform": [1e-3, 3e-2]}, "dropout": {"uniform": [0.0, 0.2]}},
+                     "trials": 4, "parallel": 2, "prune": True, "prune_startup": 2, "startup_trials": 2},
+          "base": {"batch_size": 32, "evals_per_epoch": 3}}
+
+
+@pytest.fixture(scope="module")
+def worker_env(tmp_path_factory):
+    """The workers' own environment: no usable MAINRUN_DATA (the titles must come through the cluster), their
+    own data cache and checkpoint folder."""
+    d = tmp_path_factory.mktemp("workers")
+    return {"MAINRUN_DATA": str(d / "no-such-titles.parquet"), "MAINRUN_CACHE": str(d / "cache"),
+            "MAINRUN_CHECKPOINTS": str(d / "ckpt"), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def client(worker_env):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.CRITICAL, env=worker_env) as lc, Client(lc) as c:
+        c.wait_for_workers(2, timeout=60)
+        yield c
+
+
+def _summaries(root: Path) -> dict[str, dict]:
+    return {d.name: ledger.read_json(d / "summary.json") for d in sorted((root / "runs").iterdir())}
+
+
+def test_cluster_sweep_matches_sequential(client, tmp_path, monkeypatch):
+    monkeypatch.setenv("MAINRUN_RESULTS", str(tmp_path / "seq"))
+    seq = sweep.run_sweep(SPEC, "smoke", "eq", progress=False)
+    monkeypatch.setenv("MAINRUN_RESULTS", str(tmp_path / "clu"))
+    clu = sweep.run_sweep(SPEC, "smoke", "eq", progress=False, cluster=client)
+
+    assert list(seq["status"]) == ["finished"] * 3 + ["diverged"]     # a diverged point is recorded, the sweep goes on
+    cols = ["label", "hash", "status", "final_val_loss", "full_val_bpc"]
+    assert seq[cols].fillna(-1).equals(clu[cols].fillna(-1))
+    a, b = _summaries(tmp_path / "seq"), _summaries(tmp_path / "clu")
+    assert list(a) == list(b)
+    for name in a:
+        for k in ("hash", "status", "final_val_loss", "full_val_loss", "steps", "data_source", "official"):
+            assert a[name][k] == b[name][k], (name, k)
+        assert (json.loads((tmp_path / "seq" / "runs" / name / "config.json").read_text())
+                == json.loads((tmp_path / "clu" / "runs" / name / "config.json").read_text()))
+    study = Path("studies") / "smoke" / "eq.json"
+    assert (tmp_path / "seq" / study).read_text() == (tmp_path / "clu" / study).read_text()
+    assert not list((tmp_path / "clu" / ".incoming").iterdir())          # no half folder left behind
+
+    # a driver started again sends out nothing: every point is in the ledger by hash (an unreachable scheduler
+    # address proves no connection is even made)
+    again = sweep.run_sweep(SPEC, "smoke", "eq", progress=False, cluster="tcp://127.0.0.1:9")
+    assert again[cols].fillna(-1).equals(clu[cols].fillna(-1))
+    assert _summaries(tmp_path / "clu") == b
+
+
+def test_killed_worker_retries_and_resumes_from_its_checkpoint(client, tmp_path, monkeypatch):
+    marker = tmp_path / "killed-once"
+
+    def kill_once(cfg, step):          # runs on the worker: the first attempt dies after its step-10 checkpoint
+        if step == 10 and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    spec = {"base": {"batch_size": 32, "checkpoint_every": 5}, "points": {"k": {"lr": 3e-3}}}
+    pairs = sweep.build_configs(spec, "smoke", "kill")
+    jobs = [cluster.resolve_job(cfg, label=p.label) for p, cfg in pairs]
+    [summary] = cluster.run_points(jobs, client, cluster.data_files(jobs), "kill", timeout=TIMEOUT, on_step=kill_once)
+
+    assert marker.exists()
+    assert summary["status"] == "finished" and summary["resumes"] == 1
+    runs = [d for d in (tmp_path / "results" / "runs").iterdir() if d.name.endswith(summary["hash"])]
+    assert len(runs) == 1
+    events = [e["event"] for e in ledger.read_log(runs[0] / "log.jsonl")]
+    assert events.count("resumed") == 1 and events.count("hyperparameters_configured") == 1
+    # the resumed run ends exactly where an uninterrupted one does
+    monkeypatch.setenv("MAINRUN_RESULTS", str(tmp_path / "ref"))
+    ref = run(pairs[0][1], progress=False)
+    assert (ref["hash"], ref["final_val_loss"], ref["full_val_loss"]) == (
+        summary["hash"], summary["final_val_loss"], summary["full_val_loss"])
+
+
+def test_interrupted_search_resumes_without_rerunning_trials(client, tmp_path):
+    class Cut(Exception):
+        pass
+
+    told = []
+
+    def cut_after_two(number, summary):
+        told.append(number)
+        if len(told) == 2:
+            raise Cut()
+
+    with pytest.raises(Cut):
+        search.run_search(SEARCH, "smoke", "srch", cluster=client, progress=False, timeout=TIMEOUT,
+                          on_trial=cut_after_two)
+    storage = search.storage_path("smoke", "srch")
+    assert storage.exists()
+    first = {t.number: t for t in search.open_study("smoke", "srch").get_trials()}
+    assert [first[n].state.name for n in sorted(first)] == ["COMPLETE", "COMPLETE", "RUNNING"]
+    before = _summaries(tmp_path / "results")
+    assert len(before) == 2
+
+    told.clear()
+    df = search.run_search(SEARCH, "smoke", "srch", cluster=client, progress=False, timeout=TIMEOUT,
+                           on_trial=lambda n, s: told.append(n))
+    assert told == [2, 3]                                             # t0 and t1 were not run again
+    assert list(df["trial"]) == [0, 1, 2, 3] and df["state"].isin(["COMPLETE", "PRUNED"]).all()
+    assert df.loc[2, "param_lr"] == first[2].params["lr"]              # the cut trial kept its parameters
+    after = _summaries(tmp_path / "results")
+    assert {k: after[k] for k in before} == before and len(after) == 4
+    record = ledger.read_json(sweep.studies_dir("smoke") / "srch.json")
+    assert [r["label"] for r in record["rows"]] == ["t0", "t1", "t2", "t3"]
+
+    # complete: asked again (even with a scheduler that cannot be reached) it trains and connects to nothing
+    told.clear()
+    again = sweep.run_sweep(SEARCH, "smoke", "srch", cluster="tcp://127.0.0.1:9", progress=False)
+    assert told == [] and again["value"].equals(df["value"])
+    # storage lost: the search asks for the same trials (seeded per trial) and tells each from the ledger by hash
+    shutil.move(storage, tmp_path / "old.optuna.jsonl")
+    rebuilt = search.run_search(SEARCH, "smoke", "srch", cluster=None, progress=False)
+    assert list(rebuilt["hash"]) == list(df["hash"]) and list(rebuilt["state"]) == list(df["state"])
+    assert _summaries(tmp_path / "results") == after
+
+
+def test_data_reaches_workers_through_the_cluster(client, worker_env, tmp_path, monkeypatch):
+    src = tmp_path / "driver" / "titles-copy.parquet"
+    src.parent.mkdir()
+    shutil.copy(STANDIN, src)
+    monkeypatch.setenv("MAINRUN_DATA", str(src))
+    pairs = sweep.build_configs({"base": {"batch_size": 32}, "points": {"d": {"lr": 2e-3}}}, "smoke", "data")
+    jobs = [cluster.resolve_job(cfg, label=p.label) for p, cfg in pairs]
+    files = cluster.data_files(jobs)
+    src.unlink()                                      # the driver's file is gone before any worker trains
+    [summary] = cluster.run_points(jobs, client, files, "data", timeout=TIMEOUT)
+
+    assert summary["status"] == "finished"
+    assert set(client.run(lambda: os.environ.get("MAINRUN_DATA")).values()) == {worker_env["MAINRUN_DATA"]}
+    cached = Path(worker_env["MAINRUN_CACHE"]) / "data" / STANDIN_SHA256 / "titles-copy.parquet"
+    assert cached.exists() and file_sha256(cached) == STANDIN_SHA256
+    # the records name the data as a run on the driver would: the driver's config, file name and sha256
+    meta = ledger.read_json(ledger.find_run(tmp_path / "results", summary["hash"]) / "config.json")
+    assert meta["config"]["data"] == ""
+    assert meta["data_source"] == {"kind": "file", "name": "titles-copy.parquet", "sha256": STANDIN_SHA256}
+    assert summary["data_source"] == meta["data_source"]
+
+
+def test_data_is_checked_on_arrival(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAINRUN_CACHE", str(tmp_path / "cache"))
+    good = cluster.DataFile("t.parquet", "0" * 64, b"not the bytes that hash")
+    with pytest.raises(RuntimeError, match="sha256"):
+        cluster.store_data(good)
+    ok = cluster.DataFile.read(STANDIN)
+    assert cluster.store_data(ok) == cluster.cached_data(ok.sha256, ok.name)
+
+
+def test_median_thresholds_apply_optuna_median_pruner_rule():
+    study = optuna.create_study(direction="minimize")
+    for curve in ({1: 5.0, 10: 3.0, 20: 2.0}, {1: 5.2, 10: 2.6, 20: 1.9}, {1: 4.8, 10: 3.4, 20: 2.4}):
+        study.add_trial(optuna.trial.create_trial(value=min(curve.values()), intermediate_values=curve))
+    thresholds = search.median_thresholds(study, startup=2, warmup_steps=2)
+    assert thresholds == {10: 3.0, 20: 2.0}
+    assert search.median_thresholds(study, startup=5, warmup_steps=2) == {}     # too few completed trials
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
+    for curve in ([(1, 9.0), (10, 2.9), (20, 2.1)], [(1, 4.0), (10, 3.1)], [(1, 5.0), (10, 2.0), (20, 1.0)],
+                  [(1, 5.0), (10, 2.9), (20, 1.95), (30, 1.9)]):
+        ours = cluster.pruner(thresholds)
+        trial = study.ask()
+        for step, loss in curve:
+            trial.report(loss, step)
+            mine = ours(step, loss)
+            assert mine == pruner.prune(study, study.get_trials(deepcopy=False)[trial.number]), (curve, step)
+            if mine:
+                break
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)     # leaves the completed set as it was
+
+
+def test_search_spec_is_checked():
+    with pytest.raises(ValueError, match="unknown search key"):
+        search.parse({"search": {"space": {"lr": {"uniform": [0, 1]}}, "trials": 2, "budget": 3}})
+    with pytest.raises(ValueError, match="low < high"):
+        search.parse({"search": {"space": {"lr": {"log_uniform": [3e-3, 1e-4]}}, "trials": 2}})
+    with pytest.raises(ValueError, match="not one of"):
+        search.parse({"search": {"space": {"lr": {"normal": [0, 1]}}, "trials": 2}})
+    s = search.parse({"search": {"space": {"w": {"choice": [{"d_model": 32, "n_head": 2}, {"d_model": 48}]}},
+                                 "trials": 2}})
+    assert search.overrides_of({"w": '{"d_model": 48}'}, s.space) == {"d_model": 48}
+
+
+def test_gpu_packing_path_runs_on_cpu(tmp_path):
+    """The GPU packing benchmark's code path (K worker processes per GPU holding GPU=1/K, tasks asking for
+    it), with smoke runs on the CPU standing in for the device."""
+    r = packing.gpu_packing(ks=(1, 2), n_runs=2, profile="smoke", preset="baseline", device="cpu",
+                            precision="fp32", gpus=1, overrides={"batch_size": 32}, out_dir=tmp_path,
+                            name="packing-test")
+    assert [lv["workers"] for lv in r["levels"]] == [1, 2]
+    for lv in r["levels"]:
+        assert lv["statuses"] == ["finished", "finished"] and lv["runs_per_hour"] > 0
+    assert r["losses"]["levels"]["k2"]["max_abs_diff_vs_reference"] == 0.0    # packing changes no result
+    assert json.loads((tmp_path / "packing-test.json").read_text())["kind"] == "gpu"
+    assert "k2" in packing.format_table(r)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="no CUDA device here: the GPU packing benchmark (K runs per GPU) needs one; its code "
+                           "path runs on the CPU in test_gpu_packing_path_runs_on_cpu")
+def test_gpu_packing_on_cuda(tmp_path):
+    r = packing.gpu_packing(ks=(1, 2), n_runs=2, profile="smoke", preset="baseline", device="cuda",
+                            precision="bf16", out_dir=tmp_path, name="packing-cuda-test")
+    assert all(lv["statuses"] == ["finished", "finished"] for lv in r["levels"])
