@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 from . import ledger
-from .analysis import analysis_dir
+from .report_inputs import analysis_dir
 from .data import repo_root
 
 INCLUDE = re.compile(r"^\{\{<\s*include\s+(\S+)\s*>\}\}[ \t]*$", re.M)

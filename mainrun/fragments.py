@@ -1,0 +1,324 @@
+"""Text for readers: markdown tables and paragraphs for the report, notes for the notebooks.
+
+Each function here returns a string or a table and writes nothing (`report_inputs` writes them):
+`md_table` (a pandoc/Quarto pipe table), the results, ladder and changes tables, the paragraphs of
+the summary, setup, findings, sweep edges, code versions and the baselines on two devices; and the
+notebooks' `profile_note`, `show_config`, `metric_notes` and `run_status`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import ledger
+from .config import STANDIN_SHA256, Config, make_config
+from .formats import _nan, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, fmt_time
+from .results import PAUSE_GAP_S, _without_pauses
+from .sweep import by_point
+from .verdicts import NO_CHANGE, curve_agreement
+
+PROXY_NOTE = {
+    "full": "",
+    "quick": ("These are **quick-profile proxy results**: a 2-layer, 64-wide model on 10,000 titles, "
+              "for studying the same questions at CPU scale. They rank ideas; they are not Mainrun numbers."),
+    "smoke": ("These are **smoke-profile results**: a seconds-long pipeline check on a 1-layer, 32-wide model. "
+              "They prove the machinery works and carry no evidence about which idea is better."),
+}
+
+DEVICE_NAME = {"cpu": "CPU", "cuda": "GPU"}
+
+
+# ----------------------------------------------------------------------------- notebook helpers
+def profile_note(profile: str) -> str:
+    """What the numbers of this profile can and cannot show (displayed at the top of each notebook)."""
+    return PROXY_NOTE[profile] or "Profile **full**: the Mainrun rules (7 epochs, seed 1337, 100,000 titles)."
+
+
+def show_config(cfg: Config) -> None:
+    """Print a config as its changes from the profile's baseline (the full dataclass is `print(cfg)`)."""
+    ref = make_config(cfg.profile, "baseline").to_dict()
+    changed = {k: v for k, v in cfg.to_dict().items() if k not in ("name", "preset") and ref.get(k) != v}
+    print(f"{cfg.run_name}: changes from the {cfg.profile} baseline: {changed or 'none'}")
+
+
+def metric_notes(summary: dict, profile: str) -> pd.DataFrame:
+    """The official metric beside the full-coverage one, with what each number means.
+
+    Wall time and tokens/s are the running ones where the run was paused (see `pauses`)."""
+    run_dir = ledger.find_run(ledger.results_root(profile), summary["hash"])
+    timing = _without_pauses(summary, run_dir) if run_dir is not None else {"paused_s": 0.0}
+    summary = {**summary, **timing}
+    paused = (f"; {fmt_time(timing['paused_s'])} paused left out of the logged {fmt_time(timing['wall_time_raw_s'])}"
+              if timing["paused_s"] > 0 and "wall_time_raw_s" in timing else "")
+    rows = [
+        ("official validation loss", fmt_loss(summary["final_val_loss"]),
+         "summed token cross-entropy over full 64 x 128 spans / characters of the validation text"),
+        ("official coverage", f"{summary['official_coverage']:.1%}",
+         "fraction of validation targets those spans score (the tail and one target per span are dropped)"),
+        ("full-coverage loss", fmt_loss(summary["full_val_loss"]), "every validation target scored, nats/char"),
+        ("full-coverage bits/char", fmt_bpc(summary["full_val_bpc"]), "the same in bits per character"),
+        ("validation tokens / chars", f"{summary['val_tokens']:,} / {summary['val_chars']:,}", ""),
+        ("parameters", fmt_int(summary["n_params"]), ""),
+        ("wall time", fmt_time(summary["wall_time_s"]), "training and validation, without data preparation" + paused),
+        ("tokens/s", fmt_int(summary["tokens_per_s"]), "training tokens per second of optimizer steps"),
+        ("official run", "yes" if summary["official"] else "no", "; ".join(summary.get("official_reasons") or [])),
+    ]
+    return pd.DataFrame(rows, columns=["quantity", "value", "meaning"])
+
+
+def run_status(summary: dict) -> str:
+    """One line on where a run stands (finished, diverged, training elsewhere, or not run)."""
+    st, name = summary["status"], f"{summary['name']}-{summary['hash']}"
+    if st == "finished":
+        return f"{name}: finished, official loss {fmt_loss(summary['final_val_loss'])}"
+    if st == "diverged":
+        rule = summary.get("diverged_rule")
+        return f"{name}: diverged at step {summary.get('diverged_step')}" + (f" (rule: {rule})" if rule else "")
+    if st == "pruned":
+        return (f"{name}: pruned by a search at step {summary.get('pruned_step')}, last official loss "
+                f"{fmt_loss(summary.get('last_val_loss'))}")
+    if st == "incomplete":
+        return (f"{name}: not finished: logged step {summary['last_step']} of {summary['max_steps']}, last official "
+                f"loss {fmt_loss(summary['last_val_loss'])} at step {summary['last_val_step']}; it resumes from its "
+                f"checkpoint with train=True (or `python -m mainrun train` with the same settings)")
+    return f"{name}: not in the ledger; train it with train=True (or `python -m mainrun train`)"
+
+
+# ----------------------------------------------------------------------------- markdown
+def md_table(df: pd.DataFrame, align: str = "", min_dashes: int = 8) -> str:
+    """A pandoc/Quarto pipe table; align is one of l/r per column (default: l then r)."""
+    cols = list(df.columns)
+    align = align or "l" + "r" * (len(cols) - 1)
+    cells = [[str(v) for v in row] for row in df.itertuples(index=False)]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+    # dash counts set relative widths when a table is wider than the page: give short columns room
+    sep = ["-" * max(min_dashes, w - 1) + ":" if a == "r" else ":" + "-" * max(min_dashes, w - 1)
+           for w, a in zip(widths, align)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(sep) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in cells]
+    return "\n".join(lines) + "\n"
+
+
+def _short(run: str, profile: str) -> str:
+    return run[len(profile) + 1:] if run.startswith(profile + "-") else run
+
+
+def results_table(results: pd.DataFrame, profile: str) -> pd.DataFrame:
+    done = results[results["status"] == "finished"].sort_values("final_val_loss")
+    return pd.DataFrame({
+        "run": [_short(r, profile) for r in done["run"]],
+        "official loss": done["final_val_loss"].map(fmt_loss),
+        "full bits/char": done["full_val_bpc"].map(fmt_bpc),
+        "ratio": done["ratio_to_baseline"].map(fmt_ratio),
+        "params": done["n_params"].map(fmt_int),
+        "wall time": done["wall_time_s"].map(fmt_time),
+        "tokens/s": done["tokens_per_s"].map(fmt_int),
+        "official": done["official"].map(lambda o: "yes" if o else "no"),
+    })
+
+
+def _loss_or_progress(row: pd.Series) -> str:
+    """The official loss, or for a run still training its last logged one."""
+    if not _nan(row.get("final_val_loss")) and row.get("final_val_loss") is not None:
+        return fmt_loss(row["final_val_loss"])
+    if row.get("status") == "incomplete" and not _nan(row.get("last_val_loss")) and row.get("last_val_loss") is not None:
+        return f"training: {fmt_loss(row['last_val_loss'])} at step {int(row['last_val_step'])}"
+    return "n/a"
+
+
+def ladder_table(ladder: pd.DataFrame) -> pd.DataFrame:
+    prev = ladder["final_val_loss"].shift(1)
+    return pd.DataFrame({
+        "stage": ladder["stage"], "run": ladder["label"],
+        "official loss": [_loss_or_progress(r) for _, r in ladder.iterrows()],
+        "vs previous": [("" if _nan(p) or _nan(x) else f"{x / p - 1:+.1%}") for x, p in zip(ladder["final_val_loss"], prev)],
+        "ratio": ladder["ratio_to_baseline"].map(fmt_ratio),
+        "full bits/char": ladder["full_val_bpc"].map(fmt_bpc),
+        "params": ladder["n_params"].map(fmt_int),
+        "wall time": ladder["wall_time_s"].map(fmt_time),
+        "tokens/s": ladder["tokens_per_s"].map(fmt_int),
+    })
+
+
+BASELINE_FIELDS = ("optimizer", "lr", "schedule", "n_layer", "n_head", "d_model", "vocab_size", "norm", "pos",
+                   "dropout", "batch_size", "epochs", "num_titles")
+NOT_SETTINGS = ("name", "profile", "preset", "data", "precision", "device", "checkpoint_every")
+
+
+def changes_table(ladder: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """Each stage's config as changes from the profile's baseline, read from the run's config.json."""
+    ref = make_config(profile, "baseline").to_dict()
+    rows = []
+    for st in ladder.dropna(subset=["dir"]).itertuples():
+        cfg = ledger.read_json(Path(st.dir) / "config.json")["config"]
+        if st.stage == "baseline":
+            text = "baseline: " + ", ".join(f"{k}={cfg[k]}" for k in BASELINE_FIELDS)
+        else:
+            diff = {k: v for k, v in cfg.items() if k not in NOT_SETTINGS and ref.get(k) != v}
+            text = ", ".join(f"{k}={v}" for k, v in diff.items()) or "none"
+        rows.append({"stage": st.stage, "configuration": text})
+    return pd.DataFrame(rows, columns=["stage", "configuration"])
+
+
+def _edges_md(sweep: pd.DataFrame | None, axis: str = "lr") -> str:
+    """Where the best value of a swept axis lies in its grid (the sweep widens an edge at most twice)."""
+    if sweep is None or not (sweep["axis"] == axis).any():
+        return ""
+    pts = by_point(sweep[sweep["axis"] == axis])
+    if pts.empty:
+        return ""
+    values = sorted(pts["value"])
+    best = pts.loc[pts["loss_mean"].idxmin(), "value"]
+    tried = ", ".join(f"{v:g}" for v in values)
+    if best in (values[0], values[-1]):
+        end = "largest" if best == values[-1] else "smallest"
+        return (f"The `{axis}` sweep's best value, {best:g}, is the {end} value tried ({tried}): the grid was widened "
+                f"beyond that edge as far as the study allows and the best still sits on it, so a value further out "
+                f"may do better on the proxy.\n")
+    return f"The `{axis}` sweep's best value, {best:g}, lies inside the grid ({tried}).\n"
+
+
+def _findings_md(found: pd.DataFrame) -> str:
+    """The findings grouped by verdict; `noise` (per row) is the seed std of that row's scale, if measured."""
+    def line(r) -> str:
+        s = (f"- **{r.change}** ({r.study}, against {r.reference}): {fmt_loss(r.loss)} vs "
+             f"{fmt_loss(r.reference_loss)} ({r.delta:+.2%})")
+        if r.judged_on == "full coverage":
+            s += (f"; judged on the full-coverage loss, {r.full_delta:+.2%}: the official spans score "
+                  f"{r.coverage:.1%} of its validation tokens against {r.reference_coverage:.1%}")
+        elif r.noise and not _nan(r.noise) and abs(r.loss - r.reference_loss) < r.noise:
+            s += ", within the seed spread (one std) at its scale"
+        return s
+    parts = []
+    groups = (("helped", "What worked"), ("no change", f"No measurable change (under {NO_CHANGE:.1%})"),
+              ("did not help", "What did not work"))
+    if (found["verdict"] == "not judged").any():
+        groups += (("not judged", "Not judged (the change moves what the official spans score, and its "
+                                  "full-coverage loss is not recorded)"),)
+    for verdict, title in groups:
+        sub = found[found["verdict"] == verdict].sort_values("judged_delta")
+        parts.append(f"**{title}** (official loss against the reference; the full-coverage loss where the change "
+                     f"moves what the official spans score):\n")
+        parts.append("\n".join(line(r) for r in sub.itertuples()) if len(sub) else "- nothing in this group")
+        parts.append("")
+    return "\n".join(parts) + "\n"
+
+
+def _summary_md(n: dict, final: pd.Series, base: pd.Series) -> str:
+    f = n["formatted"]
+    prof = n["profile"]
+    scale = {"full": "under the Mainrun rules", "quick": "at the quick (CPU proxy) scale",
+             "smoke": "at the smoke (pipeline check) scale"}[prof]
+    where = f" (on the {DEVICE_NAME.get(n['baseline_device'], '?')})" if n.get("ratio_provisional") else ""
+    s = (f"Profile **{prof}**, {scale}: the reproduced baseline{where} reaches an official validation loss of "
+         f"**{f['baseline_loss']}** ({f['baseline_bpc']} bits/char over the full validation text). "
+         f"The last rung of the ladder, *{n['final_stage']}* (run `{final['run']}`), reaches **{f['final_loss']}** "
+         f"({f['final_bpc']} bits/char) in {fmt_time(n['final']['wall_time_s'])} of wall time on the "
+         f"{DEVICE_NAME.get(n.get('final_device'), '?')}: a ratio of **{f['ratio']}** to the baseline, "
+         f"over {n['n_runs']} recorded runs.")
+    rfc = n.get("ratio_full_coverage")
+    if rfc is not None and not _nan(rfc):
+        s += f" On the full-coverage loss, which scores every validation token, the ratio is {fmt_ratio(rfc)}."
+    if n["time_to_baseline_s"] is not None:
+        s += f" It first beats the baseline's final loss after {fmt_time(n['time_to_baseline_s'])} of training."
+    official = final.get("official")
+    official = bool(official) if official is not None and not _nan(official) else False
+    s += (" The final run is official under the Mainrun rules." if official else
+          " The final run is not official under the Mainrun rules (profile or seed differs from them), "
+          "so it supports no headline claim.")
+    return s + "\n"
+
+
+def _setup_md(results: pd.DataFrame, base: pd.Series, profile: str) -> str:
+    src = ledger.read_json(Path(base["dir"]) / "config.json").get("data_source", {})
+    name = src.get("name") or Path(src.get("path", "?")).name
+    if src.get("kind") == "hub":
+        data = f"the hub dataset `{src.get('dataset')}`"
+    elif src.get("sha256") == STANDIN_SHA256:
+        data = (f"the offline stand-in `{name}` (sha256 {STANDIN_SHA256[:12]}...), Hacker News story titles "
+                f"from 2016 to 2020, since the hub dataset of the original problem cannot be downloaded on these "
+                f"machines. It is not the hub's selection of titles, so absolute losses are not comparable with "
+                f"numbers measured on the hub's data; ratios to our own reproduced baseline are")
+    else:
+        data = f"the file `{name}` (not the designated stand-in)"
+    hw = sorted(set(results["hardware"].dropna()))
+    prec = ", ".join(sorted(results["precision"].dropna().unique()))
+    text = (f"- *Data.* {base['num_titles']:,} titles, {base['val_frac']:.0%} held out for validation, from {data}.\n"
+            f"- *Hardware.* {'; '.join(hw)}.\n- *Precision.* {prec}.\n"
+            f"- *Profile.* {profile}; {int((results['status'] == 'finished').sum())} finished runs in the ledger.\n")
+    code = _code_versions_md(results)
+    if code:
+        text += code
+    paused = results[results["paused_s"] > 0] if "paused_s" in results else results.iloc[:0]
+    if len(paused):
+        runs = "; ".join(f"`{r.run}` {fmt_time(r.paused_s)} (logged wall time {fmt_time(r.wall_time_raw_s)})"
+                         for r in paused.itertuples())
+        text += (f"- *Paused runs.* A run was stopped (SIGSTOP) while other runs or benchmarks needed the cores; "
+                 f"wall times, tokens/s, curves against time and the time-to-quality leave those stretches out "
+                 f"(a step or an evaluation that took over {PAUSE_GAP_S / 60:.0f} min): {runs}. Other runs "
+                 f"that shared the cores without a pause show the slower wall time they had.\n")
+    return text
+
+
+def _code_versions_md(results: pd.DataFrame) -> str:
+    """Runs whose code version is not one clean commit: a segment with no recorded commit, uncommitted
+    changes to mainrun/ (marked *), or resumes under several commits (each summary's code_history)."""
+    groups: dict[str, list[str]] = {}
+    for r in results[results["status"] == "finished"].itertuples():
+        hist = (ledger.read_json(Path(r.dir) / "summary.json") or {}).get("code_history") or []
+        if len(hist) == 1 and hist[0].get("git_commit") and hist[0].get("git_dirty") is False:
+            continue
+        seg = [("no recorded commit" if not c.get("git_commit") else c["git_commit"][:7] + ("*" if c.get("git_dirty") else ""))
+               for c in hist] or ["no recorded commit"]
+        groups.setdefault(" then ".join(seg), []).append(r.run)
+    if not groups:
+        return ""
+    parts = []
+    for hist, runs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        who = ", ".join(f"`{n}`" for n in runs) if len(runs) <= 2 else f"{len(runs)} runs (`{runs[0]}`, ...)"
+        parts.append(f"{who}: {hist}")
+    return ("- *Code versions.* Every run records the commit it trained under, once per resumed segment "
+            "(`code_history` in its summary; * = uncommitted changes under `mainrun/`). Not one clean commit: "
+            + "; ".join(parts) + ".\n")
+
+
+def _baselines_md(n: dict, results: pd.DataFrame) -> str:
+    """Where the baseline was reproduced on two kinds of device: how far apart the two runs are."""
+    bases = results[results["is_baseline"]]
+    if n["ratio_provisional"] or len(bases) < 2:
+        return ""
+    ref = bases[bases["hash"] == n["baseline"]["hash"]].iloc[0]
+    other = bases[bases["hash"] != ref["hash"]].iloc[0]
+    name = lambda r: f"{DEVICE_NAME.get(r['device'], r['device'])} ({r['precision']})"
+    text = (f"\nThe baseline was reproduced on two kinds of device: on the {name(ref)} (the reference above) and on "
+            f"the {name(other)} (run `{other['run']}`, official loss {fmt_loss(other['final_val_loss'])}, "
+            f"{other['final_val_loss'] / ref['final_val_loss'] - 1:+.2%}).")
+    agree = curve_agreement(ref["dir"], other["dir"])
+    if agree:
+        n["baseline_agreement"] = agree
+        text += (f" Over the {agree['evaluations']} evaluations both logged their official losses differ by at "
+                 f"most {agree['max_abs_diff']:.4f}.")
+    return text + " Each device's runs are compared with its own baseline.\n"
+
+
+def _provisional_md(n: dict, results: pd.DataFrame) -> str:
+    if not n["ratio_provisional"]:
+        return ""
+    pend, base = n["pending_baseline"], n["baseline"]
+    fin, other = DEVICE_NAME.get(n["final_device"], n["final_device"]), DEVICE_NAME.get(n["baseline_device"], "?")
+    text = (f"\n**The ratio is provisional.** The final run trained on the {fin}, but the {fin} baseline has not "
+            f"finished, so the ratio above is taken against the baseline trained on the {other} (run "
+            f"`{base['run']}`, official loss {fmt_loss(base['final_val_loss'])}).")
+    if pend:
+        run_dir = lambda h: results.loc[results["hash"] == h, "dir"].iloc[0]      # not in numbers.json: local paths
+        agree = curve_agreement(run_dir(pend["hash"]), run_dir(base["hash"]))
+        text += (f" The {fin} baseline (run `{pend['run']}`) is at step {pend['last_step']} "
+                 f"of {pend['max_steps']}; its last official loss is {fmt_loss(pend['last_val_loss'])} at step "
+                 f"{pend['last_val_step']}.")
+        if agree:
+            n["curve_agreement"] = agree
+            text += (f" Over the {agree['evaluations']} evaluations both have logged (to step {agree['last_step']}) "
+                     f"the two baselines' official losses differ by at most {agree['max_abs_diff']:.4f}. The ratio "
+                     f"is recomputed against the {fin} baseline once it finishes.")
+    return text + "\n"

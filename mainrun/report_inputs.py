@@ -1,0 +1,263 @@
+"""The report's inputs, written to disk: figures, markdown tables and paragraphs, numbers.
+
+`write_report_inputs(profile)` is what 05_analysis calls: from the ledger (`results`), the judgements
+(`verdicts`) and the text (`fragments`) it writes <results>/analysis/<profile>/ (`analysis_dir`) with
+
+    fig-curves.png fig-lr.png fig-sensitivity.png   the report's figures
+    ladder.md results.md seeds.md coverage.md ...    markdown tables and paragraphs
+    numbers.json                                      every headline number, for tests and readers
+
+`gpu_section` is the GPU studies' section (gpu.md and fig-gpu-curves.png). Nothing here trains.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import ledger
+from .formats import _millions, _nan, _py, fmt_bpc, fmt_int, fmt_loss, fmt_ratio
+from .fragments import (DEVICE_NAME, PROXY_NOTE, _baselines_md, _edges_md, _findings_md, _provisional_md, _setup_md,
+                        _summary_md, changes_table, ladder_table, md_table, results_table)
+from .results import (_best_of_curve, _gpu_small_points, _pending_baseline, ladder_frame, load_results, read_curve,
+                      read_lr, read_studies, study_frame)
+from .sweep import STUDY_PROFILE, by_point
+from .verdicts import _gpu_seed_std, coverage_check, findings, permutation_p, proxy_vs_full, time_to_quality
+
+GPU_STUDIES = ("gpu_ladder", "gpu_small", "gpu_final", "gpu_seeds", "gpu_ablate", "gpu_lr", "gpu_large")
+
+
+def analysis_dir(profile: str) -> Path:
+    """Beside the ledger the numbers come from: <results>/analysis/<profile>/."""
+    return ledger.results_root(profile) / "analysis" / profile
+
+
+def write_report_inputs(profile: str) -> dict[str, Any]:
+    """Write every figure, table and number the report uses; returns numbers.json's content."""
+    from . import plots
+
+    out = analysis_dir(profile)
+    out.mkdir(parents=True, exist_ok=True)
+    results = load_results(profile)
+    if results.empty or not results["is_baseline"].any():
+        raise RuntimeError(f"the {profile} ledger ({ledger.results_root(profile)}) has no finished baseline run; "
+                           f"run notebooks/01_baseline.ipynb first")
+    ladder = ladder_frame(profile, results)
+    # the sweeps ran on the study profile (the quick proxy under full; see sweep.STUDY_PROFILE)
+    proxy = STUDY_PROFILE[profile]
+    proxy_results = results if proxy == profile else load_results(proxy)
+    studies = ({k: study_frame(v, proxy_results) for k, v in read_studies(proxy).items()}
+               if len(proxy_results) else {})
+    done = ladder.dropna(subset=["final_val_loss"])
+    final_device = done.iloc[-1]["device"] if len(done) else "cpu"
+    bases = results[results["is_baseline"]]
+    same = bases[bases["device"] == final_device]
+    base = (same if len(same) else bases).iloc[0]
+    final = done.iloc[-1] if len(done) else base
+    provisional = base["device"] != final["device"]
+
+    # figures
+    curves = {f"{s.stage}: {s.label}": read_curve(s.dir) for s in ladder.dropna(subset=["dir"]).itertuples()}
+    plots.save(plots.validation_curves(curves), out / "fig-curves.png", close=True)
+    lrs = {f"{s.stage}: {s.label}": read_lr(s.dir) for s in ladder.dropna(subset=["dir"]).itertuples()}
+    plots.save(plots.lr_schedules(lrs), out / "fig-lr.png", close=True)
+    sweep = studies.get("04_sweeps")
+    (out / "sweep_edges.md").write_text(_edges_md(sweep))
+    seeds = studies.get("04_seeds")
+    seed_table = seeds
+    final_rec = read_studies(profile).get("04_final") if proxy != profile else None
+    if final_rec:  # the final configuration's seeds at full scale, beside the proxy's candidates
+        fin = study_frame(final_rec, results).assign(label=f"final ({profile} scale)")
+        seed_table = fin if seeds is None else pd.concat([seeds, fin], ignore_index=True)
+    band = None
+    if seeds is not None:
+        st = by_point(seeds)
+        if "base" in st.index and st.loc["base", "seeds"] > 1:
+            band = (st.loc["base", "loss_mean"], st.loc["base", "loss_std"])
+    fig = plots.sensitivity(sweep if sweep is not None else pd.DataFrame(), band, seeds)
+    plots.save(fig, out / "fig-sensitivity.png", close=True)
+
+    # tables and paragraphs
+    (out / "results.md").write_text(md_table(results_table(results, profile), "lrrrrrrl"))
+    (out / "ladder.md").write_text(md_table(ladder_table(ladder), "llrrrrrrr"))
+    (out / "changes.md").write_text(md_table(changes_table(ladder, profile), "ll", min_dashes=40))
+    cov = coverage_check(ladder)
+    (out / "coverage.md").write_text(md_table(pd.DataFrame({
+        "stage": cov["stage"], "vocabulary": cov["vocab"].map(fmt_int),
+        "official coverage": cov["coverage"].map(lambda x: f"{x:.1%}"),
+        "step-1 loss": cov["step1_loss"].map(fmt_loss), "uniform expectation": cov["uniform_loss"].map(fmt_loss),
+        "ratio": cov["ratio"].map(lambda x: f"{x:.3f}")})))
+    seed_info = _seeds_section(seed_table, out)
+    (out / "gpu.md").write_text(gpu_section(profile, results, out, proxy_results))
+    # each finding is judged against the seed spread of its own scale: the proxy's base candidate, or the
+    # final configuration's seeds at full scale
+    found = findings(profile, results)
+    noise = {"cpu": (seed_info.get(f"final ({profile} scale)") or {}).get("std"), "cuda": _gpu_seed_std(profile, results)}
+    if proxy != profile:
+        found["study"] = [f"{st}, {profile} scale on the {DEVICE_NAME.get(d, d)}" if d else st
+                          for st, d in zip(found["study"], found["device"])]
+        found["noise"] = [noise.get(d) for d in found["device"]]
+        if len(proxy_results):
+            proxy_found = findings(proxy, proxy_results)
+            proxy_found["study"] += f", {proxy} proxy"
+            proxy_found["noise"] = (seed_info.get("base") or {}).get("std")
+            found = pd.concat([found, proxy_found], ignore_index=True)
+    else:
+        found["noise"] = (seed_info.get("base") or {}).get("std")
+    (out / "findings.md").write_text(_findings_md(found))
+
+    numbers = {
+        "profile": profile, "n_runs": int((results["status"] == "finished").sum()),
+        "baseline": _run_numbers(base), "final": _run_numbers(final),
+        "final_stage": final["stage"] if "stage" in final.index else "baseline",
+        "ratio": float(final["final_val_loss"] / base["final_val_loss"]),
+        # the same ratio on the loss that scores every validation token (the official spans score a
+        # different share of the text under different tokenizers)
+        "ratio_full_coverage": _py(pd.to_numeric(final.get("full_val_bpc"), errors="coerce")
+                                   / pd.to_numeric(base.get("full_val_bpc"), errors="coerce")),
+        "ratio_provisional": bool(provisional),
+        "baseline_device": base["device"], "final_device": final["device"],
+        "pending_baseline": _pending_baseline(results, final["device"]) if provisional else None,
+        "time_to_baseline_s": time_to_quality(final["dir"], base["final_val_loss"]),
+        "seeds": seed_info,
+        "formatted": {"baseline_loss": fmt_loss(base["final_val_loss"]), "final_loss": fmt_loss(final["final_val_loss"]),
+                      "ratio": fmt_ratio(final["final_val_loss"] / base["final_val_loss"]),
+                      "baseline_bpc": fmt_bpc(base["full_val_bpc"]), "final_bpc": fmt_bpc(final["full_val_bpc"])},
+    }
+    (out / "summary.md").write_text(_summary_md(numbers, final, base) + _provisional_md(numbers, results)
+                                    + _baselines_md(numbers, results))
+    (out / "setup.md").write_text(_setup_md(results, base, profile))
+    note = PROXY_NOTE[profile] or (f"Profile **full**: the Mainrun rules. The single-change studies and the sweeps "
+                                   f"ran on the {proxy} proxy; only the kept configurations trained at full scale.")
+    (out / "profile.md").write_text(note + "\n")
+    (out / "numbers.json").write_text(json.dumps(numbers, indent=2, default=str) + "\n")
+    return numbers
+
+
+def _run_numbers(row: pd.Series) -> dict[str, Any]:
+    keys = ("run", "hash", "final_val_loss", "full_val_bpc", "n_params", "wall_time_s", "paused_s", "tokens_per_s",
+            "official", "wall_time_raw_s", "tokens_per_s_raw")
+    return {k: _py(row.get(k)) for k in keys}
+
+
+def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
+    """seeds.md (per candidate: mean, std, range) and the permutation p-value between them."""
+    if seeds is None or seeds.empty:
+        (out / "seeds.md").write_text("No seed study has been recorded for this profile.\n")
+        (out / "seeds_test.md").write_text("\n")
+        return {}
+    st = by_point(seeds)
+    table = pd.DataFrame({"candidate": st.index, "seeds": st["seeds"].astype(int),
+                          "mean loss": st["loss_mean"].map(fmt_loss), "std": st["loss_std"].map(fmt_loss),
+                          "min": st["loss_min"].map(fmt_loss), "max": st["loss_max"].map(fmt_loss)})
+    info: dict[str, Any] = {k: {"n": int(r["seeds"]), "mean": _py(r["loss_mean"]), "std": _py(r["loss_std"])}
+                            for k, r in st.iterrows()}
+    text = md_table(table)
+    note = "There are fewer than two candidates with two or more seeds: no test.\n"
+    labels = list(st.index)
+    if len(labels) >= 2:
+        ok = seeds[seeds["status"] == "finished"]
+        a = ok.loc[ok["label"] == labels[0], "final_val_loss"].tolist()
+        b = ok.loc[ok["label"] == labels[1], "final_val_loss"].tolist()
+        p = permutation_p(a, b)
+        info["p_value"] = p
+        if p is not None:
+            note = (f"Exact permutation test of the difference of mean losses, {labels[1]} against {labels[0]} "
+                    f"over their seeds: two-sided p = {p:.2f}.\n")
+    (out / "seeds.md").write_text(text)
+    (out / "seeds_test.md").write_text(note)
+    return info
+
+
+def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: pd.DataFrame | None = None) -> str:
+    """The full-scale studies run on a lent GPU (scripts/gpu_study.py): markdown, plus fig-gpu-curves.png."""
+    from . import plots
+
+    gpu = results[(results.get("device") == "cuda") & (results["status"] == "finished")] if len(results) else results
+    recs = {k: v for k, v in read_studies(profile).items() if k in GPU_STUDIES}
+    if gpu.empty or not recs:
+        return "No run of this profile trained on a GPU.\n"
+    frames = {k: study_frame(v, results) for k, v in recs.items()}
+    hw = sorted(set(gpu["hardware"].dropna()))
+    base = gpu[gpu["is_baseline"]]
+    base_loss = base["final_val_loss"].iloc[0] if len(base) else float("nan")
+    parts = [f"These runs follow the Mainrun rules (100,000 titles, 7 epochs, the 64 x 128 official evaluation in "
+             f"fp32) but trained with bf16 autocast on {'; '.join(hw)}, so they are reported apart from the CPU "
+             f"runs: ratios in this section are to the baseline trained on that GPU "
+             f"(official loss {fmt_loss(base_loss)}). They were run by `scripts/gpu_study.py` in two calls of "
+             f"the lent machine.\n"]
+    lad = frames.get("gpu_ladder")
+    if lad is not None and len(lad):
+        lad = lad[lad["status"] == "finished"].drop_duplicates("label")
+        best = [_best_of_curve(d) for d in lad["hash"].map(lambda h: results.loc[results["hash"] == h, "dir"].iloc[0])]
+        prev = lad["final_val_loss"].shift(1)
+        t = pd.DataFrame({
+            "rung": lad["label"], "official loss": lad["final_val_loss"].map(fmt_loss),
+            "vs previous": ["" if _nan(p) else f"{x / p - 1:+.1%}" for x, p in zip(lad["final_val_loss"], prev)],
+            "ratio": lad["ratio_to_baseline"].map(fmt_ratio), "full bits/char": lad["full_val_bpc"].map(fmt_bpc),
+            "lowest loss (step)": [f"{b:.4f} ({st})" for b, st in best], "params": lad["n_params"].map(fmt_int),
+            "tokens/s": lad["tokens_per_s"].map(fmt_int)})
+        sizes = lad["n_params"].map(_millions)
+        other = [f"{r} {m}" for r, m in zip(lad["label"], sizes) if m != sizes.iloc[0]]
+        parts += [md_table(t, "llrrrrrr"),
+                  f": The seed plan at the original width and depth on the GPU ({sizes.iloc[0]} parameters"
+                  + (f"; {', '.join(other)}" if other else "") + "), each rung the quick "
+                  "proxy's kept configuration. The lowest loss column shows where a run was best before its end. "
+                  "{#tbl-gpu-ladder}\n"]
+    pts = _gpu_small_points(profile, results)
+    if len(pts):
+        stats = pts.groupby("label", sort=False).agg(
+            loss=("final_val_loss", "mean"), std=("final_val_loss", "std"), seeds=("final_val_loss", "size"),
+            bpc=("full_val_bpc", "mean"), params=("n_params", "first"), ratio=("ratio_to_baseline", "mean"))
+        stats = stats.sort_values("loss")
+        t = pd.DataFrame({
+            "model": stats.index,
+            "official loss": stats["loss"].map(fmt_loss),
+            "seed std": [("" if n < 2 else f"{sd:.4f}") for sd, n in zip(stats["std"], stats["seeds"])],
+            "seeds": stats["seeds"].astype(int), "ratio": stats["ratio"].map(fmt_ratio),
+            "full bits/char": stats["bpc"].map(fmt_bpc), "params": stats["params"].map(fmt_int)})
+        parts += [md_table(t, "lrrrrrr"),
+                  ": Small models at full scale on the GPU (d = width, L = layers, v = vocabulary), mean over "
+                  "their seeds. All use the beyond recipe (Epic 3's settings plus Muon, WSD, QK-norm, title mask, "
+                  "untied embeddings; dropout 0.05, or none where marked drop0); the shapes were chosen to fit "
+                  "60 minutes on 2 CPU cores. Across vocabularies read the full bits/char column: the official "
+                  "spans score a different share of the validation text under each tokenizer. {#tbl-gpu-small}\n"]
+    abl = frames.get("gpu_ablate")
+    if abl is not None and len(abl):
+        abl = abl[abl["status"] == "finished"].drop_duplicates("label")
+        ref = abl.iloc[0]
+        t = pd.DataFrame({"change": abl["label"], "official loss": abl["final_val_loss"].map(fmt_loss),
+                          f"vs {ref['label']}": [f"{x / ref['final_val_loss'] - 1:+.2%}" for x in abl["final_val_loss"]],
+                          "full bits/char": abl["full_val_bpc"].map(fmt_bpc), "params": abl["n_params"].map(fmt_int)})
+        parts += [md_table(t, "lrrrr"),
+                  ": One change at a time against the best small model on the GPU. {#tbl-gpu-ablate}\n"]
+    held = proxy_vs_full(profile, results, proxy_results)
+    if len(held):
+        t = pd.DataFrame({"change": held["change"], "proxy": held["proxy"].map(lambda x: f"{x:+.1%}"),
+                          "full scale": held["full"].map(lambda x: f"{x:+.1%}"), "where": held["where"],
+                          "holds": held["holds"].map({True: "yes", False: "no"})})
+        parts += [md_table(t, "lrrll"),
+                  ": Does the quick proxy's ranking hold at full scale? Each change's effect on the official "
+                  "loss on the proxy and at full scale (the ladder's rungs against the previous rung; an ablation "
+                  "of the final configuration read as the change it takes back). It holds where both have the "
+                  "same sign. {#tbl-proxy-vs-full}\n"]
+        if not held["holds"].all():
+            parts.append("Where @tbl-proxy-vs-full says no, a change that helped on the quick proxy did not help at "
+                         "full scale" + (": the lowest-loss column of @tbl-gpu-ladder shows which of those runs were "
+                                         "better before their end than at it (overfitting over 7 epochs)."
+                                         if lad is not None and len(lad) else ".") + "\n")
+    curves = {}
+    if lad is not None and len(lad):
+        for r in lad.itertuples():
+            curves[f"{_millions(r.n_params)} {r.label}"] = read_curve(results.loc[results["hash"] == r.hash, "dir"].iloc[0])
+    if len(pts):
+        top = pts[pts["label"] == stats.index[0]].iloc[0]
+        curves[f"small {top['label']}"] = read_curve(results.loc[results["hash"] == top["hash"], "dir"].iloc[0])
+    if curves:
+        plots.save(plots.validation_curves(curves, title="full scale on the GPU"), out / "fig-gpu-curves.png",
+                   close=True)
+        parts.append("![Validation curves of the GPU runs: the seed plan's ladder at the original size and the best small model, against "
+                     "training tokens and wall time.](_generated/fig-gpu-curves.png){#fig-gpu-curves width=100%}\n")
+    return "\n".join(parts)

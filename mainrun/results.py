@@ -1,0 +1,261 @@
+"""The ledger as tables: queries of stored results only (run folders, study records, the ladder).
+
+`load_results(profile)` is one row per run with its metrics and its ratio to the baseline of its own
+kind of device (`baseline_hash`); `pauses` finds stretches a run spent stopped and the running times
+leave them out; `read_curve` and `read_lr` read a run's log; `read_studies`, `study_frame` and
+`ladder_frame` join study records and the ladder with the runs' results; `planned_schedule` is the LR a
+config will use. Nothing here trains, judges or writes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import ledger
+from .config import Config, make_config
+from .formats import _nan, _py
+from .sweep import read_ladder, studies_dir
+
+
+# ----------------------------------------------------------------------------- loading
+SUMMARY_FIELDS = ("status", "official", "final_val_loss", "full_val_bpc", "full_val_loss", "official_coverage",
+                  "n_params", "wall_time_s", "tokens_per_s", "steps", "max_steps", "val_tokens", "val_chars",
+                  "precision", "started_at", "train_time_s")
+
+
+def _device_and_progress(r: dict) -> dict[str, Any]:
+    """The device a run trained on, and for an unfinished run how far its log got."""
+    s = r["summary"] or {}
+    device = (s.get("hardware") or {}).get("device")
+    out: dict[str, Any] = {}
+    if device is None or s.get("status") is None:
+        out = ledger.log_progress(Path(r["dir"]) / "log.jsonl")
+        device = device or out.pop("device")
+    return {"device": device or r["config"].get("device"), **out}
+
+
+def load_results(profile: str) -> pd.DataFrame:
+    """One row per run of `profile` in its ledger: metrics, ratio to the baseline, and the config fields.
+
+    Ratios are taken against the finished baseline trained on the same kind of device (CPU runs
+    against the CPU baseline, GPU runs against the GPU one). While a device has no finished
+    baseline its runs are compared with another device's, and `ratio_provisional` says so."""
+    rows = []
+    for r in ledger.load_runs(ledger.results_root(profile)):
+        cfg = r["config"]
+        if cfg.get("profile") != profile:
+            continue
+        s = r["summary"] or {}
+        row = {"run": r["dir"].name.rsplit("-", 1)[0], "hash": r["hash"], "dir": str(r["dir"]),
+               **{k: s.get(k) for k in SUMMARY_FIELDS}, "status": r["status"],
+               "hardware": _hardware_text(s.get("hardware"))}
+        row.update({k: v for k, v in _device_and_progress(r).items() if v is not None or k not in row})
+        row.update(_without_pauses(row, r["dir"]) if r["status"] == "finished" else {"paused_s": 0.0})
+        row.update({k: v for k, v in cfg.items() if k not in row and k != "name"})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    refs: dict[str, tuple[str, float]] = {}
+    for dev in df["device"].dropna().unique():
+        base = baseline_hash(df[df["device"] == dev], profile)
+        if base:
+            refs[dev] = (base, df.loc[df["hash"] == base, "final_val_loss"].iloc[0])
+    fallback = refs.get("cpu") or next(iter(refs.values()), None)
+    df["ratio_to_baseline"] = float("nan")
+    df["ratio_reference"] = None
+    df["ratio_provisional"] = False
+    for dev in df["device"].unique():
+        ref = refs.get(dev) or fallback
+        if ref is None:
+            continue
+        mask = df["device"] == dev
+        df.loc[mask, "ratio_to_baseline"] = df.loc[mask, "final_val_loss"] / ref[1]
+        df.loc[mask, "ratio_reference"] = ref[0]
+        df.loc[mask, "ratio_provisional"] = dev not in refs
+    df["is_baseline"] = df["hash"].isin({h for h, _ in refs.values()})
+    return df
+
+
+def _without_pauses(row: dict, run_dir: Path) -> dict[str, Any]:
+    """Wall time and tokens/s of the time a run was running (see `pauses`); the raw figures kept beside."""
+    p = pauses(run_dir)
+    out: dict[str, Any] = {"paused_s": float(p["wall_s"].sum())}
+    wall, tps, train = row.get("wall_time_s"), row.get("tokens_per_s"), row.get("train_time_s")
+    if out["paused_s"] <= 0 or wall is None or _nan(wall):
+        return out
+    out.update(wall_time_raw_s=wall, tokens_per_s_raw=tps, wall_time_s=wall - out["paused_s"])
+    paused_train = float(p["train_s"].sum())
+    if tps is not None and not _nan(tps) and train and not _nan(train) and train - paused_train > 0:
+        out["tokens_per_s"] = tps * train / (train - paused_train)
+    return out
+
+
+def _hardware_text(hw: dict | None) -> str | None:
+    if not hw:
+        return None
+    text = f"{hw.get('gpu') or hw.get('cpu')} ({hw.get('device')}, {hw.get('cpu_count')} CPU cores"
+    return text + f", {hw.get('torch_threads')} torch threads, torch {hw.get('torch_version')})"
+
+
+def _is_baseline(row: pd.Series, profile: str) -> bool:
+    """Whether a run's config is the `baseline` preset of this profile (any precision, the default seed)."""
+    ref = make_config(profile, "baseline", device="cpu", precision="fp32").hash_fields()
+    ref.pop("precision")
+    ref.pop("device", None)
+    extra_seed = row.get("train_seed") not in (None, -1) and not _nan(row.get("train_seed"))
+    return all(row.get(k) == v for k, v in ref.items()) and not extra_seed
+
+
+def baseline_hash(df: pd.DataFrame, profile: str) -> str | None:
+    """The finished run whose config is the `baseline` preset of this profile (any precision)."""
+    done = df[df["status"] == "finished"].sort_values("started_at")
+    return next((row["hash"] for _, row in done.iterrows() if _is_baseline(row, profile)), None)
+
+
+def _pending_baseline(results: pd.DataFrame, device: str) -> dict[str, Any] | None:
+    """The unfinished baseline run on `device` (the one a provisional ratio waits for), if any."""
+    cand = results[(results["device"] == device) & (results["status"] != "finished")]
+    for _, r in cand.iterrows():
+        if _is_baseline(r, r["profile"]):
+            as_int = lambda v: None if _py(v) is None else int(v)
+            return {"run": r["run"], "hash": r["hash"], "last_step": as_int(r.get("last_step")),
+                    "max_steps": as_int(r.get("max_steps")), "last_val_step": as_int(r.get("last_val_step")),
+                    "last_val_loss": _py(r.get("last_val_loss"))}
+    return None
+
+
+PAUSE_GAP_S = 600.0   # no training step or evaluation of these runs takes 10 minutes
+
+
+def pauses(run_dir: str | Path) -> pd.DataFrame:
+    """Stretches a run's process spent stopped (SIGSTOP, so that other runs had the cores), from its log.
+
+    One row per pause: `step` (the training step it followed), `wall_s` (seconds it adds to the run's
+    elapsed time) and `train_s` (the part that fell in a training step rather than an evaluation:
+    train_time_s leaves evaluations out). Between two consecutive training steps the elapsed time
+    holds one step, plus one evaluation where a validation_step follows the first; a step or an
+    evaluation that took over PAUSE_GAP_S counts as paused beyond the run's median step or
+    evaluation time. Time between sessions is not in the elapsed times at all (a resumed run
+    continues from its checkpoint's), so only a live pause shows."""
+    path = Path(run_dir) / "log.jsonl"
+    events = ledger.read_log(path) if path.exists() else []
+    steps = [e for e in events if e.get("event") == "training_step" and "elapsed_time" in e]
+    evals = {e["step"]: e for e in events if e.get("event") == "validation_step" and "timestamp" in e}
+    rows: list[dict[str, Any]] = []
+    if len(steps) < 3:
+        return pd.DataFrame(rows, columns=["step", "wall_s", "train_s"])
+    # an evaluation's duration: from its step's training event to its own event (wall-clock stamps)
+    eval_s = {a["step"]: evals[a["step"]]["timestamp"] - a["timestamp"]
+              for a in steps if a["step"] in evals and "timestamp" in a}
+    gaps = [(a, b["elapsed_time"] - a["elapsed_time"]) for a, b in zip(steps, steps[1:])]
+    typical_step = float(np.median([g - eval_s.get(a["step"], 0.0) for a, g in gaps]))
+    typical_eval = float(np.median(list(eval_s.values()))) if eval_s else 0.0
+    for a, g in gaps:
+        in_eval = eval_s.get(a["step"], 0.0)
+        in_step = g - in_eval
+        eval_pause = in_eval - typical_eval if in_eval > PAUSE_GAP_S else 0.0
+        step_pause = in_step - typical_step if in_step > PAUSE_GAP_S else 0.0
+        if eval_pause > 0 or step_pause > 0:
+            rows.append({"step": a["step"], "wall_s": eval_pause + step_pause, "train_s": step_pause})
+    return pd.DataFrame(rows, columns=["step", "wall_s", "train_s"])
+
+
+def paused_time(run_dir: str | Path) -> float:
+    """Seconds a run's process spent stopped in all (see `pauses`)."""
+    return float(pauses(run_dir)["wall_s"].sum())
+
+
+def read_curve(run_dir: str | Path) -> pd.DataFrame:
+    """Validation events of a run: step, official loss, elapsed seconds, training tokens seen."""
+    run_dir = Path(run_dir)
+    cfg = ledger.read_json(run_dir / "config.json")["config"]
+    per_step = cfg["batch_size"] * cfg["grad_accum"] * cfg["block_size"]
+    ev = [e for e in ledger.read_log(run_dir / "log.jsonl") if e.get("event") == "validation_step"]
+    df = pd.DataFrame(ev, columns=["step", "loss", "elapsed_time"])
+    df["tokens"] = df["step"] * per_step
+    # running time: a stretch the process spent stopped before an evaluation is left out
+    p = pauses(run_dir)
+    df["elapsed_time"] = df["elapsed_time"] - [p.loc[p["step"] < st, "wall_s"].sum() for st in df["step"]]
+    return df
+
+
+def _best_of_curve(run_dir: str | Path) -> tuple[float, int]:
+    c = read_curve(run_dir)
+    i = c["loss"].idxmin()
+    return float(c.loc[i, "loss"]), int(c.loc[i, "step"])
+
+
+def read_lr(run_dir: str | Path) -> pd.DataFrame:
+    """The learning rate the run actually used at each optimizer step (from its log)."""
+    ev = [e for e in ledger.read_log(Path(run_dir) / "log.jsonl") if e.get("event") == "training_step"]
+    return pd.DataFrame(ev, columns=["step", "lr", "max_steps"])
+
+
+def read_studies(profile: str) -> dict[str, dict]:
+    """{study name: record} of every study recorded for the profile."""
+    d = studies_dir(profile)
+    out = {}
+    for p in sorted(d.glob("*.json")) if d.exists() else []:
+        if p.name != "ladder.json":
+            out[p.stem] = ledger.read_json(p)
+    return out
+
+
+def study_frame(record: dict, results: pd.DataFrame) -> pd.DataFrame:
+    """A study's rows joined with the runs' results (one row per point and seed)."""
+    rows = pd.DataFrame(record["rows"])
+    keep = ["hash", "run", "status", "final_val_loss", "full_val_bpc", "full_val_loss", "official_coverage",
+            "ratio_to_baseline", "n_params", "tokens_per_s", "wall_time_s"]
+    return rows.merge(results[keep], on="hash", how="left")
+
+
+def ladder_frame(profile: str, results: pd.DataFrame) -> pd.DataFrame:
+    """The ladder's stages in order, each joined with its run's results."""
+    stages = pd.DataFrame(read_ladder(profile), columns=["stage", "hash", "label", "note"])
+    return stages.merge(results, on="hash", how="left")
+
+
+def _gpu_small_points(profile: str, results: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs of the GPU's small-model studies, each once (a reference point is recorded in two)."""
+    recs = read_studies(profile)
+    small = [study_frame(recs[k], results).assign(study=k) for k in ("gpu_small", "gpu_final", "gpu_seeds")
+             if k in recs]
+    if not small:
+        return pd.DataFrame()
+    pts = pd.concat(small, ignore_index=True)
+    return pts[pts["status"] == "finished"].drop_duplicates("hash")
+
+
+# ----------------------------------------------------------------------------- notebook helpers
+def run_dir(profile: str, run_hash: str) -> Path:
+    d = ledger.find_run(ledger.results_root(profile), run_hash)
+    if d is None:
+        raise FileNotFoundError(f"run {run_hash} is not in the {profile} ledger ({ledger.results_root(profile)})")
+    return d
+
+
+def curves_of(profile: str, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """{label: validation curve} for the finished points of a study frame (first seed of each)."""
+    ok = frame[frame["status"] == "finished"].drop_duplicates("label")
+    return {r.label: read_curve(run_dir(profile, r.hash)) for r in ok.itertuples()}
+
+
+def optimizer_steps(cfg: Config) -> int:
+    """Optimizer steps of a run, as the trainer counts them (whole micro-batches per epoch)."""
+    from .data import prepare
+
+    micro = len(prepare(cfg).train_ids) // (cfg.block_size * cfg.batch_size)
+    return cfg.epochs * (micro // cfg.grad_accum)
+
+
+def planned_schedule(cfg: Config, total_steps: int | None = None) -> pd.DataFrame:
+    """The LR a config will use at each optimizer step (the pure schedule, before training)."""
+    from .optim import lr_multiplier, peak_lr
+
+    total = total_steps or optimizer_steps(cfg)
+    lrs = [peak_lr(cfg) * lr_multiplier(cfg, s, total) for s in range(total)]
+    return pd.DataFrame({"step": range(1, total + 1), "lr": lrs, "max_steps": total})
