@@ -46,6 +46,8 @@ class Config:
     d_model: int = 512
     block_size: int = 128               # training context; must be >= 128 (the official eval block)
     dropout: float = 0.1
+    attn_dropout: float = -1.0          # dropout on attention probabilities; -1 = dropout (the original). 0 lets
+                                        # SDPA take its fused CPU kernel instead of materialising T x T masks
     rdrop: float = 0.0                  # R-Drop: two dropout passes per batch, their mean cross-entropy plus
                                         # rdrop x their symmetric KL per token; 0 disables (needs dropout > 0).
                                         # The paper sums the two cross-entropies: rdrop = its alpha / 2
@@ -124,7 +126,8 @@ NOT_HASHED = ("name", "profile", "preset", "data", "checkpoint_every")
 # project's machines); for them the device is left out of the hash, so their hashes stay valid. Any other
 # pair (bf16 on a CPU, fp32 on a GPU) hashes its device.
 UNHASHED_EXECUTION = {("cpu", "fp32"), ("cuda", "bf16")}
-HASH_OMIT_IF = {"train_seed": -1, "eval_precision": "fp32", "muon_ns": "bf16", "tokenizer": "bpe", "rdrop": 0.0}
+HASH_OMIT_IF = {"train_seed": -1, "eval_precision": "fp32", "muon_ns": "bf16", "tokenizer": "bpe", "rdrop": 0.0,
+                "attn_dropout": -1.0}
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "profile": ("smoke", "quick", "full"),
@@ -244,6 +247,8 @@ def validate(cfg: Config) -> Config:
                           f"the official evaluation always runs at {EVAL_BATCH} x {EVAL_BLOCK}")
     if not 0.0 < cfg.val_frac < 1.0:
         raise ConfigError(f"val_frac={cfg.val_frac} must be strictly between 0 and 1")
+    if not (cfg.attn_dropout == -1.0 or 0.0 <= cfg.attn_dropout < 1.0):
+        raise ConfigError(f"attn_dropout={cfg.attn_dropout} must be -1 (the same as dropout) or in [0, 1)")
     for name in ("dropout", "warmup_frac", "min_lr_frac", "decay_frac", "ema"):
         v = getattr(cfg, name)
         top = 1.0 if name in ("min_lr_frac", "decay_frac") else None

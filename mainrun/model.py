@@ -29,6 +29,7 @@ class GPTConfig:
     mlp: str = "gelu"
     tie_embeddings: bool = True
     qk_norm: bool = False
+    attn_dropout: float = -1.0          # dropout on the attention probabilities; -1 = `dropout`
 
 
 NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
@@ -55,7 +56,8 @@ class CausalSelfAttention(nn.Module):
         assert cfg.d_model % cfg.n_head == 0
         self.n_head = cfg.n_head
         self.head_dim = cfg.d_model // cfg.n_head
-        self.dropout = cfg.dropout
+        # with no dropout on the attention probabilities, SDPA can take its fused (flash) CPU kernel
+        self.dropout = cfg.dropout if cfg.attn_dropout < 0 else cfg.attn_dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.resid_drop = nn.Dropout(cfg.dropout)

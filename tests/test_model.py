@@ -99,3 +99,25 @@ def test_title_mask_blocks_attention_across_titles():
         la, lb = m(x)[0], m(y)[0]
     assert torch.allclose(la[0, 41:], lb[0, 41:], atol=1e-5)    # the second title does not see it
     assert not torch.allclose(la[0, :40], lb[0, :40])
+
+
+def test_attn_dropout_separates_attention_from_residual_dropout():
+    """attn_dropout=0 leaves the residual dropout on but makes attention deterministic in training (SDPA's
+    fused path); -1 (the default) keeps the original's dropout on the attention probabilities and its hash."""
+    from mainrun.config import run_hash
+    from mainrun.train import build_model
+    cfg = make_config("smoke", dropout=0.5)
+    assert "attn_dropout" not in cfg.hash_fields()
+    off = make_config("smoke", dropout=0.5, attn_dropout=0.0)
+    assert run_hash(off, "fp") != run_hash(cfg, "fp")
+    for c, same in ((off, True), (cfg, False)):
+        attn = build_model(c, 512).blocks[0].attn.train()
+        x = torch.randn(2, 16, c.d_model)
+        attn.resid_drop.p = 0.0            # the residual dropout stays on in training; look at attention alone
+        torch.manual_seed(0)
+        a = attn(x)
+        torch.manual_seed(1)
+        b = attn(x)
+        assert torch.equal(a, b) is same
+    with pytest.raises(Exception, match="attn_dropout"):
+        make_config("smoke", attn_dropout=1.5)
