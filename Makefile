@@ -22,8 +22,12 @@ venv: $(VENV)/.installed
 test: venv
 	$(PY) -m pytest -q
 
+# Training speed of the final configuration on this CPU, in the precision `auto` picks here (fp32 on AVX2-only
+# CPUs, bf16 where native): ours vs the original-style step, the matmul rates, the committed run's
+# time-to-quality -> results/bench/cpu-<preset>-<precision>.json. BENCH_PRESET=baseline times the 27.2M model.
+BENCH_PRESET ?= final
 bench: venv
-	$(PY) -m mainrun bench
+	$(PY) -m mainrun bench --profile full --preset $(BENCH_PRESET) --set device=cpu --reps 5 --ops
 
 # ---- the workbook: notebooks 01-05 headless (papermill), then the report
 NOTEBOOKS := 01_baseline 02_optimizer 03_architecture 04_sweeps 05_analysis

@@ -260,6 +260,7 @@ def main(args) -> int:
     cfg = make_config(args.profile, args.preset, **parse_overrides(args.set or []))
     if args.threads:
         torch.set_num_threads(args.threads)
-    r = run_bench(cfg, reps=args.reps, label=args.label, ops=args.ops, reference=not args.no_reference)
+    label = args.label or f"{args.preset}-{resolve_precision(cfg.precision, resolve_device(cfg.device))}"
+    r = run_bench(cfg, reps=args.reps, label=label, ops=args.ops, reference=not args.no_reference)
     print(format_table(r))
     return 0

@@ -4,6 +4,7 @@
     python -m mainrun eval RUN --data titles.parquet
     python -m mainrun list
     python -m mainrun bench
+    python -m mainrun sweep spec.yaml --profile quick --study lr --workers 2
     python -m mainrun report --profile full
 """
 from __future__ import annotations
@@ -17,19 +18,52 @@ from .config import PRESETS, PROFILES, ConfigError, make_config, parse_overrides
 from .data import DataError
 
 
+MIN_HASH_PREFIX = 4  # shorter hex strings are not taken as hash prefixes
+
+
 def _find_run_dir(spec: str) -> Path:
-    """A run folder given as a path, a folder name, or its hash."""
+    """A run folder, named the way `train` names runs: a run's name (`--set name=...`, else
+    profile-preset), its folder name `<name>-<hash>`, its hash or a unique prefix of it (4+ characters),
+    or a path to the folder. Searches the ledgers of every profile (results/ and smoke's temporary one).
+
+    In that order: the first kind of match that finds anything decides; several runs found by it are
+    an error that lists them, and nothing found at all lists the closest names."""
+    import difflib
+
     from . import ledger
 
-    p = Path(spec)
+    p = Path(spec).expanduser()
     if (p / "config.json").exists():
         return p
-    for profile in ("full", "smoke"):
-        runs = ledger.results_root(profile) / "runs"
-        hits = [d for d in runs.glob("*") if d.name == spec or d.name.endswith("-" + spec)]
+    roots = list(dict.fromkeys(ledger.results_root(profile) for profile in PROFILES))
+    runs = []  # (folder, name, hash)
+    for root in roots:
+        for d in sorted((root / "runs").glob("*-*")):
+            meta = ledger.read_json(d / "config.json")
+            if meta is None:
+                continue
+            h = meta.get("hash") or d.name.rsplit("-", 1)[1]
+            name = d.name[: -len(h) - 1] if d.name.endswith("-" + h) else d.name
+            runs.append((d, name, h))
+    is_prefix = len(spec) >= MIN_HASH_PREFIX and all(ch in "0123456789abcdef" for ch in spec.lower())
+    for kind, match in (("folder name", lambda d, n, h: d.name == spec),
+                        ("hash", lambda d, n, h: h == spec),
+                        ("name", lambda d, n, h: n == spec),
+                        ("hash prefix", lambda d, n, h: is_prefix and h.startswith(spec.lower()))):
+        hits = [d for d, n, h in runs if match(d, n, h)]
         if len(hits) == 1:
             return hits[0]
-    raise SystemExit(f"error: no run folder, name or hash matches {spec!r}; see `python -m mainrun list`")
+        if hits:
+            listed = "\n".join(f"  {d.name}    ({ledger.display_path(d)})" for d in hits)
+            raise SystemExit(f"error: {len(hits)} runs have the {kind} {spec!r}:\n{listed}\n"
+                             f"name one of them by its folder name or hash")
+    names = sorted({d.name for d, _, _ in runs} | {n for _, n, _ in runs})
+    close = difflib.get_close_matches(spec, names, n=5, cutoff=0.6)
+    where = ", ".join(ledger.display_path(r) for r in roots)
+    raise SystemExit(f"error: no run matches {spec!r} (a run's name, its folder name <name>-<hash>, its hash or "
+                     f"a prefix of {MIN_HASH_PREFIX}+ characters, or a folder path) in {where}"
+                     + (f"\nclose matches: {', '.join(close)}" if close else "")
+                     + "\nlist the runs with `python -m mainrun list` (add `--profile smoke` for smoke runs)")
 
 
 def cmd_train(args) -> int:
@@ -95,6 +129,9 @@ def cmd_list(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
 
+    if args.sweep:
+        from .packing import main as packing_main
+        return packing_main(args)
     if args.label is None:
         args.label = args.preset if not args.set else "custom"
     return bench_main(args)
@@ -116,6 +153,52 @@ def add_report_command(sub) -> None:
     r.set_defaults(fn=cmd_report)
 
 
+def add_sweep_command(sub) -> None:
+    """`sweep SPEC`: a sweep or search spec (YAML/JSON) run here, one point after another, or on a Dask cluster
+    (mainrun.cluster); the driver writes the ledger and the study record either way."""
+    def cmd_sweep(args) -> int:
+        import time
+
+        import pandas as pd
+        import yaml
+
+        from . import ledger
+        from .sweep import run_sweep, studies_dir
+
+        spec = yaml.safe_load(Path(args.spec).read_text())   # YAML, or JSON (a subset of YAML)
+        if not isinstance(spec, dict):
+            raise ValueError(f"{args.spec}: a sweep spec is a mapping (base, points, axes, grid, seeds; or search)")
+        t0 = time.time()
+        df = run_sweep(spec, args.profile, args.study, progress=not args.quiet, force=args.force,
+                       cluster=args.scheduler or args.workers or (1 if args.runs_per_gpu else None),
+                       threads_per_run=args.threads_per_run,
+                       runs_per_gpu=args.runs_per_gpu)
+        cols = [c for c in ("label", "seed", "hash", "status", "final_val_loss", "full_val_bpc", "wall_time_s")
+                if c in df.columns]
+        with pd.option_context("display.width", 200):
+            print(df[cols].to_string(index=False))
+        print(f"{len(df)} point(s) in {time.time() - t0:.0f}s; study record: "
+              f"{ledger.display_path(studies_dir(args.profile) / f'{args.study}.json')}")
+        return 0 if len(df) and df["status"].isin(["finished", "pruned"]).all() else 3
+
+    s = sub.add_parser("sweep", help="run a sweep or search spec (YAML/JSON) here or on a Dask cluster")
+    s.add_argument("spec", help="YAML or JSON file: a sweep spec (base, points, axes, grid, seeds) or a search "
+                                "spec (search, base); see README, Scale out")
+    s.add_argument("--profile", default="quick", choices=list(PROFILES))
+    s.add_argument("--study", required=True, help="study name: results/studies/<profile>/<study>.json")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None,
+                       help="a local Dask cluster of N worker processes (neither option: sequential, in-process)")
+    where.add_argument("--scheduler", default=None, help="address of a running `dask scheduler`, tcp://HOST:8786")
+    s.add_argument("--threads-per-run", type=int, default=None, help="torch threads of each run (default 1)")
+    s.add_argument("--runs-per-gpu", type=int, default=None,
+                   help="K runs share a GPU: each task asks for resource GPU=1/K; with no --scheduler, a local "
+                   "cluster of K worker processes per GPU (--workers is then ignored)")
+    s.add_argument("--force", action="store_true", help="train even the points the ledger has")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(fn=cmd_sweep)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mainrun", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", help="evaluate a finished run's final weights on a titles file")
-    e.add_argument("run", help="run folder, folder name or hash")
+    e.add_argument("run", help="the run: its name (as trained: --set name=..., else profile-preset), folder "
+                               "name <name>-<hash>, hash or a unique hash prefix, or its folder's path")
     e.add_argument("--data", required=True, help="titles file (.parquet/.jsonl/.csv with a 'title' column)")
     e.add_argument("--num-titles", type=int, default=0, help="first N titles of the file (0 = all)")
     e.add_argument("--device", default="auto")
@@ -146,8 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--ops", action="store_true", help="also save torch.profiler's top ops for our step")
     b.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch's default)")
     b.add_argument("--no-reference", action="store_true", help="skip the original-style reference step")
+    b.add_argument("--sweep", action="store_true", help="packing benchmark through the Dask engine instead: runs "
+                   "per hour with K runs per GPU, or 1 run x 2 threads against 2 runs x 1 thread on the CPU "
+                   "(mainrun.packing)")
     b.set_defaults(fn=cmd_bench)
     add_report_command(sub)
+    add_sweep_command(sub)
     args = p.parse_args(argv)
     try:
         return args.fn(args)

@@ -8,6 +8,8 @@ A folder without summary.json is a run that is still going or was cut short.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import json
 import os
@@ -25,8 +27,25 @@ from .data import atomic_write_bytes, repo_root
 TERMINAL = ("finished", "diverged", "pruned")
 
 
+# A ledger root for the current thread's task only (a Dask worker trains into a temporary ledger of its own,
+# mainrun.cluster); it wins over MAINRUN_RESULTS without touching the process environment.
+_ROOT_OVERRIDE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("mainrun_results", default=None)
+
+
+@contextlib.contextmanager
+def results_override(root: Path):
+    """Within the block, results_root() is `root` for every profile (this thread/task only)."""
+    token = _ROOT_OVERRIDE.set(Path(root))
+    try:
+        yield
+    finally:
+        _ROOT_OVERRIDE.reset(token)
+
+
 def results_root(profile: str) -> Path:
     """$MAINRUN_RESULTS, else results/ in the repo; smoke runs go to a temporary ledger."""
+    if _ROOT_OVERRIDE.get() is not None:
+        return _ROOT_OVERRIDE.get()
     if os.environ.get("MAINRUN_RESULTS"):
         return Path(os.environ["MAINRUN_RESULTS"])
     if profile == "smoke":

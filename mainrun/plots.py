@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 # one colour per curve, stable across figures
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -134,3 +135,46 @@ def _seed_panel(ax, seeds: pd.DataFrame) -> None:
     ax.set_xticks(range(len(labels)), labels)
     ax.set_xlim(-0.5, len(labels) - 0.5)
     ax.set_xlabel("final candidates over seeds")
+
+
+def search_history(history: pd.DataFrame, title: str = "") -> Figure:
+    """An adaptive search by trial (search.history): each completed trial's official loss, each pruned trial's
+    loss at the evaluation where it stopped, and the best completed loss so far."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    done = history[history["state"] == "COMPLETE"]
+    pruned = history[history["state"] == "PRUNED"]
+    ax.scatter(done["trial"], done["value"], s=22, color=COLORS[0], zorder=3, label="completed: official loss")
+    if len(pruned):
+        ax.scatter(pruned["trial"], pruned["last_intermediate"], s=28, marker="x", color=COLORS[3], zorder=3,
+                   label="pruned: loss where it stopped")
+    best = history.dropna(subset=["best"])
+    if len(best):
+        ax.step(best["trial"], best["best"], where="post", color="k", lw=1.2, label="best so far")
+    if len(done):
+        lo, hi = done["value"].min(), done["value"].max()
+        pad = max(hi - lo, 1e-3) * 0.6
+        ax.set_ylim(lo - pad * 0.3, hi + pad)      # pruned trials stop early, far above: keep the completed ones readable
+    ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("validation loss (nats/char)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def param_importances(importance: pd.Series, title: str = "") -> Figure:
+    """Parameter importances of a search (search.importances), largest at the top."""
+    fig, ax = plt.subplots(figsize=(6, 0.45 * max(len(importance), 2) + 1.2))
+    imp = importance.sort_values()
+    ax.barh([str(i) for i in imp.index], imp.values, color=COLORS[0])
+    ax.set_xlabel("importance (fraction)")
+    ax.grid(alpha=0.3, axis="x")
+    if imp.empty:
+        ax.text(0.5, 0.5, "too few completed trials", ha="center", va="center", transform=ax.transAxes)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig

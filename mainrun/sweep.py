@@ -116,39 +116,62 @@ SUMMARY_COLUMNS = ("status", "official", "final_val_loss", "full_val_bpc", "n_pa
 
 
 def run_sweep(spec: dict, profile: str, study: str, progress: bool = True, force: bool = False,
-              train: bool = True) -> pd.DataFrame:
+              train: bool = True, cluster=None, threads_per_run: int | None = None,
+              runs_per_gpu: int | None = None) -> pd.DataFrame:
     """Run (or read back) every point of `spec`; record the study; one row per point.
 
     train=False reads the ledger only: points without a finished run get status "missing" or
-    "incomplete" and are not recorded in the study."""
-    from .train import run
+    "incomplete" and are not recorded in the study.
 
+    cluster=None trains here, one point after another. Otherwise the missing points train on a Dask
+    cluster (a number of local worker processes, a scheduler address or a dask Client; mainrun.cluster),
+    with threads_per_run torch threads each and runs_per_gpu runs sharing a GPU; the driver writes the
+    ledger and the study record exactly as here. A spec with a "search" key is an Optuna search
+    (mainrun.search), run the same two ways."""
+    if "search" in spec:
+        from .search import run_search
+        return run_search(spec, profile, study, progress=progress, force=force, train=train, cluster=cluster,
+                          threads_per_run=threads_per_run, runs_per_gpu=runs_per_gpu)
     pairs = build_configs(spec, profile, study)
-    rows = []
-    for i, (p, cfg) in enumerate(pairs, 1):
-        started = datetime.now(timezone.utc).isoformat()
-        t0 = time.time()
-        print(f"[{study} {i}/{len(pairs)}] {p.label}" + (f" seed={p.seed}" if p.seed is not None else ""),
-              flush=True)
-        summary = run(cfg, force=force, progress=progress, train=train)
-        reused = (summary.get("finished_at") or "") < started
-        if summary["status"] in ("missing", "incomplete"):
-            print(f"    -> not in the ledger as a finished run ({summary['status']}"
-                  + (f", step {summary['last_step']} of {summary['max_steps']}" if summary["status"] == "incomplete"
-                     else "") + "); not trained here (train=False). To train it (and resume it if it has a "
-                  f"checkpoint): {cli_command(cfg)}", flush=True)
-        else:
-            print(f"    -> official loss {summary.get('final_val_loss')!s:.8} "
-                  f"({'from the ledger' if reused else f'trained in {time.time() - t0:.0f}s'}), "
-                  f"run {summary['name']}-{summary['hash']}", flush=True)
-        rows.append({"study": study, "label": p.label, "axis": p.axis, "value": p.value,
-                     "seed": cfg.rng_seed, "hash": summary["hash"], "overrides": p.overrides,
-                     **{k: summary.get(k) for k in SUMMARY_COLUMNS}})
+    if cluster is None:
+        rows = [_run_here(study, i, len(pairs), p, cfg, force, progress, train)
+                for i, (p, cfg) in enumerate(pairs, 1)]
+    else:
+        from .cluster import run_sweep_on
+        summaries = run_sweep_on(pairs, study, cluster, force=force, train=train,
+                                 threads_per_run=threads_per_run, runs_per_gpu=runs_per_gpu)
+        rows = [_row(study, p, cfg, summary) for (p, cfg), summary in zip(pairs, summaries)]
     df = pd.DataFrame(rows)
     recorded = [r for r in rows if r["status"] in ledger.TERMINAL]
     if recorded:
         record_study(profile, study, spec, recorded)
     return df
+
+
+def _run_here(study: str, i: int, n: int, p: Point, cfg: Config, force: bool, progress: bool, train: bool) -> dict:
+    """One point trained (or read back) in this process; its row."""
+    from .train import run
+
+    started = datetime.now(timezone.utc).isoformat()
+    t0 = time.time()
+    print(f"[{study} {i}/{n}] {p.label}" + (f" seed={p.seed}" if p.seed is not None else ""), flush=True)
+    summary = run(cfg, force=force, progress=progress, train=train)
+    reused = (summary.get("finished_at") or "") < started
+    if summary["status"] in ("missing", "incomplete"):
+        print(f"    -> not in the ledger as a finished run ({summary['status']}"
+              + (f", step {summary['last_step']} of {summary['max_steps']}" if summary["status"] == "incomplete"
+                 else "") + "); not trained here (train=False). To train it (and resume it if it has a "
+              f"checkpoint): {cli_command(cfg)}", flush=True)
+    else:
+        print(f"    -> official loss {summary.get('final_val_loss')!s:.8} "
+              f"({'from the ledger' if reused else f'trained in {time.time() - t0:.0f}s'}), "
+              f"run {summary['name']}-{summary['hash']}", flush=True)
+    return _row(study, p, cfg, summary)
+
+
+def _row(study: str, p: Point, cfg: Config, summary: dict) -> dict:
+    return {"study": study, "label": p.label, "axis": p.axis, "value": p.value, "seed": cfg.rng_seed,
+            "hash": summary["hash"], "overrides": p.overrides, **{k: summary.get(k) for k in SUMMARY_COLUMNS}}
 
 
 # ----------------------------------------------------------------------------- records
@@ -209,11 +232,12 @@ def stage_overrides(profile: str, stage: str, fallback_preset: str = "baseline")
 
 
 def confirm(profile: str, before: str, changes: dict[str, Any], study: str, fallback_preset: str,
-            train: bool = True) -> pd.DataFrame:
+            train: bool = True, cluster=None) -> pd.DataFrame:
     """Run the ladder stage `before` and `before` + `changes` at `profile` (the kept proxy result at full
     scale); one row each, the first being the stage before (usually read back from the ledger)."""
     base = stage_overrides(profile, before, fallback_preset)
-    return run_sweep({"base": base, "points": {before: {}, "kept": dict(changes)}}, profile, study, train=train)
+    return run_sweep({"base": base, "points": {before: {}, "kept": dict(changes)}}, profile, study, train=train,
+                     cluster=cluster)
 
 
 # ----------------------------------------------------------------------------- choosing
@@ -277,7 +301,7 @@ def joint_best(df: pd.DataFrame) -> dict[str, Any]:
 
 
 def extend_edges(df: pd.DataFrame, base: dict, profile: str, study: str, axis: str = "lr",
-                 rounds: int = 2, progress: bool = True) -> pd.DataFrame:
+                 rounds: int = 2, progress: bool = True, cluster=None) -> pd.DataFrame:
     """While the best value of `axis` sits on the edge of its grid, run one value beyond it."""
     for _ in range(rounds):
         pts = by_point(df[df["axis"] == axis])
@@ -285,8 +309,8 @@ def extend_edges(df: pd.DataFrame, base: dict, profile: str, study: str, axis: s
         if not more:
             break
         print(f"best {axis} is on the edge of the grid: adding {more}")
-        df = pd.concat([df, run_sweep({"base": base, "axes": {axis: more}}, profile, study, progress)],
-                       ignore_index=True)
+        df = pd.concat([df, run_sweep({"base": base, "axes": {axis: more}}, profile, study, progress,
+                                      cluster=cluster)], ignore_index=True)
     return df
 
 

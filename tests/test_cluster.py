@@ -30,6 +30,11 @@ SEARCH = {"search": {"space": {"lr": {"log_uniform": [1e-3, 3e-2]}, "dropout": {
           "base": {"batch_size": 32, "evals_per_epoch": 3}}
 
 
+@pytest.fixture(autouse=True)
+def bounded_waits(monkeypatch):
+    monkeypatch.setattr(cluster, "TIMEOUT", TIMEOUT)
+
+
 @pytest.fixture(scope="module")
 def worker_env(tmp_path_factory):
     """The workers' own environment: no usable MAINRUN_DATA (the titles must come through the cluster), their
@@ -41,10 +46,10 @@ def worker_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(worker_env):
-    from distributed import Client, LocalCluster
+    """A LocalCluster of 2 worker processes, 1 thread each, no dashboard (cluster.local_cluster)."""
+    from distributed import Client
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.CRITICAL, env=worker_env) as lc, Client(lc) as c:
+    with cluster.local_cluster(2, env=worker_env, silence_logs=logging.CRITICAL) as lc, Client(lc) as c:
         c.wait_for_workers(2, timeout=60)
         yield c
 
@@ -71,7 +76,7 @@ def test_cluster_sweep_matches_sequential(client, tmp_path, monkeypatch):
                 == json.loads((tmp_path / "clu" / "runs" / name / "config.json").read_text()))
     study = Path("studies") / "smoke" / "eq.json"
     assert (tmp_path / "seq" / study).read_text() == (tmp_path / "clu" / study).read_text()
-    assert not list((tmp_path / "clu" / ".incoming").iterdir())          # no half folder left behind
+    assert not (tmp_path / "clu" / ".incoming").exists()                  # no half folder left behind
 
     # a driver started again sends out nothing: every point is in the ledger by hash (an unreachable scheduler
     # address proves no connection is even made)
@@ -138,10 +143,12 @@ def test_interrupted_search_resumes_without_rerunning_trials(client, tmp_path):
     record = ledger.read_json(sweep.studies_dir("smoke") / "srch.json")
     assert [r["label"] for r in record["rows"]] == ["t0", "t1", "t2", "t3"]
 
-    # complete: asked again (even with a scheduler that cannot be reached) it trains and connects to nothing
-    told.clear()
+    # complete: asked again (even with a scheduler that cannot be reached) it trains, connects to and writes nothing
+    journal, study_record = storage.read_bytes(), (sweep.studies_dir("smoke") / "srch.json").read_bytes()
     again = sweep.run_sweep(SEARCH, "smoke", "srch", cluster="tcp://127.0.0.1:9", progress=False)
-    assert told == [] and again["value"].equals(df["value"])
+    assert again["value"].equals(df["value"]) and _summaries(tmp_path / "results") == after
+    assert storage.read_bytes() == journal
+    assert (sweep.studies_dir("smoke") / "srch.json").read_bytes() == study_record
     # storage lost: the search asks for the same trials (seeded per trial) and tells each from the ledger by hash
     shutil.move(storage, tmp_path / "old.optuna.jsonl")
     rebuilt = search.run_search(SEARCH, "smoke", "srch", cluster=None, progress=False)
@@ -216,15 +223,24 @@ def test_search_spec_is_checked():
 def test_gpu_packing_path_runs_on_cpu(tmp_path):
     """The GPU packing benchmark's code path (K worker processes per GPU holding GPU=1/K, tasks asking for
     it), with smoke runs on the CPU standing in for the device."""
-    r = packing.gpu_packing(ks=(1, 2), n_runs=2, profile="smoke", preset="baseline", device="cpu",
+    r = packing.gpu_packing(ks=(2,), n_runs=2, profile="smoke", preset="baseline", device="cpu",
                             precision="fp32", gpus=1, overrides={"batch_size": 32}, out_dir=tmp_path,
                             name="packing-test")
-    assert [lv["workers"] for lv in r["levels"]] == [1, 2]
-    for lv in r["levels"]:
-        assert lv["statuses"] == ["finished", "finished"] and lv["runs_per_hour"] > 0
-    assert r["losses"]["levels"]["k2"]["max_abs_diff_vs_reference"] == 0.0    # packing changes no result
+    [lv] = r["levels"]
+    assert lv["workers"] == 2 and lv["runs_per_gpu"] == 2
+    assert lv["statuses"] == ["finished", "finished"] and lv["runs_per_hour"] > 0
+    assert r["losses"]["levels"]["k2"]["max_abs_diff_vs_reference"] == 0.0
     assert json.loads((tmp_path / "packing-test.json").read_text())["kind"] == "gpu"
     assert "k2" in packing.format_table(r)
+
+
+def test_packing_losses_are_compared_with_the_seed_spread():
+    k1 = {"tag": "k1", "final_val_loss": [1.50, 1.52, 1.54]}
+    k4 = {"tag": "k4", "final_val_loss": [1.50, 1.53, None]}
+    out = packing.compare_losses([k1, k4])
+    assert out["seed_std_reference"] == pytest.approx(0.02)
+    assert out["levels"]["k4"]["max_abs_diff_vs_reference"] == pytest.approx(0.01)
+    assert out["levels"]["k4"]["within_seed_spread"] is True
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(),
