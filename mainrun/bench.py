@@ -13,6 +13,7 @@ attention-score FLOPs are not counted. Medians over timed steps after warm-up.
 from __future__ import annotations
 
 import json
+import re
 import resource
 import statistics
 import time
@@ -260,7 +261,9 @@ def main(args) -> int:
     cfg = make_config(args.profile, args.preset, **parse_overrides(args.set or []))
     if args.threads:
         torch.set_num_threads(args.threads)
-    label = args.label or f"{args.preset}-{resolve_precision(cfg.precision, resolve_device(cfg.device))}"
+    # default label: preset, resolved precision, and any override other than the device (cpu-final-fp32.json)
+    sets = [re.sub(r"[^A-Za-z0-9.]+", "", s) for s in args.set or [] if not s.startswith("device=")]
+    label = args.label or "-".join([args.preset, resolve_precision(cfg.precision, resolve_device(cfg.device)), *sets])
     r = run_bench(cfg, reps=args.reps, label=label, ops=args.ops, reference=not args.no_reference)
     print(format_table(r))
     return 0

@@ -132,8 +132,6 @@ def cmd_bench(args) -> int:
     if args.sweep:
         from .packing import main as packing_main
         return packing_main(args)
-    if args.label is None:
-        args.label = args.preset if not args.set else "custom"
     return bench_main(args)
 
 
