@@ -91,6 +91,7 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
         "ratio": cov["ratio"].map(lambda x: f"{x:.3f}")})))
     seed_info = _seeds_section(seed_table, out)
     (out / "gpu.md").write_text(gpu_section(profile, results, out, proxy_results))
+    (out / "search.md").write_text(search_section(proxy, studies, out))
     # each finding is judged against the seed spread of its own scale: the proxy's base candidate, or the
     # final configuration's seeds at full scale
     found = findings(profile, results)
@@ -261,3 +262,36 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
         parts.append("![Validation curves of the GPU runs: the seed plan's ladder at the original size and the best small model, against "
                      "training tokens and wall time.](_generated/fig-gpu-curves.png){#fig-gpu-curves width=100%}\n")
     return "\n".join(parts)
+
+
+def search_section(proxy: str, studies: dict[str, pd.DataFrame], out: Path) -> str:
+    """The adaptive search of notebook 04 (Optuna TPE on the proxy), read from its storage and the ledger:
+    a paragraph, the best trials as a table, and fig-search.png. Empty when no search was recorded."""
+    from . import plots, search
+
+    name = next((k for k, f in studies.items() if (f["axis"] == "search").any()), None)
+    if name is None or not search.storage_path(proxy, name).exists():
+        return ""
+    hist = search.history(proxy, name)
+    done = hist[hist["state"] == "COMPLETE"].sort_values("value")
+    if done.empty:
+        return ""
+    plots.save(plots.search_history(hist, title=f"{proxy}: TPE search"), out / "fig-search.png", close=True)
+    ref = studies.get("04_beyond")
+    epic3 = by_point(ref).loc["epic3", "loss_mean"] if ref is not None and "epic3" in set(ref["label"]) else None
+    params = [c for c in hist.columns if c.startswith("param_")]
+    top = done.head(5)
+    t = pd.DataFrame({"trial": top["label"], "official loss": top["value"].map(fmt_loss),
+                      **{c[len("param_"):]: top[c].map(lambda v: f"{v:.3g}" if isinstance(v, float) else str(v))
+                         for c in params}})
+    n = hist["state"].value_counts()
+    text = (f"A seeded TPE search (Optuna, ask/tell; `{name}`, notebook 04) varied {', '.join(c[len('param_'):] for c in params)} "
+            f"together on the {proxy} proxy: {len(hist)} trials, {int(n.get('COMPLETE', 0))} completed and "
+            f"{int(n.get('PRUNED', 0))} pruned at an evaluation by the median rule. The best, "
+            f"{top['label'].iloc[0]}, reached {fmt_loss(top['value'].iloc[0])}"
+            + (f" against {fmt_loss(epic3)} for the Epic 3 stage on the same proxy ({top['value'].iloc[0] / epic3 - 1:+.1%})"
+               if epic3 else "") + ". Each trial changes several settings at once, so the search is reported here and "
+            "not among the one-change findings; it is a proxy result, not yet tried at full scale.\n")
+    return "\n".join([text, md_table(t), ": The five best completed trials of the proxy search (official loss). "
+                       "{#tbl-search}\n", f"![The proxy search: each trial's official loss and the best so far.]"
+                       f"(_generated/fig-search.png){{#fig-search width=80%}}\n"])

@@ -85,8 +85,9 @@ def findings(profile: str, results: pd.DataFrame) -> pd.DataFrame:
     recorded the change is "not judged"."""
     rows = []
     for name, rec in read_studies(profile).items():
-        if name in ("gpu_ladder", "gpu_seeds"):
-            continue  # a ladder (each rung against the previous) and repeats: shown as tables, not as findings
+        if name in ("gpu_ladder", "gpu_seeds") or any(r.get("axis") == "search" for r in rec["rows"]):
+            continue  # a ladder (each rung against the previous), repeats and searches (each trial changes
+                      # several settings at once): shown as tables and plots, not as one-change findings
         frame = study_frame(rec, results)
         ref_label = rec["rows"][0]["label"] if rec["rows"] else None
         stats = by_point(frame)
