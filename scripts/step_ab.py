@@ -1,0 +1,86 @@
+"""Interleaved A/B timing of training-step variants of one preset, in one process.
+
+    python scripts/step_ab.py --preset final --reps 5 eager= attn0=attn_dropout=0 compile=compile=true \
+        compile_attn0=compile=true,attn_dropout=0 --out results/bench/cpu-final-ab.json
+
+Each variant is NAME=OVERRIDES (comma-separated NAME=VALUE config overrides, empty for the preset as is).
+The variants are built and warmed up first (a compiled one compiles then), then timed round-robin, one
+step of each per round, so a slow patch of a shared machine hits every variant alike. Reports the median
+s/step per variant and its ratio to the first. Steps on random tokens, as `mainrun bench`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from mainrun.config import make_config, parse_overrides
+from mainrun.ledger import hardware
+from mainrun.optim import build_optimizers
+from mainrun.train import build_model, resolve_execution
+
+
+def make_step(cfg):
+    model = build_model(cfg, cfg.vocab_size)
+    opts = build_optimizers(cfg, model, "cpu")
+    fwd = torch.compile(model) if cfg.compile else model
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size), generator=g)
+    y = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size), generator=g)
+
+    def step() -> float:
+        _, loss = fwd(x, y)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        for o in opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
+        return loss.item()
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("variants", nargs="+", help="NAME=OVERRIDES, e.g. attn0=attn_dropout=0")
+    ap.add_argument("--preset", default="final")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    steps, warm, configs = {}, {}, {}
+    for v in args.variants:
+        name, _, ov = v.partition("=")
+        overrides = parse_overrides([s for s in ov.split(",") if s])
+        cfg = resolve_execution(make_config("full", args.preset, device="cpu", **overrides))
+        configs[name] = overrides
+        steps[name] = make_step(cfg)
+        t = time.perf_counter()
+        steps[name]()
+        steps[name]()
+        warm[name] = time.perf_counter() - t
+        print(f"{name}: built and warmed up in {warm[name]:.1f} s", flush=True)
+    times = {n: [] for n in steps}
+    for _ in range(args.reps):
+        for n, f in steps.items():
+            t = time.perf_counter()
+            f()
+            times[n].append(time.perf_counter() - t)
+    first = statistics.median(next(iter(times.values())))
+    rows = {n: {"overrides": configs[n], "s_per_step": statistics.median(ts), "times": ts,
+                "vs_first": statistics.median(ts) / first, "warmup_s": warm[n]} for n, ts in times.items()}
+    for n, r in rows.items():
+        print(f"{n:16s} {r['s_per_step']:.3f} s/step  {r['vs_first']:.2f}x of {next(iter(rows))}  "
+              f"({', '.join(f'{x:.2f}' for x in r['times'])})")
+    if args.out:
+        args.out.write_text(json.dumps({"preset": args.preset, "reps": args.reps, "rows": rows,
+                                        "host": hardware("cpu"), "threads": torch.get_num_threads(),
+                                        "measured_at": datetime.now(timezone.utc).isoformat()}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
