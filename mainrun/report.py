@@ -11,6 +11,7 @@ labels, `@fig-` cross-references, a typst header file.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -58,7 +59,19 @@ def expand_includes(text: str, base: Path, depth: int = 0) -> str:
                        text)
 
 
-def render_pandoc_typst(qmd: Path, pdf: Path) -> Path:
+def ledger_timestamp(profile: str) -> int | None:
+    """The PDF's creation date: the newest `finished_at` of the profile's runs (SOURCE_DATE_EPOCH wins if
+    set), so rendering the same ledger twice gives the same bytes on any machine."""
+    from datetime import datetime
+
+    if os.environ.get("SOURCE_DATE_EPOCH"):
+        return int(os.environ["SOURCE_DATE_EPOCH"])
+    stamps = [r["summary"]["finished_at"] for r in ledger.load_runs(ledger.results_root(profile))
+              if r["summary"] and r["summary"].get("finished_at")]
+    return int(datetime.fromisoformat(max(stamps)).timestamp()) if stamps else None
+
+
+def render_pandoc_typst(qmd: Path, pdf: Path, timestamp: int | None = None) -> Path:
     import pypandoc
     import typst
 
@@ -69,12 +82,13 @@ def render_pandoc_typst(qmd: Path, pdf: Path) -> Path:
     typ_path = qmd.with_suffix(".typ")
     typ_path.write_text(typ)
     pdf.parent.mkdir(parents=True, exist_ok=True)
-    typst.compile(str(typ_path), output=str(pdf), root=str(qmd.parent))
+    typst.compile(str(typ_path), output=str(pdf), root=str(qmd.parent), timestamp=timestamp)
     return pdf
 
 
-def render_quarto(qmd: Path, pdf: Path) -> Path:
-    subprocess.run(["quarto", "render", str(qmd), "--to", "typst"], cwd=repo_root(), check=True)
+def render_quarto(qmd: Path, pdf: Path, timestamp: int | None = None) -> Path:
+    env = {**os.environ, **({"SOURCE_DATE_EPOCH": str(timestamp)} if timestamp is not None else {})}
+    subprocess.run(["quarto", "render", str(qmd), "--to", "typst"], cwd=repo_root(), check=True, env=env)
     pdf.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(qmd.with_suffix(".pdf")), pdf)
     return pdf
@@ -97,4 +111,4 @@ def render(profile: str, output: Path | None = None, engine: str = "auto") -> Pa
     stage_inputs(profile, name)
     qmd = report_dir() / "report.qmd"
     pdf = Path(output) if output else output_path(profile)
-    return (render_quarto if name == "quarto" else render_pandoc_typst)(qmd, pdf)
+    return (render_quarto if name == "quarto" else render_pandoc_typst)(qmd, pdf, ledger_timestamp(profile))

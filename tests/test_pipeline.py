@@ -122,3 +122,18 @@ def test_no_machine_path_in_the_report_notebooks_or_records(pipeline):
     assert written
     leaks = [str(p.relative_to(pipeline["tmp"])) for p in written if root in p.read_text()]
     assert not leaks, f"the checkout's absolute path appears in: {leaks[:5]}"
+
+
+def test_rendering_the_same_ledger_again_gives_the_same_pdf(pipeline, tmp_path):
+    """The PDF's date comes from the ledger (report.ledger_timestamp), so a re-render is byte-identical."""
+    from mainrun import report
+    first = pipeline["pdf"].read_bytes()
+    env = {"MAINRUN_RESULTS": str(pipeline["results"]), "MAINRUN_CACHE": str(pipeline["cache"])}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        again = report.render("smoke", output=tmp_path / "again.pdf")
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert again.read_bytes() == first
