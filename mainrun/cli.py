@@ -98,13 +98,23 @@ def cmd_eval(args) -> int:
     device = resolve_device(args.device)
     model = build_model(cfg, ck["vocab_size"], ck["eos_id"]).to(device)
     model.load_state_dict(ck["model"])
-    titles = read_titles(args.data, args.num_titles)  # file order, no shuffle
+    data, test = args.data, None
+    if data.startswith("test:"):            # a held-out test set, built from the corpus (mainrun/testset.py)
+        from .testset import test_file
+        data, test = test_file(data.split(":", 1)[1])
+    titles = read_titles(data, args.num_titles)  # file order, no shuffle
     ids, chars = encode_titles(ck["tokenizer_path"], titles)
-    out = {"run": run_dir.name, "data": args.data, "titles": len(titles), "tokens": len(ids), "chars": chars,
+    out = {"run": run_dir.name, "hash": meta["hash"], "data": args.data if test else ledger.display_path(data),
+           **({"test": test} if test else {}), "titles": len(titles), "tokens": len(ids), "chars": chars,
            "official_loss": evaluate(model, ids, chars, device) if official_coverage(len(ids))[0] else None,
            "official_coverage": official_coverage(len(ids))[1],
-           **full_coverage(model, ids, chars, device)}
+           **full_coverage(model, ids, chars, device), "device": device, "torch_version": torch.__version__}
     print(json.dumps(out, indent=2))
+    if args.save:                           # beside the run's ledger: results/test/<run>-test-<set>.json
+        name = test["test_set"] if test else Path(data).stem
+        path = run_dir.parent.parent / "test" / f"{run_dir.name}-test-{name}.json"
+        ledger.atomic_write_json(path, out)
+        print(f"saved {ledger.display_path(path)}", file=sys.stderr)
     return 0
 
 
@@ -211,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("eval", help="evaluate a finished run's final weights on a titles file")
     e.add_argument("run", help="the run: its name (as trained: --set name=..., else profile-preset), folder "
                                "name <name>-<hash>, hash or a unique hash prefix, or its folder's path")
-    e.add_argument("--data", required=True, help="titles file (.parquet/.jsonl/.csv with a 'title' column)")
+    e.add_argument("--data", required=True, help="titles file (.parquet/.jsonl/.csv with a 'title' column), or "
+                                                 "test:random / test:late, the held-out test sets (mainrun/testset.py)")
+    e.add_argument("--save", action="store_true", help="also write the result to <results>/test/<run>-test-<set>.json")
     e.add_argument("--num-titles", type=int, default=0, help="first N titles of the file (0 = all)")
     e.add_argument("--device", default="auto")
     e.set_defaults(fn=cmd_eval)

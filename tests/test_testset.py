@@ -28,3 +28,18 @@ def test_test_sets_are_disjoint_from_the_split_and_fixed():
     assert paths["random"][1]["titles_sha256"] == testset._titles_sha(again["random"])
     with pytest.raises(Exception, match="choose one of: random, late"):
         testset.test_file("oops", str(STANDIN))
+
+
+def test_eval_on_a_test_set_saves_its_result(capsys):
+    """`eval RUN --data test:late --save` scores a finished run on the held-out set and writes
+    results/test/<run>-test-late.json (beside the run's ledger) with the set's description."""
+    import json
+
+    import mainrun
+    from mainrun import cli, ledger
+    summary = mainrun.run(mainrun.make_config("smoke", name="for-test"), progress=False)
+    assert cli.main(["eval", "for-test", "--data", "test:late", "--save"]) == 0
+    path = ledger.results_root("smoke") / "test" / f"for-test-{summary['hash']}-test-late.json"
+    saved = json.loads(path.read_text())
+    assert saved["test"]["test_set"] == "late" and saved["titles"] == testset.LATE_TITLES
+    assert saved["official_loss"] > 0 and saved["full_loss"] > 0 and saved["data"] == "test:late"
