@@ -80,6 +80,26 @@ def _peak_mem_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def train_step(cfg: Config, device: str, precision: str, x: torch.Tensor, y: torch.Tensor):
+    """(step, model): one of our training steps on the batch (x, y) as a function of no arguments that
+    returns the loss (a fresh model and its optimizers; compiled when cfg.compile)."""
+    model = build_model(cfg, cfg.vocab_size).to(device)
+    opts = build_optimizers(cfg, model, device)
+    fwd = torch.compile(model) if cfg.compile else model
+
+    def step() -> float:
+        with autocast(device, precision):
+            _, loss = fwd(x, y)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        for o in opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
+        return loss.item()
+    return step, model
+
+
 def bench_config(cfg: Config, device: str, reps: int = 3, warmup: int = 1, reference: bool = True) -> dict:
     V, B, T = cfg.vocab_size, cfg.batch_size, cfg.block_size
     tokens = B * T
@@ -105,20 +125,7 @@ def bench_config(cfg: Config, device: str, reps: int = 3, warmup: int = 1, refer
         del ref, ref_opt
 
     precision = resolve_precision(cfg.precision, device)
-    model = build_model(cfg, V).to(device)
-    opts = build_optimizers(cfg, model, device)
-    fwd = torch.compile(model) if cfg.compile else model
-
-    def our_step():
-        with autocast(device, precision):
-            _, loss = fwd(x, y)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        for o in opts:
-            o.step()
-            o.zero_grad(set_to_none=True)
-        loss.item()
+    our_step, model = train_step(cfg, device, precision, x, y)
     rows["ours"] = {"times": _time(our_step, device, warmup, reps), "precision": precision,
                     "n_params": model.num_params(), "n_flop_params": flop_params(model)}
 

@@ -19,30 +19,17 @@ from pathlib import Path
 
 import torch
 
+from mainrun.bench import train_step
 from mainrun.config import make_config, parse_overrides
 from mainrun.ledger import hardware
-from mainrun.optim import build_optimizers
-from mainrun.train import build_model, resolve_execution
+from mainrun.train import resolve_execution
 
 
 def make_step(cfg):
-    model = build_model(cfg, cfg.vocab_size)
-    opts = build_optimizers(cfg, model, "cpu")
-    fwd = torch.compile(model) if cfg.compile else model
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size), generator=g)
     y = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size), generator=g)
-
-    def step() -> float:
-        _, loss = fwd(x, y)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        for o in opts:
-            o.step()
-            o.zero_grad(set_to_none=True)
-        return loss.item()
-    return step
+    return train_step(cfg, "cpu", cfg.precision, x, y)[0]
 
 
 def main() -> None:
