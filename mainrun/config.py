@@ -54,7 +54,12 @@ class Config:
     norm: str = "layernorm"             # layernorm | rmsnorm
     pos: str = "learned"                # learned | rope
     init: str = "normal"                # normal (N(0, 0.02)) | scaled_residual (GPT-2) | kaiming (He)
-    mlp: str = "gelu"                   # gelu (4d hidden) | swiglu (8d/3 hidden, rounded to 64)
+    mlp: str = "gelu"                   # gelu (4d hidden) | swiglu (8d/3 hidden, rounded to 64) | relu2
+                                        # (4d hidden, relu(x)^2 as in modded-nanogpt)
+    emb_dropout: float = -1.0           # dropout on the embedding output; -1 = dropout (the original)
+    zero_proj: bool = False             # the layers writing into the residual stream (attention proj, MLP
+                                        # out) start at zero, so every block starts as the identity
+    logit_softcap: float = 0.0          # logits -> c * tanh(logits / c) (train and eval: part of the model); 0 = off
     tie_embeddings: bool = True         # share token embedding and output head
     qk_norm: bool = False               # RMS-normalise queries and keys per head
     attn_mask: str = "causal"           # causal | title (causal and each title attends only to itself)
@@ -64,7 +69,10 @@ class Config:
     muon_lr: float = 0.02               # Muon's learning rate for hidden matrices
     muon_ns: str = "bf16"               # dtype of Muon's Newton-Schulz iteration: bf16 (torch's) | fp32
                                         # (for CPUs without native bf16, where bf16 matmuls crawl)
-    momentum: float = 0.0               # SGD momentum (Muon uses 0.95)
+    momentum: float = 0.0               # SGD momentum
+    muon_momentum: float = 0.95         # Muon's momentum (Nesterov)
+    embed_lr: float = -1.0              # AdamW peak LR of the token (and position) embeddings; -1 = lr
+    head_lr: float = -1.0               # AdamW peak LR of an untied output head; -1 = lr
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
@@ -127,7 +135,8 @@ NOT_HASHED = ("name", "profile", "preset", "data", "checkpoint_every")
 # pair (bf16 on a CPU, fp32 on a GPU) hashes its device.
 UNHASHED_EXECUTION = {("cpu", "fp32"), ("cuda", "bf16")}
 HASH_OMIT_IF = {"train_seed": -1, "eval_precision": "fp32", "muon_ns": "bf16", "tokenizer": "bpe", "rdrop": 0.0,
-                "attn_dropout": -1.0}
+                "attn_dropout": -1.0, "emb_dropout": -1.0, "zero_proj": False, "logit_softcap": 0.0,
+                "muon_momentum": 0.95, "embed_lr": -1.0, "head_lr": -1.0}
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "profile": ("smoke", "quick", "full"),
@@ -135,7 +144,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "norm": ("layernorm", "rmsnorm"),
     "pos": ("learned", "rope"),
     "init": ("normal", "scaled_residual", "kaiming"),
-    "mlp": ("gelu", "swiglu"),
+    "mlp": ("gelu", "swiglu", "relu2"),
     "attn_mask": ("causal", "title"),
     "optimizer": ("sgd", "adamw", "muon"),
     "muon_ns": ("bf16", "fp32"),
@@ -247,8 +256,18 @@ def validate(cfg: Config) -> Config:
                           f"the official evaluation always runs at {EVAL_BATCH} x {EVAL_BLOCK}")
     if not 0.0 < cfg.val_frac < 1.0:
         raise ConfigError(f"val_frac={cfg.val_frac} must be strictly between 0 and 1")
-    if not (cfg.attn_dropout == -1.0 or 0.0 <= cfg.attn_dropout < 1.0):
-        raise ConfigError(f"attn_dropout={cfg.attn_dropout} must be -1 (the same as dropout) or in [0, 1)")
+    for name in ("attn_dropout", "emb_dropout"):
+        v = getattr(cfg, name)
+        if not (v == -1.0 or 0.0 <= v < 1.0):
+            raise ConfigError(f"{name}={v} must be -1 (the same as dropout) or in [0, 1)")
+    for name in ("embed_lr", "head_lr"):
+        v = getattr(cfg, name)
+        if not (v == -1.0 or (math.isfinite(v) and v > 0)):
+            raise ConfigError(f"{name}={v} must be -1 (the same as lr) or a positive finite number")
+    if not (math.isfinite(cfg.logit_softcap) and cfg.logit_softcap >= 0):
+        raise ConfigError(f"logit_softcap={cfg.logit_softcap} must be a finite number >= 0 (0 = off)")
+    if not 0.0 <= cfg.muon_momentum < 1.0:
+        raise ConfigError(f"muon_momentum={cfg.muon_momentum} must be in [0, 1)")
     for name in ("dropout", "warmup_frac", "min_lr_frac", "decay_frac", "ema"):
         v = getattr(cfg, name)
         top = 1.0 if name in ("min_lr_frac", "decay_frac") else None

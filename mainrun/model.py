@@ -30,6 +30,9 @@ class GPTConfig:
     tie_embeddings: bool = True
     qk_norm: bool = False
     attn_dropout: float = -1.0          # dropout on the attention probabilities; -1 = `dropout`
+    emb_dropout: float = -1.0           # dropout on the embedding output; -1 = `dropout`
+    zero_proj: bool = False             # residual-writing projections start at zero
+    logit_softcap: float = 0.0          # c * tanh(logits / c); 0 = off
 
 
 NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
@@ -89,9 +92,9 @@ class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.kind = cfg.mlp
-        if cfg.mlp == "gelu":
+        if cfg.mlp in ("gelu", "relu2"):
             self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model)
-            self.act = nn.GELU()
+            self.act = nn.GELU() if cfg.mlp == "gelu" else None
             self.out = nn.Linear(4 * cfg.d_model, cfg.d_model)
         else:  # swiglu: hidden 8d/3 rounded up to 64 keeps the parameter count near the GELU MLP's
             hidden = 64 * math.ceil(8 * cfg.d_model / 3 / 64)
@@ -102,6 +105,8 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "gelu":
             h = self.act(self.fc(x))
+        elif self.kind == "relu2":
+            h = F.relu(self.fc(x)).square()
         else:
             a, g = self.fc(x).chunk(2, dim=-1)
             h = a * F.silu(g)
@@ -143,7 +148,7 @@ class GPT(nn.Module):
         self.token_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         if cfg.pos == "learned":
             self.pos_emb = nn.Parameter(torch.zeros(1, cfg.block_size, cfg.d_model))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout if cfg.emb_dropout < 0 else cfg.emb_dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = NORMS[cfg.norm](cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -167,6 +172,8 @@ class GPT(nn.Module):
             # GPT-2: layers writing into the residual stream start smaller, by 1/sqrt(2 * n_layer)
             target = module.proj if isinstance(module, CausalSelfAttention) else module.out
             nn.init.normal_(target.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
+        if self.cfg.zero_proj and isinstance(module, (CausalSelfAttention, MLP)):
+            nn.init.zeros_((module.proj if isinstance(module, CausalSelfAttention) else module.out).weight)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -181,6 +188,9 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         logits = self.head(self.ln_f(x))          # [B, T, V]
+        if self.cfg.logit_softcap > 0:
+            c = self.cfg.logit_softcap
+            logits = c * torch.tanh(logits.float() / c)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1))

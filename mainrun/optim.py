@@ -111,6 +111,21 @@ class Fp32Muon(torch.optim.Muon):
             impl._zeropower_via_newtonschulz = original
 
 
+def _adamw_rest(cfg: Config, model: nn.Module, g: dict[str, list], lr: float) -> list[dict]:
+    """AdamW groups of the embeddings, head and norms/biases (no weight decay). One group unless embed_lr or
+    head_lr is set; then the embeddings and an untied head get their own LRs (a tied head is the embedding)."""
+    if cfg.embed_lr < 0 and cfg.head_lr < 0:
+        return [{"params": g["embed"] + g["other"], "weight_decay": 0.0}]
+    head = {id(p) for n, p in model.named_parameters() if n.startswith("head.")}
+    emb = [p for p in g["embed"] if id(p) not in head]
+    heads = [p for p in g["embed"] if id(p) in head]
+    pick = lambda v: lr if v < 0 else v  # noqa: E731
+    groups = [{"params": g["other"], "weight_decay": 0.0, "lr": lr},     # first: the LR the log shows
+              {"params": emb, "weight_decay": 0.0, "lr": pick(cfg.embed_lr)},
+              {"params": heads, "weight_decay": 0.0, "lr": pick(cfg.head_lr)}]
+    return [x for x in groups if x["params"]]
+
+
 def build_optimizers(cfg: Config, model: nn.Module, device: str) -> list[torch.optim.Optimizer]:
     """The optimizer(s) for a config; each param group carries its peak LR in 'peak_lr'."""
     lr = peak_lr(cfg)
@@ -122,15 +137,13 @@ def build_optimizers(cfg: Config, model: nn.Module, device: str) -> list[torch.o
                                 weight_decay=cfg.weight_decay, foreach=True)]
     elif cfg.optimizer == "adamw":
         opts = [torch.optim.AdamW(
-            [{"params": g["hidden"], "weight_decay": cfg.weight_decay},
-             {"params": g["embed"] + g["other"], "weight_decay": 0.0}],
+            [{"params": g["hidden"], "weight_decay": cfg.weight_decay}, *_adamw_rest(cfg, model, g, lr)],
             lr=lr, betas=(cfg.beta1, cfg.beta2), **fused)]
     else:  # muon for hidden matrices, AdamW for the rest
         muon = Fp32Muon if cfg.muon_ns == "fp32" else torch.optim.Muon
         opts = [muon(g["hidden"], lr=cfg.muon_lr, weight_decay=cfg.weight_decay,
-                                 momentum=0.95, nesterov=True),
-                torch.optim.AdamW([{"params": g["embed"] + g["other"], "weight_decay": 0.0}],
-                                  lr=lr, betas=(cfg.beta1, cfg.beta2), **fused)]
+                                 momentum=cfg.muon_momentum, nesterov=True),
+                torch.optim.AdamW(_adamw_rest(cfg, model, g, lr), lr=lr, betas=(cfg.beta1, cfg.beta2), **fused)]
     for opt in opts:
         for group in opt.param_groups:
             group["peak_lr"] = group["lr"]

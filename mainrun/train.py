@@ -84,7 +84,8 @@ def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT:
     model = GPT(GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, d_model=cfg.d_model, dropout=cfg.dropout, norm=cfg.norm,
                           pos=cfg.pos, init=cfg.init, mlp=cfg.mlp, tie_embeddings=cfg.tie_embeddings,
-                          qk_norm=cfg.qk_norm, attn_dropout=cfg.attn_dropout))
+                          qk_norm=cfg.qk_norm, attn_dropout=cfg.attn_dropout,
+                          emb_dropout=cfg.emb_dropout, zero_proj=cfg.zero_proj, logit_softcap=cfg.logit_softcap))
     if cfg.attn_mask == "title":
         model.eos_id = eos_id
     return model
