@@ -59,26 +59,27 @@ SCREEN = {
     "bs32": dict(batch_size=32),
     "v3k": dict(vocab_size=3072),
     "v6k": dict(vocab_size=6144),
-    "ema0.995": dict(ema=0.995),
-    "wd0.5": dict(weight_decay=0.5),
+    "decay0.6": dict(decay_frac=0.6),
     "softcap15": dict(logit_softcap=15.0),
     "title_mask": dict(attn_mask="title"),
     "block256": dict(block_size=256),
     "lr4e-3": dict(lr=4e-3),
     "head_lr1e-3": dict(head_lr=1e-3),
     "muon_mom0.9": dict(muon_momentum=0.9),
-    "decay0.6": dict(decay_frac=0.6),
     "emb_drop0.1": dict(emb_dropout=0.1),
     "L6": dict(n_layer=6),
     "d256": dict(d_model=256, n_head=4),
     "min_lr0": dict(min_lr_frac=0.0),
     "v5k": dict(vocab_size=5120),
+    "wd0.5": dict(weight_decay=0.5),
     "wd0.1": dict(weight_decay=0.1),
     "drop0.1-wd0.2": dict(dropout=0.1, weight_decay=0.2),
     "warmup0": dict(warmup_frac=0.0),
     "bs32-lr0.7x": dict(batch_size=32, muon_lr=0.014, lr=1.4e-3),
     "embed_lr0.03": dict(embed_lr=0.03),
     "decay0.3": dict(decay_frac=0.3),
+    "ema0.995": dict(ema=0.995),
+    "drop0.03": dict(dropout=0.03),
 }
 NOT_STACKED = {"n_layer", "d_model", "n_head"}
 
@@ -103,9 +104,11 @@ def pack(out: Path, rerun: Path) -> None:
     paths += [str(p.relative_to(root)) for p in sorted((root / "studies" / PROFILE).glob("gpu14_*.json"))]
     paths += [str(p.relative_to(root)) for p in sorted((root / "bench").glob("cuda-*"))]
     paths += [str(p.relative_to(root)) for p in sorted((root / "test").glob("*.json"))]
-    subprocess.run(["tar", "czf", str(out / "gpu-search.tar.gz"), "--exclude=.lock", *paths], cwd=root, check=True)
+    # finished runs only (a run still training changes under tar); tar's status 1 (a file changed) is not fatal
+    paths = [p for p in paths if not p.startswith("runs/") or (root / p / "summary.json").exists()]
+    subprocess.run(["tar", "czf", str(out / "gpu-search.tar.gz"), "--exclude=.lock", *paths], cwd=root)
     if (rerun / "runs").exists():
-        subprocess.run(["tar", "czf", str(out / "gpu-rerun.tar.gz"), "--exclude=.lock", "runs"], cwd=rerun, check=True)
+        subprocess.run(["tar", "czf", str(out / "gpu-rerun.tar.gz"), "--exclude=.lock", "runs"], cwd=rerun)
 
 
 class Pool:
@@ -124,6 +127,13 @@ class Pool:
         spec = {"base": BASE, "points": {label: overrides}}
         (p, cfg), = build_configs(spec, PROFILE, study)
         self.specs.setdefault(study, {"base": BASE, "points": {}})["points"][label] = overrides
+        from mainrun.train import run
+        held = run(cfg, train=False)
+        if held.get("status") in ("finished", "diverged", "pruned"):
+            self.done[(study, label)] = held
+            print(f"{study:<13}{label:<16} {held['status']:<9}{held.get('final_val_loss') or float('nan'):>8.4f} "
+                  f"(from the ledger)", flush=True)
+            return
         fut = self.ex.submit(train_one, cfg.to_dict())
         self.running[fut] = (study, label, p, cfg, time.time())
 
@@ -250,7 +260,7 @@ def main() -> int:
         return args.budget - (time.time() - t0)
 
     def typical() -> float:
-        return statistics.median(pool.durations) if pool.durations else 120.0
+        return statistics.median(pool.durations) if pool.durations else 135.0
 
     while queue:
         # one round for what is in flight, one for the stack, and the test sets must still fit
@@ -272,6 +282,8 @@ def main() -> int:
                 stack_round[f"stack-minus-{label}"] = {k: v for k, v in stack.items() if k not in ov}
         for k, v in stack_round.items():
             pool.submit("gpu14_stack", k, v)
+        while queue and pool.free() > 0:       # free slots in the same round: more of the screen
+            pool.submit(*queue.pop(0))
         pool.drain()
     pool.ex.shutdown()
     try:
