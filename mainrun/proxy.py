@@ -1,0 +1,78 @@
+"""Does the quick proxy rank changes as full scale does? (issue 14)
+
+The GPU screen (scripts/gpu_search.py, studies gpu14_seeds and gpu14_screen) measured one change at a time
+against the `final` preset at full scale. PROXY_SPEC makes the same changes at the quick scale (10k titles,
+d64 x 2 layers, 1k vocabulary, CPU fp32) on top of the final recipe, so that each change has a delta at both
+scales. `agreement` pairs them: the sign of each delta, and the rank correlation over all pairs.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+# the quick profile's shape, the final preset's recipe
+PROXY_BASE = {"preset": "final", "d_model": 64, "n_head": 2, "n_layer": 2, "vocab_size": 1024, "evals_per_epoch": 1}
+PROXY_REF_SEEDS = (1338,)             # besides the config's own seed, for the proxy's own seed spread
+# label (as in the full-scale screen) -> override; shape and vocabulary changes are left out (they mean
+# something else at d64 x 2 layers with a 1k vocabulary)
+PROXY_CHANGES = {
+    "relu2": dict(mlp="relu2"),
+    "embed_lr0.01": dict(embed_lr=0.01),
+    "wd0.2": dict(weight_decay=0.2),
+    "wd0.5": dict(weight_decay=0.5),
+    "drop0.1": dict(dropout=0.1),
+    "decay0.4": dict(decay_frac=0.4),
+    "softcap15": dict(logit_softcap=15.0),
+    "zero_proj": dict(zero_proj=True),
+    "muon_lr0.04": dict(muon_lr=0.04),
+    "muon_lr0.01": dict(muon_lr=0.01),
+    "bs32": dict(batch_size=32),
+    "lr4e-3": dict(lr=4e-3),
+    "title_mask": dict(attn_mask="title"),
+    "block256": dict(block_size=256),
+    "attn0": dict(attn_dropout=0.0),
+}
+PROXY_STUDY = "14_proxy"
+PROXY_SPEC = {"base": PROXY_BASE,
+              "points": {"final": {}, **{f"final-s{s}": {"train_seed": s} for s in PROXY_REF_SEEDS},
+                         **PROXY_CHANGES}}
+FULL_REF = ("final", "final-s1338", "final-s1339")   # gpu14_seeds labels of the full-scale reference
+
+
+def deltas(frame: pd.DataFrame, ref_labels: tuple[str, ...], changes: list[str]) -> tuple[dict[str, float], float, float]:
+    """({change: official loss - reference mean}, reference mean, reference seed std) from a study frame
+    (columns label, status, final_val_loss); changes without a finished run are left out."""
+    done = frame[frame["status"] == "finished"].set_index("label")["final_val_loss"]
+    ref = [done[k] for k in ref_labels if k in done]
+    if not ref:
+        return {}, math.nan, math.nan
+    mean = sum(ref) / len(ref)
+    sd = pd.Series(ref).std() if len(ref) > 1 else math.nan
+    return {k: float(done[k] - mean) for k in changes if k in done}, mean, float(sd)
+
+
+def agreement(full: pd.DataFrame, quick: pd.DataFrame, full_seeds: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """One row per change measured at both scales (delta at each, whether the signs agree, whether the full
+    delta is outside twice the full reference's seed spread), and the summary: pairs, sign agreement,
+    Spearman rank correlation."""
+    changes = list(PROXY_CHANGES)
+    # attn0 is in the seeds study at full scale (three seeds); the others in the screen (seed 1337)
+    both = pd.concat([full, full_seeds], ignore_index=True)
+    d_full, m_full, sd_full = deltas(both, FULL_REF, changes)
+    d_full.update({"attn0": float(full_seeds[full_seeds["label"].str.startswith("attn0")]["final_val_loss"].mean()
+                                  - m_full)} if (full_seeds["label"] == "attn0").any() else {})
+    ref_quick = ("final", *[f"final-s{s}" for s in PROXY_REF_SEEDS])
+    d_quick, m_quick, sd_quick = deltas(quick, ref_quick, changes)
+    rows = [{"change": k, "full": d_full[k], "quick": d_quick[k], "same_sign": (d_full[k] > 0) == (d_quick[k] > 0),
+             "full_clear": abs(d_full[k]) > 2 * sd_full}
+            for k in changes if k in d_full and k in d_quick]
+    table = pd.DataFrame(rows)
+    summary = {"pairs": len(table), "full_reference": m_full, "full_seed_sd": sd_full,
+               "quick_reference": m_quick, "quick_seed_sd": sd_quick}
+    if len(table):
+        clear = table[table["full_clear"]]
+        summary.update(sign_agreement=float(table["same_sign"].mean()),
+                       clear_pairs=len(clear), clear_sign_agreement=float(clear["same_sign"].mean()) if len(clear) else math.nan,
+                       spearman=float(table["full"].rank().corr(table["quick"].rank())))
+    return table, summary
