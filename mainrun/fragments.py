@@ -180,30 +180,31 @@ def _edges_md(sweep: pd.DataFrame | None, axis: str = "lr") -> str:
 
 
 def _findings_md(found: pd.DataFrame) -> str:
-    """The findings grouped by verdict; `noise` (per row) is the seed std of that row's scale, if measured."""
-    def line(r) -> str:
-        s = (f"- **{r.change}** ({r.study}, against {r.reference}): {fmt_loss(r.loss)} vs "
-             f"{fmt_loss(r.reference_loss)} ({r.delta:+.2%})")
-        if r.judged_on == "full coverage":
-            s += (f"; judged on the full-coverage loss, {r.full_delta:+.2%}: the official spans score "
-                  f"{r.coverage:.1%} of its validation tokens against {r.reference_coverage:.1%}")
-        elif r.noise and not _nan(r.noise) and abs(r.loss - r.reference_loss) < r.noise:
-            s += ", within the seed spread (one std) at its scale"
-        return s
-    parts = []
-    groups = (("helped", "What worked"), ("no change", f"No measurable change (under {NO_CHANGE:.1%})"),
-              ("did not help", "What did not work"))
-    if (found["verdict"] == "not judged").any():
-        groups += (("not judged", "Not judged (the change moves what the official spans score, and its "
-                                  "full-coverage loss is not recorded)"),)
-    for verdict, title in groups:
-        sub = found[found["verdict"] == verdict].sort_values("judged_delta")
-        parts.append(f"**{title}** (official loss against the reference; the full-coverage loss where the change "
-                     f"moves what the official spans score):\n")
-        parts.append("\n".join(line(r) for r in sub.itertuples()) if len(sub) else "- nothing in this group")
-        parts.append("")
-    return "\n".join(parts) + "\n"
-
+    """What worked, one table per scale (the column `scale`, in order of first appearance; one table if absent):
+    each change against its study's reference, best first. The verdict follows the official loss, or the
+    full-coverage loss where the change moves what the official spans score; `noise` (per row) is the seed
+    std of that row's scale, if measured, and a difference inside it is marked."""
+    scales = found["scale"].tolist() if "scale" in found else ["every scale"] * len(found)
+    parts = [f"Each change against its study's reference point at the same scale, best first (official loss; "
+             f"mean over seeds where a point has several). A change under {NO_CHANGE:.1%} counts as no change.\n"]
+    for i, scale in enumerate(dict.fromkeys(scales)):
+        sub = found[[s == scale for s in scales]].sort_values("judged_delta")
+        rows = []
+        for r in sub.itertuples():
+            verdict = r.verdict
+            if r.judged_on == "full coverage":
+                verdict += (f", judged on the full-coverage loss (the official spans score {r.coverage:.1%} of its "
+                            f"validation tokens against {r.reference_coverage:.1%})")
+            elif getattr(r, "noise", None) and not _nan(r.noise) and abs(r.loss - r.reference_loss) < r.noise:
+                verdict += ", within the seed spread (one std)"
+            rows.append({"change": r.change, "study": r.study, "against": r.reference,
+                         "official": f"{fmt_loss(r.loss)} vs {fmt_loss(r.reference_loss)}",
+                         "official change": f"{r.delta:+.2%}",
+                         "full-coverage change": "" if _nan(r.full_delta) else f"{r.full_delta:+.2%}",
+                         "seeds": str(r.seeds), "verdict": verdict})
+        parts.append(md_table(pd.DataFrame(rows), "lllrrrrl") if rows else "No one-change study at this scale.\n")
+        parts.append(f": What worked and what did not, {scale}. {{#tbl-findings-{i + 1}}}\n")
+    return "\n".join(parts)
 
 def _summary_md(n: dict, final: pd.Series, base: pd.Series) -> str:
     f = n["formatted"]

@@ -5,6 +5,7 @@
 
     fig-curves.png fig-lr.png fig-sensitivity.png   the report's figures
     ladder.md results.md seeds.md coverage.md ...    markdown tables and paragraphs
+    past.md                                           the issue-14 GPU screen, test sets, proxy agreement
     numbers.json                                      every headline number, for tests and readers
 
 `gpu_section` is the GPU studies' section (gpu.md and fig-gpu-curves.png). Nothing here trains.
@@ -19,6 +20,7 @@ import pandas as pd
 
 from . import ledger
 from .formats import _millions, _nan, _py, fmt_bpc, fmt_int, fmt_loss, fmt_ratio
+from .past_final import past_section
 from .fragments import (DEVICE_NAME, PROXY_NOTE, _baselines_md, _edges_md, _findings_md, _provisional_md, _setup_md,
                         _summary_md, changes_table, ladder_table, md_table, results_table)
 from .results import (_best_of_curve, _gpu_small_points, _pending_baseline, ladder_frame, load_results, read_curve,
@@ -94,15 +96,20 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
     (out / "search.md").write_text(search_section(proxy, studies, out))
     # each finding is judged against the seed spread of its own scale: the proxy's base candidate, or the
     # final configuration's seeds at full scale
+    past, past_numbers = past_section(profile, proxy, results, proxy_results) if proxy != profile else ("", {})
+    (out / "past.md").write_text(past)
     found = findings(profile, results)
-    noise = {"cpu": (seed_info.get(f"final ({profile} scale)") or {}).get("std"), "cuda": _gpu_seed_std(profile, results)}
+    gpu_final_std = ((past_numbers.get("seeds") or {}).get("final") or {}).get("std")
+    noise = {"cpu": (seed_info.get(f"final ({profile} scale)") or {}).get("std"),
+             "cuda": gpu_final_std or _gpu_seed_std(profile, results)}
     if proxy != profile:
-        found["study"] = [f"{st}, {profile} scale on the {DEVICE_NAME.get(d, d)}" if d else st
-                          for st, d in zip(found["study"], found["device"])]
+        found["scale"] = [f"at {profile} scale on the {DEVICE_NAME.get(d, d)}" if d else f"at {profile} scale"
+                          for d in found["device"]]
         found["noise"] = [noise.get(d) for d in found["device"]]
+        found = found.sort_values("scale", kind="stable", key=lambda s: s.astype(str).str.contains("CPU"))  # GPU first
         if len(proxy_results):
             proxy_found = findings(proxy, proxy_results)
-            proxy_found["study"] += f", {proxy} proxy"
+            proxy_found["scale"] = f"on the {proxy} proxy"
             proxy_found["noise"] = (seed_info.get("base") or {}).get("std")
             found = pd.concat([found, proxy_found], ignore_index=True)
     else:
@@ -123,6 +130,7 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
         "pending_baseline": _pending_baseline(results, final["device"]) if provisional else None,
         "time_to_baseline_s": time_to_quality(final["dir"], base["final_val_loss"]),
         "seeds": seed_info,
+        "past_final": past_numbers,
         "formatted": {"baseline_loss": fmt_loss(base["final_val_loss"]), "final_loss": fmt_loss(final["final_val_loss"]),
                       "ratio": fmt_ratio(final["final_val_loss"] / base["final_val_loss"]),
                       "baseline_bpc": fmt_bpc(base["full_val_bpc"]), "final_bpc": fmt_bpc(final["full_val_bpc"])},

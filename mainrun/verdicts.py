@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -84,40 +85,71 @@ def findings(profile: str, results: pd.DataFrame) -> pd.DataFrame:
     full-coverage loss (every validation token), and `judged_on` says so; where that loss is not
     recorded the change is "not judged"."""
     rows = []
-    for name, rec in read_studies(profile).items():
-        if name in ("gpu_ladder", "gpu_seeds") or any(r.get("axis") == "search" for r in rec["rows"]):
+    recs = read_studies(profile)
+    for name, rec in recs.items():
+        if (name in ("gpu_ladder", "gpu_seeds") or name.startswith("gpu14_")
+                or any(r.get("axis") == "search" for r in rec["rows"])):
             continue  # a ladder (each rung against the previous), repeats and searches (each trial changes
-                      # several settings at once): shown as tables and plots, not as one-change findings
-        frame = study_frame(rec, results)
+                      # several settings at once): shown as tables and plots, not as one-change findings;
+                      # the issue-14 screen is judged below against the final preset's seeds
         ref_label = rec["rows"][0]["label"] if rec["rows"] else None
-        stats = by_point(frame)
-        if ref_label not in stats.index or len(stats) < 2:
-            continue
-        ref = stats.loc[ref_label]
-        ok = frame[frame["status"] == "finished"]
-        full = pd.to_numeric(ok["full_val_loss"], errors="coerce").groupby(ok["label"], sort=False).mean()
-        cov = pd.to_numeric(ok["official_coverage"], errors="coerce").groupby(ok["label"], sort=False).mean()
-        ref_hashes = set(frame.loc[frame["label"] == ref_label, "hash"])
-        for label, s in stats.iterrows():
-            if label == ref_label or set(frame.loc[frame["label"] == label, "hash"]) <= ref_hashes:
-                continue  # the reference itself, reached under another label
-            delta = s["loss_mean"] / ref["loss_mean"] - 1
-            full_delta = full.get(label, math.nan) / full.get(ref_label, math.nan) - 1
-            moved = abs(cov.get(label, math.nan) - cov.get(ref_label, math.nan)) > SAME_COVERAGE
-            judged_on = ("official" if not moved else "full coverage" if not _nan(full_delta) else "none")
-            judged_delta = full_delta if judged_on == "full coverage" else delta
-            verdict = ("not judged" if judged_on == "none" else "no change" if abs(judged_delta) < NO_CHANGE
-                       else "helped" if judged_delta < 0 else "did not help")
-            devices = results.loc[results["hash"].isin(frame.loc[frame["label"] == label, "hash"]), "device"]
-            rows.append({"study": name, "change": label, "reference": ref_label, "loss": s["loss_mean"],
-                         "reference_loss": ref["loss_mean"], "delta": delta, "seeds": int(s["seeds"]),
-                         "verdict": verdict, "device": "/".join(sorted(set(devices.dropna()))) or None,
-                         "full_delta": full_delta, "coverage": cov.get(label, math.nan),
-                         "reference_coverage": cov.get(ref_label, math.nan), "judged_on": judged_on,
-                         "judged_delta": judged_delta})
+        rows += _study_findings(name, study_frame(rec, results), ref_label, results)
+    screen = screen_frame(profile, results)
+    if len(screen):
+        rows += _study_findings("gpu14_screen", screen, "final", results)
     return pd.DataFrame(rows, columns=["study", "change", "reference", "loss", "reference_loss", "delta", "seeds",
                                        "verdict", "device", "full_delta", "coverage", "reference_coverage",
                                        "judged_on", "judged_delta"])
+
+
+SCREEN_STUDIES = ("gpu14_seeds", "gpu14_screen", "gpu14_stack")
+
+
+def screen_frame(profile: str, results: pd.DataFrame) -> pd.DataFrame:
+    """The issue-14 GPU screen as one study frame (scripts/gpu_search.py): the final preset's seeds under the
+    label "final" (the reference), attn0's and the stack's seeds under theirs, and each one-change point.
+    The stack's leave-one-out points are the screen's runs under other names and are left out."""
+    recs = read_studies(profile)
+    frames = [study_frame(recs[k], results) for k in SCREEN_STUDIES if k in recs]
+    if not frames:
+        return pd.DataFrame()
+    f = pd.concat(frames, ignore_index=True)
+    f = f[~f["label"].str.startswith("stack-minus-")].copy()
+    f["label"] = f["label"].str.replace(r"-s\d+$", "", regex=True)
+    return f.drop_duplicates("hash").reset_index(drop=True)
+
+
+def _study_findings(name: str, frame: pd.DataFrame, ref_label: str | None, results: pd.DataFrame) -> list[dict]:
+    """Each point of one study frame against its reference point (mean over seeds where repeated)."""
+    rows = []
+    if ref_label is not None:  # the reference's extra seeds under their own labels ("final-s1338") are the reference
+        frame = frame.assign(label=frame["label"].str.replace(rf"^{re.escape(ref_label)}-s\d+$", ref_label, regex=True))
+    stats = by_point(frame)
+    if ref_label not in stats.index or len(stats) < 2:
+        return rows
+    ref = stats.loc[ref_label]
+    ok = frame[frame["status"] == "finished"]
+    full = pd.to_numeric(ok["full_val_loss"], errors="coerce").groupby(ok["label"], sort=False).mean()
+    cov = pd.to_numeric(ok["official_coverage"], errors="coerce").groupby(ok["label"], sort=False).mean()
+    ref_hashes = set(frame.loc[frame["label"] == ref_label, "hash"])
+    for label, s in stats.iterrows():
+        if label == ref_label or set(frame.loc[frame["label"] == label, "hash"]) <= ref_hashes:
+            continue  # the reference itself, reached under another label
+        delta = s["loss_mean"] / ref["loss_mean"] - 1
+        full_delta = full.get(label, math.nan) / full.get(ref_label, math.nan) - 1
+        moved = abs(cov.get(label, math.nan) - cov.get(ref_label, math.nan)) > SAME_COVERAGE
+        judged_on = ("official" if not moved else "full coverage" if not _nan(full_delta) else "none")
+        judged_delta = full_delta if judged_on == "full coverage" else delta
+        verdict = ("not judged" if judged_on == "none" else "no change" if abs(judged_delta) < NO_CHANGE
+                   else "helped" if judged_delta < 0 else "did not help")
+        devices = results.loc[results["hash"].isin(frame.loc[frame["label"] == label, "hash"]), "device"]
+        rows.append({"study": name, "change": label, "reference": ref_label, "loss": s["loss_mean"],
+                     "reference_loss": ref["loss_mean"], "delta": delta, "seeds": int(s["seeds"]),
+                     "verdict": verdict, "device": "/".join(sorted(set(devices.dropna()))) or None,
+                     "full_delta": full_delta, "coverage": cov.get(label, math.nan),
+                     "reference_coverage": cov.get(ref_label, math.nan), "judged_on": judged_on,
+                     "judged_delta": judged_delta})
+    return rows
 
 
 def coverage_check(ladder: pd.DataFrame) -> pd.DataFrame:

@@ -211,11 +211,15 @@ def test_full_scale_findings_name_their_device_and_their_seed_spread(two_devices
         "rows": [row("final", "c1"), {**row("final", "s2", train_seed=1338), "seed": 1338}]})
     analysis.write_report_inputs("full")
     md = (analysis.analysis_dir("full") / "findings.md").read_text()
-    cosine = next(l for l in md.splitlines() if l.startswith("- **cosine**"))
-    tied = next(l for l in md.splitlines() if l.startswith("- **tied**"))
-    assert "(04_final_ablate, full scale on the CPU, against final): 1.1504 vs 1.1500 (+0.03%)" in cosine
-    assert "within the seed spread" in cosine and "within the seed spread" not in tied
-    assert md.index("**No measurable change") < md.index(cosine) < md.index("**What did not work") < md.index(tied)
+    cosine = next(l for l in md.splitlines() if l.startswith("| cosine |"))
+    tied = next(l for l in md.splitlines() if l.startswith("| tied |"))
+    cells = [c.strip() for c in cosine.strip("|").split("|")]
+    assert cells[:5] == ["cosine", "04_final_ablate", "final", "1.1504 vs 1.1500", "+0.03%"]
+    assert cells[-1] == "no change, within the seed spread (one std)"
+    assert "within the seed spread" not in tied and tied.rstrip(" |").endswith("did not help")
+    # one table per scale, best first, its caption naming the scale
+    caption = next(l for l in md.splitlines() if l.startswith(": What worked") and "full scale on the CPU" in l)
+    assert md.index(cosine) < md.index(tied) < md.index(caption)
 
 
 def test_a_tokenizer_change_is_judged_on_full_coverage(isolated):
@@ -240,9 +244,12 @@ def test_a_tokenizer_change_is_judged_on_full_coverage(isolated):
     assert found.loc["unigram", "verdict"] == "did not help" and found.loc["unigram", "judged_on"] == "full coverage"
     assert found.loc["rdrop", "verdict"] == "helped" and found.loc["rdrop", "judged_on"] == "official"
     md = analysis._findings_md(found.reset_index().assign(noise=None))
-    line = next(l for l in md.splitlines() if l.startswith("- **unigram**"))
-    assert "judged on the full-coverage loss, +0.55%" in line and "70.8%" in line and "76.0%" in line
-    assert md.index("**What did not work") < md.index(line)
+    line = next(l for l in md.splitlines() if l.startswith("| unigram |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[4] == "-5.93%" and cells[5] == "+0.55%"
+    assert cells[-1].startswith("did not help, judged on the full-coverage loss") and "70.8%" in line and "76.0%" in line
+    rdrop = next(l for l in md.splitlines() if l.startswith("| rdrop |"))
+    assert md.index(rdrop) < md.index(line)          # best first: rdrop helped, unigram did not
 
 
 def test_proxy_ranking_against_full_scale(two_devices):
