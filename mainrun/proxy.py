@@ -14,25 +14,49 @@ import pandas as pd
 # the quick profile's shape, the final preset's recipe
 PROXY_BASE = {"preset": "final", "d_model": 64, "n_head": 2, "n_layer": 2, "vocab_size": 1024, "evals_per_epoch": 1}
 PROXY_REF_SEEDS = (1338,)             # besides the config's own seed, for the proxy's own seed spread
-# label (as in the full-scale screen) -> override; shape and vocabulary changes are left out (they mean
-# something else at d64 x 2 layers with a 1k vocabulary)
-PROXY_CHANGES = {
-    "relu2": dict(mlp="relu2"),
-    "embed_lr0.01": dict(embed_lr=0.01),
+# The GPU screen (scripts/gpu_search.py): one change each against the final preset at full scale, most
+# promising first (the order in which the second device call took them; the first took the first six).
+SCREEN = {
     "wd0.2": dict(weight_decay=0.2),
-    "wd0.5": dict(weight_decay=0.5),
+    "relu2": dict(mlp="relu2"),
+    "softcap30": dict(logit_softcap=30.0),
     "drop0.1": dict(dropout=0.1),
     "decay0.4": dict(decay_frac=0.4),
-    "softcap15": dict(logit_softcap=15.0),
     "zero_proj": dict(zero_proj=True),
+    "embed_lr0.01": dict(embed_lr=0.01),
     "muon_lr0.04": dict(muon_lr=0.04),
     "muon_lr0.01": dict(muon_lr=0.01),
     "bs32": dict(batch_size=32),
-    "lr4e-3": dict(lr=4e-3),
+    "v3k": dict(vocab_size=3072),
+    "v6k": dict(vocab_size=6144),
+    "decay0.6": dict(decay_frac=0.6),
+    "softcap15": dict(logit_softcap=15.0),
     "title_mask": dict(attn_mask="title"),
     "block256": dict(block_size=256),
-    "attn0": dict(attn_dropout=0.0),
+    "lr4e-3": dict(lr=4e-3),
+    "head_lr1e-3": dict(head_lr=1e-3),
+    "muon_mom0.9": dict(muon_momentum=0.9),
+    "emb_drop0.1": dict(emb_dropout=0.1),
+    "L6": dict(n_layer=6),
+    "d256": dict(d_model=256, n_head=4),
+    "min_lr0": dict(min_lr_frac=0.0),
+    "v5k": dict(vocab_size=5120),
+    "wd0.5": dict(weight_decay=0.5),
+    "wd0.1": dict(weight_decay=0.1),
+    "drop0.1-wd0.2": dict(dropout=0.1, weight_decay=0.2),
+    "warmup0": dict(warmup_frac=0.0),
+    "bs32-lr0.7x": dict(batch_size=32, muon_lr=0.014, lr=1.4e-3),
+    "embed_lr0.03": dict(embed_lr=0.03),
+    "decay0.3": dict(decay_frac=0.3),
+    "ema0.995": dict(ema=0.995),
+    "drop0.03": dict(dropout=0.03),
 }
+# the changes made again on the proxy: shape and vocabulary changes are left out (they mean something else at
+# d64 x 2 layers with a 1k vocabulary), and, to keep the study near 17 runs, most of those whose full-scale
+# effect is within twice the final preset's seed spread (decay0.4 and zero_proj stay as near-zero cases)
+PROXY_LABELS = ("relu2", "embed_lr0.01", "wd0.2", "wd0.5", "drop0.1", "decay0.4", "softcap15", "zero_proj",
+                "muon_lr0.04", "muon_lr0.01", "bs32", "lr4e-3", "title_mask", "block256")
+PROXY_CHANGES = {**{k: SCREEN[k] for k in PROXY_LABELS}, "attn0": dict(attn_dropout=0.0)}
 PROXY_STUDY = "14_proxy"
 PROXY_SPEC = {"base": PROXY_BASE,
               "points": {"final": {}, **{f"final-s{s}": {"train_seed": s} for s in PROXY_REF_SEEDS},

@@ -36,6 +36,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 
+from mainrun.proxy import SCREEN   # one change each against the final preset, most promising first
+
 GPU = dict(device="cuda", precision="bf16", checkpoint_every=0)
 BASE = {"preset": "final", **GPU}
 PROFILE = "full"                           # --local: smoke on the CPU, to try the script here
@@ -45,42 +47,6 @@ THREADS = 1
 SEED_POINTS = {"final": {}, **{f"final-s{s}": {"train_seed": s} for s in SEEDS},
                "attn0": {"attn_dropout": 0.0}, **{f"attn0-s{s}": {"attn_dropout": 0.0, "train_seed": s} for s in SEEDS}}
 
-# one change each against the final preset, most promising first
-SCREEN = {
-    "wd0.2": dict(weight_decay=0.2),
-    "relu2": dict(mlp="relu2"),
-    "softcap30": dict(logit_softcap=30.0),
-    "drop0.1": dict(dropout=0.1),
-    "decay0.4": dict(decay_frac=0.4),
-    "zero_proj": dict(zero_proj=True),
-    "embed_lr0.01": dict(embed_lr=0.01),
-    "muon_lr0.04": dict(muon_lr=0.04),
-    "muon_lr0.01": dict(muon_lr=0.01),
-    "bs32": dict(batch_size=32),
-    "v3k": dict(vocab_size=3072),
-    "v6k": dict(vocab_size=6144),
-    "decay0.6": dict(decay_frac=0.6),
-    "softcap15": dict(logit_softcap=15.0),
-    "title_mask": dict(attn_mask="title"),
-    "block256": dict(block_size=256),
-    "lr4e-3": dict(lr=4e-3),
-    "head_lr1e-3": dict(head_lr=1e-3),
-    "muon_mom0.9": dict(muon_momentum=0.9),
-    "emb_drop0.1": dict(emb_dropout=0.1),
-    "L6": dict(n_layer=6),
-    "d256": dict(d_model=256, n_head=4),
-    "min_lr0": dict(min_lr_frac=0.0),
-    "v5k": dict(vocab_size=5120),
-    "wd0.5": dict(weight_decay=0.5),
-    "wd0.1": dict(weight_decay=0.1),
-    "drop0.1-wd0.2": dict(dropout=0.1, weight_decay=0.2),
-    "warmup0": dict(warmup_frac=0.0),
-    "bs32-lr0.7x": dict(batch_size=32, muon_lr=0.014, lr=1.4e-3),
-    "embed_lr0.03": dict(embed_lr=0.03),
-    "decay0.3": dict(decay_frac=0.3),
-    "ema0.995": dict(ema=0.995),
-    "drop0.03": dict(dropout=0.03),
-}
 NOT_STACKED = {"n_layer", "d_model", "n_head"}
 
 
