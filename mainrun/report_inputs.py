@@ -96,7 +96,8 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
     (out / "search.md").write_text(search_section(proxy, studies, out))
     # each finding is judged against the seed spread of its own scale: the proxy's base candidate, or the
     # final configuration's seeds at full scale
-    past, past_numbers = past_section(profile, proxy, results, proxy_results) if proxy != profile else ("", {})
+    past, past_numbers = (past_section(profile, proxy, results, proxy_results) if proxy != profile else
+                          (f"The GPU screen is a full-profile study: the {profile} profile has none.\n", {}))
     (out / "past.md").write_text(past)
     found = findings(profile, results)
     gpu_final_std = ((past_numbers.get("seeds") or {}).get("final") or {}).get("std")
