@@ -141,11 +141,16 @@ def past_section(profile: str, proxy: str, results: pd.DataFrame, proxy_results:
     numbers = {"seeds": info}
     if len(groups) > 1:
         t = test_table(results, tests, base, groups)
+        cpu_base = results[results["is_baseline"] & (results["device"] == "cpu") & (results["status"] == "finished")]
+        cpu_note = (f" The CPU runs are set against the same GPU baseline: the CPU baseline's weights are not kept, and "
+                    f"its validation loss ({fmt_loss(cpu_base['final_val_loss'].iloc[0])}) differs from the GPU "
+                    f"baseline's by {abs(cpu_base['final_val_loss'].iloc[0] / base['final_val_loss'] - 1):.3%}."
+                    if len(cpu_tested) and len(cpu_base) else "")
         parts += [md_table(t, "lrrrrrrrr"),
                   ": The held-out test sets (`mainrun.testset`: 10,000 random titles the split never selects, seed "
                   "2026, and the 5,000 latest), read once after the selections were made on the validation loss. "
                   "Ratios are to the GPU baseline's loss on the same text (official metric, and the full-coverage "
-                  "loss for test:random); runs with several seeds are averaged. {#tbl-test}\n"]
+                  "loss for test:random); runs with several seeds are averaged." + cpu_note + " {#tbl-test}\n"]
         numbers["test"] = t.to_dict(orient="records")
     parts.append(agreement_md(profile, proxy, results, proxy_results))
     return "\n".join(parts), numbers
