@@ -1,0 +1,71 @@
+"""The issue-14 report pieces on synthetic frames: the proxy agreement, the seed table, the test-set table, and
+how the GPU screen's seeds fold into one reference. Pure pandas: no runs, no data."""
+import math
+
+import pandas as pd
+import pytest
+
+from mainrun import past_final, proxy
+from mainrun.verdicts import _study_findings
+
+
+def frame(rows):
+    return pd.DataFrame([{"label": l, "status": "finished", "final_val_loss": x, "hash": h, "axis": None, "value": None,
+                          "overrides": {}} for l, x, h in rows])
+
+
+def test_agreement_counts_signs_and_ranks():
+    seeds = frame([("final", 1.1240, "f1"), ("final-s1338", 1.1250, "f2"), ("final-s1339", 1.1230, "f3"),
+                   ("attn0", 1.1276, "a1"), ("attn0-s1338", 1.1272, "a2"), ("attn0-s1339", 1.1262, "a3")])
+    # full-scale deltas: relu2 -0.0025, wd0.2 +0.003, drop0.1 +0.008, zero_proj +0.0005 (inside 2 std = 0.002)
+    full = frame([("relu2", 1.1215, "r"), ("wd0.2", 1.1270, "w"), ("drop0.1", 1.1320, "d"), ("zero_proj", 1.1245, "z")])
+    # proxy: relu2 and drop0.1 agree, wd0.2 and zero_proj flip, attn0 agrees
+    quick = frame([("final", 1.30, "q0"), ("final-s1338", 1.31, "q1"), ("relu2", 1.29, "q2"), ("wd0.2", 1.28, "q3"),
+                   ("drop0.1", 1.33, "q4"), ("zero_proj", 1.30, "q5"), ("attn0", 1.306, "q6")])
+    table, s = proxy.agreement(full, quick, seeds)
+    t = table.set_index("change")
+    assert list(t.index) == [k for k in proxy.PROXY_CHANGES if k in t.index] and len(t) == 5
+    assert t.loc["attn0", "full"] == pytest.approx(0.0030)          # the three attn0 seeds' mean, not seed 1337's
+    assert t.loc["relu2", "quick"] == pytest.approx(-0.015)
+    assert t["same_sign"].tolist() == [True, False, True, False, True]
+    assert t["full_clear"].tolist() == [True, True, True, False, True]
+    assert s["pairs"] == 5 and s["sign_agreement"] == pytest.approx(0.6)
+    assert s["clear_pairs"] == 4 and s["clear_sign_agreement"] == pytest.approx(0.75)
+    assert s["full_seed_sd"] == pytest.approx(0.001)
+    expected = t["full"].rank().corr(t["quick"].rank())
+    assert s["spearman"] == pytest.approx(expected) and s["spearman"] < 1
+
+
+def test_seed_table_sets_each_candidate_against_the_final_preset():
+    screen = frame([("final", 1.1240, "f1"), ("final", 1.1250, "f2"), ("final", 1.1230, "f3"),
+                    ("stack", 1.1180, "s1"), ("stack", 1.1190, "s2"), ("stack", 1.1185, "s3")])
+    table, info = past_final.seed_table(screen, base_loss=1.7304)
+    assert table["candidate"].tolist() == ["final", "stack"]
+    assert info["stack"]["delta"] == pytest.approx(-0.0055)
+    assert info["stack"]["p"] == pytest.approx(0.1)                 # every stack seed below every final seed
+    assert table.set_index("candidate").loc["stack", "ratio"] == f"{1.1185 / 1.7304:.3f}"
+
+
+def test_test_table_ratios_use_the_baseline_on_the_same_text():
+    results = pd.DataFrame({"hash": ["b", "f1", "f2"], "final_val_loss": [1.7, 1.12, 1.14]})
+    tests = pd.DataFrame([
+        {"hash": "b", "test_set": "random", "official": 1.80, "full": 1.90},
+        {"hash": "b", "test_set": "late", "official": 1.60, "full": 1.70},
+        {"hash": "f1", "test_set": "random", "official": 1.17, "full": 1.20},
+        {"hash": "f2", "test_set": "random", "official": 1.19, "full": 1.22},
+        {"hash": "f1", "test_set": "late", "official": 1.05, "full": 1.10}])   # f2 has no late reading
+    base = pd.Series({"hash": "b", "final_val_loss": 1.7})
+    t = past_final.test_table(results, tests, base, {"baseline": ["b"], "final": ["f1", "f2"]}).set_index("candidate")
+    assert t.loc["final", "val ratio"] == f"{1.13 / 1.7:.3f}"
+    assert t.loc["final", "random ratio"] == f"{1.18 / 1.80:.3f}"
+    assert t.loc["final", "random ratio, full coverage"] == f"{1.21 / 1.90:.3f}"
+    assert t.loc["final", "late ratio"] == ""                      # a mean over some of the seeds is not shown
+
+
+def test_reference_seeds_under_their_own_labels_are_the_reference():
+    f = frame([("final", 1.30, "a"), ("final-s1338", 1.32, "b"), ("relu2", 1.28, "c")]).assign(
+        full_val_loss=math.nan, official_coverage=0.9)
+    results = pd.DataFrame({"hash": ["a", "b", "c"], "device": ["cpu"] * 3})
+    rows = _study_findings("x", f, "final", results)
+    assert [r["change"] for r in rows] == ["relu2"]
+    assert rows[0]["reference_loss"] == pytest.approx(1.31) and rows[0]["seeds"] == 1
