@@ -168,12 +168,13 @@ class GPT(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        if init == "scaled_residual" and isinstance(module, (CausalSelfAttention, MLP)):
-            # GPT-2: layers writing into the residual stream start smaller, by 1/sqrt(2 * n_layer)
-            target = module.proj if isinstance(module, CausalSelfAttention) else module.out
-            nn.init.normal_(target.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
-        if self.cfg.zero_proj and isinstance(module, (CausalSelfAttention, MLP)):
-            nn.init.zeros_((module.proj if isinstance(module, CausalSelfAttention) else module.out).weight)
+        if isinstance(module, (CausalSelfAttention, MLP)):
+            target = module.proj if isinstance(module, CausalSelfAttention) else module.out  # writes the residual
+            if init == "scaled_residual":
+                # GPT-2: layers writing into the residual stream start smaller, by 1/sqrt(2 * n_layer)
+                nn.init.normal_(target.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
+            if self.cfg.zero_proj:
+                nn.init.zeros_(target.weight)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
