@@ -86,10 +86,7 @@ def agreement_md(profile: str, proxy: str, results: pd.DataFrame, proxy_results:
     if "gpu14_screen" not in recs or PROXY_STUDY not in precs:
         return ("The quick proxy's mirror of the GPU screen (`mainrun.proxy`, study `14_proxy`) is not in the "
                 "ledger yet: no agreement table.\n")
-    full = study_frame(recs["gpu14_screen"], results)
-    seeds = study_frame(recs["gpu14_seeds"], results)
-    quick = study_frame(precs[PROXY_STUDY], proxy_results)
-    table, s = agreement(full, quick, seeds)
+    table, s = agreement(screen_frame(profile, results), study_frame(precs[PROXY_STUDY], proxy_results))
     if table.empty:
         return "No change was measured at both scales yet.\n"
     t = pd.DataFrame({"change": table["change"], "full scale (GPU)": table["full"].map(lambda x: f"{x:+.4f}"),

@@ -11,6 +11,8 @@ import math
 
 import pandas as pd
 
+from .verdicts import fold_seed_labels
+
 # the quick profile's shape, the final preset's recipe
 PROXY_BASE = {"preset": "final", "d_model": 64, "n_head": 2, "n_layer": 2, "vocab_size": 1024, "evals_per_epoch": 1}
 PROXY_REF_SEEDS = (1338,)             # besides the config's own seed, for the proxy's own seed spread
@@ -61,33 +63,25 @@ PROXY_STUDY = "14_proxy"
 PROXY_SPEC = {"base": PROXY_BASE,
               "points": {"final": {}, **{f"final-s{s}": {"train_seed": s} for s in PROXY_REF_SEEDS},
                          **PROXY_CHANGES}}
-FULL_REF = ("final", "final-s1338", "final-s1339")   # gpu14_seeds labels of the full-scale reference
-
-
-def deltas(frame: pd.DataFrame, ref_labels: tuple[str, ...], changes: list[str]) -> tuple[dict[str, float], float, float]:
-    """({change: official loss - reference mean}, reference mean, reference seed std) from a study frame
-    (columns label, status, final_val_loss); changes without a finished run are left out."""
-    done = frame[frame["status"] == "finished"].set_index("label")["final_val_loss"]
-    ref = [done[k] for k in ref_labels if k in done]
-    if not ref:
+def deltas(frame: pd.DataFrame, changes: list[str], ref: str = "final") -> tuple[dict[str, float], float, float]:
+    """({change: its mean official loss - the reference's}, reference mean, reference seed std) from a study
+    frame (columns label, status, final_val_loss; extra seeds under "<label>-s<seed>" count for their point);
+    changes without a finished run are left out."""
+    done = fold_seed_labels(frame[frame["status"] == "finished"]).groupby("label")["final_val_loss"]
+    if ref not in done.groups:
         return {}, math.nan, math.nan
-    mean = sum(ref) / len(ref)
-    sd = pd.Series(ref).std() if len(ref) > 1 else math.nan
-    return {k: float(done[k] - mean) for k in changes if k in done}, mean, float(sd)
+    mean, sd = done.mean(), done.std()
+    return {k: float(mean[k] - mean[ref]) for k in changes if k in mean.index}, float(mean[ref]), float(sd[ref])
 
 
-def agreement(full: pd.DataFrame, quick: pd.DataFrame, full_seeds: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+def agreement(full: pd.DataFrame, quick: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """One row per change measured at both scales (delta at each, whether the signs agree, whether the full
     delta is outside twice the full reference's seed spread), and the summary: pairs, sign agreement,
-    Spearman rank correlation."""
+    Spearman rank correlation. `full` is the GPU screen (verdicts.screen_frame: the final preset's seeds,
+    attn0's seeds and the one-change points), `quick` the proxy mirror's study frame."""
     changes = list(PROXY_CHANGES)
-    # attn0 is in the seeds study at full scale (three seeds); the others in the screen (seed 1337)
-    both = pd.concat([full, full_seeds], ignore_index=True)
-    d_full, m_full, sd_full = deltas(both, FULL_REF, changes)
-    d_full.update({"attn0": float(full_seeds[full_seeds["label"].str.startswith("attn0")]["final_val_loss"].mean()
-                                  - m_full)} if (full_seeds["label"] == "attn0").any() else {})
-    ref_quick = ("final", *[f"final-s{s}" for s in PROXY_REF_SEEDS])
-    d_quick, m_quick, sd_quick = deltas(quick, ref_quick, changes)
+    d_full, m_full, sd_full = deltas(full, changes)
+    d_quick, m_quick, sd_quick = deltas(quick, changes)
     rows = [{"change": k, "full": d_full[k], "quick": d_quick[k], "same_sign": (d_full[k] > 0) == (d_quick[k] > 0),
              "full_clear": abs(d_full[k]) > 2 * sd_full}
             for k in changes if k in d_full and k in d_quick]

@@ -114,9 +114,13 @@ def screen_frame(profile: str, results: pd.DataFrame) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame()
     f = pd.concat(frames, ignore_index=True)
-    f = f[~f["label"].str.startswith("stack-minus-")].copy()
-    f["label"] = f["label"].str.replace(r"-s\d+$", "", regex=True)
+    f = fold_seed_labels(f[~f["label"].str.startswith("stack-minus-")])
     return f.drop_duplicates("hash").reset_index(drop=True)
+
+
+def fold_seed_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """A point's extra training seeds, recorded under their own labels ("final-s1338"), under the point's label."""
+    return frame.assign(label=frame["label"].str.replace(r"-s\d+$", "", regex=True))
 
 
 def _study_findings(name: str, frame: pd.DataFrame, ref_label: str | None, results: pd.DataFrame) -> list[dict]:

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from mainrun import past_final, proxy
-from mainrun.verdicts import _study_findings
+from mainrun.verdicts import _study_findings, fold_seed_labels
 
 
 def frame(rows):
@@ -22,7 +22,7 @@ def test_agreement_counts_signs_and_ranks():
     # proxy: relu2 and drop0.1 agree, wd0.2 and zero_proj flip, attn0 agrees
     quick = frame([("final", 1.30, "q0"), ("final-s1338", 1.31, "q1"), ("relu2", 1.29, "q2"), ("wd0.2", 1.28, "q3"),
                    ("drop0.1", 1.33, "q4"), ("zero_proj", 1.30, "q5"), ("attn0", 1.306, "q6")])
-    table, s = proxy.agreement(full, quick, seeds)
+    table, s = proxy.agreement(fold_seed_labels(pd.concat([seeds, full], ignore_index=True)), quick)
     t = table.set_index("change")
     assert list(t.index) == [k for k in proxy.PROXY_CHANGES if k in t.index] and len(t) == 5
     assert t.loc["attn0", "full"] == pytest.approx(0.0030)          # the three attn0 seeds' mean, not seed 1337's
