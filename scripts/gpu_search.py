@@ -158,7 +158,6 @@ def test_evals(pool: Pool, rerun: Path) -> None:
     """The held-out test sets, once: GPU baseline (scratch ledger), final seeds, stack seeds."""
     from mainrun import cli, ledger
     from mainrun.config import make_config
-    from mainrun.sweep import EXECUTION  # noqa: F401  (studies pin execution; here it is GPU's)
     from mainrun.train import run
     root = ledger.results_root(PROFILE)
     (root / "test").mkdir(parents=True, exist_ok=True)
