@@ -81,12 +81,13 @@ def test_table(results: pd.DataFrame, tests: pd.DataFrame, base: pd.Series, grou
     return pd.DataFrame(rows)
 
 
-def agreement_md(profile: str, proxy: str, results: pd.DataFrame, proxy_results: pd.DataFrame) -> str:
+def agreement_md(profile: str, screen: pd.DataFrame, proxy: str, proxy_results: pd.DataFrame) -> str:
+    """The agreement paragraph and table; `screen` is verdicts.screen_frame(profile, ...)."""
     recs, precs = read_studies(profile), read_studies(proxy)
     if "gpu14_screen" not in recs or PROXY_STUDY not in precs:
         return ("The quick proxy's mirror of the GPU screen (`mainrun.proxy`, study `14_proxy`) is not in the "
                 "ledger yet: no agreement table.\n")
-    table, s = agreement(screen_frame(profile, results), study_frame(precs[PROXY_STUDY], proxy_results))
+    table, s = agreement(screen, study_frame(precs[PROXY_STUDY], proxy_results))
     if table.empty:
         return "No change was measured at both scales yet.\n"
     t = pd.DataFrame({"change": table["change"], "full scale (GPU)": table["full"].map(lambda x: f"{x:+.4f}"),
@@ -149,5 +150,5 @@ def past_section(profile: str, proxy: str, results: pd.DataFrame, proxy_results:
                   "Ratios are to the GPU baseline's loss on the same text (official metric, and the full-coverage "
                   "loss for test:random); runs with several seeds are averaged." + cpu_note + " {#tbl-test}\n"]
         numbers["test"] = t.to_dict(orient="records")
-    parts.append(agreement_md(profile, proxy, results, proxy_results))
+    parts.append(agreement_md(profile, screen, proxy, proxy_results))
     return "\n".join(parts), numbers

@@ -106,11 +106,11 @@ class Pool:
     def free(self) -> int:
         return self.workers - len(self.running)
 
-    def collect(self, block: bool = True) -> None:
+    def collect(self) -> None:
         from mainrun.sweep import _row, record_study
         if not self.running:
             return
-        done, _ = wait(list(self.running), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        done, _ = wait(list(self.running), return_when=FIRST_COMPLETED)
         for fut in done:
             study, label, p, cfg, t0 = self.running.pop(fut)
             s = fut.result()
