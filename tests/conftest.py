@@ -12,7 +12,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
-STANDIN = ROOT.parent / "shared" / "data" / "hn-stories-2016-2020.parquet"
+# the offline corpus: $MAINRUN_DATA when set (as .ci/run sets it), else ../shared beside the checkout
+STANDIN = Path(os.environ.get("MAINRUN_DATA") or ROOT.parent / "shared" / "data" / "hn-stories-2016-2020.parquet")
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,9 @@ import nbformat
 import pytest
 from pypdf import PdfReader
 
+from conftest import STANDIN
+
 ROOT = Path(__file__).resolve().parent.parent
-STANDIN = ROOT.parent / "shared" / "data" / "hn-stories-2016-2020.parquet"
 NOTEBOOKS = ("01_baseline", "02_optimizer", "03_architecture", "04_sweeps", "05_analysis")
 
 pytestmark = pytest.mark.skipif(not (os.environ.get("MAINRUN_DATA") or STANDIN.exists()),
