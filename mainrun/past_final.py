@@ -9,6 +9,7 @@ quick proxy's agreement with full scale, as the report's markdown (past.md). Rea
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -81,6 +82,14 @@ def test_table(results: pd.DataFrame, tests: pd.DataFrame, base: pd.Series, grou
     return pd.DataFrame(rows)
 
 
+def cpu_groups(runs: pd.DataFrame) -> dict[str, list[str]]:
+    """{"<point> (CPU)": hashes}: a point's seeds (runs named "<point>-seed<N>") are one row of the test table."""
+    groups: dict[str, list[str]] = {}
+    for r in runs.itertuples():
+        groups.setdefault(f"{re.sub(r'-seed[0-9]+$', '', r.run)} (CPU)", []).append(r.hash)
+    return groups
+
+
 def agreement_md(profile: str, screen: pd.DataFrame, proxy: str, proxy_results: pd.DataFrame) -> str:
     """The agreement paragraph and table; `screen` is verdicts.screen_frame(profile, ...)."""
     recs, precs = read_studies(profile), read_studies(proxy)
@@ -133,8 +142,7 @@ def past_section(profile: str, proxy: str, results: pd.DataFrame, proxy_results:
     ok = screen[screen["status"] == "finished"]
     groups = {"baseline (GPU)": [base["hash"]], **{k: ok.loc[ok["label"] == k, "hash"].tolist() for k in ("final", "stack")}}
     cpu_tested = results[results["hash"].isin(tests["hash"]) & (results["device"] == "cpu")]
-    for r in cpu_tested.itertuples():
-        groups[f"{r.run} (CPU)"] = [r.hash]
+    groups.update(cpu_groups(cpu_tested))
     groups = {k: v for k, v in groups.items() if v and tests["hash"].isin(v).any()}
     numbers = {"seeds": info}
     if len(groups) > 1:

@@ -69,10 +69,15 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
     (out / "sweep_edges.md").write_text(_edges_md(sweep))
     seeds = studies.get("04_seeds")
     seed_table = seeds
-    final_rec = read_studies(profile).get("04_final") if proxy != profile else None
-    if final_rec:  # the final configuration's seeds at full scale, beside the proxy's candidates
-        fin = study_frame(final_rec, results).assign(label=f"final ({profile} scale)")
-        seed_table = fin if seeds is None else pd.concat([seeds, fin], ignore_index=True)
+    recs = read_studies(profile) if proxy != profile else {}
+    full_seeds = []  # the final configurations' seeds at full scale, beside the proxy's candidates
+    if "04_final" in recs:
+        full_seeds.append(study_frame(recs["04_final"], results).assign(label=f"final ({profile} scale)"))
+    if "14_final2" in recs:  # the study also holds the final run itself as its reference point
+        f2 = study_frame(recs["14_final2"], results)
+        full_seeds.append(f2[f2["label"] == "final2"].assign(label=f"final2 ({profile} scale)"))
+    if full_seeds:
+        seed_table = pd.concat(([seeds] if seeds is not None else []) + full_seeds, ignore_index=True)
     band = None
     if seeds is not None:
         st = by_point(seeds)
@@ -176,6 +181,18 @@ def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
         if p is not None:
             note = (f"Exact permutation test of the difference of mean losses, {labels[1]} against {labels[0]} "
                     f"over their seeds: two-sided p = {p:.2f}.\n")
+    pair = [k for k in labels if k.startswith(("final (", "final2 ("))]
+    if len(pair) == 2:  # the last rung against the final configuration, both at full scale
+        ok = seeds[seeds["status"] == "finished"]
+        a, b = (ok.loc[ok["label"] == k, "final_val_loss"].tolist() for k in pair)
+        p = permutation_p(b, a)
+        d = sum(b) / len(b) - sum(a) / len(a)
+        info["final2_vs_final"] = {"delta": d, "p": p, "n": [len(a), len(b)]}
+        spread = (f"; seed spreads (std) {st.loc[pair[0], 'loss_std']:.4f} and {st.loc[pair[1], 'loss_std']:.4f}"
+                  if len(a) > 1 and len(b) > 1 else "")
+        note += (f"\n{pair[1]} against {pair[0]}: difference of mean losses {d:+.4f} over {len(b)} and {len(a)} "
+                 f"seeds{spread}; " + (f"exact permutation p = {p:.2f} (with three seeds a side it cannot go below "
+                 f"0.10).\n" if p is not None else "too few seeds for a permutation test.\n"))
     (out / "seeds.md").write_text(text)
     (out / "seeds_test.md").write_text(note)
     return info

@@ -69,3 +69,34 @@ def test_reference_seeds_under_their_own_labels_are_the_reference():
     rows = _study_findings("x", f, "final", results)
     assert [r["change"] for r in rows] == ["relu2"]
     assert rows[0]["reference_loss"] == pytest.approx(1.31) and rows[0]["seeds"] == 1
+
+
+def test_seeds_section_sets_final2_against_final_at_full_scale(tmp_path):
+    from mainrun.report_inputs import _seeds_section
+    seeds = frame([("base", 1.79, "b1"), ("base", 1.80, "b2"), ("joint", 1.45, "j1"), ("joint", 1.44, "j2"),
+                   ("final (full scale)", 1.1234, "f1"), ("final (full scale)", 1.1240, "f2"),
+                   ("final (full scale)", 1.1233, "f3"),
+                   ("final2 (full scale)", 1.1201, "g1"), ("final2 (full scale)", 1.1195, "g2"),
+                   ("final2 (full scale)", 1.1205, "g3")])
+    info = _seeds_section(seeds, tmp_path)
+    d = info["final2_vs_final"]
+    assert d["delta"] == pytest.approx((1.1201 + 1.1195 + 1.1205 - 1.1234 - 1.1240 - 1.1233) / 3)
+    assert d["p"] == pytest.approx(0.1) and d["n"] == [3, 3]     # every final2 seed below every final seed
+    note = (tmp_path / "seeds_test.md").read_text()
+    assert "final2 (full scale) against final (full scale): difference of mean losses -0.0035" in note
+    assert "p = 0.10" in note and "final2 (full scale)" in (tmp_path / "seeds.md").read_text()
+
+
+def test_seeds_section_with_one_final2_seed_gives_no_p(tmp_path):
+    from mainrun.report_inputs import _seeds_section
+    seeds = frame([("final (full scale)", 1.1234, "f1"), ("final (full scale)", 1.1240, "f2"),
+                   ("final2 (full scale)", 1.1201, "g1")])
+    info = _seeds_section(seeds, tmp_path)
+    assert info["final2_vs_final"]["p"] is None
+    assert "too few seeds for a permutation test" in (tmp_path / "seeds_test.md").read_text()
+
+
+def test_cpu_seeds_of_one_point_are_one_test_row():
+    name = "full-14_final2-final2"
+    runs = pd.DataFrame({"run": [name, f"{name}-seed1338", "full-final", f"{name}-seed1339"], "hash": list("abcd")})
+    assert past_final.cpu_groups(runs) == {f"{name} (CPU)": ["a", "b", "d"], "full-final (CPU)": ["c"]}
