@@ -9,6 +9,7 @@ quick proxy's agreement with full scale, as the report's markdown (past.md). Rea
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -17,8 +18,8 @@ import pandas as pd
 from . import ledger
 from .formats import _nan, fmt_loss, fmt_ratio
 from .fragments import md_table
-from .proxy import PROXY_STUDY, agreement
-from .results import read_studies, study_frame
+from .proxy import PROXY_STUDY, agreement, truncation_agreement
+from .results import read_curve, read_studies, study_frame
 from .verdicts import permutation_p, screen_frame
 
 CANDIDATES = ("final", "attn0", "stack")
@@ -115,6 +116,50 @@ def agreement_md(profile: str, screen: pd.DataFrame, proxy: str, proxy_results: 
                       "2-seed mean). {#tbl-proxy-agreement}\n"])
 
 
+def truncation_md(screen: pd.DataFrame, results: pd.DataFrame) -> tuple[str, dict]:
+    """Does stopping the screen's runs early rank the changes as their end does? Paragraph, table, numbers."""
+    ri = results.drop_duplicates("hash").set_index("hash")
+    curves = {h: read_curve(ri.loc[h, "dir"]).assign(epochs=ri.loc[h, "epochs"], max_steps=ri.loc[h, "max_steps"],
+                                                     evals_per_epoch=ri.loc[h, "evals_per_epoch"])
+              for h in screen["hash"] if h in ri.index and isinstance(ri.loc[h, "dir"], str)}
+    table, s = truncation_agreement(screen, curves)
+    if table.empty:
+        return "", {}
+    ref = screen.loc[screen["label"] == "final", "hash"]
+    decay = float(ri.loc[ref.iloc[0], "decay_frac"]) if len(ref) and ref.iloc[0] in ri.index else math.nan
+    before = table[table["fraction"] <= 1 - decay + 1e-9]
+    last = before.iloc[-1] if len(before) else None
+    flips = []
+    if last is not None:
+        d, fin = s["deltas"].loc[last["epoch"]], s["deltas"].iloc[-1]
+        flips = [k for k in fin.index if s["clear"][k] and pd.notna(d[k]) and (d[k] > 0) != (fin[k] > 0)]
+    text = ("Reading the screen's own runs part-way is a proxy that costs nothing to test: at every evaluation "
+            "(each half epoch) each change's validation loss minus the reference's mean at that point is set against "
+            f"its delta at the end, over the {s['pairs']} one-change points (the vocabulary points, whose official "
+            f"deltas come from coverage, and the stack are left out; {s['clear_pairs']} have a final effect beyond "
+            f"twice the reference's seed spread).")
+    if last is not None:
+        text += (f" Up to the start of the final decay ({1 - decay:.0%} of the steps), the best Spearman correlation "
+                 f"is {before['spearman'].max():.2f} and signs agree for at most {before['sign_agreement'].max():.0%}"
+                 f"; at epoch {last['epoch']:g}, {len(flips)} of the clear changes still point the other way"
+                 + (f" ({', '.join(flips)})" if flips else "") + ".")
+    if len(table) > 1:
+        pen = table.iloc[-2]
+        text += (f" The ranking keeps changing to the last evaluation: at {pen['fraction']:.0%} of the steps the "
+                 f"Spearman correlation with the end is {pen['spearman']:.2f}. Stopping a run early is not a cheaper "
+                 "proxy under this schedule.")
+    t = pd.DataFrame({"epoch": table["epoch"].map(lambda x: f"{x:g}"), "share of the run": table["fraction"].map(lambda x: f"{x:.0%}"),
+                      "pairs": table["pairs"].astype(str), "same sign": table["sign_agreement"].map(lambda x: f"{x:.0%}"),
+                      "same sign, clear": table["clear_sign_agreement"].map(lambda x: "" if _nan(x) else f"{x:.0%}"),
+                      "Spearman": table["spearman"].map(lambda x: f"{x:.2f}")})
+    md = "\n".join([text + "\n", md_table(t, "rrrrrr"), ": The GPU screen read part-way: agreement of each change's "
+                     "delta at an evaluation with its delta at the end (sign for all pairs and for the changes clear at "
+                     "the end, and rank correlation). {#tbl-truncation}\n"])
+    numbers = {k: v for k, v in s.items() if k not in ("deltas", "clear")}
+    numbers.update(table=table.to_dict(orient="records"), flips_before_decay=flips)
+    return md, numbers
+
+
 def screen_table(profile: str, results: pd.DataFrame) -> pd.DataFrame:
     """The GPU screen as a readable table, every point against the final preset's seed 1337 run (first row);
     the seeds and the verdicts against their mean are in the report."""
@@ -159,4 +204,6 @@ def past_section(profile: str, proxy: str, results: pd.DataFrame, proxy_results:
                   "loss for test:random); runs with several seeds are averaged." + cpu_note + " {#tbl-test}\n"]
         numbers["test"] = t.to_dict(orient="records")
     parts.append(agreement_md(profile, screen, proxy, proxy_results))
+    trunc, numbers["truncation"] = truncation_md(screen, results)
+    parts.append(trunc)
     return "\n".join(parts), numbers

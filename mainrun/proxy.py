@@ -94,3 +94,50 @@ def agreement(full: pd.DataFrame, quick: pd.DataFrame) -> tuple[pd.DataFrame, di
                        clear_pairs=len(clear), clear_sign_agreement=float(clear["same_sign"].mean()) if len(clear) else math.nan,
                        spearman=float(table["full"].rank().corr(table["quick"].rank())))
     return table, summary
+
+
+# Truncation as a proxy: the screen's own runs read part-way. Vocabulary changes move the official metric
+# through its coverage, not the model; the stack is not one change.
+TRUNCATION_SKIP = ("v3k", "v5k", "v6k", "stack")
+
+
+def truncation_agreement(screen: pd.DataFrame, curves: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict]:
+    """Would stopping early rank the changes as the finished runs do? For each evaluation epoch of the GPU
+    screen (verdicts.screen_frame; curves: {hash: results.read_curve frame with its run's `epochs`,
+    `max_steps` and `evals_per_epoch`}), every one-change point's validation loss minus the reference's mean at that epoch, set
+    against its final delta: sign agreement (all pairs and the final-clear ones) and Spearman correlation.
+    The reference's seed spread is read at the end, as for the final verdicts. The summary carries the deltas
+    (epoch x change) and which final deltas are beyond twice that spread."""
+    ok = screen[(screen["status"] == "finished") & ~screen["label"].isin(TRUNCATION_SKIP)]
+    rows = []
+    for r in ok.itertuples():
+        c = curves.get(r.hash)
+        if c is None or c.empty:
+            continue
+        for step, loss, epochs, max_steps, per in zip(c["step"], c["loss"], c["epochs"], c["max_steps"],
+                                                     c["evals_per_epoch"]):
+            if step > 1:  # the step-1 reading is the untrained model; the others sit at multiples of 1/per epoch
+                rows.append({"label": r.label, "hash": r.hash, "epoch": round(step * epochs / max_steps * per) / per,
+                             "loss": loss})
+    if not rows:
+        return pd.DataFrame(), {}
+    long = pd.DataFrame(rows)
+    mean = long.groupby(["epoch", "label"])["loss"].mean().unstack("label")
+    if "final" not in mean.columns:
+        return pd.DataFrame(), {}
+    delta = mean.sub(mean["final"], axis=0).drop(columns="final")
+    end = delta.index.max()
+    final = delta.loc[end]
+    ref_end = long[(long["label"] == "final") & (long["epoch"] == end)]["loss"]
+    sd = float(ref_end.std())
+    clear = final.abs() > 2 * sd
+    out = []
+    for epoch, d in delta.iterrows():
+        both = d.notna() & final.notna()
+        same = (d[both] > 0) == (final[both] > 0)
+        out.append({"epoch": epoch, "fraction": epoch / end, "pairs": int(both.sum()),
+                    "sign_agreement": float(same.mean()),
+                    "clear_sign_agreement": float(same[clear[both]].mean()) if clear[both].any() else math.nan,
+                    "spearman": float(d[both].rank().corr(final[both].rank()))})
+    return pd.DataFrame(out), {"final_seed_sd": sd, "clear_pairs": int(clear.sum()), "pairs": int(final.notna().sum()),
+                               "deltas": delta, "clear": clear}

@@ -100,3 +100,24 @@ def test_cpu_seeds_of_one_point_are_one_test_row():
     name = "full-14_final2-final2"
     runs = pd.DataFrame({"run": [name, f"{name}-seed1338", "full-final", f"{name}-seed1339"], "hash": list("abcd")})
     assert past_final.cpu_groups(runs) == {f"{name} (CPU)": ["a", "b", "d"], "full-final (CPU)": ["c"]}
+
+
+def test_truncation_agreement_reads_each_point_at_each_epoch():
+    # three reference seeds and two changes, evaluated at half epochs of a 2-epoch run (4 evals + step 1)
+    def curve(losses, max_steps=40):
+        steps = [1] + [max_steps * (i + 1) // 4 for i in range(4)]
+        return pd.DataFrame({"step": steps, "loss": [9.0] + losses, "epochs": 2, "max_steps": max_steps,
+                             "evals_per_epoch": 2})
+    screen = frame([("final", 1.0, "f1"), ("final", 1.0, "f2"), ("final", 1.0, "f3"), ("lowlr", 1.0, "l"),
+                    ("wide", 1.0, "w"), ("v3k", 1.0, "v")])
+    curves = {"f1": curve([2.0, 1.6, 1.3, 1.100]), "f2": curve([2.0, 1.6, 1.3, 1.102]),
+              "f3": curve([2.0, 1.6, 1.3, 1.104]),
+              "lowlr": curve([1.9, 1.5, 1.25, 1.120], max_steps=80),      # leads mid-run, worse at the end
+              "wide": curve([1.95, 1.55, 1.28, 1.090])}                  # better throughout
+    curves = {"l": curves.pop("lowlr"), "w": curves.pop("wide"), **curves, "v": curve([0.1, 0.1, 0.1, 0.1])}
+    t, s = proxy.truncation_agreement(screen, curves)
+    assert t["epoch"].tolist() == [0.5, 1.0, 1.5, 2.0] and t["pairs"].tolist() == [2] * 4   # v3k is left out
+    assert t["sign_agreement"].tolist() == [0.5, 0.5, 0.5, 1.0]
+    assert s["deltas"].loc[2.0, "lowlr"] == pytest.approx(0.018) and s["deltas"].loc[0.5, "wide"] == pytest.approx(-0.05)
+    assert s["final_seed_sd"] == pytest.approx(0.002) and s["clear_pairs"] == 2
+    assert t["spearman"].iloc[-1] == pytest.approx(1.0)
