@@ -187,3 +187,21 @@ def hardware(device: str) -> dict[str, Any]:
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def archive(root: Path, tarball: Path, run_glob: str, study_glob: str | None = None,
+            extra_globs: tuple[str, ...] = ()) -> list[str]:
+    """Tar the finished runs under root/runs matching run_glob (a run still training changes under tar, so only
+    folders with a summary.json go in), the study records under root/studies matching study_glob, and any
+    extra globs under root; the ledger's lock files are left out. Returns the archived paths, relative to root.
+    This is how a device call brings its runs back (scripts/gpu_study.py, scripts/gpu_search.py)."""
+    paths = [p for p in sorted((root / "runs").glob(run_glob)) if (p / "summary.json").exists()]
+    paths += sorted((root / "studies").glob(study_glob)) if study_glob else []
+    for g in extra_globs:
+        paths += sorted(root.glob(g))
+    rel = [str(p.relative_to(root)) for p in paths]
+    if rel:  # tar's status 1 (a file changed while read) still leaves a readable archive; 2 is a failure
+        done = subprocess.run(["tar", "czf", str(tarball), "--exclude=.lock", *rel], cwd=root)
+        if done.returncode > 1:
+            raise RuntimeError(f"tar of {len(rel)} ledger paths into {tarball} failed with status {done.returncode}")
+    return rel

@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -65,16 +64,10 @@ def train_one(cfg_dict: dict) -> dict:
 
 def pack(out: Path, rerun: Path) -> None:
     from mainrun import ledger
-    root = ledger.results_root(PROFILE)
-    paths = [str(p.relative_to(root)) for p in sorted((root / "runs").glob(f"{PROFILE}-gpu14_*"))]
-    paths += [str(p.relative_to(root)) for p in sorted((root / "studies" / PROFILE).glob("gpu14_*.json"))]
-    paths += [str(p.relative_to(root)) for p in sorted((root / "bench").glob("cuda-*"))]
-    paths += [str(p.relative_to(root)) for p in sorted((root / "test").glob("*.json"))]
-    # finished runs only (a run still training changes under tar); tar's status 1 (a file changed) is not fatal
-    paths = [p for p in paths if not p.startswith("runs/") or (root / p / "summary.json").exists()]
-    subprocess.run(["tar", "czf", str(out / "gpu-search.tar.gz"), "--exclude=.lock", *paths], cwd=root)
+    ledger.archive(ledger.results_root(PROFILE), out / "gpu-search.tar.gz", f"{PROFILE}-gpu14_*", f"{PROFILE}/gpu14_*.json",
+                   ("bench/cuda-*", "test/*.json"))
     if (rerun / "runs").exists():
-        subprocess.run(["tar", "czf", str(out / "gpu-rerun.tar.gz"), "--exclude=.lock", "runs"], cwd=rerun)
+        ledger.archive(rerun, out / "gpu-rerun.tar.gz", "*")
 
 
 class Pool:

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
 
 from mainrun import ledger
 from mainrun.bench import format_table, run_bench
@@ -85,12 +85,8 @@ def studies() -> list[tuple[str, dict]]:
 
 def pack(out: str) -> None:
     """The GPU runs, study records and bench only (never the CPU runs the checkout also holds)."""
-    root = ledger.results_root("full")
-    paths = [str(p.relative_to(root)) for p in sorted((root / "runs").glob("full-gpu_*"))]
-    paths += [str(p.relative_to(root)) for p in sorted((root / "studies" / "full").glob("gpu_*.json"))]
-    paths += [str(p.relative_to(root)) for p in sorted((root / "bench").glob("cuda-*"))]
-    subprocess.run(["tar", "czf", os.path.join(out, "gpu-results.tar.gz"), "--exclude=.lock", *paths],
-                   cwd=root, check=True)
+    ledger.archive(ledger.results_root("full"), Path(out) / "gpu-results.tar.gz", "full-gpu_*", "full/gpu_*.json",
+                   ("bench/cuda-*",))
 
 
 def main() -> int:

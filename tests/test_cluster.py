@@ -250,3 +250,30 @@ def test_gpu_packing_on_cuda(tmp_path):
     r = packing.gpu_packing(ks=(1, 2), n_runs=2, profile="smoke", preset="baseline", device="cuda",
                             precision="bf16", out_dir=tmp_path, name="packing-cuda-test")
     assert all(lv["statuses"] == ["finished", "finished"] for lv in r["levels"])
+
+
+def test_archive_brings_back_finished_runs_and_their_studies_only(tmp_path):
+    """ledger.archive: how a device call packs what it trained (scripts/gpu_search.py, gpu_study.py)."""
+    import tarfile
+    from mainrun import ledger
+    root = tmp_path / "results"
+    for name, done in (("full-gpu14_a", True), ("full-gpu14_b", False), ("full-final", True)):
+        d = root / "runs" / name
+        d.mkdir(parents=True)
+        (d / "log.jsonl").write_text("{}\n")
+        (d / ".lock").write_text("")
+        if done:
+            (d / "summary.json").write_text("{}")
+    (root / "studies" / "full").mkdir(parents=True)
+    for s in ("gpu14_screen.json", "04_final.json"):
+        (root / "studies" / "full" / s).write_text("{}")
+    (root / "bench").mkdir()
+    (root / "bench" / "cuda-final.json").write_text("{}")
+    tar = tmp_path / "out.tar.gz"
+    rel = ledger.archive(root, tar, "full-gpu14_*", "full/gpu14_*.json", ("bench/cuda-*",))
+    assert rel == ["runs/full-gpu14_a", "studies/full/gpu14_screen.json", "bench/cuda-final.json"]
+    with tarfile.open(tar) as t:
+        names = set(t.getnames())
+    assert "runs/full-gpu14_a/summary.json" in names and "runs/full-gpu14_a/log.jsonl" in names
+    assert not any(n.endswith(".lock") or "gpu14_b" in n or "full-final" in n or "04_final" in n for n in names)
+    assert ledger.archive(root, tmp_path / "none.tar.gz", "nothing-*") == [] and not (tmp_path / "none.tar.gz").exists()
