@@ -222,6 +222,12 @@ def _summary_md(n: dict, final: pd.Series, base: pd.Series) -> str:
             f"configurations to)" if n.get("final_device") == "cpu" and prof == "full"
             and (n["final"].get("wall_time_s") or 0) > CPU_BUDGET_S else "")
          + f": a ratio of **{f['ratio']}** to the baseline, over {n['n_runs']} recorded runs.")
+    fs = n.get("final_seeds")
+    if fs:
+        s += (f" Over its {fs['n']} training seeds the official loss is {fmt_loss(fs['mean'])} ± {fmt_loss(fs['std'])} "
+              f"(ratio {fmt_ratio(fs['ratio'])}); the runs took {fmt_time(fs['wall_min_s'])} to "
+              f"{fmt_time(fs['wall_max_s'])}" + (f", {fs['over_budget']} of them over the budget." if fs["over_budget"]
+                                                   and n.get("final_device") == "cpu" else "."))
     rfc = n.get("ratio_full_coverage")
     if rfc is not None and not _nan(rfc):
         s += f" On the full-coverage loss, which scores every validation token, the ratio is {fmt_ratio(rfc)}."

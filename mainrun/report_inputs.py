@@ -21,8 +21,8 @@ import pandas as pd
 from . import ledger
 from .formats import _millions, _nan, _py, fmt_bpc, fmt_int, fmt_loss, fmt_ratio
 from .past_final import past_section
-from .fragments import (DEVICE_NAME, PROXY_NOTE, _baselines_md, _edges_md, _findings_md, _provisional_md, _setup_md,
-                        _summary_md, changes_table, ladder_table, md_table, results_table)
+from .fragments import (CPU_BUDGET_S, DEVICE_NAME, PROXY_NOTE, _baselines_md, _edges_md, _findings_md, _provisional_md,
+                        _setup_md, _summary_md, changes_table, ladder_table, md_table, results_table)
 from .results import (_best_of_curve, _gpu_small_points, _pending_baseline, ladder_frame, load_results, read_curve,
                       read_lr, read_studies, study_frame)
 from .sweep import STUDY_PROFILE, by_point
@@ -136,6 +136,7 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
         "pending_baseline": _pending_baseline(results, final["device"]) if provisional else None,
         "time_to_baseline_s": time_to_quality(final["dir"], base["final_val_loss"]),
         "seeds": seed_info,
+        "final_seeds": _stage_seeds(seed_table, final, base, results, profile),
         "past_final": past_numbers,
         "formatted": {"baseline_loss": fmt_loss(base["final_val_loss"]), "final_loss": fmt_loss(final["final_val_loss"]),
                       "ratio": fmt_ratio(final["final_val_loss"] / base["final_val_loss"]),
@@ -149,6 +150,22 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
     (out / "profile.md").write_text(note + "\n")
     (out / "numbers.json").write_text(json.dumps(numbers, indent=2, default=str) + "\n")
     return numbers
+
+
+def _stage_seeds(seeds: pd.DataFrame | None, final: pd.Series, base: pd.Series, results: pd.DataFrame,
+                 profile: str) -> dict[str, Any] | None:
+    """The last rung's training seeds at full scale (the seeds table's "<stage> (<profile> scale)" row): their
+    mean, spread, ratio to the baseline and wall times; None where it has fewer than two finished seeds."""
+    if seeds is None or "stage" not in final.index:
+        return None
+    ok = seeds[(seeds["label"] == f"{final['stage']} ({profile} scale)") & (seeds["status"] == "finished")]
+    if len(ok) < 2:
+        return None
+    walls = results.drop_duplicates("hash").set_index("hash").loc[ok["hash"], "wall_time_s"].astype(float)
+    loss = ok["final_val_loss"].astype(float)
+    return {"n": len(ok), "mean": float(loss.mean()), "std": float(loss.std()),
+            "ratio": float(loss.mean() / base["final_val_loss"]), "wall_min_s": float(walls.min()),
+            "wall_max_s": float(walls.max()), "over_budget": int((walls > CPU_BUDGET_S).sum())}
 
 
 def _run_numbers(row: pd.Series) -> dict[str, Any]:

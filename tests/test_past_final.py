@@ -121,3 +121,22 @@ def test_truncation_agreement_reads_each_point_at_each_epoch():
     assert s["deltas"].loc[2.0, "lowlr"] == pytest.approx(0.018) and s["deltas"].loc[0.5, "wide"] == pytest.approx(-0.05)
     assert s["final_seed_sd"] == pytest.approx(0.002) and s["clear_pairs"] == 2
     assert t["spearman"].iloc[-1] == pytest.approx(1.0)
+
+
+def test_summary_gives_the_last_rungs_seeds_and_their_wall_times():
+    from mainrun.fragments import _summary_md
+    from mainrun.report_inputs import _stage_seeds
+    seeds = frame([("final (full scale)", 1.1234, "f1"), ("final2 (full scale)", 1.1201, "g1"),
+                   ("final2 (full scale)", 1.1195, "g2"), ("final2 (full scale)", 1.1205, "g3")])
+    results = pd.DataFrame({"hash": ["f1", "g1", "g2", "g3"], "wall_time_s": [3370.0, 3810.0, 3500.0, 3590.0]})
+    final, base = pd.Series({"stage": "final2"}), pd.Series({"final_val_loss": 1.7304})
+    fs = _stage_seeds(seeds, final, base, results, "full")
+    assert fs["n"] == 3 and fs["mean"] == pytest.approx(1.12003333) and fs["over_budget"] == 1
+    assert fs["wall_min_s"] == 3500.0 and fs["ratio"] == pytest.approx(1.12003333 / 1.7304)
+    assert _stage_seeds(seeds, pd.Series({"stage": "final"}), base, results, "full") is None   # one seed only
+    n = {"formatted": {"baseline_loss": "1.7304", "baseline_bpc": "2.6", "final_loss": "1.1201", "final_bpc": "1.7",
+                       "ratio": "0.647"}, "profile": "full", "final_stage": "final2", "final": {"wall_time_s": 3810.0},
+         "final_device": "cpu", "n_runs": 9, "time_to_baseline_s": None, "final_seeds": fs}
+    text = _summary_md(n, pd.Series({"run": "r", "official": True}), base)
+    assert "Over its 3 training seeds the official loss is 1.1200 ± 0.0005 (ratio 0.647)" in text
+    assert "1 of them over the budget" in text
