@@ -60,6 +60,13 @@ class Config:
     zero_proj: bool = False             # the layers writing into the residual stream (attention proj, MLP
                                         # out) start at zero, so every block starts as the identity
     logit_softcap: float = 0.0          # logits -> c * tanh(logits / c) (train and eval: part of the model); 0 = off
+    drop_path: float = 0.0              # stochastic depth: each block's attention and MLP branch is dropped per
+                                        # sequence with a rate rising linearly from 0 (first block) to this (last)
+    unet: bool = False                  # U-net skips (modded-nanogpt): the first n_layer // 2 blocks' outputs are
+                                        # added, each times a learned scalar (init 1), before the last n_layer // 2
+                                        # blocks in reverse order
+    value_embed: bool = False           # value embeddings (modded-nanogpt): a second token embedding added to every
+                                        # layer's attention values, times a learned per-layer scalar (init 0.5)
     tie_embeddings: bool = True         # share token embedding and output head
     qk_norm: bool = False               # RMS-normalise queries and keys per head
     attn_mask: str = "causal"           # causal | title (causal and each title attends only to itself)
@@ -70,7 +77,9 @@ class Config:
     muon_ns: str = "bf16"               # dtype of Muon's Newton-Schulz iteration: bf16 (torch's) | fp32
                                         # (for CPUs without native bf16, where bf16 matmuls crawl)
     momentum: float = 0.0               # SGD momentum
-    muon_momentum: float = 0.95         # Muon's momentum (Nesterov)
+    muon_momentum: float = 0.95         # Muon's momentum
+    muon_nesterov: bool = True          # Nesterov momentum in Muon (torch's default)
+    muon_ns_steps: int = 5              # Newton-Schulz iterations per Muon step (torch's default)
     embed_lr: float = -1.0              # AdamW peak LR of the token (and position) embeddings; -1 = lr
     head_lr: float = -1.0               # AdamW peak LR of an untied output head; -1 = lr
     weight_decay: float = 0.0
@@ -83,7 +92,11 @@ class Config:
     schedule: str = "cosine"            # cosine | warmup_cosine | wsd | constant
     warmup_frac: float = 0.0            # fraction of optimizer steps spent warming up linearly
     min_lr_frac: float = 0.0            # floor of the decay, as a fraction of peak
-    decay_frac: float = 0.2             # wsd: fraction of steps in the final linear decay
+    decay_frac: float = 0.2             # wsd: fraction of steps in the final decay
+    decay_shape: str = "linear"         # wsd: shape of that decay: linear | sqrt (1 - sqrt(progress): Hagele et
+                                        # al. 2024's "1-sqrt" cooldown)
+    z_loss: float = 0.0                 # training objective + z_loss x mean(logsumexp(logits)^2) (PaLM's z-loss);
+                                        # the logged and evaluated losses stay plain cross-entropy
     ema: float = 0.0                    # EMA decay of weights used for evaluation; 0 disables
     eval_precision: str = "fp32"        # fp32 (the original's arithmetic) | bf16 (faster, not for headline numbers)
     # --- execution ---
@@ -136,7 +149,9 @@ NOT_HASHED = ("name", "profile", "preset", "data", "checkpoint_every")
 UNHASHED_EXECUTION = {("cpu", "fp32"), ("cuda", "bf16")}
 HASH_OMIT_IF = {"train_seed": -1, "eval_precision": "fp32", "muon_ns": "bf16", "tokenizer": "bpe", "rdrop": 0.0,
                 "attn_dropout": -1.0, "emb_dropout": -1.0, "zero_proj": False, "logit_softcap": 0.0,
-                "muon_momentum": 0.95, "embed_lr": -1.0, "head_lr": -1.0}
+                "muon_momentum": 0.95, "embed_lr": -1.0, "head_lr": -1.0, "drop_path": 0.0, "unet": False,
+                "value_embed": False, "muon_nesterov": True, "muon_ns_steps": 5, "decay_shape": "linear",
+                "z_loss": 0.0}
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "profile": ("smoke", "quick", "full"),
@@ -150,6 +165,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "muon_ns": ("bf16", "fp32"),
     "lr_scaling": ("none", "linear"),
     "schedule": ("cosine", "warmup_cosine", "wsd", "constant"),
+    "decay_shape": ("linear", "sqrt"),
     "precision": ("auto", "fp32", "bf16"),
     "eval_precision": ("fp32", "bf16"),
     "device": ("auto", "cpu", "cuda"),
@@ -243,7 +259,7 @@ def validate(cfg: Config) -> Config:
     if cfg.preset not in PRESETS:
         raise ConfigError(f"preset={cfg.preset!r} is not accepted; choose one of: {', '.join(PRESETS)}")
     positive_ints = ("num_titles", "epochs", "vocab_size", "n_layer", "n_head", "d_model",
-                     "block_size", "batch_size", "grad_accum", "evals_per_epoch")
+                     "block_size", "batch_size", "grad_accum", "evals_per_epoch", "muon_ns_steps")
     for name in positive_ints:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)} must be a positive integer")
@@ -272,7 +288,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"logit_softcap={cfg.logit_softcap} must be a finite number >= 0 (0 = off)")
     if not 0.0 <= cfg.muon_momentum < 1.0:
         raise ConfigError(f"muon_momentum={cfg.muon_momentum} must be in [0, 1)")
-    for name in ("dropout", "warmup_frac", "min_lr_frac", "decay_frac", "ema"):
+    for name in ("dropout", "drop_path", "warmup_frac", "min_lr_frac", "decay_frac", "ema"):
         v = getattr(cfg, name)
         top = 1.0 if name in ("min_lr_frac", "decay_frac") else None
         if not (0.0 <= v < 1.0 or v == top):
@@ -281,7 +297,7 @@ def validate(cfg: Config) -> Config:
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v > 0):
             raise ConfigError(f"{name}={v} must be a positive finite number")
-    for name in ("weight_decay", "momentum", "grad_clip", "rdrop"):
+    for name in ("weight_decay", "momentum", "grad_clip", "rdrop", "z_loss"):
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v >= 0):
             raise ConfigError(f"{name}={v} must be a finite number >= 0")
@@ -292,6 +308,9 @@ def validate(cfg: Config) -> Config:
     if cfg.rdrop > 0 and cfg.dropout == 0:
         raise ConfigError(f"rdrop={cfg.rdrop} needs dropout > 0 (without dropout both passes agree and the KL "
                           f"term is zero); set dropout or rdrop=0")
+    if cfg.decay_shape != "linear" and cfg.schedule != "wsd":
+        raise ConfigError(f"decay_shape={cfg.decay_shape!r} shapes the wsd decay; schedule={cfg.schedule!r} has none "
+                          f"(use schedule=wsd, or decay_shape=linear)")
     if cfg.schedule == "wsd" and cfg.warmup_frac + cfg.decay_frac > 1.0:
         raise ConfigError(f"warmup_frac + decay_frac = {cfg.warmup_frac + cfg.decay_frac} must be <= 1 for wsd")
     return cfg

@@ -33,6 +33,9 @@ class GPTConfig:
     emb_dropout: float = -1.0           # dropout on the embedding output; -1 = `dropout`
     zero_proj: bool = False             # residual-writing projections start at zero
     logit_softcap: float = 0.0          # c * tanh(logits / c); 0 = off
+    drop_path: float = 0.0              # stochastic depth of the last block (linear from 0 at the first)
+    unet: bool = False                  # U-net skips from the first half of the blocks to the last
+    value_embed: bool = False           # a value embedding added to every layer's attention values
 
 
 NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
@@ -65,16 +68,21 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.resid_drop = nn.Dropout(cfg.dropout)
         self.qk_norm = cfg.qk_norm
+        if cfg.value_embed:
+            self.ve_gate = nn.Parameter(torch.full((1,), 0.5))
         self.rope = cfg.pos == "rope"
         if self.rope:
             cos, sin = rope_cache(cfg.block_size, self.head_dim)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                ve: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.size()
         # [B, T, 3C] -> [B, T, 3, H, D] -> 3 x [B, H, T, D]
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        if ve is not None:  # the value embedding of each token, [B, T, C] -> [B, H, T, D]
+            v = v + (self.ve_gate * ve.view(B, T, self.n_head, self.head_dim).transpose(1, 2)).to(v.dtype)
         if self.qk_norm:
             q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         if self.rope:
@@ -113,17 +121,28 @@ class MLP(nn.Module):
         return self.drop(self.out(h))
 
 
+def drop_branch(y: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero a residual branch for a random subset of the sequences (rate p), scaling the
+    kept ones by 1 / (1 - p) so the expected branch is unchanged; the identity at evaluation."""
+    if not training or p == 0.0:
+        return y
+    keep = torch.empty(y.size(0), *([1] * (y.dim() - 1)), device=y.device, dtype=y.dtype).bernoulli_(1 - p)
+    return y * keep / (1 - p)
+
+
 class Block(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, drop_path: float = 0.0):
         super().__init__()
         self.ln1 = NORMS[cfg.norm](cfg.d_model)
         self.ln2 = NORMS[cfg.norm](cfg.d_model)
         self.attn = CausalSelfAttention(cfg)
         self.mlp = MLP(cfg)
+        self.drop_path = drop_path
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), mask)
-        x = x + self.mlp(self.ln2(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                ve: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + drop_branch(self.attn(self.ln1(x), mask, ve), self.drop_path, self.training)
+        x = x + drop_branch(self.mlp(self.ln2(x)), self.drop_path, self.training)
         return x
 
 
@@ -149,9 +168,15 @@ class GPT(nn.Module):
         if cfg.pos == "learned":
             self.pos_emb = nn.Parameter(torch.zeros(1, cfg.block_size, cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout if cfg.emb_dropout < 0 else cfg.emb_dropout)
-        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.blocks = nn.ModuleList([Block(cfg, cfg.drop_path * i / max(1, cfg.n_layer - 1))
+                                     for i in range(cfg.n_layer)])
         self.ln_f = NORMS[cfg.norm](cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        # optional parts are created after the original's modules, so a model without them draws the same numbers
+        if cfg.value_embed:
+            self.value_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if cfg.unet:
+            self.skip_weights = nn.Parameter(torch.ones(cfg.n_layer // 2))
         self.apply(self._init_weights)
         if cfg.tie_embeddings:
             self.head.weight = self.token_emb.weight
@@ -186,8 +211,15 @@ class GPT(nn.Module):
             x = x + self.pos_emb[:, :T, :]
         x = self.drop(x)
         mask = title_mask(idx, self.eos_id) if self.eos_id is not None else None
-        for block in self.blocks:
-            x = block(x, mask)
+        ve = self.value_emb(idx) if self.cfg.value_embed else None
+        n_skip = self.cfg.n_layer // 2 if self.cfg.unet else 0
+        skips = []
+        for i, block in enumerate(self.blocks):
+            if n_skip and i >= self.cfg.n_layer - n_skip:   # decoder half: the mirrored encoder block's output
+                x = x + self.skip_weights[i - (self.cfg.n_layer - n_skip)] * skips.pop()
+            x = block(x, mask, ve)
+            if i < n_skip:                                  # encoder half
+                skips.append(x)
         logits = self.head(self.ln_f(x))          # [B, T, V]
         if self.cfg.logit_softcap > 0:
             c = self.cfg.logit_softcap

@@ -32,11 +32,13 @@ def lr_multiplier(cfg: Config, step: int, total: int) -> float:
         # 2) cosine from 1 at the end of warmup down to the floor at the last step
         progress = (step - warmup) / max(1, total - warmup)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    # wsd: 2) stable at 1, then 3) linear decay to the floor over the last decay_frac of steps
+    # wsd: 2) stable at 1, then 3) decay to the floor over the last decay_frac of steps, linear or 1-sqrt
     decay = int(round(cfg.decay_frac * total))
     if step < total - decay:
         return 1.0
     progress = (step - (total - decay) + 1) / max(1, decay)
+    if cfg.decay_shape == "sqrt":
+        progress = math.sqrt(progress)
     return 1.0 - (1.0 - floor) * progress
 
 
@@ -142,7 +144,7 @@ def build_optimizers(cfg: Config, model: nn.Module, device: str) -> list[torch.o
     else:  # muon for hidden matrices, AdamW for the rest
         muon = Fp32Muon if cfg.muon_ns == "fp32" else torch.optim.Muon
         opts = [muon(g["hidden"], lr=cfg.muon_lr, weight_decay=cfg.weight_decay,
-                                 momentum=cfg.muon_momentum, nesterov=True),
+                    momentum=cfg.muon_momentum, nesterov=cfg.muon_nesterov, ns_steps=cfg.muon_ns_steps),
                 torch.optim.AdamW(_adamw_rest(cfg, model, g, lr), lr=lr, betas=(cfg.beta1, cfg.beta2), **fused)]
     for opt in opts:
         for group in opt.param_groups:

@@ -63,6 +63,40 @@ PROXY_STUDY = "14_proxy"
 PROXY_SPEC = {"base": PROXY_BASE,
               "points": {"final": {}, **{f"final-s{s}": {"train_seed": s} for s in PROXY_REF_SEEDS},
                          **PROXY_CHANGES}}
+# The second GPU screen (scripts/gpu_screen2.py, study gpu14_screen2): one change each against `final2`, ideas
+# of issue 14 the first screen did not try. None changes the matmul shapes, so none changes the CPU cost much
+# (value_embed adds a lookup and an add per layer, z-loss a log-sum-exp over the logits, ns3 saves two of
+# Muon's five Newton-Schulz iterations). The reference is final2's three GPU seeds (the gpu14_stack runs: the
+# same configs, so the same hashes).
+SCREEN2_BASE = {"preset": "final2"}
+SCREEN2_REF_SEEDS = (1338, 1339)
+SCREEN2 = {
+    "value_embed": dict(value_embed=True),
+    "unet": dict(unet=True),
+    "sqrt_cooldown": dict(decay_shape="sqrt"),
+    "zloss1e-4": dict(z_loss=1e-4),
+    "drop_path0.1": dict(drop_path=0.1),
+    "ema0.99": dict(ema=0.99),
+    "nesterov_off": dict(muon_nesterov=False),
+    "ns3": dict(muon_ns_steps=3),
+    "tied": dict(tie_embeddings=True),
+    "drop0": dict(dropout=0.0),
+    "drop0.03": dict(dropout=0.03),
+    "embed_lr0.02": dict(embed_lr=0.02),
+}
+SCREEN2_SPEC = {"base": SCREEN2_BASE,
+                "points": {"final2": {}, **{f"final2-s{s}": {"train_seed": s} for s in SCREEN2_REF_SEEDS}, **SCREEN2}}
+
+# The full-data proxy (study gpu14_mirror): the quick proxy's small model (d64 x 2 layers) on the full data
+# (100k titles, the final preset's 4k vocabulary, 7 epochs), so that only the model is small. Same changes as
+# the quick mirror, to be set against the same GPU screen.
+MIRROR_BASE = {"preset": "final", "d_model": 64, "n_head": 2, "n_layer": 2}
+MIRROR_STUDY = "gpu14_mirror"
+MIRROR_SPEC = {"base": MIRROR_BASE,
+               "points": {"final": {}, **{f"final-s{s}": {"train_seed": s} for s in PROXY_REF_SEEDS},
+                          **PROXY_CHANGES}}
+
+
 def deltas(frame: pd.DataFrame, changes: list[str], ref: str = "final") -> tuple[dict[str, float], float, float]:
     """({change: its mean official loss - the reference's}, reference mean, reference seed std) from a study
     frame (columns label, status, final_val_loss; extra seeds under "<label>-s<seed>" count for their point);

@@ -85,7 +85,8 @@ def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT:
                           n_head=cfg.n_head, d_model=cfg.d_model, dropout=cfg.dropout, norm=cfg.norm,
                           pos=cfg.pos, init=cfg.init, mlp=cfg.mlp, tie_embeddings=cfg.tie_embeddings,
                           qk_norm=cfg.qk_norm, attn_dropout=cfg.attn_dropout,
-                          emb_dropout=cfg.emb_dropout, zero_proj=cfg.zero_proj, logit_softcap=cfg.logit_softcap))
+                          emb_dropout=cfg.emb_dropout, zero_proj=cfg.zero_proj, logit_softcap=cfg.logit_softcap,
+                          drop_path=cfg.drop_path, unet=cfg.unet, value_embed=cfg.value_embed))
     if cfg.attn_mask == "title":
         model.eos_id = eos_id
     return model
@@ -327,17 +328,21 @@ class Trainer:
         """(cross-entropy to log, loss to minimise). With R-Drop the batch goes through the model twice
         (two dropout masks): the logged loss is the two passes' mean cross-entropy, and the objective adds
         rdrop x their symmetric KL divergence (the mean of both directions, summed over the vocabulary,
-        averaged over tokens). Liang et al. (2021) sum the two cross-entropies, so rdrop is their alpha / 2."""
+        averaged over tokens). Liang et al. (2021) sum the two cross-entropies, so rdrop is their alpha / 2.
+        With z_loss > 0 the objective also adds z_loss x the mean squared log-partition of the (first pass's)
+        logits, which keeps them from drifting (PaLM)."""
         logits, loss = self.step_fn(xb, yb)
+        z = self.cfg.z_loss * logits.float().logsumexp(-1).square().mean() if self.cfg.z_loss > 0 else None
+        plus_z = (lambda x: x) if z is None else (lambda x: x + z)  # noqa: E731
         if self.cfg.rdrop <= 0:
-            return loss, loss
+            return loss, plus_z(loss)
         logits2, loss2 = self.step_fn(xb, yb)
         lp1 = F.log_softmax(logits.float(), dim=-1)
         lp2 = F.log_softmax(logits2.float(), dim=-1)
         kl = 0.5 * (F.kl_div(lp1, lp2, log_target=True, reduction="none")
                     + F.kl_div(lp2, lp1, log_target=True, reduction="none")).sum(-1).mean()
         ce = 0.5 * (loss + loss2)
-        return ce, ce + self.cfg.rdrop * kl
+        return ce, plus_z(ce + self.cfg.rdrop * kl)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int, ptr: int, state: dict, log: JsonlLog) -> None:

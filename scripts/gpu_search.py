@@ -81,15 +81,21 @@ class Pool:
         self.durations: list[float] = []
         self.specs: dict[str, dict] = {}
 
-    def submit(self, study: str, label: str, overrides: dict) -> None:
-        from mainrun.sweep import build_configs
-        spec = {"base": BASE, "points": {label: overrides}}
+    def plan(self, study: str, base: dict, points: dict) -> None:
+        """Name a study's whole spec up front, so its record carries one spec rather than one per submission."""
+        self.specs[study] = {"base": base, "points": dict(points)}
+
+    def submit(self, study: str, label: str, overrides: dict, base: dict | None = None) -> None:
+        from mainrun.sweep import _row, build_configs, record_study
+        base = self.specs[study]["base"] if study in self.specs else (base or BASE)
+        spec = {"base": base, "points": {label: overrides}}
         (p, cfg), = build_configs(spec, PROFILE, study)
-        self.specs.setdefault(study, {"base": BASE, "points": {}})["points"][label] = overrides
+        self.specs.setdefault(study, {"base": base, "points": {}})["points"][label] = overrides
         from mainrun.train import run
         held = run(cfg, train=False)
         if held.get("status") in ("finished", "diverged", "pruned"):
             self.done[(study, label)] = held
+            record_study(PROFILE, study, self.specs[study], [_row(study, p, cfg, held)])
             print(f"{study:<13}{label:<16} {held['status']:<9}{held.get('final_val_loss') or float('nan'):>8.4f} "
                   f"(from the ledger)", flush=True)
             return

@@ -10,9 +10,11 @@ from mainrun.optim import build_optimizers, set_lr
 from mainrun.train import build_model
 
 KNOBS = {"mlp": "relu2", "emb_dropout": 0.2, "zero_proj": True, "logit_softcap": 15.0, "muon_momentum": 0.9,
-         "embed_lr": 0.01, "head_lr": 0.001}
+         "embed_lr": 0.01, "head_lr": 0.001, "drop_path": 0.1, "unet": True, "value_embed": True,
+         "muon_nesterov": False, "muon_ns_steps": 3, "decay_shape": "sqrt", "z_loss": 1e-4}
 DEFAULTS = {"emb_dropout": -1.0, "zero_proj": False, "logit_softcap": 0.0, "muon_momentum": 0.95,
-            "embed_lr": -1.0, "head_lr": -1.0}
+            "embed_lr": -1.0, "head_lr": -1.0, "drop_path": 0.0, "unet": False, "value_embed": False,
+            "muon_nesterov": True, "muon_ns_steps": 5, "decay_shape": "linear", "z_loss": 0.0}
 
 
 def resolved(**kw):
@@ -96,6 +98,77 @@ def test_muon_momentum_reaches_muon():
     assert build_optimizers(cfg, m, "cpu")[0].param_groups[0]["momentum"] == 0.9
 
 
+def test_muon_nesterov_and_ns_steps_reach_muon():
+    cfg, m = model(muon_nesterov=False, muon_ns_steps=3)
+    group = build_optimizers(cfg, m, "cpu")[0].param_groups[0]
+    assert group["nesterov"] is False and group["ns_steps"] == 3
+
+
+def test_default_model_has_no_optional_parameters():
+    names = set(dict(model()[1].named_parameters()))
+    assert not any(k in n for n in names for k in ("value_emb", "ve_gate", "skip_weights"))
+
+
+def test_value_embedding_reaches_every_layer_and_its_optimizer_group():
+    cfg, m = model(value_embed=True, embed_lr=0.01)
+    assert m.value_emb.weight.shape == (512, cfg.d_model)
+    lr = lrs(build_optimizers(cfg, m, "cpu"))
+    assert lr[id(m.value_emb.weight)] == 0.01 and lr[id(m.blocks[0].attn.ve_gate)] == cfg.lr   # AdamW, not Muon
+    idx = torch.randint(0, 512, (2, 16))
+    m.eval()
+    before = m(idx)[0]
+    with torch.no_grad():
+        for b in m.blocks:
+            b.attn.ve_gate.zero_()         # gates at zero: the plain model, whatever the value embedding holds
+    _, plain = model()
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if "value_emb" not in k and "ve_gate" not in k})
+    assert torch.allclose(m(idx)[0], plain.eval()(idx)[0], atol=1e-6)
+    assert not torch.allclose(before, plain(idx)[0], atol=1e-4)
+
+
+def test_unet_skips_join_mirrored_blocks():
+    cfg, m = model(unet=True, n_layer=4)
+    assert m.skip_weights.tolist() == [1.0, 1.0]
+    m.eval()
+    seen = []
+    for i, b in enumerate(m.blocks):
+        b.register_forward_pre_hook(lambda mod, args, i=i: seen.append((i, args[0].clone())))
+        b.register_forward_hook(lambda mod, args, out, i=i: seen.append((i, out.clone())))
+    m(torch.randint(0, 512, (1, 8)))
+    inp = {i: x for (i, x) in seen[0::2]}
+    out = {i: x for (i, x) in seen[1::2]}
+    assert torch.allclose(inp[1], out[0])                       # no skip into the encoder half
+    assert torch.allclose(inp[2], out[1] + out[1])              # block 2 gets block 1's output (weight 1)
+    assert torch.allclose(inp[3], out[2] + out[0])              # block 3 gets block 0's
+
+
+def test_drop_path_rises_with_depth_and_is_off_in_eval():
+    cfg, m = model(drop_path=0.3, n_layer=4)
+    assert [b.drop_path for b in m.blocks] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    from mainrun.model import drop_branch
+    y = torch.ones(4000, 3, 2)
+    kept = drop_branch(y, 0.25, training=True)
+    rows = kept[:, 0, 0]
+    assert rows.unique().tolist() == pytest.approx([0.0, 1 / 0.75])   # whole sequences dropped or scaled up
+    assert torch.equal(kept, rows[:, None, None].expand_as(y))
+    assert (rows == 0).float().mean().item() == pytest.approx(0.25, abs=0.03)
+    assert torch.equal(drop_branch(y, 0.25, training=False), y)
+
+
+def test_z_loss_adds_the_squared_log_partition_to_the_objective_only():
+    from mainrun.train import Trainer
+    cfg, m = model(z_loss=0.1)
+    t = Trainer.__new__(Trainer)
+    t.cfg, t.step_fn = cfg, m.eval()
+    xb, yb = torch.randint(0, 512, (2, 16)), torch.randint(0, 512, (2, 16))
+    logged, objective = t.objective(xb, yb)
+    logits, ce = m(xb, yb)
+    assert torch.equal(logged, ce)
+    assert objective.item() == pytest.approx((ce + 0.1 * logits.logsumexp(-1).square().mean()).item(), rel=1e-6)
+    t.cfg = resolved()
+    assert torch.equal(t.objective(xb, yb)[1], ce)
+
+
 @pytest.mark.parametrize("kw,needle", [
     (dict(mlp="relu3"), "mlp='relu3' is not accepted; choose one of: gelu, swiglu, relu2"),
     (dict(emb_dropout=1.5), "emb_dropout=1.5"),
@@ -103,6 +176,11 @@ def test_muon_momentum_reaches_muon():
     (dict(head_lr=math.inf), "head_lr=inf"),
     (dict(logit_softcap=-1.0), "logit_softcap=-1.0"),
     (dict(muon_momentum=1.0), "muon_momentum=1.0"),
+    (dict(drop_path=1.0), "drop_path=1.0"),
+    (dict(z_loss=-1e-4), "z_loss=-0.0001"),
+    (dict(muon_ns_steps=0), "muon_ns_steps=0"),
+    (dict(decay_shape="cosine"), "decay_shape='cosine' is not accepted; choose one of: linear, sqrt"),
+    (dict(decay_shape="sqrt", schedule="cosine"), "decay_shape='sqrt' shapes the wsd decay"),
 ])
 def test_bad_values_are_refused_by_name(kw, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace("[", r"\[")):

@@ -41,6 +41,16 @@ def test_wsd_phases():
     assert lr_multiplier(cfg, 999, total) == pytest.approx(0.0)
 
 
+def test_wsd_sqrt_cooldown():
+    cfg = make_config("full", schedule="wsd", warmup_frac=0.05, decay_frac=0.2, min_lr_frac=0.1, decay_shape="sqrt")
+    total = 1000
+    assert lr_multiplier(cfg, 799, total) == 1.0
+    assert lr_multiplier(cfg, 849, total) == pytest.approx(1 - 0.9 * math.sqrt(0.25))   # a quarter into the decay
+    assert lr_multiplier(cfg, 999, total) == pytest.approx(0.1)
+    linear = make_config("full", schedule="wsd", warmup_frac=0.05, decay_frac=0.2, min_lr_frac=0.1)
+    assert all(lr_multiplier(cfg, s, total) <= lr_multiplier(linear, s, total) for s in range(800, 1000))
+
+
 def test_constant_and_linear_scaling():
     assert lr_multiplier(make_config("full", schedule="constant"), 500, 1000) == 1.0
     cfg = make_config("full", optimizer="adamw", lr=3e-4, batch_size=32, grad_accum=4, lr_scaling="linear")

@@ -1,0 +1,143 @@
+"""Issue 14's second full-scale screen and the full-data proxy, on a lent GPU, in one call of the device tool.
+
+    PYTHONPATH=.:scripts:/tmp/site MAINRUN_DATA=data/hn-stories-2016-2020.parquet \
+        python3 scripts/gpu_screen2.py --budget 540 --workers 12 --out $OUT
+
+Same machinery as scripts/gpu_search.py (its Pool: `--workers` ledger runs share the GPU, full profile, bf16,
+each packed into OUT/gpu-search.tar.gz as it finishes), three studies, in this order:
+
+1. gpu14_screen2: one change each against `final2` (proxy.SCREEN2: value embeddings, U-net skips, the 1-sqrt
+   cooldown, z-loss, stochastic depth, EMA, Muon without Nesterov or with 3 Newton-Schulz steps, a tied head,
+   dropout 0 and 0.03, embedding LR 0.02). Its reference is final2's three seeds, already in the ledger.
+2. gpu14_stack2: once the screen is in, the changes that beat final2's seed mean by more than twice its seed
+   spread (at least 0.001), one value per knob, stacked on final2; three seeds, and the stack without each
+   member. Test sets read once for the stack's seeds.
+3. gpu14_mirror (fills the free slots): the full-data small-model proxy (proxy.MIRROR_SPEC: d64 x 2 layers,
+   100k titles, 4k vocabulary), the quick mirror's 15 changes on the final recipe, to be set against the first
+   GPU screen (proxy.agreement).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_search as gs  # noqa: E402
+
+from mainrun.proxy import MIRROR_SPEC, MIRROR_STUDY, SCREEN2, SCREEN2_REF_SEEDS, SCREEN2_SPEC  # noqa: E402
+
+SCREEN, STACK = "gpu14_screen2", "gpu14_stack2"
+NOT_STACKED = {"n_layer", "d_model", "n_head"}
+
+
+def with_exec(base: dict) -> dict:
+    return {**base, **gs.GPU}
+
+
+def choose_stack(pool: gs.Pool) -> tuple[dict, list, float, float]:
+    """(stacked overrides, members (label, delta, overrides) best first, reference mean, threshold)."""
+    ref = [v for v in (pool.loss(SCREEN, k) for k in ("final2", *[f"final2-s{s}" for s in SCREEN2_REF_SEEDS])) if v]
+    if not ref:
+        return {}, [], float("nan"), float("nan")
+    mean = statistics.mean(ref)
+    threshold = max(2 * statistics.stdev(ref), 0.001) if len(ref) > 1 else 0.001
+    helped = sorted((pool.loss(SCREEN, k) - mean, k, ov) for k, ov in SCREEN2.items()
+                    if pool.loss(SCREEN, k) is not None and pool.loss(SCREEN, k) - mean < -threshold)
+    stack: dict = {}
+    members = []
+    for delta, label, ov in helped:
+        if set(ov) & (set(stack) | NOT_STACKED):
+            continue
+        stack.update(ov)
+        members.append((label, delta, ov))
+    return stack, members, mean, threshold
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budget", type=float, default=540, help="seconds for the whole script")
+    ap.add_argument("--workers", type=int, default=12)
+    ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
+    ap.add_argument("--local", action="store_true", help="smoke profile on the CPU (try the script; no GPU)")
+    ap.add_argument("--only", type=int, default=0, help="at most this many points per study (0 = all)")
+    args = ap.parse_args()
+    if args.local:
+        gs.PROFILE = "smoke"
+        gs.GPU.update(device="cpu", precision="fp32")
+    t0 = time.time()
+    out, rerun = Path(args.out), Path("/tmp/mainrun-rerun")
+    out.mkdir(parents=True, exist_ok=True)
+    from mainrun.config import make_config
+    from mainrun.data import prepare
+    from mainrun.testset import test_file
+    shrink = dict(d_model=32, n_head=2, n_layer=1, vocab_size=512) if args.local else {}
+    screen_base = {**with_exec(SCREEN2_SPEC["base"]), **shrink}
+    mirror_base = {**with_exec(MIRROR_SPEC["base"]), **shrink}
+    pick = (lambda pts: dict(list(pts.items())[:args.only])) if args.only else (lambda pts: pts)  # noqa: E731
+    screen_points, mirror_points = pick(SCREEN2_SPEC["points"]), pick(MIRROR_SPEC["points"])
+    prepare(make_config(gs.PROFILE, "final2", **gs.GPU, **shrink))   # tokenizer and ids, once, before the workers
+    for kind in ("random", "late"):
+        test_file(kind)
+    print(f"[{time.time() - t0:.0f}s] set up; {args.workers} runs on the GPU at once", flush=True)
+    pool = gs.Pool(args.workers, out, rerun)
+    pool.plan(SCREEN, screen_base, screen_points)
+    pool.plan(MIRROR_STUDY, mirror_base, mirror_points)
+    queue = [(SCREEN, k, v) for k, v in screen_points.items()] + [(MIRROR_STUDY, k, v) for k, v in mirror_points.items()]
+    stacked = None
+
+    def left() -> float:
+        return args.budget - (time.time() - t0)
+
+    def typical() -> float:
+        return statistics.median(pool.durations) if pool.durations else 150.0
+
+    while queue or pool.running:
+        screen_open = any(r[0] == SCREEN for r in pool.running.values()) or any(s == SCREEN for s, _, _ in queue)
+        if stacked is None and not screen_open:
+            stack, members, mean, threshold = choose_stack(pool)
+            stacked = {"stack": stack, "members": members, "reference_mean": mean, "threshold": threshold}
+            print(f"[{time.time() - t0:.0f}s] reference (final2, 3 seeds) {mean:.4f}; helped by more than "
+                  f"{threshold:.4f}: {[(m[0], round(m[1], 4)) for m in members]}", flush=True)
+            if stack:
+                points = {"stack": stack, **{f"stack-s{s}": {**stack, "train_seed": s} for s in SCREEN2_REF_SEEDS}}
+                if len(members) > 1:
+                    for label, _, ov in members:
+                        points[f"stack-minus-{label}"] = {k: v for k, v in stack.items() if k not in ov}
+                pool.plan(STACK, screen_base, points)
+                queue = [(STACK, k, v) for k, v in points.items()] + queue
+        if queue and left() > typical() + 20:
+            while queue and pool.free() > 0:
+                pool.submit(*queue.pop(0))
+        elif queue:
+            print(f"[{time.time() - t0:.0f}s] stopped: {len(queue)} point(s) not started "
+                  f"({', '.join(f'{s}:{k}' for s, k, _ in queue)})", flush=True)
+            queue = []
+        pool.collect()
+    pool.ex.shutdown()
+    from mainrun import cli, ledger
+    root = ledger.results_root(gs.PROFILE)
+    for label in ("stack", *[f"stack-s{s}" for s in SCREEN2_REF_SEEDS]):
+        s = pool.done.get((STACK, label))
+        if s and s.get("status") == "finished":
+            for kind in ("random", "late"):
+                try:
+                    cli.main(["eval", str(ledger.find_run(root, s["hash"])), "--data", f"test:{kind}", "--save",
+                              "--device", gs.GPU["device"]])
+                except BaseException:
+                    traceback.print_exc()
+    gs.pack(out, rerun)
+    print(f"\n[{time.time() - t0:.0f}s] done: {len(pool.done)} runs; median {typical():.0f}s a run with "
+          f"{args.workers} at once", flush=True)
+    json.dump({**(stacked or {}), "durations_s": pool.durations, "workers": args.workers},
+              open(out / "gpu-screen2-summary.json", "w"), indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
