@@ -87,6 +87,30 @@ SCREEN2 = {
 SCREEN2_SPEC = {"base": SCREEN2_BASE,
                 "points": {"final2": {}, **{f"final2-s{s}": {"train_seed": s} for s in SCREEN2_REF_SEEDS}, **SCREEN2}}
 
+# What the second screen stacked (gpu14_stack2; scripts/gpu_screen2.py chose it: every change beyond twice
+# final2's seed spread, at least 0.001), and the third screen: one change each against that stack, mostly around
+# the EMA, its one large gain (study gpu14_screen3, one seed each; its reference is the stack's three seeds).
+STACK2 = dict(ema=0.99, unet=True, embed_lr=0.02, decay_shape="sqrt", muon_ns_steps=3)
+SCREEN3_BASE = {"preset": "final2", **STACK2}
+SCREEN3 = {
+    "ema0.98": dict(ema=0.98),
+    "ema0.995": dict(ema=0.995),
+    "ema0.997": dict(ema=0.997),
+    "muon_lr0.03": dict(muon_lr=0.03),
+    "lr3e-3": dict(lr=3e-3),
+    "decay0.1": dict(decay_frac=0.1),
+    "decay0.3": dict(decay_frac=0.3),
+    "drop0.07": dict(dropout=0.07),
+    "wd0.1": dict(weight_decay=0.1),
+    "embed_lr0.03": dict(embed_lr=0.03),
+    "min_lr0": dict(min_lr_frac=0.0),
+    "bs32": dict(batch_size=32),
+    "muon_mom0.9": dict(muon_momentum=0.9),
+    "warmup0.02": dict(warmup_frac=0.02),
+}
+SCREEN3_SPEC = {"base": SCREEN3_BASE,
+                "points": {"stack": {}, **{f"stack-s{s}": {"train_seed": s} for s in SCREEN2_REF_SEEDS}, **SCREEN3}}
+
 # The full-data proxy (study gpu14_mirror): the quick proxy's small model (d64 x 2 layers) on the full data
 # (100k titles, the final preset's 4k vocabulary, 7 epochs), so that only the model is small. Same changes as
 # the quick mirror, to be set against the same GPU screen.

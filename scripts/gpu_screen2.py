@@ -30,7 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_search as gs  # noqa: E402
 
-from mainrun.proxy import MIRROR_SPEC, MIRROR_STUDY, SCREEN2, SCREEN2_REF_SEEDS, SCREEN2_SPEC  # noqa: E402
+from mainrun.proxy import (MIRROR_SPEC, MIRROR_STUDY, SCREEN2, SCREEN2_REF_SEEDS, SCREEN2_SPEC,  # noqa: E402
+                           SCREEN3_SPEC)
 
 SCREEN, STACK = "gpu14_screen2", "gpu14_stack2"
 NOT_STACKED = {"n_layer", "d_model", "n_head"}
@@ -66,6 +67,9 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
     ap.add_argument("--local", action="store_true", help="smoke profile on the CPU (try the script; no GPU)")
     ap.add_argument("--only", type=int, default=0, help="at most this many points per study (0 = all)")
+    ap.add_argument("--third", action="store_true",
+                    help="the third screen instead (proxy.SCREEN3 against the second screen's stack, study "
+                         "gpu14_screen3): one round, no stack, no mirror")
     args = ap.parse_args()
     if args.local:
         gs.PROFILE = "smoke"
@@ -86,6 +90,16 @@ def main() -> int:
         test_file(kind)
     print(f"[{time.time() - t0:.0f}s] set up; {args.workers} runs on the GPU at once", flush=True)
     pool = gs.Pool(args.workers, out, rerun)
+    if args.third:
+        third_base, third_points = {**with_exec(SCREEN3_SPEC["base"]), **shrink}, pick(SCREEN3_SPEC["points"])
+        pool.plan("gpu14_screen3", third_base, third_points)
+        for k, v in third_points.items():
+            pool.submit("gpu14_screen3", k, v)
+        pool.drain()
+        pool.ex.shutdown()
+        gs.pack(out, rerun)
+        print(f"\n[{time.time() - t0:.0f}s] done: {len(pool.done)} runs", flush=True)
+        return 0
     pool.plan(SCREEN, screen_base, screen_points)
     pool.plan(MIRROR_STUDY, mirror_base, mirror_points)
     queue = [(SCREEN, k, v) for k, v in screen_points.items()] + [(MIRROR_STUDY, k, v) for k, v in mirror_points.items()]
