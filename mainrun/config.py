@@ -202,6 +202,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 # final preset's three-seed mean by more than twice its seed spread, stacked: ReLU^2 MLP and an AdamW LR of
 # 0.01 for the token embedding. Same shape and matmul FLOPs as final, so the same CPU time.
 PRESETS["final2"] = dict(PRESETS["final"], mlp="relu2", embed_lr=0.01)
+# final3: final2 plus the stack of the second GPU screen (results/studies/full/gpu14_screen2, gpu14_stack2): weights
+# averaged by an EMA (0.99) for evaluation, U-net skips, embedding LR 0.02, the 1-sqrt cooldown and 3 Newton-Schulz
+# steps in Muon. Same matmul shapes as final2; Muon's step is cheaper, the EMA adds one pass over the weights.
+PRESETS["final3"] = dict(PRESETS["final2"], ema=0.99, unet=True, embed_lr=0.02, decay_shape="sqrt", muon_ns_steps=3)
 
 
 class ConfigError(ValueError):

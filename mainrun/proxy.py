@@ -11,6 +11,7 @@ import math
 
 import pandas as pd
 
+from .config import PRESETS
 from .verdicts import fold_seed_labels
 
 # the quick profile's shape, the final preset's recipe
@@ -90,7 +91,7 @@ SCREEN2_SPEC = {"base": SCREEN2_BASE,
 # What the second screen stacked (gpu14_stack2; scripts/gpu_screen2.py chose it: every change beyond twice
 # final2's seed spread, at least 0.001), and the third screen: one change each against that stack, mostly around
 # the EMA, its one large gain (study gpu14_screen3, one seed each; its reference is the stack's three seeds).
-STACK2 = dict(ema=0.99, unet=True, embed_lr=0.02, decay_shape="sqrt", muon_ns_steps=3)
+STACK2 = {k: v for k, v in PRESETS["final3"].items() if PRESETS["final2"].get(k) != v}   # preset final3
 SCREEN3_BASE = {"preset": "final2", **STACK2}
 SCREEN3 = {
     "ema0.98": dict(ema=0.98),
