@@ -18,11 +18,13 @@ import pandas as pd
 from . import ledger
 from .formats import _nan, fmt_loss, fmt_ratio
 from .fragments import md_table
-from .proxy import PROXY_STUDY, agreement, truncation_agreement
+from .proxy import MIRROR_STUDY, PROXY_CHANGES, PROXY_STUDY, agreement, deltas, truncation_agreement
 from .results import read_curve, read_studies, study_frame
-from .verdicts import permutation_p, screen_frame
+from .verdicts import LATER_SCREENS, fold_seed_labels, permutation_p, screen_frame
 
 CANDIDATES = ("final", "attn0", "stack")
+# what sets the size of an optimizer step: where a smaller model's best value need not be full scale's
+STEP_SIZE_KEYS = {"lr", "muon_lr", "embed_lr", "head_lr", "batch_size"}
 
 
 def read_tests(root: Path) -> pd.DataFrame:
@@ -91,8 +93,10 @@ def cpu_groups(runs: pd.DataFrame) -> dict[str, list[str]]:
     return groups
 
 
-def agreement_md(profile: str, screen: pd.DataFrame, proxy: str, proxy_results: pd.DataFrame) -> str:
-    """The agreement paragraph and table; `screen` is verdicts.screen_frame(profile, ...)."""
+def agreement_md(profile: str, screen: pd.DataFrame, proxy: str, proxy_results: pd.DataFrame,
+                 results: pd.DataFrame | None = None) -> str:
+    """The agreement paragraph and table; `screen` is verdicts.screen_frame(profile, ...). Where the full-data
+    small-model mirror (study gpu14_mirror) is in the ledger, its deltas are a second proxy column."""
     recs, precs = read_studies(profile), read_studies(proxy)
     if "gpu14_screen" not in recs or PROXY_STUDY not in precs:
         return ("The quick proxy's mirror of the GPU screen (`mainrun.proxy`, study `14_proxy`) is not in the "
@@ -100,10 +104,17 @@ def agreement_md(profile: str, screen: pd.DataFrame, proxy: str, proxy_results: 
     table, s = agreement(screen, study_frame(precs[PROXY_STUDY], proxy_results))
     if table.empty:
         return "No change was measured at both scales yet.\n"
+    sign = {True: "yes", False: "no"}
     t = pd.DataFrame({"change": table["change"], "full scale (GPU)": table["full"].map(lambda x: f"{x:+.4f}"),
                       f"{proxy} proxy (CPU)": table["quick"].map(lambda x: f"{x:+.4f}"),
-                      "same sign": table["same_sign"].map({True: "yes", False: "no"}),
-                      "full-scale effect beyond 2 std": table["full_clear"].map({True: "yes", False: "no"})})
+                      "same sign": table["same_sign"].map(sign)})
+    m = None
+    if results is not None and MIRROR_STUDY in recs:
+        mt, m = agreement(screen, study_frame(recs[MIRROR_STUDY], results))
+        mt = mt.set_index("change")
+        t["full data, small model (GPU)"] = [f"{mt.loc[c, 'quick']:+.4f}" if c in mt.index else "" for c in table["change"]]
+        t["same sign "] = [sign[bool(mt.loc[c, "same_sign"])] if c in mt.index else "" for c in table["change"]]
+    t["full-scale effect beyond 2 std"] = table["full_clear"].map(sign)
     text = (f"Does the {proxy} proxy rank changes as full scale does? Each change of the GPU screen that means the same "
             f"thing at d64 x 2 layers was made again on the {proxy} proxy, on top of the final recipe "
             f"(`mainrun.proxy`, study `{PROXY_STUDY}`). Over {s['pairs']} pairs the signs agree for "
@@ -111,9 +122,83 @@ def agreement_md(profile: str, screen: pd.DataFrame, proxy: str, proxy_results: 
             f"final preset's seed spread ({s['full_seed_sd']:.4f}) they agree for {s['clear_sign_agreement']:.0%}. "
             f"Spearman's rank correlation of the deltas is {s['spearman']:.2f}. The proxy's own seed spread is "
             f"{s['quick_seed_sd']:.4f} (two seeds of its reference).\n")
-    return "\n".join([text, md_table(t, "lrrll"), ": One change at two scales: official loss minus the "
-                      "reference's (full scale: the final preset's 3-seed mean on the GPU; proxy: its reference's "
-                      "2-seed mean). {#tbl-proxy-agreement}\n"])
+    if m:
+        flips = [c for c in mt.index if not mt.loc[c, "same_sign"] and mt.loc[c, "full_clear"]]
+        step = mt.index.isin([c for c in mt.index if set(PROXY_CHANGES.get(c, {})) & STEP_SIZE_KEYS])
+        text += (f"\nA second proxy keeps the data and shrinks only the model: the same d64 x 2-layer model on the full "
+                 f"100k titles with the final preset's 4k vocabulary, 7 epochs (`proxy.MIRROR_SPEC`, study "
+                 f"`{MIRROR_STUDY}`, trained on the GPU). It agrees better but not well: signs agree for "
+                 f"{m['sign_agreement']:.0%} of {m['pairs']} pairs ({m['clear_sign_agreement']:.0%} of the "
+                 f"{m['clear_pairs']} clear ones), Spearman {m['spearman']:.2f}, with its own seed spread "
+                 f"{m['quick_seed_sd']:.4f}. The clear changes it gets wrong are "
+                 + (", ".join(f"`{c}`" for c in flips) or "none")
+                 + f". On the learning-rate and batch changes (a learning rate or the batch size) signs agree for "
+                 f"{int(mt.loc[step, 'same_sign'].sum())} of {int(step.sum())}, on the others for "
+                 f"{int(mt.loc[~step, 'same_sign'].sum())} of {int((~step).sum())}, as expected where the best step "
+                 "size moves with the model's width.\n")
+    cap = (": One change at several scales: official loss minus the reference's (full scale: the final preset's "
+           "3-seed mean on the GPU; proxies: their reference's 2-seed mean). {#tbl-proxy-agreement}\n")
+    return "\n".join([text, md_table(t, "lrr" + "l" + ("rl" if m else "") + "l"), cap])
+
+
+def later_rounds_md(profile: str, results: pd.DataFrame, base_loss: float) -> tuple[str, dict]:
+    """The second screen's stack over seeds against final2's, its leave-one-out runs, and the third screen's
+    verdict (scripts/gpu_screen2.py; the one-change rows are in the GPU findings table). Paragraph, table, numbers."""
+    recs = read_studies(profile)
+    if "gpu14_screen2" not in recs or "gpu14_stack2" not in recs:
+        return "", {}
+    s2 = fold_seed_labels(study_frame(recs["gpu14_screen2"], results))
+    st = fold_seed_labels(study_frame(recs["gpu14_stack2"], results))
+    s2, st = s2[s2["status"] == "finished"], st[st["status"] == "finished"]
+    ref = s2.loc[s2["label"] == "final2", "final_val_loss"].tolist()
+    stack = st.loc[st["label"] == "stack", "final_val_loss"].tolist()
+    if len(ref) < 2 or len(stack) < 2:
+        return "", {}
+    r, k = pd.Series(ref), pd.Series(stack)
+    p = permutation_p(stack, ref)
+    members = {kk: v for kk, v in st.loc[st["label"] == "stack", "overrides"].iloc[0].items() if kk != "train_seed"}
+    rows = [{"runs": "final2", "seeds": str(len(r)), "loss": fmt_loss(r.mean()), "std": fmt_loss(r.std()),
+             "against": "", "difference": "", "p": "", "ratio": fmt_ratio(r.mean() / base_loss)},
+            {"runs": "stack (preset final3)", "seeds": str(len(k)), "loss": fmt_loss(k.mean()), "std": fmt_loss(k.std()),
+             "against": "final2", "difference": f"{k.mean() - r.mean():+.4f}", "p": f"{p:.2f}",
+             "ratio": fmt_ratio(k.mean() / base_loss)}]
+    minus = {}
+    for row in st[st["label"].str.startswith("stack-minus-")].itertuples():
+        minus[row.label.removeprefix("stack-minus-")] = float(row.final_val_loss - k.mean())
+        rows.append({"runs": row.label, "seeds": "1", "loss": fmt_loss(row.final_val_loss), "std": "",
+                     "against": "stack", "difference": f"{row.final_val_loss - k.mean():+.4f}", "p": "",
+                     "ratio": fmt_ratio(row.final_val_loss / base_loss)})
+    numbers = {"final2_mean": float(r.mean()), "final2_std": float(r.std()), "stack_mean": float(k.mean()),
+               "stack_std": float(k.std()), "delta": float(k.mean() - r.mean()), "p": p, "members": members,
+               "minus": minus}
+    text = (f"A second screen (`scripts/gpu_screen2.py`, study `gpu14_screen2`) tried {len(set(s2['label'])) - 1} "
+            f"more of the issue's ideas, one at a time against `final2` on the GPU (its rows are in the GPU table of "
+            f"what worked). The changes beyond twice final2's seed spread (at least 0.001), stacked, are "
+            + ", ".join(f"`{kk}={v}`" for kk, v in members.items())
+            + f" (preset `final3`). Over three seeds the stack reaches {fmt_loss(k.mean())} +- {k.std():.4f} against "
+            f"final2's {fmt_loss(r.mean())} +- {r.std():.4f}: {k.mean() - r.mean():+.4f}, exact permutation p = "
+            f"{p:.2f}" + (" (the floor for three seeds a side: every stack seed is below every final2 seed)"
+                           if max(stack) < min(ref) and p is not None and p <= 0.1 + 1e-9 else "")
+            + ". Taking one member out at a "
+            "time (one seed each) says how much each carries inside the stack: "
+            + ", ".join(f"`{kk}` {v:+.4f}" for kk, v in sorted(minus.items(), key=lambda x: -x[1])) + ".")
+    if "gpu14_screen3" in recs:
+        s3 = study_frame(recs["gpu14_screen3"], results)
+        changes = [c for c in s3["label"].unique() if not c.startswith("stack")]
+        d3, m3, sd3 = deltas(s3, changes, "stack")
+        clear = {c: v for c, v in d3.items() if v < -max(2 * sd3, 0.001)}
+        best = min(d3.items(), key=lambda x: x[1]) if d3 else None
+        numbers["third"] = {"changes": len(d3), "clear": clear, "best": best, "reference_std": sd3}
+        text += (f" A third screen (study `gpu14_screen3`, `proxy.SCREEN3`) made {len(d3)} more changes against the "
+                 "stack, one seed each: "
+                 + (f"{len(clear)} beyond twice the stack's seed spread ({sd3:.4f}): "
+                    + ", ".join(f"`{c}` {v:+.4f}" for c, v in clear.items()) if clear else
+                    f"none beyond twice the stack's seed spread ({sd3:.4f}, at least 0.001)"
+                    + (f"; the best, `{best[0]}`, is {best[1]:+.4f}" if best else "")) + ".")
+    md = "\n".join([text + "\n", md_table(pd.DataFrame(rows), "lrrrlrrr"),
+                     ": The second screen's stack (preset `final3`) over three seeds on the GPU against final2's, and "
+                     "the stack without each member; ratios to the GPU baseline. {#tbl-stack2}\n"])
+    return md, numbers
 
 
 def truncation_md(screen: pd.DataFrame, results: pd.DataFrame) -> tuple[str, dict]:
@@ -186,6 +271,10 @@ def past_section(profile: str, proxy: str, results: pd.DataFrame, proxy_results:
     tests = read_tests(ledger.results_root(profile))
     ok = screen[screen["status"] == "finished"]
     groups = {"baseline (GPU)": [base["hash"]], **{k: ok.loc[ok["label"] == k, "hash"].tolist() for k in ("final", "stack")}}
+    recs = read_studies(profile)
+    if "gpu14_stack2" in recs:
+        st2 = fold_seed_labels(study_frame(recs["gpu14_stack2"], results))
+        groups["final3 (GPU)"] = st2.loc[(st2["label"] == "stack") & (st2["status"] == "finished"), "hash"].tolist()
     cpu_tested = results[results["hash"].isin(tests["hash"]) & (results["device"] == "cpu")]
     groups.update(cpu_groups(cpu_tested))
     groups = {k: v for k, v in groups.items() if v and tests["hash"].isin(v).any()}
@@ -203,7 +292,9 @@ def past_section(profile: str, proxy: str, results: pd.DataFrame, proxy_results:
                   "Ratios are to the GPU baseline's loss on the same text (official metric, and the full-coverage "
                   "loss for test:random); runs with several seeds are averaged." + cpu_note + " {#tbl-test}\n"]
         numbers["test"] = t.to_dict(orient="records")
-    parts.append(agreement_md(profile, screen, proxy, proxy_results))
+    later, numbers["later"] = later_rounds_md(profile, results, base["final_val_loss"])
+    parts.append(later)
+    parts.append(agreement_md(profile, screen, proxy, proxy_results, results))
     trunc, numbers["truncation"] = truncation_md(screen, results)
     parts.append(trunc)
     return "\n".join(parts), numbers

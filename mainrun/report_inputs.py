@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,10 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
     full_seeds = []  # the final configurations' seeds at full scale, beside the proxy's candidates
     if "04_final" in recs:
         full_seeds.append(study_frame(recs["04_final"], results).assign(label=f"final ({profile} scale)"))
-    if "14_final2" in recs:  # the study also holds the final run itself as its reference point
-        f2 = study_frame(recs["14_final2"], results)
-        full_seeds.append(f2[f2["label"] == "final2"].assign(label=f"final2 ({profile} scale)"))
+    for rung in LATER_RUNGS:  # each study also holds the rung before as its reference point
+        if f"14_{rung}" in recs:
+            f2 = study_frame(recs[f"14_{rung}"], results)
+            full_seeds.append(f2[f2["label"] == rung].assign(label=f"{rung} ({profile} scale)"))
     if full_seeds:
         seed_table = pd.concat(([seeds] if seeds is not None else []) + full_seeds, ignore_index=True)
     band = None
@@ -152,6 +154,10 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
     return numbers
 
 
+# The rungs past the final configuration trained on the CPU, each in its study 14_<rung> beside the rung before.
+LATER_RUNGS = ("final2", "final3")
+
+
 def _stage_seeds(seeds: pd.DataFrame | None, final: pd.Series, base: pd.Series, results: pd.DataFrame,
                  profile: str) -> dict[str, Any] | None:
     """The last rung's training seeds at full scale (the seeds table's "<stage> (<profile> scale)" row): their
@@ -198,16 +204,16 @@ def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
         if p is not None:
             note = (f"Exact permutation test of the difference of mean losses, {labels[1]} against {labels[0]} "
                     f"over their seeds: two-sided p = {p:.2f}.\n")
-    pair = [k for k in labels if k.startswith(("final (", "final2 ("))]
-    if len(pair) == 2:  # the last rung against the final configuration, both at full scale
-        ok = seeds[seeds["status"] == "finished"]
-        a, b = (ok.loc[ok["label"] == k, "final_val_loss"].tolist() for k in pair)
+    rungs = [k for k in labels if re.fullmatch(r"final\d* \(.+ scale\)", k)]   # final, final2, ... at full scale
+    ok = seeds[seeds["status"] == "finished"]
+    for before, after in zip(rungs, rungs[1:]):  # each later rung against the one before it
+        a, b = (ok.loc[ok["label"] == k, "final_val_loss"].tolist() for k in (before, after))
         p = permutation_p(b, a)
         d = sum(b) / len(b) - sum(a) / len(a)
-        info["final2_vs_final"] = {"delta": d, "p": p, "n": [len(a), len(b)]}
-        spread = (f"; seed spreads (std) {st.loc[pair[0], 'loss_std']:.4f} and {st.loc[pair[1], 'loss_std']:.4f}"
+        info[f"{after.split()[0]}_vs_{before.split()[0]}"] = {"delta": d, "p": p, "n": [len(a), len(b)]}
+        spread = (f"; seed spreads (std) {st.loc[before, 'loss_std']:.4f} and {st.loc[after, 'loss_std']:.4f}"
                   if len(a) > 1 and len(b) > 1 else "")
-        note += (f"\n{pair[1]} against {pair[0]}: difference of mean losses {d:+.4f} over {len(b)} and {len(a)} "
+        note += (f"\n{after} against {before}: difference of mean losses {d:+.4f} over {len(b)} and {len(a)} "
                  f"seeds{spread}; " + (f"exact permutation p = {p:.2f} (with three seeds a side it cannot go below "
                  f"0.10).\n" if p is not None else "too few seeds for a permutation test.\n"))
     (out / "seeds.md").write_text(text)

@@ -140,3 +140,56 @@ def test_summary_gives_the_last_rungs_seeds_and_their_wall_times():
     text = _summary_md(n, pd.Series({"run": "r", "official": True}), base)
     assert "Over its 3 training seeds the official loss is 1.1200 ± 0.0005 (ratio 0.647)" in text
     assert "1 of them over the budget" in text
+
+
+def test_seeds_section_sets_each_later_rung_against_the_one_before(tmp_path):
+    from mainrun.report_inputs import _seeds_section
+    seeds = frame([("final (full scale)", 1.1234, "f1"), ("final (full scale)", 1.1240, "f2"),
+                   ("final2 (full scale)", 1.1201, "g1"), ("final2 (full scale)", 1.1195, "g2"),
+                   ("final3 (full scale)", 1.1100, "h1"), ("final3 (full scale)", 1.1110, "h2")])
+    info = _seeds_section(seeds, tmp_path)
+    assert info["final2_vs_final"]["delta"] == pytest.approx((1.1201 + 1.1195 - 1.1234 - 1.1240) / 2)
+    assert info["final3_vs_final2"]["delta"] == pytest.approx((1.1100 + 1.1110 - 1.1201 - 1.1195) / 2)
+    assert "final3_vs_final" not in info
+    note = (tmp_path / "seeds_test.md").read_text()
+    assert "final3 (full scale) against final2 (full scale): difference of mean losses -0.0093" in note
+
+
+def summaries(study):
+    """{label: official loss} of a committed study, read straight from its runs' summary.json files."""
+    import json
+    root = COMMITTED
+    rec = json.loads((root / "studies" / "full" / f"{study}.json").read_text())
+    out = {}
+    for r in rec["rows"]:
+        run, = (root / "runs").glob(f"*-{r['hash']}")
+        out[r["label"]] = json.loads((run / "summary.json").read_text())["final_val_loss"]
+    return out
+
+
+COMMITTED = __import__("pathlib").Path(__file__).resolve().parents[1] / "results"
+
+
+def test_later_rounds_recompute_from_the_committed_runs(monkeypatch):
+    from mainrun.results import load_results
+    monkeypatch.setenv("MAINRUN_RESULTS", str(COMMITTED))     # read only
+    s2, st, s3 = summaries("gpu14_screen2"), summaries("gpu14_stack2"), summaries("gpu14_screen3")
+    md, n = past_final.later_rounds_md("full", load_results("full"), 1.7304)
+    ref = [s2[k] for k in ("final2", "final2-s1338", "final2-s1339")]
+    stack = [st[k] for k in ("stack", "stack-s1338", "stack-s1339")]
+    assert n["final2_mean"] == pytest.approx(sum(ref) / 3) and n["stack_mean"] == pytest.approx(sum(stack) / 3)
+    assert n["minus"]["ema0.99"] == pytest.approx(st["stack-minus-ema0.99"] - sum(stack) / 3)
+    assert n["members"] == {k: v for k, v in proxy.STACK2.items()}          # what was stacked is preset final3
+    best = min((v - sum(stack) / 3, k) for k, v in s3.items() if not k.startswith("stack"))
+    assert n["third"]["best"] == (best[1], pytest.approx(best[0]))
+    assert "{#tbl-stack2}" in md and f"{n['delta']:+.4f}" in md
+
+
+def test_full_data_mirror_joins_the_agreement_table(monkeypatch):
+    from mainrun.results import load_results
+    monkeypatch.setenv("MAINRUN_RESULTS", str(COMMITTED))     # read only
+    from mainrun.verdicts import screen_frame
+    r = load_results("full")
+    md = past_final.agreement_md("full", screen_frame("full", r), "quick", load_results("quick"), r)
+    header = next(line for line in md.splitlines() if line.startswith("| change"))
+    assert "full data, small model (GPU)" in header and "A second proxy keeps the data" in md
