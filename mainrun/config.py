@@ -80,7 +80,7 @@ class Config:
     muon_momentum: float = 0.95         # Muon's momentum
     muon_nesterov: bool = True          # Nesterov momentum in Muon (torch's default)
     muon_ns_steps: int = 5              # Newton-Schulz iterations per Muon step (torch's default)
-    embed_lr: float = -1.0              # AdamW peak LR of the token (and position) embeddings; -1 = lr
+    embed_lr: float = -1.0              # AdamW peak LR of the embeddings (token, position, value); -1 = lr
     head_lr: float = -1.0               # AdamW peak LR of an untied output head; -1 = lr
     weight_decay: float = 0.0
     beta1: float = 0.9

@@ -107,13 +107,18 @@ def agreement_md(profile: str, screen: pd.DataFrame, proxy: str, proxy_results: 
     sign = {True: "yes", False: "no"}
     t = pd.DataFrame({"change": table["change"], "full scale (GPU)": table["full"].map(lambda x: f"{x:+.4f}"),
                       f"{proxy} proxy (CPU)": table["quick"].map(lambda x: f"{x:+.4f}"),
-                      "same sign": table["same_sign"].map(sign)})
+                      "same sign (quick)": table["same_sign"].map(sign)})
     m = None
     if results is not None and MIRROR_STUDY in recs:
         mt, m = agreement(screen, study_frame(recs[MIRROR_STUDY], results))
-        mt = mt.set_index("change")
-        t["full data, small model (GPU)"] = [f"{mt.loc[c, 'quick']:+.4f}" if c in mt.index else "" for c in table["change"]]
-        t["same sign "] = [sign[bool(mt.loc[c, "same_sign"])] if c in mt.index else "" for c in table["change"]]
+        if mt.empty:
+            m = None
+        else:
+            mt = mt.set_index("change")
+            t["full data, small model (GPU)"] = [f"{mt.loc[c, 'quick']:+.4f}" if c in mt.index else ""
+                                                 for c in table["change"]]
+            t["same sign (full data)"] = [sign[bool(mt.loc[c, "same_sign"])] if c in mt.index else ""
+                                          for c in table["change"]]
     t["full-scale effect beyond 2 std"] = table["full_clear"].map(sign)
     text = (f"Does the {proxy} proxy rank changes as full scale does? Each change of the GPU screen that means the same "
             f"thing at d64 x 2 layers was made again on the {proxy} proxy, on top of the final recipe "
@@ -122,12 +127,14 @@ def agreement_md(profile: str, screen: pd.DataFrame, proxy: str, proxy_results: 
             f"final preset's seed spread ({s['full_seed_sd']:.4f}) they agree for {s['clear_sign_agreement']:.0%}. "
             f"Spearman's rank correlation of the deltas is {s['spearman']:.2f}. The proxy's own seed spread is "
             f"{s['quick_seed_sd']:.4f} (two seeds of its reference).\n")
-    if m:
+    if m is not None:
         flips = [c for c in mt.index if not mt.loc[c, "same_sign"] and mt.loc[c, "full_clear"]]
+        better = m["spearman"] > s["spearman"] and m["sign_agreement"] > s["sign_agreement"]
         step = mt.index.isin([c for c in mt.index if set(PROXY_CHANGES.get(c, {})) & STEP_SIZE_KEYS])
         text += (f"\nA second proxy keeps the data and shrinks only the model: the same d64 x 2-layer model on the full "
                  f"100k titles with the final preset's 4k vocabulary, 7 epochs (`proxy.MIRROR_SPEC`, study "
-                 f"`{MIRROR_STUDY}`, trained on the GPU). It agrees better but not well: signs agree for "
+                 f"`{MIRROR_STUDY}`, trained on the GPU). Against the quick proxy it agrees "
+                 + ("better" if better else "no better") + ": signs agree for "
                  f"{m['sign_agreement']:.0%} of {m['pairs']} pairs ({m['clear_sign_agreement']:.0%} of the "
                  f"{m['clear_pairs']} clear ones), Spearman {m['spearman']:.2f}, with its own seed spread "
                  f"{m['quick_seed_sd']:.4f}. The clear changes it gets wrong are "
@@ -158,46 +165,58 @@ def later_rounds_md(profile: str, results: pd.DataFrame, base_loss: float) -> tu
     p = permutation_p(stack, ref)
     members = {kk: v for kk, v in st.loc[st["label"] == "stack", "overrides"].iloc[0].items() if kk != "train_seed"}
     rows = [{"runs": "final2", "seeds": str(len(r)), "loss": fmt_loss(r.mean()), "std": fmt_loss(r.std()),
-             "against": "", "difference": "", "p": "", "ratio": fmt_ratio(r.mean() / base_loss)},
+             "against": "", "difference": "", "same seed": "", "p": "", "ratio": fmt_ratio(r.mean() / base_loss)},
             {"runs": "stack (preset final3)", "seeds": str(len(k)), "loss": fmt_loss(k.mean()), "std": fmt_loss(k.std()),
-             "against": "final2", "difference": f"{k.mean() - r.mean():+.4f}", "p": f"{p:.2f}",
+             "against": "final2", "difference": f"{k.mean() - r.mean():+.4f}", "same seed": "", "p": f"{p:.2f}",
              "ratio": fmt_ratio(k.mean() / base_loss)}]
-    minus = {}
+    by_seed = st[st["label"] == "stack"].set_index("seed")["final_val_loss"]
+    minus, paired = {}, {}
     for row in st[st["label"].str.startswith("stack-minus-")].itertuples():
-        minus[row.label.removeprefix("stack-minus-")] = float(row.final_val_loss - k.mean())
+        name = row.label.removeprefix("stack-minus-")
+        minus[name] = float(row.final_val_loss - k.mean())
+        paired[name] = float(row.final_val_loss - by_seed[row.seed]) if row.seed in by_seed.index else math.nan
         rows.append({"runs": row.label, "seeds": "1", "loss": fmt_loss(row.final_val_loss), "std": "",
-                     "against": "stack", "difference": f"{row.final_val_loss - k.mean():+.4f}", "p": "",
+                     "against": "stack", "difference": f"{minus[name]:+.4f}",
+                     "same seed": "" if _nan(paired[name]) else f"{paired[name]:+.4f}", "p": "",
                      "ratio": fmt_ratio(row.final_val_loss / base_loss)})
     numbers = {"final2_mean": float(r.mean()), "final2_std": float(r.std()), "stack_mean": float(k.mean()),
                "stack_std": float(k.std()), "delta": float(k.mean() - r.mean()), "p": p, "members": members,
-               "minus": minus}
+               "minus": minus, "minus_same_seed": paired}
     text = (f"A second screen (`scripts/gpu_screen2.py`, study `gpu14_screen2`) tried {len(set(s2['label'])) - 1} "
             f"more of the issue's ideas, one at a time against `final2` on the GPU (its rows are in the GPU table of "
             f"what worked). The changes beyond twice final2's seed spread (at least 0.001), stacked, are "
             + ", ".join(f"`{kk}={v}`" for kk, v in members.items())
-            + f" (preset `final3`). Over three seeds the stack reaches {fmt_loss(k.mean())} +- {k.std():.4f} against "
+            + f" (preset `final3`). Over {len(k)} seeds the stack reaches {fmt_loss(k.mean())} +- {k.std():.4f} against "
             f"final2's {fmt_loss(r.mean())} +- {r.std():.4f}: {k.mean() - r.mean():+.4f}, exact permutation p = "
-            f"{p:.2f}" + (" (the floor for three seeds a side: every stack seed is below every final2 seed)"
-                           if max(stack) < min(ref) and p is not None and p <= 0.1 + 1e-9 else "")
-            + ". Taking one member out at a "
-            "time (one seed each) says how much each carries inside the stack: "
-            + ", ".join(f"`{kk}` {v:+.4f}" for kk, v in sorted(minus.items(), key=lambda x: -x[1])) + ".")
+            f"{p:.2f}" + (" (every stack seed is below every final2 seed)" if max(stack) < min(ref) else "")
+            + ". Taking one member out at a time (one seed each) says how much each carries inside the stack, "
+            "against the stack's mean and, in brackets, against the stack's run with the same training seed (the "
+            "same initialisation and batch order): "
+            + ", ".join(f"`{kk}` {v:+.4f} ({paired[kk]:+.4f})" for kk, v in sorted(minus.items(), key=lambda x: -x[1]))
+            + ".")
     if "gpu14_screen3" in recs:
         s3 = study_frame(recs["gpu14_screen3"], results)
         changes = [c for c in s3["label"].unique() if not c.startswith("stack")]
         d3, m3, sd3 = deltas(s3, changes, "stack")
         clear = {c: v for c, v in d3.items() if v < -max(2 * sd3, 0.001)}
         best = min(d3.items(), key=lambda x: x[1]) if d3 else None
-        numbers["third"] = {"changes": len(d3), "clear": clear, "best": best, "reference_std": sd3}
+        ok3 = s3[s3["status"] == "finished"].set_index("label")
+        best_paired = (float(ok3.loc[best[0], "final_val_loss"] - by_seed[ok3.loc[best[0], "seed"]])
+                       if best and ok3.loc[best[0], "seed"] in by_seed.index else math.nan)
+        numbers["third"] = {"changes": len(d3), "clear": clear, "best": best, "reference_std": sd3,
+                            "best_same_seed": best_paired}
         text += (f" A third screen (study `gpu14_screen3`, `proxy.SCREEN3`) made {len(d3)} more changes against the "
                  "stack, one seed each: "
                  + (f"{len(clear)} beyond twice the stack's seed spread ({sd3:.4f}): "
                     + ", ".join(f"`{c}` {v:+.4f}" for c, v in clear.items()) if clear else
                     f"none beyond twice the stack's seed spread ({sd3:.4f}, at least 0.001)"
-                    + (f"; the best, `{best[0]}`, is {best[1]:+.4f}" if best else "")) + ".")
-    md = "\n".join([text + "\n", md_table(pd.DataFrame(rows), "lrrrlrrr"),
-                     ": The second screen's stack (preset `final3`) over three seeds on the GPU against final2's, and "
-                     "the stack without each member; ratios to the GPU baseline. {#tbl-stack2}\n"])
+                    + (f"; the best, `{best[0]}`, is {best[1]:+.4f}" if best else "")
+                    + ("" if _nan(best_paired) else f" ({best_paired:+.4f} against the stack's run with the same seed)"))
+                 + ".")
+    md = "\n".join([text + "\n", md_table(pd.DataFrame(rows), "lrrrlrrrr"),
+                     ": The second screen's stack (preset `final3`) over its seeds on the GPU against final2's, and "
+                     "the stack without each member (one seed: against the stack's mean, and against the stack's run "
+                     "with the same seed); ratios to the GPU baseline. {#tbl-stack2}\n"])
     return md, numbers
 
 

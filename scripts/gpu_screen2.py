@@ -1,7 +1,7 @@
 """Issue 14's second full-scale screen and the full-data proxy, on a lent GPU, in one call of the device tool.
 
     PYTHONPATH=.:scripts:/tmp/site MAINRUN_DATA=data/hn-stories-2016-2020.parquet \
-        python3 scripts/gpu_screen2.py --budget 540 --workers 12 --out $OUT
+        python3 scripts/gpu_screen2.py --budget 555 --workers 14 --out $OUT     # then again with --third
 
 Same machinery as scripts/gpu_search.py (its Pool: `--workers` ledger runs share the GPU, full profile, bf16,
 each packed into OUT/gpu-search.tar.gz as it finishes), three studies, in this order:
@@ -63,7 +63,7 @@ def choose_stack(pool: gs.Pool) -> tuple[dict, list, float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", type=float, default=540, help="seconds for the whole script")
-    ap.add_argument("--workers", type=int, default=12)
+    ap.add_argument("--workers", type=int, default=14)
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
     ap.add_argument("--local", action="store_true", help="smoke profile on the CPU (try the script; no GPU)")
     ap.add_argument("--only", type=int, default=0, help="at most this many points per study (0 = all)")

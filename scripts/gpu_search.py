@@ -87,6 +87,8 @@ class Pool:
 
     def submit(self, study: str, label: str, overrides: dict, base: dict | None = None) -> None:
         from mainrun.sweep import _row, build_configs, record_study
+        if study in self.specs and base is not None and base != self.specs[study]["base"]:
+            raise ValueError(f"study {study} was planned with base {self.specs[study]['base']}, not {base}")
         base = self.specs[study]["base"] if study in self.specs else (base or BASE)
         spec = {"base": base, "points": {label: overrides}}
         (p, cfg), = build_configs(spec, PROFILE, study)

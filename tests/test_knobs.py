@@ -126,20 +126,34 @@ def test_value_embedding_reaches_every_layer_and_its_optimizer_group():
     assert not torch.allclose(before, plain(idx)[0], atol=1e-4)
 
 
-def test_unet_skips_join_mirrored_blocks():
-    cfg, m = model(unet=True, n_layer=4)
-    assert m.skip_weights.tolist() == [1.0, 1.0]
+def block_io(m):
+    """Each block's input and output in one forward pass: ({i: input}, {i: output})."""
     m.eval()
     seen = []
     for i, b in enumerate(m.blocks):
         b.register_forward_pre_hook(lambda mod, args, i=i: seen.append((i, args[0].clone())))
         b.register_forward_hook(lambda mod, args, out, i=i: seen.append((i, out.clone())))
     m(torch.randint(0, 512, (1, 8)))
-    inp = {i: x for (i, x) in seen[0::2]}
-    out = {i: x for (i, x) in seen[1::2]}
+    return dict(seen[0::2]), dict(seen[1::2])
+
+
+def test_unet_skips_join_mirrored_blocks():
+    cfg, m = model(unet=True, n_layer=4)
+    assert m.skip_weights.tolist() == [1.0, 1.0]
+    inp, out = block_io(m)
     assert torch.allclose(inp[1], out[0])                       # no skip into the encoder half
     assert torch.allclose(inp[2], out[1] + out[1])              # block 2 gets block 1's output (weight 1)
     assert torch.allclose(inp[3], out[2] + out[0])              # block 3 gets block 0's
+
+
+def test_unet_with_an_odd_depth_leaves_the_middle_block_alone():
+    cfg, m = model(unet=True, n_layer=5)                        # final3's depth
+    with torch.no_grad():
+        m.skip_weights.copy_(torch.tensor([0.5, 2.0]))
+    inp, out = block_io(m)
+    assert torch.allclose(inp[1], out[0]) and torch.allclose(inp[2], out[1])   # encoder, then the middle block
+    assert torch.allclose(inp[3], out[2] + 0.5 * out[1])        # first decoder block: the last encoder block's
+    assert torch.allclose(inp[4], out[3] + 2.0 * out[0])        # last decoder block: the first encoder block's
 
 
 def test_drop_path_rises_with_depth_and_is_off_in_eval():
