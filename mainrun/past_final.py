@@ -20,7 +20,7 @@ from .formats import _nan, fmt_loss, fmt_ratio
 from .fragments import md_table
 from .proxy import MIRROR_STUDY, PROXY_CHANGES, PROXY_STUDY, agreement, deltas, truncation_agreement
 from .results import read_curve, read_studies, study_frame
-from .verdicts import LATER_SCREENS, fold_seed_labels, permutation_p, screen_frame
+from .verdicts import fold_seed_labels, permutation_p, screen_frame
 
 CANDIDATES = ("final", "attn0", "stack")
 # what sets the size of an optimizer step: where a smaller model's best value need not be full scale's
@@ -197,7 +197,7 @@ def later_rounds_md(profile: str, results: pd.DataFrame, base_loss: float) -> tu
     if "gpu14_screen3" in recs:
         s3 = study_frame(recs["gpu14_screen3"], results)
         changes = [c for c in s3["label"].unique() if not c.startswith("stack")]
-        d3, m3, sd3 = deltas(s3, changes, "stack")
+        d3, _, sd3 = deltas(s3, changes, "stack")
         clear = {c: v for c, v in d3.items() if v < -max(2 * sd3, 0.001)}
         best = min(d3.items(), key=lambda x: x[1]) if d3 else None
         ok3 = s3[s3["status"] == "finished"].set_index("label")

@@ -34,7 +34,6 @@ from mainrun.proxy import (MIRROR_SPEC, MIRROR_STUDY, SCREEN2, SCREEN2_REF_SEEDS
                            SCREEN3_SPEC)
 
 SCREEN, STACK = "gpu14_screen2", "gpu14_stack2"
-NOT_STACKED = {"n_layer", "d_model", "n_head"}
 
 
 def with_exec(base: dict) -> dict:
@@ -42,22 +41,8 @@ def with_exec(base: dict) -> dict:
 
 
 def choose_stack(pool: gs.Pool) -> tuple[dict, list, float, float]:
-    """(stacked overrides, members (label, delta, overrides) best first, reference mean, threshold)."""
-    ref = [v for v in (pool.loss(SCREEN, k) for k in ("final2", *[f"final2-s{s}" for s in SCREEN2_REF_SEEDS])) if v]
-    if not ref:
-        return {}, [], float("nan"), float("nan")
-    mean = statistics.mean(ref)
-    threshold = max(2 * statistics.stdev(ref), 0.001) if len(ref) > 1 else 0.001
-    helped = sorted((pool.loss(SCREEN, k) - mean, k, ov) for k, ov in SCREEN2.items()
-                    if pool.loss(SCREEN, k) is not None and pool.loss(SCREEN, k) - mean < -threshold)
-    stack: dict = {}
-    members = []
-    for delta, label, ov in helped:
-        if set(ov) & (set(stack) | NOT_STACKED):
-            continue
-        stack.update(ov)
-        members.append((label, delta, ov))
-    return stack, members, mean, threshold
+    """gpu_search.choose_stack over the second screen, against final2's seeds."""
+    return gs.choose_stack(pool, SCREEN, ("final2", *[f"final2-s{s}" for s in SCREEN2_REF_SEEDS]), SCREEN, SCREEN2)
 
 
 def main() -> int:
@@ -111,7 +96,7 @@ def main() -> int:
     def typical() -> float:
         return statistics.median(pool.durations) if pool.durations else 150.0
 
-    while queue or pool.running:
+    while queue or pool.running or stacked is None:   # the stack is decided once the screen is in
         screen_open = any(r[0] == SCREEN for r in pool.running.values()) or any(s == SCREEN for s, _, _ in queue)
         if stacked is None and not screen_open:
             stack, members, mean, threshold = choose_stack(pool)

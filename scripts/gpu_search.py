@@ -137,14 +137,21 @@ class Pool:
         return s.get("final_val_loss") if s and s.get("status") == "finished" else None
 
 
-def choose_stack(pool: Pool) -> tuple[dict, list[tuple[str, float, dict]], float, float]:
-    """(stacked overrides, its members (label, delta, overrides) best first, reference mean, threshold)."""
-    ref = [v for v in (pool.loss("gpu14_seeds", k) for k in ("final", *[f"final-s{s}" for s in SEEDS])) if v]
+def choose_stack(pool: Pool, ref_study: str = "gpu14_seeds", ref_labels: tuple[str, ...] = ("final",
+                 *[f"final-s{s}" for s in SEEDS]), study: str = "gpu14_screen", points: dict | None = None
+                 ) -> tuple[dict, list[tuple[str, float, dict]], float, float]:
+    """(stacked overrides, its members (label, delta, overrides) best first, reference mean, threshold): the
+    points of `study` that beat the reference runs' mean by more than twice their spread (at least 0.001),
+    one value per knob, shape changes left out. No finished reference: nothing stacked."""
+    points = SCREEN if points is None else points
+    ref = [v for v in (pool.loss(ref_study, k) for k in ref_labels) if v]
+    if not ref:
+        return {}, [], float("nan"), float("nan")
     mean = statistics.mean(ref)
     sd = statistics.stdev(ref) if len(ref) > 1 else 0.0
     threshold = max(2 * sd, 0.001)
-    helped = sorted((pool.loss("gpu14_screen", k) - mean, k, ov) for k, ov in SCREEN.items()
-                    if pool.loss("gpu14_screen", k) is not None and pool.loss("gpu14_screen", k) - mean < -threshold)
+    helped = sorted((pool.loss(study, k) - mean, k, ov) for k, ov in points.items()
+                    if pool.loss(study, k) is not None and pool.loss(study, k) - mean < -threshold)
     stack: dict = {}
     members = []
     for delta, label, ov in helped:           # best first; one value per knob, shape changes left out
