@@ -55,6 +55,7 @@ class Config:
     pos: str = "learned"                # learned | rope
     init: str = "normal"                # normal (N(0, 0.02)) | scaled_residual (GPT-2) | kaiming (He)
     mlp: str = "gelu"                   # gelu (4d hidden) | swiglu (8d/3 hidden, rounded to 64) | relu2
+    mlp_mult: int = 4                   # hidden width of the gelu and relu2 MLPs, in multiples of d_model
                                         # (4d hidden, relu(x)^2 as in modded-nanogpt)
     emb_dropout: float = -1.0           # dropout on the embedding output; -1 = dropout (the original)
     zero_proj: bool = False             # the layers writing into the residual stream (attention proj, MLP
@@ -65,6 +66,9 @@ class Config:
     unet: bool = False                  # U-net skips (modded-nanogpt): the first n_layer // 2 blocks' outputs are
                                         # added, each times a learned scalar (init 1), before the last n_layer // 2
                                         # blocks in reverse order
+    ensemble: int = 1                   # k independently initialised models trained side by side on the same
+                                        # batches, each on its own cross-entropy; the model's prediction is the
+                                        # mean of their probabilities (log of it as logits). 1 = one model
     value_embed: bool = False           # value embeddings (modded-nanogpt): a second token embedding added to every
                                         # layer's attention values, times a learned per-layer scalar (init 0.5)
     tie_embeddings: bool = True         # share token embedding and output head
@@ -151,7 +155,7 @@ HASH_OMIT_IF = {"train_seed": -1, "eval_precision": "fp32", "muon_ns": "bf16", "
                 "attn_dropout": -1.0, "emb_dropout": -1.0, "zero_proj": False, "logit_softcap": 0.0,
                 "muon_momentum": 0.95, "embed_lr": -1.0, "head_lr": -1.0, "drop_path": 0.0, "unet": False,
                 "value_embed": False, "muon_nesterov": True, "muon_ns_steps": 5, "decay_shape": "linear",
-                "z_loss": 0.0}
+                "z_loss": 0.0, "mlp_mult": 4, "ensemble": 1}
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "profile": ("smoke", "quick", "full"),
@@ -263,7 +267,8 @@ def validate(cfg: Config) -> Config:
     if cfg.preset not in PRESETS:
         raise ConfigError(f"preset={cfg.preset!r} is not accepted; choose one of: {', '.join(PRESETS)}")
     positive_ints = ("num_titles", "epochs", "vocab_size", "n_layer", "n_head", "d_model",
-                     "block_size", "batch_size", "grad_accum", "evals_per_epoch", "muon_ns_steps")
+                     "block_size", "batch_size", "grad_accum", "evals_per_epoch", "muon_ns_steps", "mlp_mult",
+                     "ensemble")
     for name in positive_ints:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)} must be a positive integer")
@@ -312,6 +317,9 @@ def validate(cfg: Config) -> Config:
     if cfg.rdrop > 0 and cfg.dropout == 0:
         raise ConfigError(f"rdrop={cfg.rdrop} needs dropout > 0 (without dropout both passes agree and the KL "
                           f"term is zero); set dropout or rdrop=0")
+    if cfg.ensemble > 1 and (cfg.z_loss > 0 or cfg.rdrop > 0):
+        raise ConfigError(f"ensemble={cfg.ensemble} trains each member on its own cross-entropy only; it does not "
+                          f"combine with z_loss={cfg.z_loss} or rdrop={cfg.rdrop} (set both to 0, or ensemble=1)")
     if cfg.decay_shape != "linear" and cfg.schedule != "wsd":
         raise ConfigError(f"decay_shape={cfg.decay_shape!r} shapes the wsd decay; schedule={cfg.schedule!r} has none "
                           f"(use schedule=wsd, or decay_shape=linear)")

@@ -27,6 +27,7 @@ class GPTConfig:
     pos: str = "learned"
     init: str = "normal"
     mlp: str = "gelu"
+    mlp_mult: int = 4                   # hidden width of gelu / relu2 MLPs in multiples of d_model
     tie_embeddings: bool = True
     qk_norm: bool = False
     attn_dropout: float = -1.0          # dropout on the attention probabilities; -1 = `dropout`
@@ -101,9 +102,9 @@ class MLP(nn.Module):
         super().__init__()
         self.kind = cfg.mlp
         if cfg.mlp in ("gelu", "relu2"):
-            self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model)
+            self.fc = nn.Linear(cfg.d_model, cfg.mlp_mult * cfg.d_model)
             self.act = nn.GELU() if cfg.mlp == "gelu" else None
-            self.out = nn.Linear(4 * cfg.d_model, cfg.d_model)
+            self.out = nn.Linear(cfg.mlp_mult * cfg.d_model, cfg.d_model)
         else:  # swiglu: hidden 8d/3 rounded up to 64 keeps the parameter count near the GELU MLP's
             hidden = 64 * math.ceil(8 * cfg.d_model / 3 / 64)
             self.fc = nn.Linear(cfg.d_model, 2 * hidden)
@@ -227,4 +228,34 @@ class GPT(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1))
+        return logits, loss
+
+
+class Ensemble(nn.Module):
+    """k GPTs trained side by side: each sees the same batch and minimises its own cross-entropy (the loss is
+    their mean, so each member's gradient is its own loss's / k), and the prediction is the mean of their
+    probabilities. Its logits are log(mean p), which the cross-entropy of `evaluate` scores as -log(mean p)."""
+
+    def __init__(self, members: list[GPT]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.cfg = members[0].cfg
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.members[0].eos_id
+
+    @eos_id.setter
+    def eos_id(self, value: int | None) -> None:
+        for m in self.members:
+            m.eos_id = value
+
+    def num_params(self) -> int:
+        return sum(m.num_params() for m in self.members)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        outs = [m(idx, targets) for m in self.members]
+        logp = torch.stack([F.log_softmax(logits.float(), dim=-1) for logits, _ in outs])
+        logits = torch.logsumexp(logp, dim=0) - math.log(len(self.members))
+        loss = None if targets is None else torch.stack([l for _, l in outs]).mean()
         return logits, loss

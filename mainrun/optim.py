@@ -7,6 +7,8 @@ each step, so one schedule drives one or two optimizers (Muon + AdamW) alike.
 from __future__ import annotations
 
 import math
+import re
+
 import torch
 import torch.nn as nn
 
@@ -62,6 +64,7 @@ def param_groups(model: nn.Module) -> dict[str, list[torch.nn.Parameter]]:
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
+        name = re.sub(r"^members\.\d+\.", "", name)   # an Ensemble's member parameters group as a GPT's
         if name.startswith("blocks.") and p.ndim == 2:
             groups["hidden"].append(p)
         elif "emb" in name or name.startswith("head."):

@@ -112,6 +112,36 @@ SCREEN3 = {
 SCREEN3_SPEC = {"base": SCREEN3_BASE,
                 "points": {"stack": {}, **{f"stack-s{s}": {"train_seed": s} for s in SCREEN2_REF_SEEDS}, **SCREEN3}}
 
+# The fourth screen (study gpu14_screen4), against the same stack: where the parameters go at about the stack's
+# CPU cost (matmul FLOPs per token ~ 12 L d^2 + d V, with the MLP's 8 L d^2 set by mlp_mult = 4), ensembles of
+# smaller models at that cost (Kim et al. 2025: in data-limited training an ensemble can beat one larger model),
+# what twice the cost buys either way (a CPU with native bf16 has about that), and AdamW/clipping knobs no screen
+# tried. weight_decay=0.1 (the third screen's best, one seed) gets two more seeds.
+SCREEN4 = {
+    "L6-mlp3": dict(n_layer=6, mlp_mult=3),                  # same FLOPs: a sixth block, narrower MLPs
+    "L7-mlp2": dict(n_layer=7, mlp_mult=2),                  # 0.94x
+    "d160-L7": dict(d_model=160, n_head=4, n_layer=7),       # 0.94x
+    "d224-L4": dict(d_model=224, n_head=4, n_layer=4),       # 1.11x
+    "h6": dict(n_head=6),                                    # head size 32
+    "h2": dict(n_head=2),                                    # head size 96
+    "ens2-d128": dict(ensemble=2, d_model=128, n_head=2),    # 1.00x: two models of half the cost
+    "ens3-d96": dict(ensemble=3, d_model=96, n_head=2),      # 0.94x
+    "d128": dict(d_model=128, n_head=2),                     # one member of ens2-d128 alone (0.50x)
+    "ens2": dict(ensemble=2),                                # 2x: two stacks
+    "d256-L6": dict(d_model=256, n_head=4, n_layer=6),       # 1.93x: one larger model
+    "beta2_0.95": dict(beta2=0.95),
+    "beta1_0.8": dict(beta1=0.8),
+    "clip0": dict(grad_clip=0.0),
+    "clip0.5": dict(grad_clip=0.5),
+    "head_lr1e-3": dict(head_lr=1e-3),
+    "muon_lr0.015": dict(muon_lr=0.015),
+    "lr1.5e-3": dict(lr=1.5e-3),
+    "wd0.1": SCREEN3["wd0.1"],                               # held: the third screen's run
+    **{f"wd0.1-s{s}": {**SCREEN3["wd0.1"], "train_seed": s} for s in SCREEN2_REF_SEEDS},
+}
+SCREEN4_SPEC = {"base": SCREEN3_BASE,
+                "points": {"stack": {}, **{f"stack-s{s}": {"train_seed": s} for s in SCREEN2_REF_SEEDS}, **SCREEN4}}
+
 # The full-data proxy (study gpu14_mirror): the quick proxy's small model (d64 x 2 layers) on the full data
 # (100k titles, the final preset's 4k vocabulary, 7 epochs), so that only the model is small. Same changes as
 # the quick mirror, to be set against the same GPU screen.

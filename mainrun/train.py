@@ -31,7 +31,7 @@ from . import ledger
 from .config import EVAL_BATCH, EVAL_BLOCK, Config, rules_check, run_hash, validate
 from .data import Corpus, atomic_write_bytes, get_batch, prepare
 from .evaluate import autocast, evaluate, full_coverage, official_coverage
-from .model import GPT, GPTConfig
+from .model import GPT, Ensemble, GPTConfig
 from .optim import build_optimizers, describe_groups, lr_multiplier, native_bf16, set_lr
 
 
@@ -77,16 +77,18 @@ def record_config(cfg: Config) -> dict[str, Any]:
     return d
 
 
-def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT:
-    """Seeded exactly as the original: torch.manual_seed(seed) then module construction."""
+def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT | Ensemble:
+    """Seeded exactly as the original: torch.manual_seed(seed) then module construction (an ensemble's
+    members are built one after the other from that one seed, so each starts from different weights)."""
     torch.manual_seed(cfg.rng_seed)
     random.seed(cfg.rng_seed)
-    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                          n_head=cfg.n_head, d_model=cfg.d_model, dropout=cfg.dropout, norm=cfg.norm,
-                          pos=cfg.pos, init=cfg.init, mlp=cfg.mlp, tie_embeddings=cfg.tie_embeddings,
-                          qk_norm=cfg.qk_norm, attn_dropout=cfg.attn_dropout,
-                          emb_dropout=cfg.emb_dropout, zero_proj=cfg.zero_proj, logit_softcap=cfg.logit_softcap,
-                          drop_path=cfg.drop_path, unet=cfg.unet, value_embed=cfg.value_embed))
+    gcfg = GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                     n_head=cfg.n_head, d_model=cfg.d_model, dropout=cfg.dropout, norm=cfg.norm,
+                     pos=cfg.pos, init=cfg.init, mlp=cfg.mlp, mlp_mult=cfg.mlp_mult,
+                     tie_embeddings=cfg.tie_embeddings, qk_norm=cfg.qk_norm, attn_dropout=cfg.attn_dropout,
+                     emb_dropout=cfg.emb_dropout, zero_proj=cfg.zero_proj, logit_softcap=cfg.logit_softcap,
+                     drop_path=cfg.drop_path, unet=cfg.unet, value_embed=cfg.value_embed)
+    model = GPT(gcfg) if cfg.ensemble == 1 else Ensemble([GPT(gcfg) for _ in range(cfg.ensemble)])
     if cfg.attn_mask == "title":
         model.eos_id = eos_id
     return model
@@ -332,6 +334,8 @@ class Trainer:
         With z_loss > 0 the objective also adds z_loss x the mean squared log-partition of the (first pass's)
         logits, which keeps them from drifting (PaLM)."""
         logits, loss = self.step_fn(xb, yb)
+        if self.cfg.ensemble > 1:   # the loss is the members' mean CE: x k gives each member its own CE's gradient
+            return loss, loss * self.cfg.ensemble
         z = self.cfg.z_loss * logits.float().logsumexp(-1).square().mean() if self.cfg.z_loss > 0 else None
         plus_z = (lambda x: x) if z is None else (lambda x: x + z)  # noqa: E731
         if self.cfg.rdrop <= 0:
@@ -419,8 +423,9 @@ class Trainer:
                         loss, objective = self.objective(xb, yb)
                     (objective / cfg.grad_accum).backward()
                     loss_sum += loss.detach()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                if cfg.grad_clip > 0:   # an ensemble's members are clipped one by one, as if trained alone
+                    for part in (self.model.members if cfg.ensemble > 1 else [self.model]):
+                        torch.nn.utils.clip_grad_norm_(part.parameters(), cfg.grad_clip)
                 for o in self.opts:
                     o.step()
                 for o in self.opts:

@@ -2,6 +2,7 @@
 
     PYTHONPATH=.:scripts:/tmp/site MAINRUN_DATA=data/hn-stories-2016-2020.parquet \
         python3 scripts/gpu_screen2.py --budget 555 --workers 14 --out $OUT     # then again with --third
+        python3 scripts/gpu_screen2.py --budget 480 --workers 14 --fourth --out $OUT   # the fourth screen
 
 Same machinery as scripts/gpu_search.py (its Pool: `--workers` ledger runs share the GPU, full profile, bf16,
 each packed into OUT/gpu-search.tar.gz as it finishes), three studies, in this order:
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_search as gs  # noqa: E402
 
 from mainrun.proxy import (MIRROR_SPEC, MIRROR_STUDY, SCREEN2, SCREEN2_REF_SEEDS, SCREEN2_SPEC,  # noqa: E402
-                           SCREEN3_SPEC)
+                           SCREEN3_SPEC, SCREEN4, SCREEN4_SPEC)
 
 SCREEN, STACK = "gpu14_screen2", "gpu14_stack2"
 
@@ -55,6 +56,9 @@ def main() -> int:
     ap.add_argument("--third", action="store_true",
                     help="the third screen instead (proxy.SCREEN3 against the second screen's stack, study "
                          "gpu14_screen3): one round, no stack, no mirror")
+    ap.add_argument("--fourth", action="store_true",
+                    help="the fourth screen instead (proxy.SCREEN4 against the same stack, study gpu14_screen4), "
+                         "then two more seeds for its best two points while the budget lasts")
     args = ap.parse_args()
     if args.local:
         gs.PROFILE = "smoke"
@@ -75,6 +79,9 @@ def main() -> int:
         test_file(kind)
     print(f"[{time.time() - t0:.0f}s] set up; {args.workers} runs on the GPU at once", flush=True)
     pool = gs.Pool(args.workers, out, rerun)
+    if args.fourth:
+        return fourth(pool, {**with_exec(SCREEN4_SPEC["base"]), **shrink}, pick(SCREEN4_SPEC["points"]), out, rerun,
+                      args.budget, t0)
     if args.third:
         third_base, third_points = {**with_exec(SCREEN3_SPEC["base"]), **shrink}, pick(SCREEN3_SPEC["points"])
         pool.plan("gpu14_screen3", third_base, third_points)
@@ -135,6 +142,37 @@ def main() -> int:
           f"{args.workers} at once", flush=True)
     json.dump({**(stacked or {}), "durations_s": pool.durations, "workers": args.workers},
               open(out / "gpu-screen2-summary.json", "w"), indent=1, default=str)
+    return 0
+
+
+def fourth(pool: gs.Pool, base: dict, points: dict, out: Path, rerun: Path, budget: float, t0: float) -> int:
+    """Screen 4 in one round; then seeds 1338 and 1339 for the (at most two) points that beat the stack's seed
+    mean by more than twice its spread (at least 0.001), if a typical run still fits the budget."""
+    study = "gpu14_screen4"
+    pool.plan(study, base, points)
+    for k, v in points.items():
+        pool.submit(study, k, v)
+    pool.drain()
+    singles = {k: v for k, v in SCREEN4.items() if "train_seed" not in v}
+    _, members, mean, threshold = gs.choose_stack(pool, study, ("stack", *[f"stack-s{s}" for s in SCREEN2_REF_SEEDS]),
+                                                  study, singles)
+    ranked = sorted((pool.loss(study, k) - mean, k) for k in singles if pool.loss(study, k) is not None)
+    best = [k for d, k in ranked if d < -threshold and f"{k}-s{SCREEN2_REF_SEEDS[0]}" not in points][:2]
+    print(f"[{time.time() - t0:.0f}s] stack {mean:.4f} (threshold {threshold:.4f}); best "
+          f"{[(k, round(d, 4)) for d, k in ranked[:5]]}; more seeds for {best}", flush=True)
+    typical = statistics.median(pool.durations) if pool.durations else 150.0
+    if best and budget - (time.time() - t0) > typical + 20:
+        for k in best:
+            for s in SCREEN2_REF_SEEDS:
+                pool.submit(study, f"{k}-s{s}", {**singles[k], "train_seed": s})
+        pool.drain()
+    elif best:
+        print(f"[{time.time() - t0:.0f}s] no time left for more seeds of {best}", flush=True)
+    pool.ex.shutdown()
+    gs.pack(out, rerun)
+    print(f"\n[{time.time() - t0:.0f}s] done: {len(pool.done)} runs; median {typical:.0f}s a run", flush=True)
+    json.dump({"best": best, "ranked": ranked, "reference_mean": mean, "threshold": threshold,
+               "durations_s": pool.durations}, open(out / "gpu-screen4-summary.json", "w"), indent=1, default=str)
     return 0
 
 

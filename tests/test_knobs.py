@@ -11,10 +11,12 @@ from mainrun.train import build_model
 
 KNOBS = {"mlp": "relu2", "emb_dropout": 0.2, "zero_proj": True, "logit_softcap": 15.0, "muon_momentum": 0.9,
          "embed_lr": 0.01, "head_lr": 0.001, "drop_path": 0.1, "unet": True, "value_embed": True,
-         "muon_nesterov": False, "muon_ns_steps": 3, "decay_shape": "sqrt", "z_loss": 1e-4}
+         "muon_nesterov": False, "muon_ns_steps": 3, "decay_shape": "sqrt", "z_loss": 1e-4,
+         "mlp_mult": 3, "ensemble": 2}
 DEFAULTS = {"emb_dropout": -1.0, "zero_proj": False, "logit_softcap": 0.0, "muon_momentum": 0.95,
             "embed_lr": -1.0, "head_lr": -1.0, "drop_path": 0.0, "unet": False, "value_embed": False,
-            "muon_nesterov": True, "muon_ns_steps": 5, "decay_shape": "linear", "z_loss": 0.0}
+            "muon_nesterov": True, "muon_ns_steps": 5, "decay_shape": "linear", "z_loss": 0.0,
+            "mlp_mult": 4, "ensemble": 1}
 
 
 def resolved(**kw):
@@ -195,7 +197,56 @@ def test_z_loss_adds_the_squared_log_partition_to_the_objective_only():
     (dict(muon_ns_steps=0), "muon_ns_steps=0"),
     (dict(decay_shape="cosine"), "decay_shape='cosine' is not accepted; choose one of: linear, sqrt"),
     (dict(decay_shape="sqrt", schedule="cosine"), "decay_shape='sqrt' shapes the wsd decay"),
+    (dict(mlp_mult=0), "mlp_mult=0"),
+    (dict(ensemble=0), "ensemble=0"),
+    (dict(ensemble=2, z_loss=1e-4), "ensemble=2 trains each member on its own cross-entropy"),
+    (dict(ensemble=3, rdrop=0.5), "ensemble=3 trains each member"),
 ])
 def test_bad_values_are_refused_by_name(kw, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace("[", r"\[")):
         make_config("full", "final", **kw)
+
+
+def test_mlp_mult_sets_the_hidden_width():
+    for k in (2, 3, 6):
+        _, m = model(mlp="relu2", mlp_mult=k)
+        assert m.blocks[0].mlp.fc.out_features == k * m.cfg.d_model == m.blocks[0].mlp.out.in_features
+
+
+def test_ensemble_predicts_the_mean_probability_of_independent_members():
+    from mainrun.model import Ensemble
+    cfg, m = model(ensemble=3)
+    assert isinstance(m, Ensemble) and len(m.members) == 3
+    w = [mem.token_emb.weight for mem in m.members]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])      # each member its own init
+    _, single = model()
+    assert torch.equal(single.token_emb.weight, w[0])                       # the first is the lone model's
+    assert m.num_params() == 3 * single.num_params()
+    m.eval()
+    xb, yb = torch.randint(0, 512, (2, 16)), torch.randint(0, 512, (2, 16))
+    logits, loss = m(xb, yb)
+    outs = [mem(xb, yb) for mem in m.members]
+    mean_p = torch.stack([torch.softmax(lg, -1) for lg, _ in outs]).mean(0)
+    assert torch.allclose(logits.exp(), mean_p, atol=1e-6)
+    assert loss.item() == pytest.approx(sum(l.item() for _, l in outs) / 3, rel=1e-6)
+    # the objective gives each member the gradient of its own cross-entropy, as if trained alone
+    from mainrun.train import Trainer
+    t = Trainer.__new__(Trainer)
+    t.cfg, t.step_fn = cfg, m
+    logged, objective = t.objective(xb, yb)
+    objective.backward()
+    g_objective = m.members[0].token_emb.weight.grad.clone()
+    m.zero_grad()
+    outs[0][1].backward()
+    assert g_objective.abs().sum() > 0
+    assert torch.allclose(g_objective, m.members[0].token_emb.weight.grad, atol=1e-7)
+    m.eos_id = 7
+    assert all(mem.eos_id == 7 for mem in m.members)
+
+
+def test_ensemble_members_fill_the_same_optimizer_groups_as_one_model():
+    from mainrun.optim import param_groups
+    _, single = model()
+    _, m = model(ensemble=2)
+    a, b = param_groups(single), param_groups(m)
+    assert {k: 2 * len(v) for k, v in a.items()} == {k: len(v) for k, v in b.items()}
