@@ -139,6 +139,17 @@ SCREEN4 = {
     "wd0.1": SCREEN3["wd0.1"],                               # held: the third screen's run
     **{f"wd0.1-s{s}": {**SCREEN3["wd0.1"], "train_seed": s} for s in SCREEN2_REF_SEEDS},
 }
+# the second call: more seeds for the two points that beat the stack by most (ens2, d256-L6), an ensemble of
+# two d160 models (1.47x), three stacks (3x), and the three small gains of the first call (wd0.1 over 3 seeds, h2, beta1_0.8)
+# together at the stack's cost, over three seeds
+STACK4 = dict(weight_decay=0.1, n_head=2, beta1=0.8)
+SCREEN4.update({
+    **{f"{k}-s{s}": {**SCREEN4[k], "train_seed": s} for k in ("ens2", "d256-L6") for s in SCREEN2_REF_SEEDS},
+    "ens2-d160": dict(ensemble=2, d_model=160, n_head=2),
+    "ens3": dict(ensemble=3),                                # 3x
+    "ens2-wd-h2-b1": dict(ensemble=2, **STACK4),             # 2x
+    "wd-h2-b1": STACK4, **{f"wd-h2-b1-s{s}": {**STACK4, "train_seed": s} for s in SCREEN2_REF_SEEDS},
+})
 SCREEN4_SPEC = {"base": SCREEN3_BASE,
                 "points": {"stack": {}, **{f"stack-s{s}": {"train_seed": s} for s in SCREEN2_REF_SEEDS}, **SCREEN4}}
 
