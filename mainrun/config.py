@@ -210,6 +210,10 @@ PRESETS["final2"] = dict(PRESETS["final"], mlp="relu2", embed_lr=0.01)
 # averaged by an EMA (0.99) for evaluation, U-net skips, embedding LR 0.02, the 1-sqrt cooldown and 3 Newton-Schulz
 # steps in Muon. Same matmul shapes as final2; Muon's step is cheaper, the EMA adds one pass over the weights.
 PRESETS["final3"] = dict(PRESETS["final2"], ema=0.99, unet=True, embed_lr=0.02, decay_shape="sqrt", muon_ns_steps=3)
+# final4 (a candidate, not yet trained on the CPU): final3 plus the three changes of the fourth GPU screen that beat
+# final3's seed mean by more than twice its spread at the same cost, stacked and repeated over three GPU seeds
+# (results/studies/full/gpu14_screen4, point wd-h2-b1: -0.0024): weight decay 0.1, two heads of 96, AdamW beta1 0.8.
+PRESETS["final4"] = dict(PRESETS["final3"], weight_decay=0.1, n_head=2, beta1=0.8)
 
 
 class ConfigError(ValueError):

@@ -18,7 +18,8 @@ import pandas as pd
 from . import ledger
 from .formats import _nan, fmt_loss, fmt_ratio
 from .fragments import md_table
-from .proxy import MIRROR_STUDY, PROXY_CHANGES, PROXY_STUDY, agreement, deltas, truncation_agreement
+from .proxy import (MIRROR_STUDY, PROXY_CHANGES, PROXY_STUDY, agreement, deltas, relative_cost,
+                    truncation_agreement)
 from .results import read_curve, read_studies, study_frame
 from .verdicts import fold_seed_labels, permutation_p, screen_frame
 
@@ -217,6 +218,79 @@ def later_rounds_md(profile: str, results: pd.DataFrame, base_loss: float) -> tu
                      ": The second screen's stack (preset `final3`) over its seeds on the GPU against final2's, and "
                      "the stack without each member (one seed: against the stack's mean, and against the stack's run "
                      "with the same seed); ratios to the GPU baseline. {#tbl-stack2}\n"])
+    if "gpu14_screen4" in recs:
+        fourth, numbers["fourth"] = fourth_screen_md(recs["gpu14_screen4"], results, base_loss)
+        md += "\n" + fourth
+    return md, numbers
+
+
+def fourth_screen_md(rec: dict, results: pd.DataFrame, base_loss: float) -> tuple[str, dict]:
+    """The fourth screen (study gpu14_screen4) by compute: each point's matmul cost against the stack's
+    (proxy.relative_cost), its mean over seeds, the difference to the stack's seed mean and, with two seeds or
+    more, the exact permutation p. Paragraph, table, numbers."""
+    from .config import make_config
+    f = fold_seed_labels(study_frame(rec, results))
+    f = f[f["status"] == "finished"]
+    base = {k: v for k, v in rec["specs"][-1]["base"].items() if k != "preset"}
+    preset = rec["specs"][-1]["base"].get("preset", "baseline")
+    ref_cfg = make_config("full", preset, **base)
+    ref = f.loc[f["label"] == "stack", "final_val_loss"].tolist()
+    if len(ref) < 2:
+        return "", {}
+    rm = sum(ref) / len(ref)
+    rows, numbers = [], {"stack_mean": rm, "points": {}}
+    for label, g in f.groupby("label", sort=False):
+        ov = {k: v for k, v in g["overrides"].iloc[0].items() if k != "train_seed"}
+        cost = relative_cost(make_config("full", preset, **{**base, **ov}), ref_cfg)
+        v = g["final_val_loss"].tolist()
+        m = sum(v) / len(v)
+        p = permutation_p(v, ref) if label != "stack" else None
+        numbers["points"][label] = {"cost": cost, "mean": m, "seeds": len(v), "delta": m - rm, "p": p,
+                                    "std": float(pd.Series(v).std()) if len(v) > 1 else None}
+        rows.append({"change": label, "cost": f"{cost:.2f}x", "parameters": f"{g['n_params'].iloc[0] / 1e6:.2f}M",
+                     "seeds": str(len(v)), "loss": fmt_loss(m),
+                     "std": f"{pd.Series(v).std():.4f}" if len(v) > 1 else "",
+                     "difference": "" if label == "stack" else f"{m - rm:+.4f}",
+                     "p": "" if p is None else f"{p:.2f}", "ratio": fmt_ratio(m / base_loss)})
+    t = pd.DataFrame(rows)
+    t = t.assign(_c=[numbers["points"][r]["cost"] for r in t["change"]],
+                 _m=[numbers["points"][r]["mean"] for r in t["change"]]).sort_values(["_c", "_m"]).drop(columns=["_c", "_m"])
+    pts = numbers["points"]
+    sd = float(pd.Series(ref).std())
+    shape_keys = {"n_layer", "d_model", "n_head", "mlp_mult", "ensemble"}
+    overrides = {lb: {k: v for k, v in g["overrides"].iloc[0].items() if k != "train_seed"}
+                 for lb, g in f.groupby("label", sort=False)}
+    iso = {k: v for k, v in pts.items() if abs(v["cost"] - 1) < 0.15 and k != "stack"}
+    reshaped = {k: v for k, v in iso.items() if set(overrides[k]) & shape_keys}
+    beyond = {k: v for k, v in iso.items() if v["delta"] < -2 * sd}
+    best_iso = min(iso.items(), key=lambda x: x[1]["mean"]) if iso else None
+    text = (f"A fourth screen (study `gpu14_screen4`, `proxy.SCREEN4`, two device calls) asked where more parameters "
+            f"or more compute would go. Against the stack's {len(ref)} seeds ({fmt_loss(rm)} +- {sd:.4f}), the "
+            f"shapes and ensembles at about the stack's matmul cost give "
+            + ", ".join(f"`{k}` {v['delta']:+.4f}" for k, v in sorted(reshaped.items(), key=lambda x: x[1]["delta"]))
+            + f"; {len(beyond)} of the {len(iso)} points at that cost beat the stack by more than twice its seed "
+            "spread" + (": " + ", ".join(f"`{k}`" for k in beyond) if beyond else "") + ". ")
+    if best_iso:
+        text += (f"The best of them is `{best_iso[0]}` ({best_iso[1]['seeds']} seeds, {best_iso[1]['delta']:+.4f}"
+                 + ("" if best_iso[1]["p"] is None else f", p = {best_iso[1]['p']:.2f}") + "). ")
+    if "ens2" in pts and "d256-L6" in pts:
+        e, d = pts["ens2"], pts["d256-L6"]
+        text += ((f"Twice the compute buys more as an ensemble than as one larger model: " if e["mean"] < d["mean"]
+                  else "Twice the compute buys less as an ensemble than as one larger model: ")
+                 + f"two stacks trained side by "
+                 f"side and averaged in probability (`ensemble=2`) reach {fmt_loss(e['mean'])} over {e['seeds']} "
+                 f"seeds ({e['delta']:+.4f}), one d256 x 6 model ({d['cost']:.2f}x) {fmt_loss(d['mean'])} "
+                 f"({d['delta']:+.4f})" + (", as Kim et al. (2025) found for data-limited pre-training. " if e["mean"] < d["mean"]
+                                            else ". "))
+    if "ens3" in pts:
+        e3 = pts["ens3"]
+        text += (f"Three stacks ({e3['cost']:.1f}x, {e3['seeds']} seed) reach {fmt_loss(e3['mean'])}, ratio "
+                 f"{fmt_ratio(e3['mean'] / base_loss)} to the GPU baseline. On this project's 2-core AVX2 CPU the "
+                 "stack alone takes about the whole 60 minutes, so none of these fits the CPU budget there.")
+    md = "\n".join([text + "\n", md_table(t, "lrrrrrrrr"),
+                     ": The fourth GPU screen by matmul cost per token (relative to the stack, `proxy.relative_cost`): "
+                     "mean over seeds, difference to the stack's seed mean and exact permutation p; ratios to the GPU "
+                     "baseline. {#tbl-screen4}\n"])
     return md, numbers
 
 

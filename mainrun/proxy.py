@@ -142,7 +142,7 @@ SCREEN4 = {
 # the second call: more seeds for the two points that beat the stack by most (ens2, d256-L6), an ensemble of
 # two d160 models (1.47x), three stacks (3x), and the three small gains of the first call (wd0.1 over 3 seeds, h2, beta1_0.8)
 # together at the stack's cost, over three seeds
-STACK4 = dict(weight_decay=0.1, n_head=2, beta1=0.8)
+STACK4 = {k: v for k, v in PRESETS["final4"].items() if PRESETS["final3"].get(k) != v}   # preset final4
 SCREEN4.update({
     **{f"{k}-s{s}": {**SCREEN4[k], "train_seed": s} for k in ("ens2", "d256-L6") for s in SCREEN2_REF_SEEDS},
     "ens2-d160": dict(ensemble=2, d_model=160, n_head=2),
@@ -150,6 +150,17 @@ SCREEN4.update({
     "ens2-wd-h2-b1": dict(ensemble=2, **STACK4),             # 2x
     "wd-h2-b1": STACK4, **{f"wd-h2-b1-s{s}": {**STACK4, "train_seed": s} for s in SCREEN2_REF_SEEDS},
 })
+
+
+def relative_cost(cfg, ref) -> float:
+    """Matmul FLOPs per token of `cfg` over `ref`'s (two Configs): ensemble x (n_layer x (4 + 2 mlp_mult) x
+    d_model^2 + d_model x vocab_size), the attention projections, the MLP and the head; attention's own
+    T x d_model per layer is left out (about a tenth at d_model 192, block 128)."""
+    def flops(c) -> float:
+        return c.ensemble * (c.n_layer * (4 + 2 * c.mlp_mult) * c.d_model ** 2 + c.d_model * c.vocab_size)
+    return flops(cfg) / flops(ref)
+
+
 SCREEN4_SPEC = {"base": SCREEN3_BASE,
                 "points": {"stack": {}, **{f"stack-s{s}": {"train_seed": s} for s in SCREEN2_REF_SEEDS}, **SCREEN4}}
 

@@ -116,7 +116,8 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
         found["noise"] = [noise.get(d) for d in found["device"]]
         # the later GPU screens are judged against their own reference's seeds (final2's, then the stack's)
         later = past_numbers.get("later") or {}
-        own = {"gpu14_screen2": later.get("final2_std"), "gpu14_screen3": later.get("stack_std")}
+        own = {"gpu14_screen2": later.get("final2_std"), "gpu14_screen3": later.get("stack_std"),
+               "gpu14_screen4": later.get("stack_std")}
         found["noise"] = [own.get(st) or n for st, n in zip(found["study"], found["noise"])]
         found = found.sort_values("scale", kind="stable", key=lambda s: s.astype(str).str.contains("CPU"))  # GPU first
         if len(proxy_results):

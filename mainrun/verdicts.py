@@ -99,15 +99,16 @@ def findings(profile: str, results: pd.DataFrame) -> pd.DataFrame:
         rows += _study_findings("gpu14_screen", screen, "final", results)
     for name, ref in LATER_SCREENS:  # each later round against its own reference's seeds
         if name in recs:
-            rows += _study_findings(name, study_frame(recs[name], results), ref, results)
+            rows += _study_findings(name, fold_seed_labels(study_frame(recs[name], results)), ref, results)
     return pd.DataFrame(rows, columns=["study", "change", "reference", "loss", "reference_loss", "delta", "seeds",
                                        "verdict", "device", "full_delta", "coverage", "reference_coverage",
                                        "judged_on", "judged_delta"])
 
 
 SCREEN_STUDIES = ("gpu14_seeds", "gpu14_screen", "gpu14_stack")
-# The later GPU screens (scripts/gpu_screen2.py) and their references: final2's seeds, then the second stack's.
-LATER_SCREENS = (("gpu14_screen2", "final2"), ("gpu14_screen3", "stack"))
+# The later GPU screens (scripts/gpu_screen2.py) and their references: final2's seeds, then the second stack's
+# (the third and fourth screens).
+LATER_SCREENS = (("gpu14_screen2", "final2"), ("gpu14_screen3", "stack"), ("gpu14_screen4", "stack"))
 
 
 def screen_frame(profile: str, results: pd.DataFrame) -> pd.DataFrame:

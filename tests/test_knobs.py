@@ -38,6 +38,16 @@ def test_final2_is_final_plus_the_two_stacked_changes():
     assert (a["mlp"], a["embed_lr"]) == ("relu2", 0.01)
 
 
+def test_final4_is_final3_plus_the_fourth_screens_stack_and_keeps_its_hash():
+    from mainrun.proxy import SCREEN4, SCREEN4_SPEC
+    a, b = make_config("full", "final4").to_dict(), make_config("full", "final3").to_dict()
+    assert {k for k in a if a[k] != b[k]} == {"preset", "weight_decay", "n_head", "beta1"}
+    gpu = dict(device="cuda", precision="bf16", checkpoint_every=0)
+    base = {k: v for k, v in SCREEN4_SPEC["base"].items() if k != "preset"}
+    screened = make_config("full", SCREEN4_SPEC["base"]["preset"], **{**base, **SCREEN4["wd-h2-b1"], **gpu})
+    assert make_config("full", "final4", **gpu).hash_fields() == screened.hash_fields()
+
+
 def model(**kw):
     cfg = resolved(**kw)
     return cfg, build_model(cfg, 512, 1)
@@ -250,3 +260,14 @@ def test_ensemble_members_fill_the_same_optimizer_groups_as_one_model():
     _, m = model(ensemble=2)
     a, b = param_groups(single), param_groups(m)
     assert {k: 2 * len(v) for k, v in a.items()} == {k: len(v) for k, v in b.items()}
+
+
+def test_relative_cost_counts_matmul_flops_per_token():
+    from mainrun.proxy import relative_cost
+    ref = make_config("full", "final3")
+    assert relative_cost(ref, ref) == 1.0
+    assert relative_cost(make_config("full", "final3", ensemble=2), ref) == 2.0
+    assert relative_cost(make_config("full", "final3", n_layer=6, mlp_mult=3), ref) == 1.0   # 6 x 10 = 5 x 12
+    assert relative_cost(make_config("full", "final3", n_head=2), ref) == 1.0                 # heads cost nothing
+    half = relative_cost(make_config("full", "final3", d_model=128, n_head=2), ref)
+    assert half == (5 * 12 * 128 ** 2 + 128 * 4096) / (5 * 12 * 192 ** 2 + 192 * 4096)
