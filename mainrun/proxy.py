@@ -152,6 +152,45 @@ SCREEN4.update({
 })
 
 
+# The fifth screen (study gpu14_screen5), against preset final4 (its three GPU seeds are the fourth screen's
+# wd-h2-b1 runs: same hash). Two questions. Does anything at final4's cost still help once weight decay, two heads
+# and beta1 0.8 are in (the neighbours of its tuned values, one seed each)? And the ensembles over seeds: three
+# final4 models (3x, the one way below 0.63 the fourth screen found, there on final3 and with one seed), two (2x),
+# and two smaller ones at about 1.2x (what a CPU with native bf16 might fit in the 60 minutes).
+SCREEN5_BASE = {"preset": "final4"}
+SCREEN5 = {
+    **{f"ens3{'' if s is None else f'-s{s}'}": dict(ensemble=3, **({} if s is None else {"train_seed": s}))
+       for s in (None, *SCREEN2_REF_SEEDS)},                 # 3x, listed first: the longest runs start first
+    **{f"ens2{'' if s is None else f'-s{s}'}": dict(ensemble=2, **({} if s is None else {"train_seed": s}))
+       for s in (None, *SCREEN2_REF_SEEDS)},                 # 2x (seed 1337: the fourth screen's ens2-wd-h2-b1)
+    "ens2-d144": dict(ensemble=2, d_model=144),              # 1.22x (two heads of 72)
+    "ens2-d160-L4": dict(ensemble=2, d_model=160, n_layer=4),  # 1.26x
+    "drop0.03": dict(dropout=0.03),
+    "drop0.08": dict(dropout=0.08),
+    "attn_drop0": dict(attn_dropout=0.0),
+    "wd0.2": dict(weight_decay=0.2),
+    "beta1_0.7": dict(beta1=0.7),
+    "h1": dict(n_head=1),                                    # one head of 192
+    "muon_lr0.025": dict(muon_lr=0.025),
+    "lr2.5e-3": dict(lr=2.5e-3),
+    "embed_lr0.03": dict(embed_lr=0.03),
+    "ema0.995": dict(ema=0.995),
+    "decay0.3": dict(decay_frac=0.3),
+}
+# the second call: the three 1x changes nearest to helping (dropout 0.03: -0.0014, lr 2.5e-3 and decay 0.3:
+# -0.0010 each, one seed each) stacked on final4 over three seeds, the stack without each, the stack with the next
+# two (attention dropout 0, embedding LR 0.03), and two more seeds of the 1.22x ensemble
+STACK5 = dict(dropout=0.03, lr=2.5e-3, decay_frac=0.3)
+SCREEN5.update({
+    "stack5": STACK5, **{f"stack5-s{s}": {**STACK5, "train_seed": s} for s in SCREEN2_REF_SEEDS},
+    **{f"stack5-minus-{k}": {j: v for j, v in STACK5.items() if j != k} for k in STACK5},
+    "stack5-attn0-emb0.03": {**STACK5, "attn_dropout": 0.0, "embed_lr": 0.03},
+    **{f"ens2-d144-s{s}": {**SCREEN5["ens2-d144"], "train_seed": s} for s in SCREEN2_REF_SEEDS},
+})
+SCREEN5_SPEC = {"base": SCREEN5_BASE,
+                "points": {"final4": {}, **{f"final4-s{s}": {"train_seed": s} for s in SCREEN2_REF_SEEDS},
+                           **SCREEN5}}
+
 def relative_cost(cfg, ref) -> float:
     """Matmul FLOPs per token of `cfg` over `ref`'s (two Configs): ensemble x (n_layer x (4 + 2 mlp_mult) x
     d_model^2 + d_model x vocab_size), the attention projections, the MLP and the head; attention's own

@@ -3,6 +3,7 @@
     PYTHONPATH=.:scripts:/tmp/site MAINRUN_DATA=data/hn-stories-2016-2020.parquet \
         python3 scripts/gpu_screen2.py --budget 555 --workers 14 --out $OUT     # then again with --third
         python3 scripts/gpu_screen2.py --budget 480 --workers 14 --fourth --out $OUT   # the fourth screen
+        python3 scripts/gpu_screen2.py --workers 14 --fifth --out $OUT                 # the fifth screen
 
 Same machinery as scripts/gpu_search.py (its Pool: `--workers` ledger runs share the GPU, full profile, bf16,
 each packed into OUT/gpu-search.tar.gz as it finishes), three studies, in this order:
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_search as gs  # noqa: E402
 
 from mainrun.proxy import (MIRROR_SPEC, MIRROR_STUDY, SCREEN2, SCREEN2_REF_SEEDS, SCREEN2_SPEC,  # noqa: E402
-                           SCREEN3_SPEC, SCREEN4, SCREEN4_SPEC)
+                           SCREEN3_SPEC, SCREEN4, SCREEN4_SPEC, SCREEN5_SPEC)
 
 SCREEN, STACK = "gpu14_screen2", "gpu14_stack2"
 
@@ -59,6 +60,9 @@ def main() -> int:
     ap.add_argument("--fourth", action="store_true",
                     help="the fourth screen instead (proxy.SCREEN4 against the same stack, study gpu14_screen4), "
                          "then two more seeds for its best two points while the budget lasts")
+    ap.add_argument("--fifth", action="store_true",
+                    help="the fifth screen instead (proxy.SCREEN5 against preset final4, study gpu14_screen5): "
+                         "one round, every point (the ensembles first)")
     args = ap.parse_args()
     if args.local:
         gs.PROFILE = "smoke"
@@ -82,11 +86,12 @@ def main() -> int:
     if args.fourth:
         return fourth(pool, {**with_exec(SCREEN4_SPEC["base"]), **shrink}, pick(SCREEN4_SPEC["points"]), out, rerun,
                       args.budget, t0)
-    if args.third:
-        third_base, third_points = {**with_exec(SCREEN3_SPEC["base"]), **shrink}, pick(SCREEN3_SPEC["points"])
-        pool.plan("gpu14_screen3", third_base, third_points)
-        for k, v in third_points.items():
-            pool.submit("gpu14_screen3", k, v)
+    if args.third or args.fifth:
+        study, spec = ("gpu14_screen3", SCREEN3_SPEC) if args.third else ("gpu14_screen5", SCREEN5_SPEC)
+        one_base, one_points = {**with_exec(spec["base"]), **shrink}, pick(spec["points"])
+        pool.plan(study, one_base, one_points)
+        for k, v in one_points.items():
+            pool.submit(study, k, v)
         pool.drain()
         pool.ex.shutdown()
         gs.pack(out, rerun)

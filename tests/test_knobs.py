@@ -46,6 +46,9 @@ def test_final4_is_final3_plus_the_fourth_screens_stack_and_keeps_its_hash():
     base = {k: v for k, v in SCREEN4_SPEC["base"].items() if k != "preset"}
     screened = make_config("full", SCREEN4_SPEC["base"]["preset"], **{**base, **SCREEN4["wd-h2-b1"], **gpu})
     assert make_config("full", "final4", **gpu).hash_fields() == screened.hash_fields()
+    from mainrun.proxy import SCREEN5     # the fifth screen's 2-model ensemble of final4 is the fourth's
+    ens = make_config("full", SCREEN4_SPEC["base"]["preset"], **{**base, **SCREEN4["ens2-wd-h2-b1"], **gpu})
+    assert make_config("full", "final4", **SCREEN5["ens2"], **gpu).hash_fields() == ens.hash_fields()
 
 
 def model(**kw):
