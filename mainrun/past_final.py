@@ -221,45 +221,58 @@ def later_rounds_md(profile: str, results: pd.DataFrame, base_loss: float) -> tu
     if "gpu14_screen4" in recs:
         fourth, numbers["fourth"] = fourth_screen_md(recs["gpu14_screen4"], results, base_loss)
         md += "\n" + fourth
+    if "gpu14_screen5" in recs:
+        fifth, numbers["fifth"] = fifth_screen_md(recs["gpu14_screen5"], results, base_loss)
+        md += "\n" + fifth
     return md, numbers
 
 
-def fourth_screen_md(rec: dict, results: pd.DataFrame, base_loss: float) -> tuple[str, dict]:
-    """The fourth screen (study gpu14_screen4) by compute: each point's matmul cost against the stack's
-    (proxy.relative_cost), its mean over seeds, the difference to the stack's seed mean and, with two seeds or
-    more, the exact permutation p. Paragraph, table, numbers."""
+def by_cost(rec: dict, results: pd.DataFrame, base_loss: float, ref_label: str
+            ) -> tuple[pd.DataFrame, dict, list[float], dict[str, dict]]:
+    """A later screen's points by compute: each point's matmul cost against its reference's (proxy.relative_cost),
+    its mean over seeds, the difference to the reference's seed mean and, with two seeds or more, the exact
+    permutation p. (table sorted by cost then loss, {label: numbers}, the reference's losses, {label: overrides});
+    an empty table where the reference has fewer than two seeds."""
     from .config import make_config
     f = fold_seed_labels(study_frame(rec, results))
     f = f[f["status"] == "finished"]
     base = {k: v for k, v in rec["specs"][-1]["base"].items() if k != "preset"}
     preset = rec["specs"][-1]["base"].get("preset", "baseline")
     ref_cfg = make_config("full", preset, **base)
-    ref = f.loc[f["label"] == "stack", "final_val_loss"].tolist()
+    ref = f.loc[f["label"] == ref_label, "final_val_loss"].tolist()
     if len(ref) < 2:
-        return "", {}
+        return pd.DataFrame(), {}, ref, {}
     rm = sum(ref) / len(ref)
-    rows, numbers = [], {"stack_mean": rm, "points": {}}
+    rows, pts = [], {}
+    overrides = {lb: {k: v for k, v in g["overrides"].iloc[0].items() if k != "train_seed"}
+                 for lb, g in f.groupby("label", sort=False)}
     for label, g in f.groupby("label", sort=False):
-        ov = {k: v for k, v in g["overrides"].iloc[0].items() if k != "train_seed"}
-        cost = relative_cost(make_config("full", preset, **{**base, **ov}), ref_cfg)
+        cost = relative_cost(make_config("full", preset, **{**base, **overrides[label]}), ref_cfg)
         v = g["final_val_loss"].tolist()
         m = sum(v) / len(v)
-        p = permutation_p(v, ref) if label != "stack" else None
-        numbers["points"][label] = {"cost": cost, "mean": m, "seeds": len(v), "delta": m - rm, "p": p,
-                                    "std": float(pd.Series(v).std()) if len(v) > 1 else None}
+        p = permutation_p(v, ref) if label != ref_label else None
+        pts[label] = {"cost": cost, "mean": m, "seeds": len(v), "delta": m - rm, "p": p,
+                      "std": float(pd.Series(v).std()) if len(v) > 1 else None}
         rows.append({"change": label, "cost": f"{cost:.2f}x", "parameters": f"{g['n_params'].iloc[0] / 1e6:.2f}M",
                      "seeds": str(len(v)), "loss": fmt_loss(m),
                      "std": f"{pd.Series(v).std():.4f}" if len(v) > 1 else "",
-                     "difference": "" if label == "stack" else f"{m - rm:+.4f}",
+                     "difference": "" if label == ref_label else f"{m - rm:+.4f}",
                      "p": "" if p is None else f"{p:.2f}", "ratio": fmt_ratio(m / base_loss)})
     t = pd.DataFrame(rows)
-    t = t.assign(_c=[numbers["points"][r]["cost"] for r in t["change"]],
-                 _m=[numbers["points"][r]["mean"] for r in t["change"]]).sort_values(["_c", "_m"]).drop(columns=["_c", "_m"])
-    pts = numbers["points"]
-    sd = float(pd.Series(ref).std())
+    t = t.assign(_c=[pts[r]["cost"] for r in t["change"]],
+                 _m=[pts[r]["mean"] for r in t["change"]]).sort_values(["_c", "_m"]).drop(columns=["_c", "_m"])
+    return t, pts, ref, overrides
+
+
+def fourth_screen_md(rec: dict, results: pd.DataFrame, base_loss: float) -> tuple[str, dict]:
+    """The fourth screen (study gpu14_screen4) by compute, against the stack (`by_cost`). Paragraph, table,
+    numbers."""
+    t, pts, ref, overrides = by_cost(rec, results, base_loss, "stack")
+    if t.empty:
+        return "", {}
+    rm, sd = sum(ref) / len(ref), float(pd.Series(ref).std())
+    numbers = {"stack_mean": rm, "points": pts}
     shape_keys = {"n_layer", "d_model", "n_head", "mlp_mult", "ensemble"}
-    overrides = {lb: {k: v for k, v in g["overrides"].iloc[0].items() if k != "train_seed"}
-                 for lb, g in f.groupby("label", sort=False)}
     iso = {k: v for k, v in pts.items() if abs(v["cost"] - 1) < 0.15 and k != "stack"}
     reshaped = {k: v for k, v in iso.items() if set(overrides[k]) & shape_keys}
     beyond = {k: v for k, v in iso.items() if v["delta"] < -2 * sd}
@@ -291,6 +304,56 @@ def fourth_screen_md(rec: dict, results: pd.DataFrame, base_loss: float) -> tupl
                      ": The fourth GPU screen by matmul cost per token (relative to the stack, `proxy.relative_cost`): "
                      "mean over seeds, difference to the stack's seed mean and exact permutation p; ratios to the GPU "
                      "baseline. {#tbl-screen4}\n"])
+    return md, numbers
+
+
+def fifth_screen_md(rec: dict, results: pd.DataFrame, base_loss: float) -> tuple[str, dict]:
+    """The fifth screen (study gpu14_screen5) by compute, against final4's seeds (`by_cost`): what is left at
+    final4's cost, the near-gains stacked, and the ensembles of final4 over seeds. Paragraph, table, numbers."""
+    t, pts, ref, overrides = by_cost(rec, results, base_loss, "final4")
+    if t.empty:
+        return "", {}
+    rm, sd = sum(ref) / len(ref), float(pd.Series(ref).std())
+    numbers = {"final4_mean": rm, "final4_std": sd, "points": pts}
+    singles = {k: v for k, v in pts.items() if abs(v["cost"] - 1) < 1e-9 and k != "final4"
+               and not k.startswith("stack5")}
+    beyond = sorted((k for k, v in singles.items() if v["delta"] < -max(2 * sd, 0.001)), key=lambda k: singles[k]["delta"])
+    ranked = sorted(singles, key=lambda k: singles[k]["delta"])
+    text = (f"A fifth screen (study `gpu14_screen5`, `proxy.SCREEN5`, two device calls) went back to the knobs around "
+            f"`final4` once weight decay 0.1, two heads and beta1 0.8 were in. Against final4's {len(ref)} GPU seeds "
+            f"({fmt_loss(rm)} +- {sd:.4f}), the {len(singles)} one-change points at its cost give "
+            + ", ".join(f"`{k}` {singles[k]['delta']:+.4f}" for k in ranked) + "; "
+            + (f"{len(beyond)} beyond twice final4's seed spread (at least 0.001): " + ", ".join(f"`{k}`" for k in beyond)
+               if beyond else "none beyond twice final4's seed spread (at least 0.001)") + ". ")
+    if "stack5" in pts:
+        s5 = pts["stack5"]
+        members = ", ".join(f"`{k}={v}`" for k, v in overrides["stack5"].items())
+        minus = {k.removeprefix("stack5-minus-"): v for k, v in pts.items() if k.startswith("stack5-minus-")}
+        text += (f"The {len(overrides['stack5'])} nearest to helping, stacked ({members}), give {fmt_loss(s5['mean'])} "
+                 f"over {s5['seeds']} seeds ({s5['delta']:+.4f}"
+                 + ("" if s5["p"] is None else f", p = {s5['p']:.2f}") + "): "
+                 + ("they do not add up" if s5["delta"] > -2 * sd else "they add up")
+                 + (", and the stack without one of them (one seed each) lies at "
+                    + ", ".join(f"`{k}` {v['delta']:+.4f}" for k, v in sorted(minus.items(), key=lambda x: x[1]["delta"]))
+                    + " against final4" if minus else "") + ". "
+                 + ("So final4 stays the CPU candidate. " if s5["delta"] > -2 * sd else ""))
+    ens = [k for k in ("ens3", "ens2", "ens2-d144", "ens2-d160-L4") if k in pts]
+    if ens:
+        text += ("Ensembles of final4-like models, trained side by side and averaged in probability: "
+                 + "; ".join(f"`{k}` ({pts[k]['cost']:.2f}x, {pts[k]['seeds']} seed{'s' if pts[k]['seeds'] > 1 else ''}) "
+                             f"{fmt_loss(pts[k]['mean'])}" + ("" if pts[k]["std"] is None else f" +- {pts[k]['std']:.4f}")
+                             + f", {pts[k]['delta']:+.4f}, ratio {fmt_ratio(pts[k]['mean'] / base_loss)}" for k in ens)
+                 + ". ")
+        low = [k for k in ens if pts[k]["mean"] / base_loss <= 0.63]
+        if low:
+            costs = ", ".join(f"{pts[k]['cost']:.0f}x" for k in low)
+            text += ("Only " + ", ".join(f"`{k}`" for k in low) + f" ({costs} "
+                     "the compute) is at or below 0.63 of the GPU baseline over its seeds. It needs about that many times "
+                     "final4's CPU time, more than 60 minutes on both kinds of 2-core CPU the project has timed.")
+    md = "\n".join([text + "\n", md_table(t, "lrrrrrrrr"),
+                     ": The fifth GPU screen by matmul cost per token (relative to final4, `proxy.relative_cost`): mean "
+                     "over seeds, difference to final4's seed mean (the fourth screen's three `wd-h2-b1` runs, the same "
+                     "hashes) and exact permutation p; ratios to the GPU baseline. {#tbl-screen5}\n"])
     return md, numbers
 
 

@@ -117,7 +117,8 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
         # the later GPU screens are judged against their own reference's seeds (final2's, then the stack's)
         later = past_numbers.get("later") or {}
         own = {"gpu14_screen2": later.get("final2_std"), "gpu14_screen3": later.get("stack_std"),
-               "gpu14_screen4": later.get("stack_std")}
+               "gpu14_screen4": later.get("stack_std"),
+               "gpu14_screen5": (later.get("fifth") or {}).get("final4_std")}
         found["noise"] = [own.get(st) or n for st, n in zip(found["study"], found["noise"])]
         found = found.sort_values("scale", kind="stable", key=lambda s: s.astype(str).str.contains("CPU"))  # GPU first
         if len(proxy_results):
@@ -160,7 +161,7 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
 
 
 # The rungs past the final configuration trained on the CPU, each in its study 14_<rung> beside the rung before.
-LATER_RUNGS = ("final2", "final3")
+LATER_RUNGS = ("final2", "final3", "final4")
 
 
 def _stage_seeds(seeds: pd.DataFrame | None, final: pd.Series, base: pd.Series, results: pd.DataFrame,

@@ -107,8 +107,9 @@ def findings(profile: str, results: pd.DataFrame) -> pd.DataFrame:
 
 SCREEN_STUDIES = ("gpu14_seeds", "gpu14_screen", "gpu14_stack")
 # The later GPU screens (scripts/gpu_screen2.py) and their references: final2's seeds, then the second stack's
-# (the third and fourth screens).
-LATER_SCREENS = (("gpu14_screen2", "final2"), ("gpu14_screen3", "stack"), ("gpu14_screen4", "stack"))
+# (the third and fourth screens), then final4's (the fifth).
+LATER_SCREENS = (("gpu14_screen2", "final2"), ("gpu14_screen3", "stack"), ("gpu14_screen4", "stack"),
+                 ("gpu14_screen5", "final4"))
 
 
 def screen_frame(profile: str, results: pd.DataFrame) -> pd.DataFrame:
