@@ -159,7 +159,7 @@ def fourth(pool: gs.Pool, base: dict, points: dict, out: Path, rerun: Path, budg
         pool.submit(study, k, v)
     pool.drain()
     singles = {k: v for k, v in SCREEN4.items() if "train_seed" not in v}
-    _, members, mean, threshold = gs.choose_stack(pool, study, ("stack", *[f"stack-s{s}" for s in SCREEN2_REF_SEEDS]),
+    _, _, mean, threshold = gs.choose_stack(pool, study, ("stack", *[f"stack-s{s}" for s in SCREEN2_REF_SEEDS]),
                                                   study, singles)
     ranked = sorted((pool.loss(study, k) - mean, k) for k in singles if pool.loss(study, k) is not None)
     best = [k for d, k in ranked if d < -threshold and f"{k}-s{SCREEN2_REF_SEEDS[0]}" not in points][:2]

@@ -199,3 +199,24 @@ def test_full_data_mirror_joins_the_agreement_table(monkeypatch):
     relu2 = next(line for line in md.splitlines() if line.startswith("| relu2 "))
     assert f"{mirror['relu2'] - ref:+.4f}" in relu2
     assert "signs agree for 60% of 15 pairs (75% of the 12 clear ones), Spearman 0.56" in md
+
+
+def test_fifth_screen_recomputes_from_the_committed_runs(monkeypatch):
+    from mainrun.results import load_results, read_studies
+    monkeypatch.setenv("MAINRUN_RESULTS", str(COMMITTED))     # read only
+    s4, s5 = summaries("gpu14_screen4"), summaries("gpu14_screen5")
+    _, n = past_final.later_rounds_md("full", load_results("full"), 1.7304)
+    fifth = n["fifth"]
+    # final4's seeds are the fourth screen's wd-h2-b1 runs (the same hashes), read again under final4's labels
+    ref = [s4[k] for k in ("wd-h2-b1", "wd-h2-b1-s1338", "wd-h2-b1-s1339")]
+    assert [s5[k] for k in ("final4", "final4-s1338", "final4-s1339")] == ref
+    assert fifth["final4_mean"] == pytest.approx(sum(ref) / 3)
+    ens3 = [s5[k] for k in ("ens3", "ens3-s1338", "ens3-s1339")]
+    p = fifth["points"]
+    assert p["ens3"]["seeds"] == 3 and p["ens3"]["mean"] == pytest.approx(sum(ens3) / 3)
+    assert p["ens3"]["cost"] == pytest.approx(3.0) and p["ens2"]["cost"] == pytest.approx(2.0)
+    assert 1.1 < p["ens2-d144"]["cost"] < 1.3 and p["drop0.03"]["cost"] == pytest.approx(1.0)
+    assert p["stack5"]["delta"] == pytest.approx(sum(s5[k] for k in ("stack5", "stack5-s1338", "stack5-s1339")) / 3
+                                                 - sum(ref) / 3)
+    md, _ = past_final.fifth_screen_md(read_studies("full")["gpu14_screen5"], load_results("full"), 1.7304)
+    assert "{#tbl-screen5}" in md and f"{p['ens3']['mean']:.4f}" in md
