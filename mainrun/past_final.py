@@ -315,9 +315,10 @@ def fifth_screen_md(rec: dict, results: pd.DataFrame, base_loss: float) -> tuple
         return "", {}
     rm, sd = sum(ref) / len(ref), float(pd.Series(ref).std())
     numbers = {"final4_mean": rm, "final4_std": sd, "points": pts}
+    threshold = max(2 * sd, 0.001)   # one bar for a single change and for the stack of the near-gains
     singles = {k: v for k, v in pts.items() if abs(v["cost"] - 1) < 1e-9 and k != "final4"
                and not k.startswith("stack5")}
-    beyond = sorted((k for k, v in singles.items() if v["delta"] < -max(2 * sd, 0.001)), key=lambda k: singles[k]["delta"])
+    beyond = sorted((k for k, v in singles.items() if v["delta"] < -threshold), key=lambda k: singles[k]["delta"])
     ranked = sorted(singles, key=lambda k: singles[k]["delta"])
     text = (f"A fifth screen (study `gpu14_screen5`, `proxy.SCREEN5`, two device calls) went back to the knobs around "
             f"`final4` once weight decay 0.1, two heads and beta1 0.8 were in. Against final4's {len(ref)} GPU seeds "
@@ -332,11 +333,11 @@ def fifth_screen_md(rec: dict, results: pd.DataFrame, base_loss: float) -> tuple
         text += (f"The {len(overrides['stack5'])} nearest to helping, stacked ({members}), give {fmt_loss(s5['mean'])} "
                  f"over {s5['seeds']} seeds ({s5['delta']:+.4f}"
                  + ("" if s5["p"] is None else f", p = {s5['p']:.2f}") + "): "
-                 + ("they do not add up" if s5["delta"] > -2 * sd else "they add up")
+                 + ("they do not add up" if s5["delta"] > -threshold else "they add up")
                  + (", and the stack without one of them (one seed each) lies at "
                     + ", ".join(f"`{k}` {v['delta']:+.4f}" for k, v in sorted(minus.items(), key=lambda x: x[1]["delta"]))
                     + " against final4" if minus else "") + ". "
-                 + ("So final4 stays the CPU candidate. " if s5["delta"] > -2 * sd else ""))
+                 + ("So final4 stays the CPU candidate. " if s5["delta"] > -threshold else ""))
     ens = [k for k in ("ens3", "ens2", "ens2-d144", "ens2-d160-L4") if k in pts]
     if ens:
         text += ("Ensembles of final4-like models, trained side by side and averaged in probability: "
