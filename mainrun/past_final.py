@@ -231,7 +231,8 @@ def by_cost(rec: dict, results: pd.DataFrame, base_loss: float, ref_label: str
             ) -> tuple[pd.DataFrame, dict, list[float], dict[str, dict]]:
     """A later screen's points by compute: each point's matmul cost against its reference's (proxy.relative_cost),
     its mean over seeds, the difference to the reference's seed mean and, with two seeds or more, the exact
-    permutation p. (table sorted by cost then loss, {label: numbers}, the reference's losses, {label: overrides});
+    permutation p; the reference's own entry gives its seed mean and std. (table sorted by cost then loss,
+    {label: numbers}, the reference's losses, {label: overrides});
     an empty table where the reference has fewer than two seeds."""
     from .config import make_config
     f = fold_seed_labels(study_frame(rec, results))
@@ -270,7 +271,7 @@ def fourth_screen_md(rec: dict, results: pd.DataFrame, base_loss: float) -> tupl
     t, pts, ref, overrides = by_cost(rec, results, base_loss, "stack")
     if t.empty:
         return "", {}
-    rm, sd = sum(ref) / len(ref), float(pd.Series(ref).std())
+    rm, sd = pts["stack"]["mean"], pts["stack"]["std"]
     numbers = {"stack_mean": rm, "points": pts}
     shape_keys = {"n_layer", "d_model", "n_head", "mlp_mult", "ensemble"}
     iso = {k: v for k, v in pts.items() if abs(v["cost"] - 1) < 0.15 and k != "stack"}
@@ -313,7 +314,7 @@ def fifth_screen_md(rec: dict, results: pd.DataFrame, base_loss: float) -> tuple
     t, pts, ref, overrides = by_cost(rec, results, base_loss, "final4")
     if t.empty:
         return "", {}
-    rm, sd = sum(ref) / len(ref), float(pd.Series(ref).std())
+    rm, sd = pts["final4"]["mean"], pts["final4"]["std"]
     numbers = {"final4_mean": rm, "final4_std": sd, "points": pts}
     threshold = max(2 * sd, 0.001)   # one bar for a single change and for the stack of the near-gains
     singles = {k: v for k, v in pts.items() if abs(v["cost"] - 1) < 1e-9 and k != "final4"
