@@ -214,6 +214,10 @@ PRESETS["final3"] = dict(PRESETS["final2"], ema=0.99, unet=True, embed_lr=0.02, 
 # final3's seed mean by more than twice its spread at the same cost, stacked and repeated over three GPU seeds
 # (results/studies/full/gpu14_screen4, point wd-h2-b1: -0.0024): weight decay 0.1, two heads of 96, AdamW beta1 0.8.
 PRESETS["final4"] = dict(PRESETS["final3"], weight_decay=0.1, n_head=2, beta1=0.8)
+# final7: three final4 models trained side by side and averaged in probability (the fifth GPU screen's ens3: 1.0851
+# over three GPU seeds, 3x final4's matmuls), compiled, one validation pass per epoch. Meant for a CPU with native
+# bf16 (precision=bf16), where its 7 epochs fit 60 minutes on 2 cores; on an AVX2-only CPU it takes about 3 hours.
+PRESETS["final7"] = dict(PRESETS["final4"], ensemble=3, compile=True, evals_per_epoch=1)
 
 
 class ConfigError(ValueError):

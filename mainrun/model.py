@@ -234,7 +234,8 @@ class GPT(nn.Module):
 class Ensemble(nn.Module):
     """k GPTs trained side by side: each sees the same batch and minimises its own cross-entropy (the loss is
     their mean, so each member's gradient is its own loss's / k), and the prediction is the mean of their
-    probabilities. Its logits are log(mean p), which the cross-entropy of `evaluate` scores as -log(mean p)."""
+    probabilities. Its logits are log(mean p), which the cross-entropy of `evaluate` scores as -log(mean p).
+    A training-mode call with targets returns (None, loss): the step needs no mixture."""
 
     def __init__(self, members: list[GPT]):
         super().__init__()
@@ -255,7 +256,11 @@ class Ensemble(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         outs = [m(idx, targets) for m in self.members]
+        loss = None if targets is None else torch.stack([l for _, l in outs]).mean()
+        if self.training and targets is not None:
+            # a training step needs only the members' losses: the mixture (k fp32 log-softmaxes over the
+            # vocabulary) is for scoring, and skipping it leaves the gradients as they are
+            return None, loss
         logp = torch.stack([F.log_softmax(logits.float(), dim=-1) for logits, _ in outs])
         logits = torch.logsumexp(logp, dim=0) - math.log(len(self.members))
-        loss = None if targets is None else torch.stack([l for _, l in outs]).mean()
         return logits, loss

@@ -257,6 +257,22 @@ def test_ensemble_predicts_the_mean_probability_of_independent_members():
     assert all(mem.eos_id == 7 for mem in m.members)
 
 
+def test_an_ensemble_training_step_skips_the_mixture_and_keeps_the_loss_and_gradients():
+    _, m = model(ensemble=2, dropout=0.0)        # no dropout: training and eval mode compute the same loss
+    xb, yb = torch.randint(0, 512, (2, 16)), torch.randint(0, 512, (2, 16))
+    m.eval()
+    logits, loss = m(xb, yb)
+    loss.backward()
+    g_eval = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    m.train()
+    none, train_loss = m(xb, yb)
+    train_loss.backward()
+    assert logits is not None and none is None
+    assert torch.equal(train_loss, loss)
+    assert all(torch.equal(g, p.grad) for g, p in zip(g_eval, m.parameters()))
+
+
 def test_ensemble_members_fill_the_same_optimizer_groups_as_one_model():
     from mainrun.optim import param_groups
     _, single = model()
