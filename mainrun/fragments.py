@@ -207,6 +207,17 @@ def _findings_md(found: pd.DataFrame) -> str:
         parts.append(f": What worked and what did not, {scale}. {{#tbl-findings-{i + 1}}}\n")
     return "\n".join(parts)
 
+
+def _machine_note(final: pd.Series, base: pd.Series) -> str:
+    """The final run's machine and precision, beside the baseline's, where either differs: two kinds of 2-core CPU
+    give the 60-minute budget different compute. Empty where they are the same."""
+    hw, prec = final.get("hardware"), final.get("precision")
+    bhw, bprec = base.get("hardware"), base.get("precision")
+    if not all(isinstance(x, str) for x in (hw, prec, bhw, bprec)) or (hw, prec) == (bhw, bprec):
+        return ""
+    return f" ({hw}, {prec}; the baseline: {bhw}, {bprec})"
+
+
 def _summary_md(n: dict, final: pd.Series, base: pd.Series) -> str:
     f = n["formatted"]
     prof = n["profile"]
@@ -217,7 +228,7 @@ def _summary_md(n: dict, final: pd.Series, base: pd.Series) -> str:
          f"**{f['baseline_loss']}** ({f['baseline_bpc']} bits/char over the full validation text). "
          f"The last rung of the ladder, *{n['final_stage']}* (run `{final['run']}`), reaches **{f['final_loss']}** "
          f"({f['final_bpc']} bits/char) in {fmt_time(n['final']['wall_time_s'])} of wall time on the "
-         f"{DEVICE_NAME.get(n.get('final_device'), '?')}"
+         f"{DEVICE_NAME.get(n.get('final_device'), '?')}" + _machine_note(final, base)
          + (f" (over the {CPU_BUDGET_S // 60}-minute budget of a 2-core CPU run that the project holds its final "
             f"configurations to)" if n.get("final_device") == "cpu" and prof == "full"
             and (n["final"].get("wall_time_s") or 0) > CPU_BUDGET_S else "")

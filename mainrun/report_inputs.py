@@ -161,7 +161,7 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
 
 
 # The rungs past the final configuration trained on the CPU, each in its study 14_<rung> beside the rung before.
-LATER_RUNGS = ("final2", "final3", "final4")
+LATER_RUNGS = ("final2", "final3", "final4", "final7")
 
 
 def _stage_seeds(seeds: pd.DataFrame | None, final: pd.Series, base: pd.Series, results: pd.DataFrame,

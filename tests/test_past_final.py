@@ -140,6 +140,14 @@ def test_summary_gives_the_last_rungs_seeds_and_their_wall_times():
     text = _summary_md(n, pd.Series({"run": "r", "official": True}), base)
     assert "Over its 3 training seeds the official loss is 1.1200 ± 0.0005 (ratio 0.647)" in text
     assert "1 of them over the budget" in text
+    assert "the baseline:" not in text                          # no machine recorded: nothing said of it
+    # a final run on another kind of CPU, or in another precision, names its machine beside the baseline's
+    amd, xeon = "AMD EPYC (cpu, 2 CPU cores)", "Intel(R) Xeon(R) Processor (cpu, 2 CPU cores)"
+    base_m = pd.Series({"final_val_loss": 1.7304, "hardware": amd, "precision": "fp32"})
+    other = _summary_md(n, pd.Series({"run": "r", "official": True, "hardware": xeon, "precision": "bf16"}), base_m)
+    assert f"on the CPU ({xeon}, bf16; the baseline: {amd}, fp32)" in other
+    same = _summary_md(n, pd.Series({"run": "r", "official": True, "hardware": amd, "precision": "fp32"}), base_m)
+    assert "the baseline:" not in same and "on the CPU (over the 60-minute budget" in same
 
 
 def test_seeds_section_sets_each_later_rung_against_the_one_before(tmp_path):
