@@ -209,13 +209,23 @@ def _findings_md(found: pd.DataFrame) -> str:
 
 
 def _machine_note(final: pd.Series, base: pd.Series) -> str:
-    """The final run's machine and precision, beside the baseline's, where either differs: two kinds of 2-core CPU
-    give the 60-minute budget different compute. Empty where they are the same."""
-    hw, prec = final.get("hardware"), final.get("precision")
-    bhw, bprec = base.get("hardware"), base.get("precision")
-    if not all(isinstance(x, str) for x in (hw, prec, bhw, bprec)) or (hw, prec) == (bhw, bprec):
+    """`<CPU model>, <precision>; the baseline: <CPU model>, <precision>` where the final run trained on another
+    kind of processor or in another precision than the baseline (two kinds of 2-core CPU give the 60-minute
+    budget different compute); empty where both are the same. The model is the hardware text before its parenthesis
+    (`results._hardware_text`), so threads or a torch version do not count as another machine."""
+    def kind(row: pd.Series) -> tuple[str, str] | None:
+        hw, prec = row.get("hardware"), row.get("precision")
+        return (hw.split(" (")[0], prec) if isinstance(hw, str) and isinstance(prec, str) else None
+    a, b = kind(final), kind(base)
+    if a is None or b is None or a == b:
         return ""
-    return f" ({hw}, {prec}; the baseline: {bhw}, {bprec})"
+    return f"{a[0]}, {a[1]}; the baseline: {b[0]}, {b[1]}"
+
+
+def _parenthesis(*parts: str) -> str:
+    """The non-empty parts in one parenthesis, `(a; b)` after a space, or nothing."""
+    parts = tuple(p for p in parts if p)
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _summary_md(n: dict, final: pd.Series, base: pd.Series) -> str:
@@ -228,10 +238,11 @@ def _summary_md(n: dict, final: pd.Series, base: pd.Series) -> str:
          f"**{f['baseline_loss']}** ({f['baseline_bpc']} bits/char over the full validation text). "
          f"The last rung of the ladder, *{n['final_stage']}* (run `{final['run']}`), reaches **{f['final_loss']}** "
          f"({f['final_bpc']} bits/char) in {fmt_time(n['final']['wall_time_s'])} of wall time on the "
-         f"{DEVICE_NAME.get(n.get('final_device'), '?')}" + _machine_note(final, base)
-         + (f" (over the {CPU_BUDGET_S // 60}-minute budget of a 2-core CPU run that the project holds its final "
-            f"configurations to)" if n.get("final_device") == "cpu" and prof == "full"
-            and (n["final"].get("wall_time_s") or 0) > CPU_BUDGET_S else "")
+         f"{DEVICE_NAME.get(n.get('final_device'), '?')}"
+         + _parenthesis(_machine_note(final, base),
+                        f"over the {CPU_BUDGET_S // 60}-minute budget of a 2-core CPU run that the project holds its "
+                        f"final configurations to" if n.get("final_device") == "cpu" and prof == "full"
+                        and (n["final"].get("wall_time_s") or 0) > CPU_BUDGET_S else "")
          + f": a ratio of **{f['ratio']}** to the baseline, over {n['n_runs']} recorded runs.")
     fs = n.get("final_seeds")
     if fs:

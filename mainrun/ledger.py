@@ -186,6 +186,9 @@ def hardware(device: str) -> dict[str, Any]:
         pass
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
+    else:   # which kind of CPU: bf16 matmuls native (AVX-512 BF16 / AMX) or emulated (AVX2 only)
+        from .optim import native_bf16
+        info["native_bf16"] = native_bf16("cpu")
     return info
 
 

@@ -42,3 +42,11 @@ def test_bench_runs_at_smoke_size(tmp_path):
     assert r["speedup_vs_reference"] == pytest.approx(r["rows"]["reference"]["s_per_step"] / r["rows"]["ours"]["s_per_step"])
     assert 0 < r["fraction_of_matmul_ceiling"] and r["eval_tokens_per_s"] > 0
     assert "ours / reference" in format_table(r)
+
+
+def test_a_cpu_hardware_record_says_whether_bf16_is_native(monkeypatch):
+    """Two kinds of 2-core CPU give a 60-minute run different compute: the record tells them apart."""
+    from mainrun import ledger, optim
+    for native in (True, False):
+        monkeypatch.setattr(optim, "native_bf16", lambda device, native=native: native)
+        assert ledger.hardware("cpu")["native_bf16"] is native

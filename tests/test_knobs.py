@@ -257,6 +257,14 @@ def test_ensemble_predicts_the_mean_probability_of_independent_members():
     assert all(mem.eos_id == 7 for mem in m.members)
 
 
+def test_final7_is_three_final4_models_compiled_with_one_validation_pass_per_epoch():
+    from mainrun.proxy import SCREEN5
+    a, b = make_config("full", "final7").to_dict(), make_config("full", "final4").to_dict()
+    assert {k for k in a if a[k] != b[k]} == {"preset", "ensemble", "compile", "evals_per_epoch"}
+    assert (a["ensemble"], a["compile"], a["evals_per_epoch"]) == (3, True, 1)
+    assert SCREEN5["ens3"] == {"ensemble": 3}   # the fifth screen's three-model ensemble of final4
+
+
 def test_an_ensemble_training_step_skips_the_mixture_and_keeps_the_loss_and_gradients():
     _, m = model(ensemble=2, dropout=0.0)        # no dropout: training and eval mode compute the same loss
     xb, yb = torch.randint(0, 512, (2, 16)), torch.randint(0, 512, (2, 16))
@@ -271,6 +279,18 @@ def test_an_ensemble_training_step_skips_the_mixture_and_keeps_the_loss_and_grad
     assert logits is not None and none is None
     assert torch.equal(train_loss, loss)
     assert all(torch.equal(g, p.grad) for g, p in zip(g_eval, m.parameters()))
+    # the training objective in train mode (no logits to read) gives each member its own CE's gradient
+    from mainrun.train import Trainer
+    t = Trainer.__new__(Trainer)
+    t.cfg, t.step_fn = make_config("smoke", "final", device="cpu", precision="fp32", ensemble=2, dropout=0.0), m
+    m.zero_grad()
+    logged, objective = t.objective(xb, yb)
+    objective.backward()
+    assert torch.equal(logged, loss)
+    g0 = m.members[0].token_emb.weight.grad.clone()
+    m.zero_grad()
+    m.members[0](xb, yb)[1].backward()
+    assert torch.allclose(g0, m.members[0].token_emb.weight.grad, atol=1e-7) and g0.abs().sum() > 0
 
 
 def test_ensemble_members_fill_the_same_optimizer_groups_as_one_model():

@@ -142,12 +142,20 @@ def test_summary_gives_the_last_rungs_seeds_and_their_wall_times():
     assert "1 of them over the budget" in text
     assert "the baseline:" not in text                          # no machine recorded: nothing said of it
     # a final run on another kind of CPU, or in another precision, names its machine beside the baseline's
-    amd, xeon = "AMD EPYC (cpu, 2 CPU cores)", "Intel(R) Xeon(R) Processor (cpu, 2 CPU cores)"
+    # (the hardware text as results._hardware_text writes it; threads and torch version are not the machine)
+    amd = "AMD EPYC (cpu, 2 CPU cores, 2 torch threads, torch 2.13.0+cpu)"
+    xeon = "Intel(R) Xeon(R) Processor (cpu, 2 CPU cores, 2 torch threads, torch 2.13.0+cpu)"
     base_m = pd.Series({"final_val_loss": 1.7304, "hardware": amd, "precision": "fp32"})
-    other = _summary_md(n, pd.Series({"run": "r", "official": True, "hardware": xeon, "precision": "bf16"}), base_m)
-    assert f"on the CPU ({xeon}, bf16; the baseline: {amd}, fp32)" in other
-    same = _summary_md(n, pd.Series({"run": "r", "official": True, "hardware": amd, "precision": "fp32"}), base_m)
-    assert "the baseline:" not in same and "on the CPU (over the 60-minute budget" in same
+    row = lambda hw, prec: pd.Series({"run": "r", "official": True, "hardware": hw, "precision": prec})  # noqa: E731
+    other = _summary_md(n, row(xeon, "bf16"), base_m)
+    assert ("on the CPU (Intel(R) Xeon(R) Processor, bf16; the baseline: AMD EPYC, fp32; over the 60-minute budget"
+            in other)
+    assert "the baseline:" not in _summary_md(n, row(amd.replace("2.13.0", "2.11.0"), "fp32"), base_m)
+    assert "on the CPU (AMD EPYC, bf16; the baseline: AMD EPYC, fp32;" in _summary_md(n, row(amd, "bf16"), base_m)
+    fast = dict(n, final={"wall_time_s": 2900.0})
+    assert "on the CPU (Intel(R) Xeon(R) Processor, bf16; the baseline: AMD EPYC, fp32): a ratio" in _summary_md(
+        fast, row(xeon, "bf16"), base_m)
+    assert "on the CPU: a ratio" in _summary_md(fast, row(amd, "fp32"), base_m)
 
 
 def test_seeds_section_sets_each_later_rung_against_the_one_before(tmp_path):
