@@ -351,8 +351,8 @@ def fifth_screen_md(rec: dict, results: pd.DataFrame, base_loss: float) -> tuple
             costs = ", ".join(f"{pts[k]['cost']:.0f}x" for k in low)
             text += ("Only " + ", ".join(f"`{k}`" for k in low) + f" ({costs} "
                      "the compute) is at or below 0.63 of the GPU baseline over its seeds. It needs about that many times "
-                     "final4's matmuls: far more than 60 minutes on the project's AVX2-only CPU, where final4 alone takes "
-                     "about 60; on a CPU with native bf16, compiled and in bf16 autocast, three final4 models side by "
+                     "final4's matmuls: far more than 60 minutes on the project's AVX2-only CPU, where final4 alone already takes "
+                     "over 60; on a CPU with native bf16, compiled and in bf16 autocast, three final4 models side by "
                      "side are the preset `final7`, the ladder's CPU rung after final4.")
     md = "\n".join([text + "\n", md_table(t, "lrrrrrrrr"),
                      ": The fifth GPU screen by matmul cost per token (relative to final4, `proxy.relative_cost`): mean "
