@@ -183,7 +183,11 @@ def _stage_seeds(seeds: pd.DataFrame | None, final: pd.Series, base: pd.Series, 
 def _run_numbers(row: pd.Series) -> dict[str, Any]:
     keys = ("run", "hash", "final_val_loss", "full_val_bpc", "n_params", "wall_time_s", "paused_s", "tokens_per_s",
             "official", "wall_time_raw_s", "tokens_per_s_raw")
-    return {k: _py(row.get(k)) for k in keys}
+    out = {k: _py(row.get(k)) for k in keys}
+    # a count stays an integer: an unfinished run in the ledger (no n_params yet) makes the column float
+    if isinstance(out["n_params"], float) and out["n_params"].is_integer():
+        out["n_params"] = int(out["n_params"])
+    return out
 
 
 def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:

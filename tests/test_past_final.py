@@ -236,3 +236,14 @@ def test_fifth_screen_recomputes_from_the_committed_runs(monkeypatch):
                                                  - sum(ref) / 3)
     md, _ = past_final.fifth_screen_md(read_studies("full")["gpu14_screen5"], load_results("full"), 1.7304)
     assert "{#tbl-screen5}" in md and f"{p['ens3']['mean']:.4f}" in md
+
+
+def test_run_numbers_keep_the_parameter_count_an_integer_beside_an_unfinished_run():
+    """An unfinished run in the ledger (no summary yet) turns the n_params column float; numbers.json must read
+    the same with or without it, so a working tree with a run training writes what a clean clone writes."""
+    from mainrun.report_inputs import _run_numbers
+    frame = pd.DataFrame({"run": ["a", "b"], "n_params": [27172864, None]})
+    assert frame["n_params"].dtype == float
+    n = _run_numbers(frame.iloc[0])
+    assert n["n_params"] == 27172864 and isinstance(n["n_params"], int)
+    assert _run_numbers(frame.iloc[1])["n_params"] is None
