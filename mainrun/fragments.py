@@ -248,8 +248,13 @@ def _summary_md(n: dict, final: pd.Series, base: pd.Series) -> str:
     if fs:
         s += (f" Over its {fs['n']} training seeds the official loss is {fmt_loss(fs['mean'])} ± {fmt_loss(fs['std'])} "
               f"(ratio {fmt_ratio(fs['ratio'])}); the runs took {fmt_time(fs['wall_min_s'])} to "
-              f"{fmt_time(fs['wall_max_s'])}" + (f", {fs['over_budget']} of them over the budget." if fs["over_budget"]
-                                                   and n.get("final_device") == "cpu" else "."))
+              f"{fmt_time(fs['wall_max_s'])}")
+        if fs["over_budget"] and n.get("final_device") == "cpu":
+            s += f", {fs['over_budget']} of them over the budget"
+            if fs.get("tps_min") is not None:   # the same steps at different speeds: the machine, not the recipe
+                s += (f"; they trained the same steps at {fs['tps_min']:,.0f} to {fs['tps_max']:,.0f} tokens/s, so "
+                      f"the slowest took {fs['tps_max'] / fs['tps_min']:.2f}x the fastest's time a step")
+        s += "."
     rfc = n.get("ratio_full_coverage")
     if rfc is not None and not _nan(rfc):
         s += f" On the full-coverage loss, which scores every validation token, the ratio is {fmt_ratio(rfc)}."

@@ -175,9 +175,14 @@ def _stage_seeds(seeds: pd.DataFrame | None, final: pd.Series, base: pd.Series, 
         return None
     walls = results.drop_duplicates("hash").set_index("hash").loc[ok["hash"], "wall_time_s"].astype(float)
     loss = ok["final_val_loss"].astype(float)
-    return {"n": len(ok), "mean": float(loss.mean()), "std": float(loss.std()),
-            "ratio": float(loss.mean() / base["final_val_loss"]), "wall_min_s": float(walls.min()),
-            "wall_max_s": float(walls.max()), "over_budget": int((walls > CPU_BUDGET_S).sum())}
+    out = {"n": len(ok), "mean": float(loss.mean()), "std": float(loss.std()),
+           "ratio": float(loss.mean() / base["final_val_loss"]), "wall_min_s": float(walls.min()),
+           "wall_max_s": float(walls.max()), "over_budget": int((walls > CPU_BUDGET_S).sum())}
+    if "tokens_per_s" in results.columns:   # the seeds train the same steps: their speeds say how the times differ
+        tps = results.drop_duplicates("hash").set_index("hash").loc[ok["hash"], "tokens_per_s"].astype(float)
+        if tps.notna().all():
+            out.update(tps_min=float(tps.min()), tps_max=float(tps.max()))
+    return out
 
 
 def _run_numbers(row: pd.Series) -> dict[str, Any]:

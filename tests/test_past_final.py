@@ -139,7 +139,13 @@ def test_summary_gives_the_last_rungs_seeds_and_their_wall_times():
          "final_device": "cpu", "n_runs": 9, "time_to_baseline_s": None, "final_seeds": fs}
     text = _summary_md(n, pd.Series({"run": "r", "official": True}), base)
     assert "Over its 3 training seeds the official loss is 1.1200 ± 0.0005 (ratio 0.647)" in text
-    assert "1 of them over the budget" in text
+    assert "1 of them over the budget." in text                   # no speeds recorded: nothing said of them
+    results["tokens_per_s"] = [3000.0, 2500.0, 3250.0, 3200.0]
+    fs = _stage_seeds(seeds, final, base, results, "full")
+    assert (fs["tps_min"], fs["tps_max"]) == (2500.0, 3250.0)
+    sped = _summary_md(dict(n, final_seeds=fs), pd.Series({"run": "r", "official": True}), base)
+    assert ("1 of them over the budget; they trained the same steps at 2,500 to 3,250 tokens/s, so the slowest "
+            "took 1.30x the fastest's time a step." in sped)
     assert "the baseline:" not in text                          # no machine recorded: nothing said of it
     # a final run on another kind of CPU, or in another precision, names its machine beside the baseline's
     # (the hardware text as results._hardware_text writes it; threads and torch version are not the machine)
