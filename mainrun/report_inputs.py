@@ -27,7 +27,7 @@ from .fragments import (CPU_BUDGET_S, DEVICE_NAME, PROXY_NOTE, _baselines_md, _e
 from .results import (_best_of_curve, _gpu_small_points, _pending_baseline, ladder_frame, load_results, read_curve,
                       read_lr, read_studies, study_frame)
 from .sweep import STUDY_PROFILE, by_point
-from .verdicts import _gpu_seed_std, coverage_check, findings, permutation_p, proxy_vs_full, time_to_quality
+from .verdicts import _gpu_seed_std, coverage_check, findings, permutation_floor, permutation_p, proxy_vs_full, time_to_quality
 
 GPU_STUDIES = ("gpu_ladder", "gpu_small", "gpu_final", "gpu_seeds", "gpu_ablate", "gpu_lr", "gpu_large")
 
@@ -229,8 +229,9 @@ def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
         spread = (f"; seed spreads (std) {st.loc[before, 'loss_std']:.4f} and {st.loc[after, 'loss_std']:.4f}"
                   if len(a) > 1 and len(b) > 1 else "")
         note += (f"\n{after} against {before}: difference of mean losses {d:+.4f} over {len(b)} and {len(a)} "
-                 f"seeds{spread}; " + (f"exact permutation p = {p:.2f} (with three seeds a side it cannot go below "
-                 f"0.10).\n" if p is not None else "too few seeds for a permutation test.\n"))
+                 f"seeds{spread}; " + (f"exact permutation p = {p:.2f} (with {len(b)} against {len(a)} seeds it "
+                 f"cannot go below {permutation_floor(len(b), len(a)):.2f}).\n" if p is not None
+                 else "too few seeds for a permutation test.\n"))
     (out / "seeds.md").write_text(text)
     (out / "seeds_test.md").write_text(note)
     return info

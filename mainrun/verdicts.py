@@ -71,6 +71,12 @@ def permutation_p(a: list[float], b: list[float]) -> float | None:
     return hits / total
 
 
+def permutation_floor(n_a: int, n_b: int) -> float | None:
+    """The smallest p `permutation_p` can give for n_a against n_b seeds: its p where the two groups do not
+    overlap at all (2/20 = 0.10 for 3 against 3, 1/35 for 4 against 3, where the mirror split is less extreme)."""
+    return permutation_p([i * 1e-6 for i in range(n_a)], [1.0 + i * 1e-6 for i in range(n_b)])
+
+
 NO_CHANGE = 0.001  # |relative change| below 0.1% of the loss is reported as no change
 SAME_COVERAGE = 0.001  # official coverages closer than this count as the same scored text
 

@@ -46,6 +46,15 @@ def test_grids_widen_only_past_an_edge():
 def test_permutation_p_is_exact():
     assert permutation_p([1.0, 1.1, 1.2], [2.0, 2.1, 2.2]) == pytest.approx(0.1)  # 2 of 20 splits
     assert permutation_p([1.0], [2.0, 3.0]) is None
+    # 4 against 3 that do not overlap: only that split is as extreme (the mirror split's difference is smaller)
+    assert permutation_p([1.0, 1.1, 1.2, 1.3], [2.0, 2.1, 2.2]) == pytest.approx(1 / 35)
+
+
+def test_permutation_floor_is_the_p_of_two_groups_that_do_not_overlap():
+    from mainrun.verdicts import permutation_floor
+    assert permutation_floor(3, 3) == pytest.approx(0.1)
+    assert permutation_floor(4, 3) == pytest.approx(1 / 35) == permutation_floor(3, 4)
+    assert permutation_floor(2, 3) == pytest.approx(0.1) and permutation_floor(1, 3) is None   # 1 of 10 splits
 
 
 def test_markdown_tables_align_text_left_and_numbers_right():
