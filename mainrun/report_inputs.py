@@ -27,7 +27,8 @@ from .fragments import (CPU_BUDGET_S, DEVICE_NAME, PROXY_NOTE, _baselines_md, _e
 from .results import (_best_of_curve, _gpu_small_points, _pending_baseline, ladder_frame, load_results, read_curve,
                       read_lr, read_studies, study_frame)
 from .sweep import STUDY_PROFILE, by_point
-from .verdicts import _gpu_seed_std, coverage_check, findings, permutation_floor, permutation_p, proxy_vs_full, time_to_quality
+from .verdicts import (_gpu_seed_std, coverage_check, findings, permutation_floor, permutation_p, proxy_vs_full,
+                       time_to_quality)
 
 GPU_STUDIES = ("gpu_ladder", "gpu_small", "gpu_final", "gpu_seeds", "gpu_ablate", "gpu_lr", "gpu_large")
 
@@ -173,13 +174,14 @@ def _stage_seeds(seeds: pd.DataFrame | None, final: pd.Series, base: pd.Series, 
     ok = seeds[(seeds["label"] == f"{final['stage']} ({profile} scale)") & (seeds["status"] == "finished")]
     if len(ok) < 2:
         return None
-    walls = results.drop_duplicates("hash").set_index("hash").loc[ok["hash"], "wall_time_s"].astype(float)
+    runs = results.drop_duplicates("hash").set_index("hash").loc[ok["hash"]]
+    walls = runs["wall_time_s"].astype(float)
     loss = ok["final_val_loss"].astype(float)
     out = {"n": len(ok), "mean": float(loss.mean()), "std": float(loss.std()),
            "ratio": float(loss.mean() / base["final_val_loss"]), "wall_min_s": float(walls.min()),
            "wall_max_s": float(walls.max()), "over_budget": int((walls > CPU_BUDGET_S).sum())}
-    if "tokens_per_s" in results.columns:   # the seeds train the same steps: their speeds say how the times differ
-        tps = results.drop_duplicates("hash").set_index("hash").loc[ok["hash"], "tokens_per_s"].astype(float)
+    if "tokens_per_s" in runs.columns:   # the seeds train the same steps: their speeds say how the times differ
+        tps = runs["tokens_per_s"].astype(float)
         if tps.notna().all():
             out.update(tps_min=float(tps.min()), tps_max=float(tps.max()))
     return out
