@@ -37,6 +37,26 @@ def _nan(x: Any) -> bool:
     return isinstance(x, float) and math.isnan(x)
 
 
+# Significant digits of every float written into a committed analysis file. Two hosts (an AVX2-only CPU and
+# one with AVX-512, say) sum the same losses in a different order and disagree in the last 2-3 digits of a
+# double; six significant digits are far more than any result means (seed spreads are ~1e-4 of a loss) and
+# leave the files byte-identical on every host (tests/test_hosts.py perturbs the ledger to prove it).
+SIG_DIGITS = 6
+
+
+def rounded(obj: Any, sig: int = SIG_DIGITS) -> Any:
+    """`obj` (JSON-like: dicts, lists, numbers, strings) with every float rounded to `sig` significant digits;
+    numpy scalars become plain values and NaN becomes None."""
+    if isinstance(obj, dict):
+        return {k: rounded(v, sig) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(v, sig) for v in obj]
+    obj = _py(obj)
+    if isinstance(obj, float) and math.isfinite(obj):
+        return float(f"{obj:.{sig}g}")
+    return obj
+
+
 def _py(v: Any) -> Any:
     """numpy scalars and NaN -> plain JSON values."""
     v = v.item() if hasattr(v, "item") else v

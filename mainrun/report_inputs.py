@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from . import ledger
-from .formats import _millions, _nan, _py, fmt_bpc, fmt_int, fmt_loss, fmt_ratio
+from .formats import _millions, _nan, _py, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, rounded
 from .past_final import past_section
 from .fragments import (CPU_BUDGET_S, DEVICE_NAME, PROXY_NOTE, _baselines_md, _edges_md, _findings_md, _provisional_md,
                         _setup_md, _summary_md, changes_table, ladder_table, md_table, results_table)
@@ -157,7 +157,8 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
     note = PROXY_NOTE[profile] or (f"Profile **full**: the Mainrun rules. The single-change studies and the sweeps "
                                    f"ran on the {proxy} proxy; only the kept configurations trained at full scale.")
     (out / "profile.md").write_text(note + "\n")
-    (out / "numbers.json").write_text(json.dumps(numbers, indent=2, default=str) + "\n")
+    # rounded: the file must come out byte-identical on every host (see formats.SIG_DIGITS)
+    (out / "numbers.json").write_text(json.dumps(rounded(numbers), indent=2, default=str) + "\n")
     return numbers
 
 
