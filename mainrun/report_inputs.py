@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from . import ledger
+from .presets import LADDER
 from .formats import _millions, _nan, _py, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, rounded
 from .past_final import past_section
 from .fragments import (CPU_BUDGET_S, DEVICE_NAME, PROXY_NOTE, _baselines_md, _edges_md, _findings_md, _provisional_md,
@@ -73,12 +74,10 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
     seed_table = seeds
     recs = read_studies(profile) if proxy != profile else {}
     full_seeds = []  # the final configurations' seeds at full scale, beside the proxy's candidates
-    if "04_final" in recs:
-        full_seeds.append(study_frame(recs["04_final"], results).assign(label=f"final ({profile} scale)"))
-    for rung in LATER_RUNGS:  # each study also holds the rung before as its reference point
-        if f"14_{rung}" in recs:
-            f2 = study_frame(recs[f"14_{rung}"], results)
-            full_seeds.append(f2[f2["label"] == rung].assign(label=f"{rung} ({profile} scale)"))
+    for r in LADDER:  # a rung's study may also hold the rung before as its reference point
+        if r["study"] in recs:
+            f2 = study_frame(recs[r["study"]], results)
+            full_seeds.append(f2[f2["label"] == r["rung"]].assign(label=f"{r['rung']} ({profile} scale)"))
     if full_seeds:
         seed_table = pd.concat(([seeds] if seeds is not None else []) + full_seeds, ignore_index=True)
     band = None
@@ -146,6 +145,8 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
         "time_to_baseline_s": time_to_quality(final["dir"], base["final_val_loss"]),
         "seeds": seed_info,
         "final_seeds": _stage_seeds(seed_table, final, base, results, profile),
+        "best_single": _best_rung(done, base, single=True),
+        "best_in_budget": _best_rung(done, base, budget_s=CPU_BUDGET_S),
         "past_final": past_numbers,
         "formatted": {"baseline_loss": fmt_loss(base["final_val_loss"]), "final_loss": fmt_loss(final["final_val_loss"]),
                       "ratio": fmt_ratio(final["final_val_loss"] / base["final_val_loss"]),
@@ -160,10 +161,6 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
     # rounded: the file must come out byte-identical on every host (see formats.SIG_DIGITS)
     (out / "numbers.json").write_text(json.dumps(rounded(numbers), indent=2, default=str) + "\n")
     return numbers
-
-
-# The rungs past the final configuration trained on the CPU, each in its study 14_<rung> beside the rung before.
-LATER_RUNGS = ("final2", "final3", "final4", "final7")
 
 
 def _stage_seeds(seeds: pd.DataFrame | None, final: pd.Series, base: pd.Series, results: pd.DataFrame,
@@ -186,6 +183,24 @@ def _stage_seeds(seeds: pd.DataFrame | None, final: pd.Series, base: pd.Series, 
         if tps.notna().all():
             out.update(tps_min=float(tps.min()), tps_max=float(tps.max()))
     return out
+
+
+def _best_rung(ladder: pd.DataFrame, base: pd.Series, single: bool = False,
+               budget_s: float | None = None) -> dict[str, Any] | None:
+    """The rung with the lowest official loss among the finished rungs on the baseline's device: only single
+    models (`single`), or only runs within `budget_s` of wall time on the baseline's kind of processor."""
+    kind = lambda hw: hw.split(" (")[0] if isinstance(hw, str) else None   # noqa: E731  the CPU model
+    ok = ladder[ladder["device"] == base["device"]]
+    if single:
+        ok = ok[ok["stage"].isin([r["rung"] for r in LADDER if r["single"]])]
+    if budget_s is not None:
+        ok = ok[(ok["hardware"].map(kind) == kind(base["hardware"])) & (ok["wall_time_s"] <= budget_s)]
+    if ok.empty:
+        return None
+    b = ok.loc[ok["final_val_loss"].idxmin()]
+    return {"rung": b["stage"], "loss": float(b["final_val_loss"]),
+            "ratio": float(b["final_val_loss"] / base["final_val_loss"]), "wall_time_s": float(b["wall_time_s"]),
+            "hardware": kind(b["hardware"]), "precision": b["precision"]}
 
 
 def _run_numbers(row: pd.Series) -> dict[str, Any]:
@@ -229,10 +244,12 @@ def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
         p = permutation_p(b, a)
         d = sum(b) / len(b) - sum(a) / len(a)
         info[f"{after.split()[0]}_vs_{before.split()[0]}"] = {"delta": d, "p": p, "n": [len(a), len(b)]}
-        spread = (f"; seed spreads (std) {st.loc[before, 'loss_std']:.4f} and {st.loc[after, 'loss_std']:.4f}"
-                  if len(a) > 1 and len(b) > 1 else "")
-        note += (f"\n{after} against {before}: difference of mean losses {d:+.4f} over {len(b)} and {len(a)} "
-                 f"seeds{spread}; " + (f"exact permutation p = {p:.2f} (with {len(b)} against {len(a)} seeds it "
+        # each rung's seed count and spread named beside it (they were once printed in swapped order)
+        each = "; ".join(f"{k}: {len(xs)} seed{'s' if len(xs) > 1 else ''}"
+                         + (f", std {st.loc[k, 'loss_std']:.4f}" if len(xs) > 1 else "")
+                         for k, xs in ((after, b), (before, a)))
+        note += (f"\n{after} against {before}: difference of mean losses {d:+.4f} ({each}); "
+                 + (f"exact permutation p = {p:.2f} (with {len(b)} against {len(a)} seeds it "
                  f"cannot go below {permutation_floor(len(b), len(a)):.2f}).\n" if p is not None
                  else "too few seeds for a permutation test.\n"))
     (out / "seeds.md").write_text(text)

@@ -254,3 +254,14 @@ def test_run_numbers_keep_the_parameter_count_an_integer_beside_an_unfinished_ru
     n = _run_numbers(frame.iloc[0])
     assert n["n_params"] == 27172864 and isinstance(n["n_params"], int)
     assert _run_numbers(frame.iloc[1])["n_params"] is None
+
+
+def test_seeds_section_names_each_rungs_spread_beside_it(tmp_path):
+    """Unequal seed counts and spreads: each rung's std stands next to its own name (they were swapped)."""
+    from mainrun.report_inputs import _seeds_section
+    wide, narrow = [1.1000, 1.1040, 1.1080], [1.0500, 1.0501, 1.0502, 1.0503]   # std 0.0040 and 0.0001
+    seeds = frame([("final (full scale)", x, f"f{i}") for i, x in enumerate(wide)]
+                  + [("final2 (full scale)", x, f"g{i}") for i, x in enumerate(narrow)])
+    _seeds_section(seeds, tmp_path)
+    note = (tmp_path / "seeds_test.md").read_text()
+    assert "(final2 (full scale): 4 seeds, std 0.0001; final (full scale): 3 seeds, std 0.0040)" in note

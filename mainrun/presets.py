@@ -1,0 +1,68 @@
+"""Recipes and the ladder: data, no logic.
+
+PRESETS are named recipes: overrides of the Config defaults, which are the original Mainrun train.py.
+LADDER is the one table of the project's rungs, in order: notebooks, report and tests read it. Adding a rung
+is one entry here (plus its preset, if it is a new recipe) and a record folder under records/.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+# Presets: named recipes. "baseline" is the original Mainrun train.py.
+PRESETS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    # Epic 1 of the seed plan: AdamW with linear warmup then cosine to 10% of peak.
+    "epic1": dict(optimizer="adamw", lr=3e-4, weight_decay=0.1, beta1=0.9, beta2=0.999,
+                  schedule="warmup_cosine", warmup_frac=0.05, min_lr_frac=0.1),
+    # Epic 2 on top of Epic 1: RMSNorm and rotary positions.
+    "epic2": dict(optimizer="adamw", lr=3e-4, weight_decay=0.1, schedule="warmup_cosine",
+                  warmup_frac=0.05, min_lr_frac=0.1, norm="rmsnorm", pos="rope"),
+    # The final configuration: what the full-scale studies on a lent H200 kept (results/studies/full/gpu_*),
+    # at a size whose 7 epochs fit 60 minutes on 2 CPU cores (bench: 51 min extrapolated).
+    "final": dict(optimizer="muon", muon_ns="fp32", lr=2e-3, weight_decay=0.05, schedule="wsd",
+                  warmup_frac=0.05, min_lr_frac=0.1, dropout=0.05, pos="rope", init="scaled_residual",
+                  qk_norm=True, tie_embeddings=False, d_model=192, n_head=3, n_layer=5, vocab_size=4096,
+                  evals_per_epoch=2),
+}
+# final2: the final recipe plus the two changes of the GPU screen (results/studies/full/gpu14_*) that beat the
+# final preset's three-seed mean by more than twice its seed spread, stacked: ReLU^2 MLP and an AdamW LR of
+# 0.01 for the token embedding. Same shape and matmul FLOPs as final, so the same CPU time.
+PRESETS["final2"] = dict(PRESETS["final"], mlp="relu2", embed_lr=0.01)
+# final3: final2 plus the stack of the second GPU screen (results/studies/full/gpu14_screen2, gpu14_stack2): weights
+# averaged by an EMA (0.99) for evaluation, U-net skips, embedding LR 0.02, the 1-sqrt cooldown and 3 Newton-Schulz
+# steps in Muon. Same matmul shapes as final2; Muon's step is cheaper, the EMA adds one pass over the weights.
+PRESETS["final3"] = dict(PRESETS["final2"], ema=0.99, unet=True, embed_lr=0.02, decay_shape="sqrt", muon_ns_steps=3)
+# final4 (a candidate, not yet trained on the CPU): final3 plus the three changes of the fourth GPU screen that beat
+# final3's seed mean by more than twice its spread at the same cost, stacked and repeated over three GPU seeds
+# (results/studies/full/gpu14_screen4, point wd-h2-b1: -0.0024): weight decay 0.1, two heads of 96, AdamW beta1 0.8.
+PRESETS["final4"] = dict(PRESETS["final3"], weight_decay=0.1, n_head=2, beta1=0.8)
+# final7: three final4 models trained side by side and averaged in probability (the fifth GPU screen's ens3: 1.0851
+# over three GPU seeds, 3x final4's matmuls), compiled, one validation pass per epoch. Meant for a CPU with native
+# bf16 (precision=bf16), where its 7 epochs fit 60 minutes on 2 cores; on an AVX2-only CPU it takes about 3 hours.
+PRESETS["final7"] = dict(PRESETS["final4"], ensemble=3, compile=True, evals_per_epoch=1)
+
+
+# The ladder, in order. rung: its name in ladder.json (results/studies/<profile>/ladder.json); preset: the recipe
+# (None where the rung was chosen by a study, not fixed as a preset); study: the full-scale study holding the rung's
+# CPU seeds under the label `rung` (None where it has none); what: the rung in plain words, for the report;
+# single: one model (False for an ensemble).
+LADDER: tuple[dict[str, Any], ...] = (
+    dict(rung="baseline", preset="baseline", study=None, single=True,
+         what="the original train.py: SGD with cosine decay, 27.2M parameters"),
+    dict(rung="epic1", preset="epic1", study=None, single=True,
+         what="AdamW with linear warmup and cosine decay"),
+    dict(rung="epic2", preset="epic2", study=None, single=True,
+         what="Epic 1 plus RMSNorm and rotary positions"),
+    dict(rung="epic3", preset=None, study=None, single=True,
+         what="Epic 2 with learning rate, weight decay, dropout and batch size tuned on the proxy"),
+    dict(rung="final", preset="final", study="04_final", single=True,
+         what="a small model (3.8M) with Muon, a warmup-stable-decay schedule, RoPE and QK-norm"),
+    dict(rung="final2", preset="final2", study="14_final2", single=True,
+         what="final plus a ReLU-squared MLP and a faster embedding learning rate"),
+    dict(rung="final3", preset="final3", study="14_final3", single=True,
+         what="final2 plus weight EMA, U-net skips, a square-root cooldown and three Newton-Schulz steps"),
+    dict(rung="final4", preset="final4", study="14_final4", single=True,
+         what="the tuned single model: final3 with weight decay 0.1, two heads and AdamW beta1 0.8"),
+    dict(rung="final7", preset="final7", study="14_final7", single=False,
+         what="a three-model ensemble: three final4 models trained side by side, averaged in probability"),
+)
