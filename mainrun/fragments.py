@@ -200,8 +200,8 @@ def _findings_md(found: pd.DataFrame) -> str:
             if r.judged_on == "full coverage":
                 verdict += (f", judged on the full-coverage loss (the official spans score {r.coverage:.1%} of its "
                             f"validation tokens against {r.reference_coverage:.1%})")
-            elif getattr(r, "noise", None) and not _nan(r.noise) and abs(r.loss - r.reference_loss) < r.noise:
-                verdict += ", within the seed spread (one std)"
+            elif getattr(r, "noise", None) and not _nan(r.noise) and abs(r.loss - r.reference_loss) < 2 * r.noise:
+                verdict = "inside the noise (under 2 seed std)"   # not called "helped" or "did not help"
             rows.append({"change": r.change, "study": r.study, "against": r.reference,
                          "official": f"{fmt_loss(r.loss)} vs {fmt_loss(r.reference_loss)}",
                          "official change": f"{r.delta:+.2%}",

@@ -178,3 +178,34 @@ def param_importances(importance: pd.Series, title: str = "") -> Figure:
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def forest(effects: pd.DataFrame, title: str = "") -> Figure:
+    """Single-change effects as a forest plot: each change's relative change of the official loss against its
+    study's reference (points), with +-2 seed standard deviations of the reference's scale (bars) where that
+    spread was measured; one panel per scale (column `scale`), best change first. Columns: change, study,
+    delta (relative), noise (seed std, absolute), reference_loss, scale."""
+    scales = list(dict.fromkeys(effects["scale"]))
+    heights = [max(1.2, 0.13 * (effects["scale"] == sc).sum()) for sc in scales]
+    fig, axes = plt.subplots(len(scales), 1, figsize=(7.5, sum(heights) + 0.6 * len(scales)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, sc in zip(axes[:, 0], scales):
+        d = effects[effects["scale"] == sc].sort_values("delta", ascending=False)
+        y = np.arange(len(d))
+        err = (2 * d["noise"] / d["reference_loss"] * 100).fillna(0).to_numpy()
+        clear = (d["delta"].abs() * 100 > err) & (err > 0)
+        ax.errorbar(d["delta"] * 100, y, xerr=err, fmt="none", ecolor="0.7", lw=1)
+        ax.scatter(d["delta"] * 100, y, s=9, c=np.where(clear, np.where(d["delta"] < 0, "tab:green", "tab:red"), "0.45"),
+                   zorder=3)
+        ax.axvline(0, color="k", lw=0.7)
+        ax.set_yticks(y)
+        ax.set_yticklabels([f"{c} ({st})" for c, st in zip(d["change"], d["study"])], fontsize=5)
+        ax.set_ylim(-0.8, len(d) - 0.2)
+        ax.set_title(sc, fontsize=9, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("change of the official validation loss against the study's reference (%); "
+                           "bars: 2 seed std", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

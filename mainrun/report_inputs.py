@@ -129,6 +129,10 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
     else:
         found["noise"] = (seed_info.get("base") or {}).get("std")
     (out / "findings.md").write_text(_findings_md(found))
+    full_scale = found[~found["scale"].astype(str).str.startswith("on the")] if "scale" in found else found
+    if len(full_scale):
+        plots.save(plots.forest(full_scale.assign(scale=full_scale.get("scale", "every scale"))),
+                   out / "fig-forest.png", close=True)
 
     numbers = {
         "profile": profile, "n_runs": int((results["status"] == "finished").sum()),
