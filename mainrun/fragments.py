@@ -15,7 +15,7 @@ from . import ledger
 from .config import STANDIN_SHA256, Config, make_config
 from .formats import _nan, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, fmt_time
 from .results import PAUSE_GAP_S, _without_pauses
-from .sweep import by_point
+from .studies import by_point
 from .presets import LADDER
 from .verdicts import NO_CHANGE, curve_agreement
 

@@ -56,7 +56,7 @@ def level(profile: str, preset: str, overrides: dict, seeds: list[int], workers:
     from distributed import Client
 
     from .cluster import DataPlugin, data_files, local_cluster, resolve_job, run_points
-    from .sweep import build_configs
+    from .studies import build_configs
 
     load_before = os.getloadavg()[0]           # other jobs on the machine skew every number here
     ckpt = tmp / f"ckpt-{tag}"

@@ -27,7 +27,7 @@ from .fragments import (CPU_BUDGET_S, DEVICE_NAME, PROXY_NOTE, _baselines_md, _e
                         _setup_md, _summary_md, changes_table, ladder_table, md_table, results_table)
 from .results import (_best_of_curve, _gpu_small_points, _pending_baseline, ladder_frame, load_results, read_curve,
                       read_lr, read_studies, study_frame)
-from .sweep import STUDY_PROFILE, by_point
+from .studies import STUDY_PROFILE, by_point
 from .verdicts import (_gpu_seed_std, coverage_check, findings, permutation_floor, permutation_p, proxy_vs_full,
                        time_to_quality)
 

@@ -17,7 +17,7 @@ import pandas as pd
 from . import ledger
 from .config import Config, make_config
 from .formats import _nan, _py
-from .sweep import read_ladder, studies_dir
+from .studies import read_ladder, studies_dir
 
 
 # ----------------------------------------------------------------------------- loading

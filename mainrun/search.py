@@ -48,7 +48,7 @@ import pandas as pd
 
 from . import ledger
 from .config import Config, make_config
-from .sweep import EXECUTION, SUMMARY_COLUMNS, _run_name, record_study, studies_dir
+from .studies import EXECUTION, SUMMARY_COLUMNS, record_study, run_name, studies_dir
 
 SEARCH_KEYS = ("space", "trials", "parallel", "sampler", "seed", "prune", "startup_trials", "prune_startup",
                "prune_warmup_steps")
@@ -163,7 +163,7 @@ def trial_config(s: SearchSpec, profile: str, study: str, number: int, params: d
     base = dict(s.base)
     preset = base.pop("preset", "baseline")
     return make_config(profile, preset, **{**EXECUTION, **base, **overrides_of(params, s.space),
-                                           "name": _run_name(profile, study, f"t{number}", None)})
+                                           "name": run_name(profile, study, f"t{number}", None)})
 
 
 # ----------------------------------------------------------------------------- storage

@@ -21,7 +21,7 @@ from . import ledger
 from .evaluate import official_coverage
 from .formats import _millions, _nan, fmt_bpc, fmt_int, fmt_loss, fmt_time
 from .results import _gpu_small_points, ladder_frame, load_results, read_curve, read_studies, study_frame
-from .sweep import STUDY_PROFILE, by_point
+from .studies import STUDY_PROFILE, by_point
 
 
 # ----------------------------------------------------------------------------- study tables
