@@ -1,25 +1,87 @@
-"""The analysis of the ledger, as one import for the notebooks, tests and scripts: a facade.
+"""What the notebooks show: one import for them (`from mainrun import analysis`).
 
-The code lives in one module a concern; every public name is re-exported here, so
-`from mainrun import analysis; analysis.load_results(...)` keeps working:
-
-    formats        how numbers are written (fmt_loss, fmt_bpc, fmt_ratio, fmt_time, fmt_int)
-    results        ledger queries: load_results, baselines, pauses, curves, LRs, study and ladder frames
-    verdicts       statistics and judgements: compare, permutation_p, findings, coverage_check,
-                   time_to_quality, curve_agreement, proxy_vs_full
-    fragments      markdown tables and paragraphs for the report, notes for the notebooks
-    report_inputs  write_report_inputs(profile): the report's figures, tables and numbers.json on disk
-
-Nothing here trains. Import a name from its own module in new code; this module only re-exports.
+The notes and tables here are for a reader of a notebook: what a profile's numbers can show, a config as its
+changes, a run's metrics with their meaning, where a run stands, a recorded study as a comparison table. The
+ledger queries, statistics and report inputs they also use live in `tables`, `stats` and `report_inputs`
+and are re-exported here under the names the notebooks call. Nothing here trains.
 """
 from __future__ import annotations
 
-from .formats import fmt_bpc, fmt_int, fmt_loss, fmt_ratio, fmt_time
-from .fragments import (BASELINE_FIELDS, DEVICE_NAME, NOT_SETTINGS, PROXY_NOTE, _findings_md, changes_table,
-                        ladder_table, md_table, metric_notes, profile_note, results_table, run_status, show_config)
-from .report_inputs import GPU_STUDIES, analysis_dir, gpu_section, write_report_inputs
-from .results import (PAUSE_GAP_S, SUMMARY_FIELDS, baseline_hash, curves_of, ladder_frame, load_results,
-                      optimizer_steps, paused_time, pauses, planned_schedule, read_curve, read_lr, read_studies,
-                      run_dir, study_frame)
-from .verdicts import (ABLATION_OF, NO_CHANGE, SAME_COVERAGE, compare, coverage_check, curve_agreement, findings,
-                       gpu_study, permutation_p, proxy_vs_full, time_to_quality)
+import pandas as pd
+
+from . import ledger
+from .config import Config, make_config
+from .formats import fmt_bpc, fmt_int, fmt_loss, fmt_time
+from .report_inputs import analysis_dir, write_report_inputs  # noqa: F401  (re-exported for the notebooks)
+from .report_text import PROXY_NOTE
+from .stats import compare, permutation_p  # noqa: F401
+from .tables import (curves_of, load_results, planned_schedule, read_curve, read_studies, run_dir,  # noqa: F401
+                     study_frame, without_pauses)
+
+
+def profile_note(profile: str) -> str:
+    """What the numbers of this profile can and cannot show (displayed at the top of each notebook)."""
+    return PROXY_NOTE[profile] or "Profile **full**: the Mainrun rules (7 epochs, seed 1337, 100,000 titles)."
+
+
+def show_config(cfg: Config) -> None:
+    """Print a config as its changes from the profile's baseline (the full dataclass is `print(cfg)`)."""
+    ref = make_config(cfg.profile, "baseline").to_dict()
+    changed = {k: v for k, v in cfg.to_dict().items() if k not in ("name", "preset") and ref.get(k) != v}
+    print(f"{cfg.run_name}: changes from the {cfg.profile} baseline: {changed or 'none'}")
+
+
+def metric_notes(summary: dict, profile: str) -> pd.DataFrame:
+    """The official metric beside the full-coverage one, with what each number means.
+
+    Wall time and tokens/s are the running ones where the run was paused (see `pauses`)."""
+    folder = ledger.find_run(ledger.results_root(profile), summary["hash"])
+    timing = without_pauses(summary, folder) if folder is not None else {"paused_s": 0.0}
+    summary = {**summary, **timing}
+    paused = (f"; {fmt_time(timing['paused_s'])} paused left out of the logged {fmt_time(timing['wall_time_raw_s'])}"
+              if timing["paused_s"] > 0 and "wall_time_raw_s" in timing else "")
+    rows = [
+        ("official validation loss", fmt_loss(summary["final_val_loss"]),
+         "summed token cross-entropy over full 64 x 128 spans / characters of the validation text"),
+        ("official coverage", f"{summary['official_coverage']:.1%}",
+         "fraction of validation targets those spans score (the tail and one target per span are dropped)"),
+        ("full-coverage loss", fmt_loss(summary["full_val_loss"]), "every validation target scored, nats/char"),
+        ("full-coverage bits/char", fmt_bpc(summary["full_val_bpc"]), "the same in bits per character"),
+        ("validation tokens / chars", f"{summary['val_tokens']:,} / {summary['val_chars']:,}", ""),
+        ("parameters", fmt_int(summary["n_params"]), ""),
+        ("wall time", fmt_time(summary["wall_time_s"]), "training and validation, without data preparation" + paused),
+        ("tokens/s", fmt_int(summary["tokens_per_s"]), "training tokens per second of optimizer steps"),
+        ("official run", "yes" if summary["official"] else "no", "; ".join(summary.get("official_reasons") or [])),
+    ]
+    return pd.DataFrame(rows, columns=["quantity", "value", "meaning"])
+
+
+def run_status(summary: dict) -> str:
+    """One line on where a run stands (finished, diverged, training elsewhere, or not run)."""
+    st, name = summary["status"], f"{summary['name']}-{summary['hash']}"
+    if st == "finished":
+        return f"{name}: finished, official loss {fmt_loss(summary['final_val_loss'])}"
+    if st == "diverged":
+        rule = summary.get("diverged_rule")
+        return f"{name}: diverged at step {summary.get('diverged_step')}" + (f" (rule: {rule})" if rule else "")
+    if st == "pruned":
+        return (f"{name}: pruned by a search at step {summary.get('pruned_step')}, last official loss "
+                f"{fmt_loss(summary.get('last_val_loss'))}")
+    if st == "incomplete":
+        return (f"{name}: not finished: logged step {summary['last_step']} of {summary['max_steps']}, last official "
+                f"loss {fmt_loss(summary['last_val_loss'])} at step {summary['last_val_step']}; it resumes from its "
+                f"checkpoint with train=True (or `python -m mainrun train` with the same settings)")
+    return f"{name}: not in the ledger; train it with train=True (or `python -m mainrun train`)"
+
+
+def gpu_study(profile: str, study: str) -> pd.DataFrame:
+    """A recorded study (e.g. one run on a lent GPU) as a comparison table against its first point; empty if
+    the ledger has no such study."""
+    rec = read_studies(profile).get(study)
+    if rec is None:
+        return pd.DataFrame()
+    frame = study_frame(rec, load_results(profile)).drop_duplicates("hash")
+    frame["status"] = frame["status"].fillna("missing")
+    out = compare(frame)
+    out.insert(0, "study", study)
+    return out

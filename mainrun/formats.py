@@ -1,10 +1,12 @@
 """How numbers are written, in one place: losses, bits/char, ratios, times, counts, millions of
-parameters, and numpy/NaN values turned into plain JSON ones. Shared by `results`, `verdicts`,
+parameters, numpy/NaN values turned into plain JSON ones, and markdown tables. Shared by `results`, `verdicts`,
 `fragments` and `report_inputs`; imports nothing of mainrun."""
 from __future__ import annotations
 
 import math
 from typing import Any
+
+import pandas as pd
 
 
 def fmt_loss(x: float | None) -> str:
@@ -61,3 +63,17 @@ def _py(v: Any) -> Any:
     """numpy scalars and NaN -> plain JSON values."""
     v = v.item() if hasattr(v, "item") else v
     return None if _nan(v) else v
+
+
+def md_table(df: pd.DataFrame, align: str = "", min_dashes: int = 8) -> str:
+    """A pandoc/Quarto pipe table; align is one of l/r per column (default: l then r)."""
+    cols = list(df.columns)
+    align = align or "l" + "r" * (len(cols) - 1)
+    cells = [[str(v) for v in row] for row in df.itertuples(index=False)]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+    # dash counts set relative widths when a table is wider than the page: give short columns room
+    sep = ["-" * max(min_dashes, w - 1) + ":" if a == "r" else ":" + "-" * max(min_dashes, w - 1)
+           for w, a in zip(widths, align)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(sep) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in cells]
+    return "\n".join(lines) + "\n"

@@ -24,9 +24,16 @@ def save(fig: Figure, path: str | Path, close: bool = False) -> Path:
     return path
 
 
-def validation_curves(curves: dict[str, pd.DataFrame], title: str = "") -> Figure:
-    """Official validation loss against training tokens (equal budget) and against wall time."""
+def validation_curves(curves: dict[str, pd.DataFrame], title: str = "", budget_min: float | None = None,
+                      baseline_loss: float | None = None) -> Figure:
+    """Official validation loss against training tokens (equal budget) and against wall time, with the
+    baseline's final loss and the time budget as lines where given."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    if baseline_loss is not None:
+        for ax in (a, b):
+            ax.axhline(baseline_loss, color="0.4", ls=":", lw=1, label="baseline's final loss")
+    if budget_min is not None:
+        b.axvline(budget_min, color="0.4", ls="--", lw=1, label=f"{budget_min:.0f}-minute budget")
     for i, (label, c) in enumerate(curves.items()):
         kw = dict(color=COLORS[i % len(COLORS)], marker="o", ms=3, lw=1.4, label=label)
         a.plot(c["tokens"] / 1e6, c["loss"], **kw)
@@ -39,6 +46,8 @@ def validation_curves(curves: dict[str, pd.DataFrame], title: str = "") -> Figur
     if curves:
         _zoom(a, curves)
         a.legend(fontsize=8)
+        if budget_min is not None:
+            b.legend(handles=[ln for ln in b.get_lines() if "budget" in str(ln.get_label())], fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -79,8 +88,12 @@ def lr_schedules(schedules: dict[str, pd.DataFrame], title: str = "") -> Figure:
     return fig
 
 
+AXIS_WORDS = {"lr": "learning rate", "weight_decay": "weight decay", "dropout": "dropout",
+              "grad_accum": "gradient accumulation steps (batch multiple)", "muon_lr": "Muon learning rate"}
+
+
 def sensitivity(sweep: pd.DataFrame, band: tuple[float, float] | None = None,
-                seeds: pd.DataFrame | None = None) -> Figure:
+                seeds: pd.DataFrame | None = None, proxy: str | None = None) -> Figure:
     """One panel per swept field: official loss per value (every seed a dot, the mean a line);
     the grey band is the base point's mean +- 1 std over seeds. A last panel shows the seed spread
     of the final candidates."""
@@ -101,6 +114,9 @@ def sensitivity(sweep: pd.DataFrame, band: tuple[float, float] | None = None,
     if not panels:
         axs[0, 0].text(0.5, 0.5, "no sweep recorded", ha="center", va="center")
     axs[0, 0].set_ylabel("official validation loss")
+    if proxy:
+        fig.suptitle(f"on the {proxy} proxy (a small model, {len(sweep)} short runs): differences are small in absolute "
+                     "terms", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -121,7 +137,10 @@ def _axis_panel(ax, d: pd.DataFrame, name: str, band: tuple[float, float] | None
         ax.legend(fontsize=7)
     if numeric and name in ("lr", "muon_lr", "weight_decay") and (d["value"].astype(float) > 0).all():
         ax.set_xscale("log")
-    ax.set_xlabel(name)
+    ax.set_xlabel(AXIS_WORDS.get(name, name.replace("_", " ")))
+    lo, hi = d["final_val_loss"].min(), d["final_val_loss"].max()
+    if len(d) and hi - lo < 1e-4:   # a flat axis: say so rather than draw noise at 1e-6
+        ax.text(0.5, 0.9, f"flat: spread {hi - lo:.1e}", transform=ax.transAxes, ha="center", fontsize=7)
 
 
 def _seed_panel(ax, seeds: pd.DataFrame) -> None:
@@ -207,5 +226,103 @@ def forest(effects: pd.DataFrame, title: str = "") -> Figure:
                            "bars: 2 seed std", fontsize=8)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def seed_spread(seeds: pd.DataFrame) -> Figure:
+    """Each candidate's official loss over its training seeds (a dot per seed, mean and 1 std), in table order."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.0))
+    _seed_panel(ax, seeds)
+    ax.set_xlabel("candidate (every training seed a dot; mean and one standard deviation)")
+    ax.set_ylabel("official validation loss")
+    ax.set_xticks(ax.get_xticks(), [t.get_text().replace(" (full scale)", "") for t in ax.get_xticklabels()])
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def train_vs_validation(val: dict[str, pd.DataFrame], train: dict[str, pd.DataFrame]) -> Figure:
+    """Training loss (smoothed over 50 steps) and official validation loss per run against training tokens:
+    where validation turns up while training keeps falling, the model overfits."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    for i, (label, v) in enumerate(val.items()):
+        c = COLORS[i % len(COLORS)]
+        t = train.get(label)
+        if t is not None and len(t):
+            ax.plot(t["tokens"] / 1e6, t["loss"].rolling(50, min_periods=1).mean(), color=c, lw=0.8, alpha=0.6)
+        ax.plot(v["tokens"] / 1e6, v["loss"], color=c, marker="o", ms=3, lw=1.4, label=label)
+    ax.set_xlabel("training tokens (millions)")
+    ax.set_ylabel("loss (validation: official, per char;\ntraining: per token, thin line)", fontsize=8)
+    if val:
+        _zoom(ax, val)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def cost_vs_loss(screens: dict[str, dict]) -> Figure:
+    """Compute against loss: each point of the screens that change the compute, its matmul cost per token
+    relative to the screen's reference (x, log) and its loss difference to the reference's seed mean (y)."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    for i, (study, info) in enumerate(screens.items()):
+        pts = info.get("points") or {}
+        xs = [v["cost"] for v in pts.values()]
+        ys = [v["delta"] for v in pts.values()]
+        ax.scatter(xs, ys, s=16, color=COLORS[i % len(COLORS)], label=f"{study} (against {info.get('reference')})")
+        for name, v in pts.items():
+            if v["cost"] > 1.15 or v["delta"] < -0.004:
+                ax.annotate(name, (v["cost"], v["delta"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.axhline(0, color="k", lw=0.7)
+    ax.set_xscale("log")
+    ax.set_xlabel("matmul cost per token, relative to the reference")
+    ax.set_ylabel("official loss minus the reference's")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def proxy_scatter(full: pd.DataFrame, proxies: dict[str, pd.DataFrame], ref: str) -> Figure:
+    """Each change's delta at full scale (x) against its delta on each proxy (y): agreement lies in the
+    lower-left and upper-right quadrants."""
+    from .stats import deltas, fold_seed_labels
+
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for i, (name, frame) in enumerate(proxies.items()):
+        changes = [c for c in dict.fromkeys(fold_seed_labels(frame)["label"]) if c != ref]
+        dfull, _, _ = deltas(full, changes, ref)
+        dprox, _, _ = deltas(frame, changes, ref)
+        both = [c for c in changes if c in dfull and c in dprox]
+        ax.scatter([dfull[c] for c in both], [dprox[c] for c in both], s=16, color=COLORS[i % len(COLORS)], label=name)
+    ax.axhline(0, color="k", lw=0.7)
+    ax.axvline(0, color="k", lw=0.7)
+    ax.set_xlabel("change of the official loss at full scale (GPU)")
+    ax.set_ylabel("change on the proxy")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def story(steps: pd.DataFrame) -> Figure:
+    """The project in one chart: each step's official loss as a ratio to the baseline of its own device
+    (columns step, ratio, device, what), in order, with the change to the step before written on each bar."""
+    fig, ax = plt.subplots(figsize=(8.5, 3.3))
+    color = {"GPU": COLORS[0], "CPU": COLORS[1]}
+    x = np.arange(len(steps))
+    ax.bar(x, steps["ratio"], color=[color.get(d, "0.5") for d in steps["device"]], width=0.7)
+    prev = steps["ratio"].shift(1)
+    for i, (r, p) in enumerate(zip(steps["ratio"], prev)):
+        ax.text(i, r + 0.01, f"{r:.3f}" + ("" if pd.isna(p) or steps["device"].iloc[i] != steps["device"].iloc[i - 1]
+                                           else f"\n{r - p:+.3f}"), ha="center", va="bottom", fontsize=6.5)
+    ax.set_xticks(x, steps["step"], rotation=30, ha="right", fontsize=7.5)
+    ax.set_ylabel("official loss / the baseline's\n(on the same device)", fontsize=8)
+    ax.set_ylim(0, 1.15)
+    for d, c in color.items():
+        ax.bar([0], [0], color=c, label=f"trained on the {d}")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

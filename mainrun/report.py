@@ -22,6 +22,10 @@ from .report_inputs import analysis_dir
 from .data import repo_root
 
 INCLUDE = re.compile(r"^\{\{<\s*include\s+(\S+)\s*>\}\}[ \t]*$", re.M)
+# a number in the prose: {{< meta v.KEY.SUBKEY >}}, from _generated/variables.yml (Quarto reads the same file
+# through the document's metadata-files; the pandoc path substitutes it here)
+PRIME = re.compile(r"(?<=[0-9])'(?=s\b)")
+META = re.compile(r"\{\{<\s*meta\s+v\.([\w.-]+)\s*>\}\}")
 # pandoc writes a cross-reference to a figure/table label as a citation; typst wants @label
 CITE_REF = re.compile(r'#cite\(<((?:fig|tbl)-[^>]+)>, form: "prose"\)')
 
@@ -59,6 +63,20 @@ def expand_includes(text: str, base: Path, depth: int = 0) -> str:
                        text)
 
 
+def expand_variables(text: str, variables: dict) -> str:
+    """Quarto's meta shortcode for the numbers in the prose, done by hand for the pandoc path; a key the
+    variables lack is an error naming it (a number the ledger cannot give is never left blank)."""
+    def value(m: re.Match) -> str:
+        node = variables
+        for part in m.group(1).split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise KeyError(f"report.qmd quotes v.{m.group(1)}, which variables.yml does not hold "
+                               f"(written by report_inputs.report_variables)")
+            node = node[part]
+        return str(node)
+    return META.sub(value, text)
+
+
 def ledger_timestamp(profile: str) -> int | None:
     """The PDF's creation date: the newest `finished_at` of the profile's runs (SOURCE_DATE_EPOCH wins if
     set), so rendering the same ledger twice gives the same bytes on any machine."""
@@ -75,7 +93,12 @@ def render_pandoc_typst(qmd: Path, pdf: Path, timestamp: int | None = None) -> P
     import pypandoc
     import typst
 
+    import yaml
+
     md = expand_includes(qmd.read_text(), qmd.parent)
+    variables = qmd.parent / "_generated" / "variables.yml"
+    md = expand_variables(md, yaml.safe_load(variables.read_text())["v"] if variables.exists() else {})
+    md = PRIME.sub("\u2019", md)   # final4's: an apostrophe, which pandoc would set as a prime after a digit
     typ = pypandoc.convert_text(md, "typst", format="markdown", extra_args=[
         "--standalone", f"--include-in-header={qmd.parent / 'header.typ'}", "--columns=200"])
     typ = CITE_REF.sub(r"@\1", typ)

@@ -1,14 +1,15 @@
-"""The report's inputs, written to disk: figures, markdown tables and paragraphs, numbers.
+"""The report's inputs, written to disk: figures, markdown tables, numbers and variables.
 
-`write_report_inputs(profile)` is what 05_analysis calls: from the ledger (`results`), the judgements
-(`verdicts`) and the text (`fragments`) it writes <results>/analysis/<profile>/ (`analysis_dir`) with
+`write_report_inputs(profile)` is what 05_analysis calls: from the ledger (`tables`), the statistics (`stats`,
+`report_tables`) and the text helpers (`fragments`) it writes <results>/analysis/<profile>/ (`analysis_dir`):
 
-    fig-curves.png fig-lr.png fig-sensitivity.png   the report's figures
-    ladder.md results.md seeds.md coverage.md ...    markdown tables and paragraphs
-    past.md                                           the issue-14 GPU screen, test sets, proxy agreement
-    numbers.json                                      every headline number, for tests and readers
+    fig-*.png                                          the report's figures
+    summary.md ladder.md seeds.md findings.md ...      markdown tables and short generated paragraphs
+    screen-*.md agreement.md truncation.md tests.md   the one-change screens' tables (neutral captions)
+    numbers.json                                       every number, for tests and readers
+    variables.yml                                      the numbers report.qmd quotes in its prose
 
-`gpu_section` is the GPU studies' section (gpu.md and fig-gpu-curves.png). Nothing here trains.
+Which studies are which is data: report/studies.yml (`read_study_roles`). Nothing here trains.
 """
 from __future__ import annotations
 
@@ -18,20 +19,24 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
-from . import ledger
+from . import ledger, report_tables as rt
+from .data import repo_root
+from .formats import _millions, _nan, _py, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, md_table, rounded
+from .report_text import (CPU_BUDGET_S, DEVICE_NAME, PROXY_NOTE, PUBLISHED_BASELINE, baselines_md, edges_md, findings_md, provisional_md,
+                        setup_md, summary_md, changes_table, ladder_table, results_table)
 from .presets import LADDER
-from .formats import _millions, _nan, _py, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, rounded
-from .past_final import past_section
-from .fragments import (CPU_BUDGET_S, DEVICE_NAME, PROXY_NOTE, _baselines_md, _edges_md, _findings_md, _provisional_md,
-                        _setup_md, _summary_md, changes_table, ladder_table, md_table, results_table)
-from .results import (_best_of_curve, _gpu_small_points, _pending_baseline, ladder_frame, load_results, read_curve,
-                      read_lr, read_studies, study_frame)
+from .stats import coverage_check, permutation_floor, permutation_p, time_to_quality
 from .studies import STUDY_PROFILE, by_point
-from .verdicts import (_gpu_seed_std, coverage_check, findings, permutation_floor, permutation_p, proxy_vs_full,
-                       time_to_quality)
+from .tables import (best_of_curve, points_of, ladder_frame, load_results, pending_baseline, read_curve, read_lr, read_studies,
+                     read_tests, study_frame)
 
-GPU_STUDIES = ("gpu_ladder", "gpu_small", "gpu_final", "gpu_seeds", "gpu_ablate", "gpu_lr", "gpu_large")
+
+def read_study_roles(path: Path | None = None) -> dict[str, Any]:
+    """report/studies.yml: which recorded studies the report reads, and as what (an empty dict if absent)."""
+    path = path or repo_root() / "report" / "studies.yml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
 
 
 def analysis_dir(profile: str) -> Path:
@@ -39,10 +44,12 @@ def analysis_dir(profile: str) -> Path:
     return ledger.results_root(profile) / "analysis" / profile
 
 
-def write_report_inputs(profile: str) -> dict[str, Any]:
-    """Write every figure, table and number the report uses; returns numbers.json's content."""
+def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write every figure, table and number the report uses; returns numbers.json's content. `roles`: which
+    studies are which (default: report/studies.yml)."""
     from . import plots
 
+    roles = read_study_roles() if roles is None else roles
     out = analysis_dir(profile)
     out.mkdir(parents=True, exist_ok=True)
     results = load_results(profile)
@@ -50,7 +57,7 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
         raise RuntimeError(f"the {profile} ledger ({ledger.results_root(profile)}) has no finished baseline run; "
                            f"run notebooks/01_baseline.ipynb first")
     ladder = ladder_frame(profile, results)
-    # the sweeps ran on the study profile (the quick proxy under full; see sweep.STUDY_PROFILE)
+    # the sweeps ran on the study profile (the quick proxy under full; see studies.STUDY_PROFILE)
     proxy = STUDY_PROFILE[profile]
     proxy_results = results if proxy == profile else load_results(proxy)
     studies = ({k: study_frame(v, proxy_results) for k, v in read_studies(proxy).items()}
@@ -62,18 +69,20 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
     base = (same if len(same) else bases).iloc[0]
     final = done.iloc[-1] if len(done) else base
     provisional = base["device"] != final["device"]
+    proxy_roles = roles.get("proxy") or {}
 
     # figures
-    curves = {f"{s.stage}: {s.label}": read_curve(s.dir) for s in ladder.dropna(subset=["dir"]).itertuples()}
-    plots.save(plots.validation_curves(curves), out / "fig-curves.png", close=True)
-    lrs = {f"{s.stage}: {s.label}": read_lr(s.dir) for s in ladder.dropna(subset=["dir"]).itertuples()}
+    curves = {s.stage: read_curve(s.dir) for s in ladder.dropna(subset=["dir"]).itertuples()}
+    plots.save(plots.validation_curves(curves, budget_min=CPU_BUDGET_S / 60 if profile == "full" else None,
+                                       baseline_loss=base["final_val_loss"]), out / "fig-curves.png", close=True)
+    lrs = {s.stage: read_lr(s.dir) for s in ladder.dropna(subset=["dir"]).itertuples()}
     plots.save(plots.lr_schedules(lrs), out / "fig-lr.png", close=True)
-    sweep = studies.get("04_sweeps")
-    (out / "sweep_edges.md").write_text(_edges_md(sweep))
-    seeds = studies.get("04_seeds")
+    sweep = studies.get(proxy_roles.get("sweep"))
+    (out / "sweep_edges.md").write_text(edges_md(sweep))
+    seeds = studies.get(proxy_roles.get("seeds"))
     seed_table = seeds
     recs = read_studies(profile) if proxy != profile else {}
-    full_seeds = []  # the final configurations' seeds at full scale, beside the proxy's candidates
+    full_seeds = []  # the rungs' seeds at full scale, beside the proxy's candidates
     for r in LADDER:  # a rung's study may also hold the rung before as its reference point
         if r["study"] in recs:
             f2 = study_frame(recs[r["study"]], results)
@@ -85,7 +94,7 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
         st = by_point(seeds)
         if "base" in st.index and st.loc["base", "seeds"] > 1:
             band = (st.loc["base", "loss_mean"], st.loc["base", "loss_std"])
-    fig = plots.sensitivity(sweep if sweep is not None else pd.DataFrame(), band, seeds)
+    fig = plots.sensitivity(sweep if sweep is not None else pd.DataFrame(), band, seeds, proxy=proxy)
     plots.save(fig, out / "fig-sensitivity.png", close=True)
 
     # tables and paragraphs
@@ -99,43 +108,45 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
         "step-1 loss": cov["step1_loss"].map(fmt_loss), "uniform expectation": cov["uniform_loss"].map(fmt_loss),
         "ratio": cov["ratio"].map(lambda x: f"{x:.3f}")})))
     seed_info = _seeds_section(seed_table, out)
-    (out / "gpu.md").write_text(gpu_section(profile, results, out, proxy_results))
-    (out / "search.md").write_text(search_section(proxy, studies, out))
-    # each finding is judged against the seed spread of its own scale: the proxy's base candidate, or the
-    # final configuration's seeds at full scale
-    past, past_numbers = (past_section(profile, proxy, results, proxy_results) if proxy != profile else
-                          (f"The GPU screen is a full-profile study: the {profile} profile has none.\n", {}))
-    (out / "past.md").write_text(past)
-    found = findings(profile, results)
-    gpu_final_std = ((past_numbers.get("seeds") or {}).get("final") or {}).get("std")
-    noise = {"cpu": (seed_info.get(f"final ({profile} scale)") or {}).get("std"),
-             "cuda": gpu_final_std or _gpu_seed_std(profile, results)}
+    if seed_table is not None and len(full_seeds):
+        plots.save(plots.seed_spread(seed_table[seed_table["label"].str.endswith("scale)")]),
+                   out / "fig-seeds.png", close=True)
+    gpu_roles = roles.get("gpu") or {}
+    (out / "gpu.md").write_text(gpu_section(profile, results, out, proxy_results, roles))
+    (out / "search.md").write_text(search_section(proxy, studies, out, proxy_roles.get("search_reference")))
+    screens = (screens_section(profile, results, proxy_results, out, roles) if proxy != profile else {})
+    # each finding is judged against the seed spread of its own scale: its screen's reference seeds, else the
+    # last CPU rung's seeds or the GPU's small models' seeds at full scale, or the proxy's base candidate
+    found = rt.findings(recs if proxy != profile else read_studies(profile), results, roles)
     if proxy != profile:
+        noise = {"cpu": (seed_info.get(f"final ({profile} scale)") or {}).get("std"),
+                 "cuda": ((screens.get("candidates") or {}).get("final") or {}).get("std")
+                 or rt.seed_std(profile, results, gpu_roles.get("small", []))}
         found["scale"] = [f"at {profile} scale on the {DEVICE_NAME.get(d, d)}" if d else f"at {profile} scale"
                           for d in found["device"]]
-        found["noise"] = [noise.get(d) for d in found["device"]]
-        # the later GPU screens are judged against their own reference's seeds (final2's, then the stack's)
-        later = past_numbers.get("later") or {}
-        own = {"gpu14_screen2": later.get("final2_std"), "gpu14_screen3": later.get("stack_std"),
-               "gpu14_screen4": later.get("stack_std"),
-               "gpu14_screen5": (later.get("fifth") or {}).get("final4_std")}
-        found["noise"] = [own.get(st) or n for st, n in zip(found["study"], found["noise"])]
+        found["noise"] = [n if n is not None and not _nan(n) else noise.get(d)
+                          for n, d in zip(found["noise"], found["device"])]
         found = found.sort_values("scale", kind="stable", key=lambda s: s.astype(str).str.contains("CPU"))  # GPU first
         if len(proxy_results):
-            proxy_found = findings(proxy, proxy_results)
+            proxy_found = rt.findings(read_studies(proxy), proxy_results, roles)
             proxy_found["scale"] = f"on the {proxy} proxy"
             proxy_found["noise"] = (seed_info.get("base") or {}).get("std")
             found = pd.concat([found, proxy_found], ignore_index=True)
     else:
         found["noise"] = (seed_info.get("base") or {}).get("std")
-    (out / "findings.md").write_text(_findings_md(found))
+    (out / "findings.md").write_text(findings_md(found))
     full_scale = found[~found["scale"].astype(str).str.startswith("on the")] if "scale" in found else found
     if len(full_scale):
         plots.save(plots.forest(full_scale.assign(scale=full_scale.get("scale", "every scale"))),
                    out / "fig-forest.png", close=True)
 
+    steps = _story_steps(profile, results, done, base, roles)
+    if len(steps) > 1:
+        plots.save(plots.story(steps), out / "fig-story.png", close=True)
+
     numbers = {
         "profile": profile, "n_runs": int((results["status"] == "finished").sum()),
+        "story": steps.to_dict(orient="records"),
         "baseline": _run_numbers(base), "final": _run_numbers(final),
         "final_stage": final["stage"] if "stage" in final.index else "baseline",
         "ratio": float(final["final_val_loss"] / base["final_val_loss"]),
@@ -145,23 +156,24 @@ def write_report_inputs(profile: str) -> dict[str, Any]:
                                    / pd.to_numeric(base.get("full_val_bpc"), errors="coerce")),
         "ratio_provisional": bool(provisional),
         "baseline_device": base["device"], "final_device": final["device"],
-        "pending_baseline": _pending_baseline(results, final["device"]) if provisional else None,
+        "pending_baseline": pending_baseline(results, final["device"]) if provisional else None,
         "time_to_baseline_s": time_to_quality(final["dir"], base["final_val_loss"]),
         "seeds": seed_info,
         "final_seeds": _stage_seeds(seed_table, final, base, results, profile),
         "best_single": _best_rung(done, base, single=True),
         "best_in_budget": _best_rung(done, base, budget_s=CPU_BUDGET_S),
-        "past_final": past_numbers,
+        "screens": screens,
         "formatted": {"baseline_loss": fmt_loss(base["final_val_loss"]), "final_loss": fmt_loss(final["final_val_loss"]),
                       "ratio": fmt_ratio(final["final_val_loss"] / base["final_val_loss"]),
                       "baseline_bpc": fmt_bpc(base["full_val_bpc"]), "final_bpc": fmt_bpc(final["full_val_bpc"])},
     }
-    (out / "summary.md").write_text(_summary_md(numbers, final, base) + _provisional_md(numbers, results)
-                                    + _baselines_md(numbers, results))
-    (out / "setup.md").write_text(_setup_md(results, base, profile))
+    (out / "summary.md").write_text(summary_md(numbers, final, base) + provisional_md(numbers, results)
+                                    + baselines_md(numbers, results))
+    (out / "setup.md").write_text(setup_md(results, base, profile))
     note = PROXY_NOTE[profile] or (f"Profile **full**: the Mainrun rules. The single-change studies and the sweeps "
                                    f"ran on the {proxy} proxy; only the kept configurations trained at full scale.")
     (out / "profile.md").write_text(note + "\n")
+    (out / "variables.yml").write_text(yaml.safe_dump({"v": report_variables(numbers)}, sort_keys=True, width=1000))
     # rounded: the file must come out byte-identical on every host (see formats.SIG_DIGITS)
     (out / "numbers.json").write_text(json.dumps(rounded(numbers), indent=2, default=str) + "\n")
     return numbers
@@ -261,12 +273,15 @@ def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
     return info
 
 
-def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: pd.DataFrame | None = None) -> str:
-    """The full-scale studies run on a lent GPU (scripts/gpu_study.py): markdown, plus fig-gpu-curves.png."""
+def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: pd.DataFrame | None,
+                roles: dict[str, Any]) -> str:
+    """The full-scale studies run on a lent GPU (roles["gpu"]: their names): markdown, plus fig-gpu-curves.png
+    and fig-overfit.png."""
     from . import plots
 
+    g = roles.get("gpu") or {}
     gpu = results[(results.get("device") == "cuda") & (results["status"] == "finished")] if len(results) else results
-    recs = {k: v for k, v in read_studies(profile).items() if k in GPU_STUDIES}
+    recs = {k: v for k, v in read_studies(profile).items() if k in g.get("studies", [])}
     if gpu.empty or not recs:
         return "No run of this profile trained on a GPU.\n"
     frames = {k: study_frame(v, results) for k, v in recs.items()}
@@ -276,12 +291,11 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
     parts = [f"These runs follow the Mainrun rules (100,000 titles, 7 epochs, the 64 x 128 official evaluation in "
              f"fp32) but trained with bf16 autocast on {'; '.join(hw)}, so they are reported apart from the CPU "
              f"runs: ratios in this section are to the baseline trained on that GPU "
-             f"(official loss {fmt_loss(base_loss)}). They were run by `scripts/gpu_study.py` in two calls of "
-             f"the lent machine.\n"]
-    lad = frames.get("gpu_ladder")
+             f"(official loss {fmt_loss(base_loss)}).\n"]
+    lad = frames.get(g.get("ladder"))
     if lad is not None and len(lad):
         lad = lad[lad["status"] == "finished"].drop_duplicates("label")
-        best = [_best_of_curve(d) for d in lad["hash"].map(lambda h: results.loc[results["hash"] == h, "dir"].iloc[0])]
+        best = [best_of_curve(d) for d in lad["hash"].map(lambda h: results.loc[results["hash"] == h, "dir"].iloc[0])]
         prev = lad["final_val_loss"].shift(1)
         t = pd.DataFrame({
             "rung": lad["label"], "official loss": lad["final_val_loss"].map(fmt_loss),
@@ -296,7 +310,7 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
                   + (f"; {', '.join(other)}" if other else "") + "), each rung the quick "
                   "proxy's kept configuration. The lowest loss column shows where a run was best before its end. "
                   "{#tbl-gpu-ladder}\n"]
-    pts = _gpu_small_points(profile, results)
+    pts = points_of(profile, results, g.get("small", []))
     if len(pts):
         stats = pts.groupby("label", sort=False).agg(
             loss=("final_val_loss", "mean"), std=("final_val_loss", "std"), seeds=("final_val_loss", "size"),
@@ -314,7 +328,7 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
                   "untied embeddings; dropout 0.05, or none where marked drop0); the shapes were chosen to fit "
                   "60 minutes on 2 CPU cores. Across vocabularies read the full bits/char column: the official "
                   "spans score a different share of the validation text under each tokenizer. {#tbl-gpu-small}\n"]
-    abl = frames.get("gpu_ablate")
+    abl = frames.get(g.get("ablation"))
     if abl is not None and len(abl):
         abl = abl[abl["status"] == "finished"].drop_duplicates("label")
         ref = abl.iloc[0]
@@ -323,7 +337,7 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
                           "full bits/char": abl["full_val_bpc"].map(fmt_bpc), "params": abl["n_params"].map(fmt_int)})
         parts += [md_table(t, "lrrrr"),
                   ": One change at a time against the best small model on the GPU. {#tbl-gpu-ablate}\n"]
-    held = proxy_vs_full(profile, results, proxy_results)
+    held = _proxy_vs_full(profile, results, proxy_results, frames.get(g.get("ladder")), roles)
     if len(held):
         t = pd.DataFrame({"change": held["change"], "proxy": held["proxy"].map(lambda x: f"{x:+.1%}"),
                           "full scale": held["full"].map(lambda x: f"{x:+.1%}"), "where": held["where"],
@@ -341,19 +355,24 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
     curves = {}
     if lad is not None and len(lad):
         for r in lad.itertuples():
-            curves[f"{_millions(r.n_params)} {r.label}"] = read_curve(results.loc[results["hash"] == r.hash, "dir"].iloc[0])
+            curves[f"{r.label} ({_millions(r.n_params)})"] = read_curve(results.loc[results["hash"] == r.hash, "dir"].iloc[0])
     if len(pts):
         top = pts[pts["label"] == stats.index[0]].iloc[0]
-        curves[f"small {top['label']}"] = read_curve(results.loc[results["hash"] == top["hash"], "dir"].iloc[0])
+        curves[f"small model {top['label']} ({_millions(top['n_params'])})"] = read_curve(
+            results.loc[results["hash"] == top["hash"], "dir"].iloc[0])
     if curves:
-        plots.save(plots.validation_curves(curves, title="full scale on the GPU"), out / "fig-gpu-curves.png",
-                   close=True)
+        plots.save(plots.validation_curves(curves, title="full scale on the GPU", baseline_loss=base_loss),
+                   out / "fig-gpu-curves.png", close=True)
+        train = {k: read_curve(results.loc[results["hash"] == h, "dir"].iloc[0], train=True)
+                 for k, h in zip(curves, list(lad["hash"] if lad is not None and len(lad) else [])
+                                 + ([top["hash"]] if len(pts) else []))}
+        plots.save(plots.train_vs_validation(curves, train), out / "fig-overfit.png", close=True)
         parts.append("![Validation curves of the GPU runs: the seed plan's ladder at the original size and the best small model, against "
                      "training tokens and wall time.](_generated/fig-gpu-curves.png){#fig-gpu-curves width=100%}\n")
     return "\n".join(parts)
 
 
-def search_section(proxy: str, studies: dict[str, pd.DataFrame], out: Path) -> str:
+def search_section(proxy: str, studies: dict[str, pd.DataFrame], out: Path, reference: dict | None = None) -> str:
     """The adaptive search of notebook 04 (Optuna TPE on the proxy), read from its storage and the ledger:
     a paragraph, the best trials as a table, and fig-search.png. Empty when no search was recorded."""
     from . import plots, search
@@ -366,8 +385,9 @@ def search_section(proxy: str, studies: dict[str, pd.DataFrame], out: Path) -> s
     if done.empty:
         return ""
     plots.save(plots.search_history(hist, title=f"{proxy}: TPE search"), out / "fig-search.png", close=True)
-    ref = studies.get("04_beyond")
-    epic3 = by_point(ref).loc["epic3", "loss_mean"] if ref is not None and "epic3" in set(ref["label"]) else None
+    ref = studies.get((reference or {}).get("study"))
+    label = (reference or {}).get("label")
+    epic3 = by_point(ref).loc[label, "loss_mean"] if ref is not None and label in set(ref["label"]) else None
     params = [c for c in hist.columns if c.startswith("param_")]
     top = done.head(5)
     t = pd.DataFrame({"trial": top["label"], "official loss": top["value"].map(fmt_loss),
@@ -378,9 +398,178 @@ def search_section(proxy: str, studies: dict[str, pd.DataFrame], out: Path) -> s
             f"together on the {proxy} proxy: {len(hist)} trials, {int(n.get('COMPLETE', 0))} completed and "
             f"{int(n.get('PRUNED', 0))} pruned at an evaluation by the median rule. The best, "
             f"{top['label'].iloc[0]}, reached {fmt_loss(top['value'].iloc[0])}"
-            + (f" against {fmt_loss(epic3)} for the Epic 3 stage on the same proxy ({top['value'].iloc[0] / epic3 - 1:+.1%})"
+            + (f" against {fmt_loss(epic3)} for {label} on the same proxy ({top['value'].iloc[0] / epic3 - 1:+.1%})"
                if epic3 else "") + ". Each trial changes several settings at once, so the search is reported here and "
             "not among the one-change findings; it is a proxy result, not yet tried at full scale.\n")
     return "\n".join([text, md_table(t), ": The five best completed trials of the proxy search (official loss). "
                        "{#tbl-search}\n", f"![The proxy search: each trial's official loss and the best so far.]"
                        f"(_generated/fig-search.png){{#fig-search width=80%}}\n"])
+
+
+def _proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFrame | None,
+                   gpu_ladder: pd.DataFrame | None, roles: dict[str, Any]) -> pd.DataFrame:
+    """report_tables.proxy_vs_full over this ledger: the proxy ladder against the GPU ladder, and the
+    full-scale ablations of roles["proxy_vs_full"]."""
+    proxy = STUDY_PROFILE[profile]
+    if proxy == profile or proxy_results is None or proxy_results.empty:
+        return pd.DataFrame(columns=["change", "proxy", "full", "where", "holds"])
+    plad = ladder_frame(proxy, proxy_results).dropna(subset=["final_val_loss"]).set_index("stage")["final_val_loss"]
+    spec = roles.get("proxy_vs_full") or {}
+    rec = read_studies(profile).get(spec.get("study"))
+    ablation = None
+    if rec is not None:
+        a = study_frame(rec, results)
+        ablation = a[a["status"] == "finished"].drop_duplicates("label").set_index("label")["final_val_loss"]
+    return rt.proxy_vs_full(plad, gpu_ladder, ablation, read_studies(proxy), proxy_results, spec)
+
+
+def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataFrame, out: Path,
+                    roles: dict[str, Any]) -> dict[str, Any]:
+    """The one-change screens named in roles: candidates over seeds, the test sets, a stack with its
+    leave-one-out runs, points by compute cost, agreement with the proxies and truncation. Writes one markdown
+    file per table (an empty file where the ledger lacks the studies) and fig-cost.png, fig-proxy.png; returns
+    the numbers."""
+    from . import plots
+
+    recs = read_studies(profile)
+    gpu_bases = results[results["is_baseline"] & (results["device"] == "cuda") & (results["status"] == "finished")]
+    numbers: dict[str, Any] = {}
+    files = {k: "" for k in ("screen-candidates.md", "tests.md", "stack.md", "agreement.md", "truncation.md")}
+    screens = {sc["name"]: sc for sc in roles.get("screens", [])}
+    cand = roles.get("candidates") or {}
+    sc = screens.get(cand.get("screen"))
+    frame = rt.screen_frame(recs, results, sc["studies"], sc.get("leave_out_prefix")) if sc else pd.DataFrame()
+    if frame.empty or gpu_bases.empty:
+        for name, text in files.items():
+            (out / name).write_text(text)
+        return numbers
+    base = gpu_bases.iloc[0]
+    base_loss = base["final_val_loss"]
+    numbers["gpu_baseline"] = float(base_loss)
+    files["screen-candidates.md"], numbers["candidates"] = rt.seed_table(frame, sc["reference"], cand["labels"],
+                                                                          base_loss)
+    tests = read_tests(ledger.results_root(profile))
+    groups = {"baseline (GPU)": [base["hash"]]}
+    for row, (study, label) in (roles.get("tests") or {}).items():
+        if study in screens:
+            f = rt.screen_frame(recs, results, screens[study]["studies"], screens[study].get("leave_out_prefix"))
+        elif study in recs:
+            f = rt.fold_seed_labels(study_frame(recs[study], results))
+        else:
+            continue
+        groups[row] = f.loc[(f["label"] == label) & (f["status"] == "finished"), "hash"].tolist()
+    cpu_tested = results[results["hash"].isin(tests["hash"]) & (results["device"] == "cpu")]
+    groups.update(rt.cpu_groups(cpu_tested))
+    groups = {k: v for k, v in groups.items() if v and tests["hash"].isin(v).any()}
+    if len(groups) > 1:
+        t = rt.test_table(results, tests, base, groups)
+        files["tests.md"] = md_table(t, "lrrrrrrrr")
+        numbers["tests"] = t.to_dict(orient="records")
+    if roles.get("stack"):
+        files["stack.md"], numbers["stack"] = rt.stack_table(recs, results, roles["stack"], base_loss)
+    numbers["by_cost"] = {}
+    for bc in roles.get("by_cost", []):
+        if bc["study"] in recs:
+            md, numbers["by_cost"][bc["study"]] = rt.by_cost(recs[bc["study"]], results, base_loss, bc["reference"])
+            files[f"cost-{bc['study']}.md"] = md
+    if numbers["by_cost"]:
+        plots.save(plots.cost_vs_loss(numbers["by_cost"]), out / "fig-cost.png", close=True)
+    ag = roles.get("agreement") or {}
+    if ag:
+        agsc = screens[ag["screen"]]
+        full = rt.screen_frame(recs, results, agsc["studies"], agsc.get("leave_out_prefix"))
+        proxies, keys = {}, {}
+        for px in ag.get("proxies", []):
+            prec = read_studies(px["profile"]).get(px["study"])
+            if prec is not None:
+                pres = results if px["profile"] == profile else proxy_results
+                proxies[px["name"]] = study_frame(prec, pres)
+                keys[px["name"]] = px["key"]
+        files["agreement.md"], agree = rt.agreement_table(full, proxies, ag["reference"])
+        numbers["agreement"] = {keys[name]: dict(a, name=name) for name, a in agree.items()}
+        if proxies:
+            plots.save(plots.proxy_scatter(full, proxies, ag["reference"]), out / "fig-proxy.png", close=True)
+    tr = roles.get("truncation") or {}
+    if tr:
+        trsc = screens[tr["screen"]]
+        full = rt.screen_frame(recs, results, trsc["studies"], trsc.get("leave_out_prefix"))
+        files["truncation.md"], numbers["truncation"] = rt.truncation_table(full, results, tr["reference"],
+                                                                              tr.get("skip", []))
+    for name, text in files.items():
+        (out / name).write_text(text)
+    return numbers
+
+
+def _story_steps(profile: str, results: pd.DataFrame, done: pd.DataFrame, base: pd.Series,
+                 roles: dict[str, Any]) -> pd.DataFrame:
+    """The project's steps in order, each as a ratio to the baseline of its own device: the seed plan's rungs at
+    full scale on the GPU (roles["gpu"]["ladder"]), the best small model on the GPU, then the CPU ladder past
+    the baseline (LADDER's rungs, each described by its `what`)."""
+    g = roles.get("gpu") or {}
+    rows = []
+    rec = read_studies(profile).get(g.get("ladder"))
+    if rec is not None:
+        lad = study_frame(rec, results)
+        lad = lad[lad["status"] == "finished"].drop_duplicates("label")
+        rows += [{"step": f"{r.label} (GPU, {_millions(r.n_params)})", "ratio": float(r.ratio_to_baseline),
+                  "device": "GPU", "loss": float(r.final_val_loss)} for r in lad.itertuples()]
+        small = points_of(profile, results, g.get("small", []))
+        if len(small):
+            best = small.groupby("label")["final_val_loss"].mean().sort_values()
+            top = small[small["label"] == best.index[0]].iloc[0]
+            rows.append({"step": f"small model (GPU, {_millions(top['n_params'])})",
+                         "ratio": float(best.iloc[0] / top["final_val_loss"] * top["ratio_to_baseline"]),
+                         "device": "GPU", "loss": float(best.iloc[0])})
+    cpu = done[done["device"] == base["device"]]
+    ensembles = {r["rung"] for r in LADDER if not r["single"]}
+    rows += [{"step": f"{r.stage} ({'CPU' if r.device == 'cpu' else r.device}"
+                      + (", ensemble)" if r.stage in ensembles else ")"),
+              "ratio": float(r.final_val_loss / base["final_val_loss"]), "device": "CPU" if r.device == "cpu" else "GPU",
+              "loss": float(r.final_val_loss)} for r in cpu.itertuples()]
+    return pd.DataFrame(rows, columns=["step", "ratio", "device", "loss"])
+
+
+def report_variables(n: dict[str, Any]) -> dict[str, Any]:
+    """The numbers report.qmd quotes in its prose, formatted as printed (`{{< meta v.KEY >}}`); a key the
+    ledger cannot give yet is left out, and rendering then fails on it by name."""
+    v: dict[str, Any] = {"published_baseline": f"{PUBLISHED_BASELINE}", "budget_min": f"{CPU_BUDGET_S // 60}",
+                         "n_runs": str(n["n_runs"])}
+    v.update(baseline=fmt_loss(n["baseline"]["final_val_loss"]), final_rung=n["final_stage"],
+             final_loss=fmt_loss(n["final"]["final_val_loss"]), final_ratio=fmt_ratio(n["ratio"]),
+             final_min=f"{(n['final']['wall_time_s'] or 0) / 60:.1f}",
+             baseline_hours=f"{(n['baseline']['wall_time_s'] or 0) / 3600:.1f}")
+    fs = n.get("final_seeds") or {}
+    if fs:
+        v.update(final_seeds=str(fs["n"]), final_mean=fmt_loss(fs["mean"]), final_std=f"{fs['std']:.4f}",
+                 final_mean_ratio=fmt_ratio(fs["ratio"]))
+    for key in ("best_single", "best_in_budget"):
+        b = n.get(key)
+        if b:
+            v[key] = {"rung": b["rung"], "loss": fmt_loss(b["loss"]), "ratio": fmt_ratio(b["ratio"]),
+                      "min": f"{b['wall_time_s'] / 60:.1f}", "hardware": b["hardware"], "precision": b["precision"]}
+    story = pd.DataFrame(n.get("story") or [])
+    if len(story):
+        gpu = story[story["device"] == "GPU"].reset_index(drop=True)
+        total = story["loss"].iloc[0] - n["final"]["final_val_loss"]   # baseline to the last rung
+        v["gpu"] = {}
+        for i in range(1, len(gpu)):
+            key = gpu["step"][i].split(" ")[0]
+            v["gpu"][key] = {"ratio": fmt_ratio(gpu["ratio"][i]),
+                             "vs_previous": f"{gpu['loss'][i] / gpu['loss'][i - 1] - 1:+.1%}",
+                             "share_of_gain": f"{(gpu['loss'][i - 1] - gpu['loss'][i]) / total:.0%}"}
+    sc = n.get("screens") or {}
+    v["agree"] = {key: {"pairs": str(a["pairs"]), "sign": f"{a['sign_agreement']:.0%}",
+                        "clear_pairs": str(a["clear_pairs"]), "clear_sign": f"{a['clear_sign_agreement']:.0%}",
+                        "spearman": f"{a['spearman']:.2f}"} for key, a in (sc.get("agreement") or {}).items()}
+    st = sc.get("stack")
+    if st:
+        v["stack"] = {"delta": f"{st['delta']:+.4f}", "p": f"{st['p']:.2f}"}
+    v["cost"] = {study: {label: {"mean": fmt_loss(x["mean"]), "ratio": fmt_ratio(x["ratio"]), "seeds": str(x["seeds"]),
+                                 "delta": f"{x['delta']:+.4f}", "cost": f"{x['cost']:.0f}"}
+                         for label, x in (bc.get("points") or {}).items()}
+                 for study, bc in (sc.get("by_cost") or {}).items()}
+    tr = sc.get("truncation")
+    if tr and tr.get("table"):
+        t = pd.DataFrame(tr["table"])
+        v["truncation"] = {"best_spearman_but_last": f"{t['spearman'].iloc[:-1].max():.2f}" if len(t) > 1 else ""}
+    return v

@@ -122,7 +122,7 @@ def regenerated_analysis(root: Path, monkeypatch) -> list[str]:
     shutil.rmtree(out)
     analysis.write_report_inputs("full")
     ref = ROOT / "results" / "analysis" / "full"
-    texts = sorted(p.name for p in ref.iterdir() if p.suffix in (".md", ".json"))
+    texts = sorted(p.name for p in ref.iterdir() if p.suffix in (".md", ".json", ".yml"))
     assert texts and "numbers.json" in texts
     assert str(ROOT) not in "".join((out / t).read_text() for t in texts)
     match, mismatch, errors = filecmp.cmpfiles(ref, out, texts, shallow=False)

@@ -1,9 +1,6 @@
-"""Text for readers: markdown tables and paragraphs for the report, notes for the notebooks.
-
-Each function here returns a string or a table and writes nothing (`report_inputs` writes them):
-`md_table` (a pandoc/Quarto pipe table), the results, ladder and changes tables, the paragraphs of
-the summary, setup, findings, sweep edges, code versions and the baselines on two devices; and the
-notebooks' `profile_note`, `show_config`, `metric_notes` and `run_status`.
+"""The report's generated text: the results, ladder and changes tables, and the short paragraphs whose
+wording follows the data (the summary, setup, findings, sweep edges, code versions, the baselines on two
+devices). Each function returns a string or a table and writes nothing (`report_inputs` writes them).
 """
 from __future__ import annotations
 
@@ -12,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 
 from . import ledger
-from .config import STANDIN_SHA256, Config, make_config
-from .formats import _nan, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, fmt_time
-from .results import PAUSE_GAP_S, _without_pauses
+from .config import STANDIN_SHA256, make_config
+from .formats import _nan, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, fmt_time, md_table  # noqa: F401
+from .tables import PAUSE_GAP_S
 from .studies import by_point
 from .presets import LADDER
-from .verdicts import NO_CHANGE, curve_agreement
+from .stats import NO_CHANGE, curve_agreement
 
 PROXY_NOTE = {
     "full": "",
@@ -34,77 +31,7 @@ CPU_BUDGET_S = 3600
 PUBLISHED_BASELINE = 1.7533   # Mainrun's published baseline loss, on the hub dataset
 
 
-# ----------------------------------------------------------------------------- notebook helpers
-def profile_note(profile: str) -> str:
-    """What the numbers of this profile can and cannot show (displayed at the top of each notebook)."""
-    return PROXY_NOTE[profile] or "Profile **full**: the Mainrun rules (7 epochs, seed 1337, 100,000 titles)."
-
-
-def show_config(cfg: Config) -> None:
-    """Print a config as its changes from the profile's baseline (the full dataclass is `print(cfg)`)."""
-    ref = make_config(cfg.profile, "baseline").to_dict()
-    changed = {k: v for k, v in cfg.to_dict().items() if k not in ("name", "preset") and ref.get(k) != v}
-    print(f"{cfg.run_name}: changes from the {cfg.profile} baseline: {changed or 'none'}")
-
-
-def metric_notes(summary: dict, profile: str) -> pd.DataFrame:
-    """The official metric beside the full-coverage one, with what each number means.
-
-    Wall time and tokens/s are the running ones where the run was paused (see `pauses`)."""
-    run_dir = ledger.find_run(ledger.results_root(profile), summary["hash"])
-    timing = _without_pauses(summary, run_dir) if run_dir is not None else {"paused_s": 0.0}
-    summary = {**summary, **timing}
-    paused = (f"; {fmt_time(timing['paused_s'])} paused left out of the logged {fmt_time(timing['wall_time_raw_s'])}"
-              if timing["paused_s"] > 0 and "wall_time_raw_s" in timing else "")
-    rows = [
-        ("official validation loss", fmt_loss(summary["final_val_loss"]),
-         "summed token cross-entropy over full 64 x 128 spans / characters of the validation text"),
-        ("official coverage", f"{summary['official_coverage']:.1%}",
-         "fraction of validation targets those spans score (the tail and one target per span are dropped)"),
-        ("full-coverage loss", fmt_loss(summary["full_val_loss"]), "every validation target scored, nats/char"),
-        ("full-coverage bits/char", fmt_bpc(summary["full_val_bpc"]), "the same in bits per character"),
-        ("validation tokens / chars", f"{summary['val_tokens']:,} / {summary['val_chars']:,}", ""),
-        ("parameters", fmt_int(summary["n_params"]), ""),
-        ("wall time", fmt_time(summary["wall_time_s"]), "training and validation, without data preparation" + paused),
-        ("tokens/s", fmt_int(summary["tokens_per_s"]), "training tokens per second of optimizer steps"),
-        ("official run", "yes" if summary["official"] else "no", "; ".join(summary.get("official_reasons") or [])),
-    ]
-    return pd.DataFrame(rows, columns=["quantity", "value", "meaning"])
-
-
-def run_status(summary: dict) -> str:
-    """One line on where a run stands (finished, diverged, training elsewhere, or not run)."""
-    st, name = summary["status"], f"{summary['name']}-{summary['hash']}"
-    if st == "finished":
-        return f"{name}: finished, official loss {fmt_loss(summary['final_val_loss'])}"
-    if st == "diverged":
-        rule = summary.get("diverged_rule")
-        return f"{name}: diverged at step {summary.get('diverged_step')}" + (f" (rule: {rule})" if rule else "")
-    if st == "pruned":
-        return (f"{name}: pruned by a search at step {summary.get('pruned_step')}, last official loss "
-                f"{fmt_loss(summary.get('last_val_loss'))}")
-    if st == "incomplete":
-        return (f"{name}: not finished: logged step {summary['last_step']} of {summary['max_steps']}, last official "
-                f"loss {fmt_loss(summary['last_val_loss'])} at step {summary['last_val_step']}; it resumes from its "
-                f"checkpoint with train=True (or `python -m mainrun train` with the same settings)")
-    return f"{name}: not in the ledger; train it with train=True (or `python -m mainrun train`)"
-
-
 # ----------------------------------------------------------------------------- markdown
-def md_table(df: pd.DataFrame, align: str = "", min_dashes: int = 8) -> str:
-    """A pandoc/Quarto pipe table; align is one of l/r per column (default: l then r)."""
-    cols = list(df.columns)
-    align = align or "l" + "r" * (len(cols) - 1)
-    cells = [[str(v) for v in row] for row in df.itertuples(index=False)]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
-    # dash counts set relative widths when a table is wider than the page: give short columns room
-    sep = ["-" * max(min_dashes, w - 1) + ":" if a == "r" else ":" + "-" * max(min_dashes, w - 1)
-           for w, a in zip(widths, align)]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(sep) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in cells]
-    return "\n".join(lines) + "\n"
-
-
 def _short(run: str, profile: str) -> str:
     return run[len(profile) + 1:] if run.startswith(profile + "-") else run
 
@@ -166,7 +93,7 @@ def changes_table(ladder: pd.DataFrame, profile: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["stage", "configuration"])
 
 
-def _edges_md(sweep: pd.DataFrame | None, axis: str = "lr") -> str:
+def edges_md(sweep: pd.DataFrame | None, axis: str = "lr") -> str:
     """Where the best value of a swept axis lies in its grid (the sweep widens an edge at most twice)."""
     if sweep is None or not (sweep["axis"] == axis).any():
         return ""
@@ -184,7 +111,7 @@ def _edges_md(sweep: pd.DataFrame | None, axis: str = "lr") -> str:
     return f"The `{axis}` sweep's best value, {best:g}, lies inside the grid ({tried}).\n"
 
 
-def _findings_md(found: pd.DataFrame) -> str:
+def findings_md(found: pd.DataFrame) -> str:
     """What worked, one table per scale (the column `scale`, in order of first appearance; one table if absent):
     each change against its study's reference, best first. The verdict follows the official loss, or the
     full-coverage loss where the change moves what the official spans score; `noise` (per row) is the seed
@@ -216,7 +143,7 @@ def _machine_note(final: pd.Series, base: pd.Series) -> str:
     """`<CPU model>, <precision>; the baseline: <CPU model>, <precision>` where the final run trained on another
     kind of processor or in another precision than the baseline (two kinds of 2-core CPU give the 60-minute
     budget different compute); empty where both are the same. The model is the hardware text before its parenthesis
-    (`results._hardware_text`), so threads or a torch version do not count as another machine."""
+    (`results.hardware_text`), so threads or a torch version do not count as another machine."""
     def kind(row: pd.Series) -> tuple[str, str] | None:
         hw, prec = row.get("hardware"), row.get("precision")
         return (hw.split(" (")[0], prec) if isinstance(hw, str) and isinstance(prec, str) else None
@@ -232,7 +159,7 @@ def _parenthesis(*parts: str) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
-def _summary_md(n: dict, final: pd.Series, base: pd.Series) -> str:
+def summary_md(n: dict, final: pd.Series, base: pd.Series) -> str:
     f = n["formatted"]
     prof = n["profile"]
     scale = {"full": "under the Mainrun rules", "quick": "at the quick (CPU proxy) scale",
@@ -284,7 +211,7 @@ def _summary_md(n: dict, final: pd.Series, base: pd.Series) -> str:
     return s + "\n"
 
 
-def _setup_md(results: pd.DataFrame, base: pd.Series, profile: str) -> str:
+def setup_md(results: pd.DataFrame, base: pd.Series, profile: str) -> str:
     src = ledger.read_json(Path(base["dir"]) / "config.json").get("data_source", {})
     name = src.get("name") or Path(src.get("path", "?")).name
     if src.get("kind") == "hub":
@@ -337,7 +264,7 @@ def _code_versions_md(results: pd.DataFrame) -> str:
             + "; ".join(parts) + ".\n")
 
 
-def _baselines_md(n: dict, results: pd.DataFrame) -> str:
+def baselines_md(n: dict, results: pd.DataFrame) -> str:
     """Where the baseline was reproduced on two kinds of device: how far apart the two runs are."""
     bases = results[results["is_baseline"]]
     if n["ratio_provisional"] or len(bases) < 2:
@@ -356,7 +283,7 @@ def _baselines_md(n: dict, results: pd.DataFrame) -> str:
     return text + " Each device's runs are compared with its own baseline.\n"
 
 
-def _provisional_md(n: dict, results: pd.DataFrame) -> str:
+def provisional_md(n: dict, results: pd.DataFrame) -> str:
     if not n["ratio_provisional"]:
         return ""
     pend, base = n["pending_baseline"], n["baseline"]

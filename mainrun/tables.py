@@ -1,4 +1,5 @@
-"""The ledger as tables: queries of stored results only (run folders, study records, the ladder).
+"""The ledger as tables: queries of stored results only (run folders, study records, the ladder, test-set
+readings).
 
 `load_results(profile)` is one row per run with its metrics and its ratio to the baseline of its own
 kind of device (`baseline_hash`); `pauses` finds stretches a run spent stopped and the running times
@@ -51,9 +52,9 @@ def load_results(profile: str) -> pd.DataFrame:
         s = r["summary"] or {}
         row = {"run": r["dir"].name.rsplit("-", 1)[0], "hash": r["hash"], "dir": str(r["dir"]),
                **{k: s.get(k) for k in SUMMARY_FIELDS}, "status": r["status"],
-               "hardware": _hardware_text(s.get("hardware"))}
+               "hardware": hardware_text(s.get("hardware"))}
         row.update({k: v for k, v in _device_and_progress(r).items() if v is not None or k not in row})
-        row.update(_without_pauses(row, r["dir"]) if r["status"] == "finished" else {"paused_s": 0.0})
+        row.update(without_pauses(row, r["dir"]) if r["status"] == "finished" else {"paused_s": 0.0})
         row.update({k: v for k, v in cfg.items() if k not in row and k != "name"})
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -80,7 +81,7 @@ def load_results(profile: str) -> pd.DataFrame:
     return df
 
 
-def _without_pauses(row: dict, run_dir: Path) -> dict[str, Any]:
+def without_pauses(row: dict, run_dir: Path) -> dict[str, Any]:
     """Wall time and tokens/s of the time a run was running (see `pauses`); the raw figures kept beside."""
     p = pauses(run_dir)
     out: dict[str, Any] = {"paused_s": float(p["wall_s"].sum())}
@@ -94,7 +95,7 @@ def _without_pauses(row: dict, run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def _hardware_text(hw: dict | None) -> str | None:
+def hardware_text(hw: dict | None) -> str | None:
     if not hw:
         return None
     text = f"{hw.get('gpu') or hw.get('cpu')} ({hw.get('device')}, {hw.get('cpu_count')} CPU cores"
@@ -116,7 +117,7 @@ def baseline_hash(df: pd.DataFrame, profile: str) -> str | None:
     return next((row["hash"] for _, row in done.iterrows() if _is_baseline(row, profile)), None)
 
 
-def _pending_baseline(results: pd.DataFrame, device: str) -> dict[str, Any] | None:
+def pending_baseline(results: pd.DataFrame, device: str) -> dict[str, Any] | None:
     """The unfinished baseline run on `device` (the one a provisional ratio waits for), if any."""
     cand = results[(results["device"] == device) & (results["status"] != "finished")]
     for _, r in cand.iterrows():
@@ -169,12 +170,14 @@ def paused_time(run_dir: str | Path) -> float:
     return float(pauses(run_dir)["wall_s"].sum())
 
 
-def read_curve(run_dir: str | Path) -> pd.DataFrame:
-    """Validation events of a run: step, official loss, elapsed seconds, training tokens seen."""
+def read_curve(run_dir: str | Path, train: bool = False) -> pd.DataFrame:
+    """Validation events of a run (or with train=True its training steps): step, loss (official validation
+    loss, or the training batch's loss), elapsed seconds, training tokens seen."""
     run_dir = Path(run_dir)
     cfg = ledger.read_json(run_dir / "config.json")["config"]
     per_step = cfg["batch_size"] * cfg["grad_accum"] * cfg["block_size"]
-    ev = [e for e in ledger.read_log(run_dir / "log.jsonl") if e.get("event") == "validation_step"]
+    event = "training_step" if train else "validation_step"
+    ev = [e for e in ledger.read_log(run_dir / "log.jsonl") if e.get("event") == event]
     df = pd.DataFrame(ev, columns=["step", "loss", "elapsed_time"])
     df["tokens"] = df["step"] * per_step
     # running time: a stretch the process spent stopped before an evaluation is left out
@@ -183,7 +186,7 @@ def read_curve(run_dir: str | Path) -> pd.DataFrame:
     return df
 
 
-def _best_of_curve(run_dir: str | Path) -> tuple[float, int]:
+def best_of_curve(run_dir: str | Path) -> tuple[float, int]:
     c = read_curve(run_dir)
     i = c["loss"].idxmin()
     return float(c.loc[i, "loss"]), int(c.loc[i, "step"])
@@ -219,15 +222,25 @@ def ladder_frame(profile: str, results: pd.DataFrame) -> pd.DataFrame:
     return stages.merge(results, on="hash", how="left")
 
 
-def _gpu_small_points(profile: str, results: pd.DataFrame) -> pd.DataFrame:
-    """The finished runs of the GPU's small-model studies, each once (a reference point is recorded in two)."""
+def points_of(profile: str, results: pd.DataFrame, studies: list[str]) -> pd.DataFrame:
+    """The finished runs of several studies, each once (a reference point may be recorded in two)."""
     recs = read_studies(profile)
-    small = [study_frame(recs[k], results).assign(study=k) for k in ("gpu_small", "gpu_final", "gpu_seeds")
-             if k in recs]
-    if not small:
+    frames = [study_frame(recs[k], results).assign(study=k) for k in studies if k in recs]
+    if not frames:
         return pd.DataFrame()
-    pts = pd.concat(small, ignore_index=True)
+    pts = pd.concat(frames, ignore_index=True)
     return pts[pts["status"] == "finished"].drop_duplicates("hash")
+
+
+def read_tests(root: Path) -> pd.DataFrame:
+    """One row per saved test-set evaluation (<root>/test/*.json): hash, test set, official and full loss."""
+    rows = []
+    for path in sorted((root / "test").glob("*-test-*.json")):
+        d = ledger.read_json(path)
+        rows.append({"hash": d["hash"], "run": d["run"], "test_set": (d.get("test") or {}).get("test_set"),
+                     "official": d.get("official_loss"), "full": d.get("full_loss"),
+                     "coverage": d.get("official_coverage")})
+    return pd.DataFrame(rows, columns=["hash", "run", "test_set", "official", "full", "coverage"])
 
 
 # ----------------------------------------------------------------------------- notebook helpers

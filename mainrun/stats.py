@@ -1,0 +1,254 @@
+"""Statistics over study tables: generic operations that take studies (and their reference labels) as
+arguments and know no particular round of research.
+
+- `compare`: a study frame as a readable table against its first point;
+- `permutation_p` / `permutation_floor`: an exact test between seed groups, and its smallest possible p;
+- `study_effects`: every point of a one-change study against its reference (official or full-coverage
+  verdict); `deltas`: each change's mean minus the reference's;
+- `agreement`: do two studies of the same changes at two scales agree (signs, rank correlation)?
+  `truncation_agreement`: do a study's runs read part-way rank the changes as their ends do?
+- `choose_stack`: the changes that beat a reference by k seed standard deviations, stacked;
+- `relative_cost`: matmul FLOPs per token of one config against another;
+- `coverage_check`, `time_to_quality`, `curve_agreement`: checks on single runs.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import ledger
+from .evaluate import official_coverage
+from .formats import _nan, fmt_bpc, fmt_int, fmt_loss, fmt_time
+from .studies import by_point
+from .tables import read_curve
+
+
+# ----------------------------------------------------------------------------- one study
+def compare(frame: pd.DataFrame) -> pd.DataFrame:
+    """A study frame as a readable table: each point against the first (the reference).
+    Points without a finished run show their status instead of numbers."""
+    ok = frame.drop_duplicates(["label", "seed"])
+    loss = pd.to_numeric(ok["final_val_loss"], errors="coerce")
+    bpc = pd.to_numeric(ok["full_val_bpc"], errors="coerce")
+    ref, ref_bpc, first = loss.iloc[0], bpc.iloc[0], ok["label"].iloc[0]
+    vs = lambda xs, r: ["" if _nan(x) or _nan(r) else f"{x / r - 1:+.2%}" for x in xs]
+    return pd.DataFrame({
+        "point": ok["label"], "seed": ok["seed"], "status": ok["status"], "official loss": loss.map(fmt_loss),
+        f"vs {first}": vs(loss, ref), "full bits/char": ok["full_val_bpc"].map(fmt_bpc),
+        f"full vs {first}": vs(bpc, ref_bpc), "params": ok["n_params"].map(fmt_int),
+        "tokens/s": ok["tokens_per_s"].map(fmt_int), "wall time": ok["wall_time_s"].map(fmt_time),
+    }).reset_index(drop=True)
+
+
+def fold_seed_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """A point's extra training seeds, recorded under their own labels ("final-s1338"), under the point's label."""
+    return frame.assign(label=frame["label"].str.replace(r"-s\d+$", "", regex=True))
+
+
+def study_effects(name: str, frame: pd.DataFrame, ref_label: str | None, results: pd.DataFrame) -> list[dict]:
+    """Each point of one study frame against its reference point (mean over seeds where repeated)."""
+    rows = []
+    if ref_label is not None:  # the reference's extra seeds under their own labels ("final-s1338") are the reference
+        frame = frame.assign(label=frame["label"].str.replace(rf"^{re.escape(ref_label)}-s\d+$", ref_label, regex=True))
+    stats = by_point(frame)
+    if ref_label not in stats.index or len(stats) < 2:
+        return rows
+    ref = stats.loc[ref_label]
+    ok = frame[frame["status"] == "finished"]
+    full = pd.to_numeric(ok["full_val_loss"], errors="coerce").groupby(ok["label"], sort=False).mean()
+    cov = pd.to_numeric(ok["official_coverage"], errors="coerce").groupby(ok["label"], sort=False).mean()
+    ref_hashes = set(frame.loc[frame["label"] == ref_label, "hash"])
+    for label, s in stats.iterrows():
+        if label == ref_label or set(frame.loc[frame["label"] == label, "hash"]) <= ref_hashes:
+            continue  # the reference itself, reached under another label
+        delta = s["loss_mean"] / ref["loss_mean"] - 1
+        full_delta = full.get(label, math.nan) / full.get(ref_label, math.nan) - 1
+        moved = abs(cov.get(label, math.nan) - cov.get(ref_label, math.nan)) > SAME_COVERAGE
+        judged_on = ("official" if not moved else "full coverage" if not _nan(full_delta) else "none")
+        judged_delta = full_delta if judged_on == "full coverage" else delta
+        verdict = ("not judged" if judged_on == "none" else "no change" if abs(judged_delta) < NO_CHANGE
+                   else "helped" if judged_delta < 0 else "did not help")
+        devices = results.loc[results["hash"].isin(frame.loc[frame["label"] == label, "hash"]), "device"]
+        rows.append({"study": name, "change": label, "reference": ref_label, "loss": s["loss_mean"],
+                     "reference_loss": ref["loss_mean"], "delta": delta, "seeds": int(s["seeds"]),
+                     "verdict": verdict, "device": "/".join(sorted(set(devices.dropna()))) or None,
+                     "full_delta": full_delta, "coverage": cov.get(label, math.nan),
+                     "reference_coverage": cov.get(ref_label, math.nan), "judged_on": judged_on,
+                     "judged_delta": judged_delta})
+    return rows
+
+
+def deltas(frame: pd.DataFrame, changes: list[str], ref: str) -> tuple[dict[str, float], float, float]:
+    """({change: its mean official loss - the reference's}, reference mean, reference seed std) from a study
+    frame (columns label, status, final_val_loss; extra seeds under "<label>-s<seed>" count for their point);
+    changes without a finished run are left out."""
+    done = fold_seed_labels(frame[frame["status"] == "finished"]).groupby("label")["final_val_loss"]
+    if ref not in done.groups:
+        return {}, math.nan, math.nan
+    mean, sd = done.mean(), done.std()
+    return {k: float(mean[k] - mean[ref]) for k in changes if k in mean.index}, float(mean[ref]), float(sd[ref])
+
+
+def choose_stack(frame: pd.DataFrame, ref: str, k: float = 2.0, floor: float = 0.001,
+                 keep_out: frozenset[str] = frozenset()) -> tuple[dict[str, Any], list[tuple[str, float]], float]:
+    """Stack what beat a reference: the points of a one-change study frame whose mean loss is below the
+    reference's seed mean by more than max(k x its seed std, floor), best first, one value per knob (a later
+    point that sets a knob already set is left out, as is any point touching `keep_out`, e.g. shape knobs).
+    Returns (the stacked overrides, the members as (label, delta), the threshold); nothing is stacked where
+    the reference has no finished run."""
+    d, mean, sd = deltas(frame, [lb for lb in dict.fromkeys(frame["label"]) if lb != ref], ref)
+    if math.isnan(mean):
+        return {}, [], math.nan
+    threshold = max(k * (0.0 if math.isnan(sd) else sd), floor)
+    over = {r.label: {kk: vv for kk, vv in r.overrides.items() if kk != "train_seed"}
+            for r in fold_seed_labels(frame).itertuples()}
+    stack: dict[str, Any] = {}
+    members = []
+    for label, delta in sorted(d.items(), key=lambda x: x[1]):
+        if delta >= -threshold or set(over[label]) & (set(stack) | keep_out):
+            continue
+        stack.update(over[label])
+        members.append((label, delta))
+    return stack, members, threshold
+
+
+# ----------------------------------------------------------------------------- seeds
+def permutation_p(a: list[float], b: list[float]) -> float | None:
+    """Exact two-sided permutation test on the difference of means (no normality assumed).
+
+    With 3 seeds a side the smallest possible p is 0.1: a few seeds cannot show significance."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    pooled, n = list(a) + list(b), len(a)
+    obs = abs(sum(a) / n - sum(b) / len(b))
+    hits = total = 0
+    for idx in itertools.combinations(range(len(pooled)), n):
+        xa = [pooled[i] for i in idx]
+        xb = [pooled[i] for i in range(len(pooled)) if i not in idx]
+        hits += abs(sum(xa) / n - sum(xb) / len(xb)) >= obs - 1e-12
+        total += 1
+    return hits / total
+
+
+def permutation_floor(n_a: int, n_b: int) -> float | None:
+    """The smallest p `permutation_p` can give for n_a against n_b seeds: its p where the two groups do not
+    overlap at all (2/20 = 0.10 for 3 against 3, 1/35 for 4 against 3, where the mirror split is less extreme)."""
+    return permutation_p([i * 1e-6 for i in range(n_a)], [1.0 + i * 1e-6 for i in range(n_b)])
+
+
+NO_CHANGE = 0.001  # |relative change| below 0.1% of the loss is reported as no change
+SAME_COVERAGE = 0.001  # official coverages closer than this count as the same scored text
+
+
+# ----------------------------------------------------------------------------- two scales
+def agreement(full: pd.DataFrame, quick: pd.DataFrame, changes: list[str], ref: str) -> tuple[pd.DataFrame, dict]:
+    """One row per change measured at both scales (delta at each, whether the signs agree, whether the full
+    delta is outside twice the full reference's seed spread), and the summary: pairs, sign agreement,
+    Spearman rank correlation. `full` and `quick` are two study frames that made the same `changes` against
+    the same reference label `ref` at two scales (the reference's seeds give each scale's spread)."""
+    d_full, m_full, sd_full = deltas(full, changes, ref)
+    d_quick, m_quick, sd_quick = deltas(quick, changes, ref)
+    rows = [{"change": k, "full": d_full[k], "quick": d_quick[k], "same_sign": (d_full[k] > 0) == (d_quick[k] > 0),
+             "full_clear": abs(d_full[k]) > 2 * sd_full}
+            for k in changes if k in d_full and k in d_quick]
+    table = pd.DataFrame(rows)
+    summary = {"pairs": len(table), "full_reference": m_full, "full_seed_sd": sd_full,
+               "quick_reference": m_quick, "quick_seed_sd": sd_quick}
+    if len(table):
+        clear = table[table["full_clear"]]
+        summary.update(sign_agreement=float(table["same_sign"].mean()),
+                       clear_pairs=len(clear), clear_sign_agreement=float(clear["same_sign"].mean()) if len(clear) else math.nan,
+                       spearman=float(table["full"].rank().corr(table["quick"].rank())))
+    return table, summary
+
+
+def truncation_agreement(screen: pd.DataFrame, curves: dict[str, pd.DataFrame], ref: str,
+                         skip: tuple[str, ...] = ()) -> tuple[pd.DataFrame, dict]:
+    """Would stopping early rank the changes as the finished runs do? For each evaluation epoch of a one-change
+    study frame (curves: {hash: tables.read_curve frame with its run's `epochs`, `max_steps` and
+    `evals_per_epoch`}; `skip`: labels that are not one change, or move the metric's coverage), every one-change point's validation loss minus the reference's mean at that epoch, set
+    against its final delta: sign agreement (all pairs and the final-clear ones) and Spearman correlation.
+    The reference's seed spread is read at the end, as for the final verdicts. The summary carries the deltas
+    (epoch x change) and which final deltas are beyond twice that spread."""
+    ok = screen[(screen["status"] == "finished") & ~screen["label"].isin(skip)]
+    rows = []
+    for r in ok.itertuples():
+        c = curves.get(r.hash)
+        if c is None or c.empty:
+            continue
+        for step, loss, epochs, max_steps, per in zip(c["step"], c["loss"], c["epochs"], c["max_steps"],
+                                                     c["evals_per_epoch"]):
+            if step > 1:  # the step-1 reading is the untrained model; the others sit at multiples of 1/per epoch
+                rows.append({"label": r.label, "hash": r.hash, "epoch": round(step * epochs / max_steps * per) / per,
+                             "loss": loss})
+    if not rows:
+        return pd.DataFrame(), {}
+    long = pd.DataFrame(rows)
+    mean = long.groupby(["epoch", "label"])["loss"].mean().unstack("label")
+    if ref not in mean.columns:
+        return pd.DataFrame(), {}
+    delta = mean.sub(mean[ref], axis=0).drop(columns=ref)
+    end = delta.index.max()
+    final = delta.loc[end]
+    ref_end = long[(long["label"] == ref) & (long["epoch"] == end)]["loss"]
+    sd = float(ref_end.std())
+    clear = final.abs() > 2 * sd
+    out = []
+    for epoch, d in delta.iterrows():
+        both = d.notna() & final.notna()
+        same = (d[both] > 0) == (final[both] > 0)
+        out.append({"epoch": epoch, "fraction": epoch / end, "pairs": int(both.sum()),
+                    "sign_agreement": float(same.mean()),
+                    "clear_sign_agreement": float(same[clear[both]].mean()) if clear[both].any() else math.nan,
+                    "spearman": float(d[both].rank().corr(final[both].rank()))})
+    return pd.DataFrame(out), {"final_seed_sd": sd, "clear_pairs": int(clear.sum()), "pairs": int(final.notna().sum()),
+                               "deltas": delta, "clear": clear}
+
+
+# ----------------------------------------------------------------------------- single runs
+def relative_cost(cfg, ref) -> float:
+    """Matmul FLOPs per token of `cfg` over `ref`'s (two Configs): ensemble x (n_layer x (4 + 2 mlp_mult) x
+    d_model^2 + d_model x vocab_size), the attention projections, the MLP and the head; attention's own
+    T x d_model per layer is left out (about a tenth at d_model 192, block 128)."""
+    def flops(c) -> float:
+        return c.ensemble * (c.n_layer * (4 + 2 * c.mlp_mult) * c.d_model ** 2 + c.d_model * c.vocab_size)
+    return flops(cfg) / flops(ref)
+
+
+def coverage_check(ladder: pd.DataFrame) -> pd.DataFrame:
+    """Step-1 check of the metric's normalisation: an untrained model (logits ~ 0) predicts
+    nearly uniformly, so its official loss should be ln(V) x scored tokens / validation chars."""
+    rows = []
+    for _, st in ladder.dropna(subset=["dir"]).iterrows():
+        events = ledger.read_log(Path(st["dir"]) / "log.jsonl")
+        info = next((e for e in events if e.get("event") == "dataset_info"), None)
+        first = next((e for e in events if e.get("event") == "validation_step"), None)
+        if info is None or first is None:
+            continue
+        scored, frac = official_coverage(info["val_tokens"])
+        expected = math.log(info["vocab_size"]) * scored / info["val_chars"]
+        rows.append({"stage": st["stage"], "vocab": info["vocab_size"], "coverage": frac,
+                     "step1_loss": first["loss"], "uniform_loss": expected, "ratio": first["loss"] / expected})
+    return pd.DataFrame(rows, columns=["stage", "vocab", "coverage", "step1_loss", "uniform_loss", "ratio"])
+
+
+def time_to_quality(final_dir: str | Path, target: float) -> float | None:
+    """Seconds until a run's validation loss first reaches `target` (None if it never does)."""
+    c = read_curve(final_dir)
+    hit = c[c["loss"] <= target]
+    return float(hit["elapsed_time"].iloc[0]) if len(hit) else None
+
+
+def curve_agreement(dir_a: str | Path, dir_b: str | Path) -> dict[str, Any] | None:
+    """Largest |difference| of two runs' validation losses over the evaluations both logged."""
+    a, b = read_curve(dir_a).set_index("step")["loss"], read_curve(dir_b).set_index("step")["loss"]
+    common = a.index.intersection(b.index)
+    if len(common) == 0:
+        return None
+    diff = (a[common] - b[common]).abs()
+    return {"evaluations": int(len(common)), "last_step": int(common.max()), "max_abs_diff": float(diff.max())}
