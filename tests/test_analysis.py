@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from mainrun import analysis, ledger, sweep
+from mainrun import analysis, ledger, sweep, tables
+from mainrun.formats import fmt_time
 from mainrun.config import make_config
 
 
@@ -92,7 +93,8 @@ def test_gpu_section_tables_and_figure(two_devices):
 
 
 def test_no_gpu_runs_say_so(isolated):
-    assert analysis.gpu_section("quick", analysis.load_results("quick"), isolated) == \
+    from mainrun.report_inputs import gpu_section, read_study_roles
+    assert gpu_section("quick", analysis.load_results("quick"), isolated, None, read_study_roles()) == \
         "No run of this profile trained on a GPU.\n"
 
 
@@ -117,10 +119,10 @@ def test_a_paused_run_shows_its_running_time(two_devices):
     summary.update(wall_time_s=t, train_time_s=1000.0 + 3600.0, tokens_per_s=100.0)
     (d / "summary.json").write_text(json.dumps(summary))
 
-    p = analysis.pauses(d).set_index("step")
+    p = tables.pauses(d).set_index("step")
     assert p.loc[50, "wall_s"] == pytest.approx(3600.0) and p.loc[50, "train_s"] == pytest.approx(3600.0)
     assert p.loc[60, "wall_s"] == pytest.approx(7200.0) and p.loc[60, "train_s"] == 0.0   # inside an evaluation
-    assert analysis.paused_time(d) == pytest.approx(10800.0)
+    assert tables.paused_time(d) == pytest.approx(10800.0)
     row = analysis.load_results("full").set_index("hash").loc["p0"]
     assert row["wall_time_s"] == pytest.approx(1000.0 + 5 * 30.0) and row["wall_time_raw_s"] == pytest.approx(t)
     assert row["tokens_per_s"] == pytest.approx(100.0 * 4600.0 / 1000.0)      # only the training-time pause
@@ -128,11 +130,11 @@ def test_a_paused_run_shows_its_running_time(two_devices):
     assert curve[40] == pytest.approx(400.0 + 30.0 + 3600.0 - 3600.0) and curve[80] == pytest.approx(800.0 + 90.0)
     notes = analysis.metric_notes({**summary, "hash": "p0", "official_coverage": 0.95, "full_val_loss": 1.2,
                                    "val_tokens": 10, "val_chars": 40}, "full").set_index("quantity")
-    assert notes.loc["wall time", "value"] == analysis.fmt_time(1150.0) and "paused" in notes.loc["wall time", "meaning"]
+    assert notes.loc["wall time", "value"] == fmt_time(1150.0) and "paused" in notes.loc["wall time", "meaning"]
     n = analysis.write_report_inputs("full")
     assert n["final"]["run"] == "full-final"          # the ladder's final; the paused run is only a row
     setup = (analysis.analysis_dir("full") / "setup.md").read_text()
-    assert "Paused runs" in setup and f"`full-paused` {analysis.fmt_time(10800.0)} (logged wall time" in setup
+    assert "Paused runs" in setup and f"`full-paused` {fmt_time(10800.0)} (logged wall time" in setup
 
 
 def test_slow_steps_under_the_gap_are_not_pauses(tmp_path):
@@ -141,7 +143,7 @@ def test_slow_steps_under_the_gap_are_not_pauses(tmp_path):
     t = [10.0 * i + (500.0 if i >= 50 else 0.0) for i in range(100)]      # one 510 s step: contention
     (d / "log.jsonl").write_text("\n".join(json.dumps({"event": "training_step", "step": i + 1, "elapsed_time": x,
                                                         "timestamp": x}) for i, x in enumerate(t)) + "\n")
-    assert analysis.pauses(d).empty and analysis.paused_time(d) == 0.0
+    assert tables.pauses(d).empty and tables.paused_time(d) == 0.0
 
 
 def age(path: Path, seconds: int = 60) -> None:
@@ -239,11 +241,13 @@ def test_a_tokenizer_change_is_judged_on_full_coverage(isolated):
     ledger.atomic_write_json(root / "studies" / "quick" / "x.json", {"study": "x", "profile": "quick", "specs": [],
         "rows": [{"label": lab, "axis": None, "value": None, "seed": 1337, "hash": h, "overrides": ov}
                  for h, (lab, ov, *_ ) in runs.items()]})
-    found = analysis.findings("quick", analysis.load_results("quick")).set_index("change")
+    from mainrun.report_tables import findings
+    found = findings(analysis.read_studies("quick"), analysis.load_results("quick"), {}).set_index("change")
     assert found.loc["unigram", "delta"] < -0.05 and found.loc["unigram", "full_delta"] > 0
     assert found.loc["unigram", "verdict"] == "did not help" and found.loc["unigram", "judged_on"] == "full coverage"
     assert found.loc["rdrop", "verdict"] == "helped" and found.loc["rdrop", "judged_on"] == "official"
-    md = analysis._findings_md(found.reset_index().assign(noise=None))
+    from mainrun.report_text import findings_md
+    md = findings_md(found.reset_index().assign(noise=None))
     line = next(l for l in md.splitlines() if l.startswith("| unigram |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[4] == "-5.93%" and cells[5] == "+0.55%"
@@ -266,7 +270,8 @@ def test_proxy_ranking_against_full_scale(two_devices):
     row = lambda label, h: {"label": label, "axis": None, "value": None, "seed": 1337, "hash": h, "overrides": {}}
     ledger.atomic_write_json(root / "studies" / "full" / "gpu_ladder.json", {
         "study": "gpu_ladder", "profile": "full", "specs": [], "rows": [row("baseline", "g0"), row("epic1", "g2")]})
-    held = analysis.proxy_vs_full("full", analysis.load_results("full")).set_index("change")
+    from mainrun.report_inputs import proxy_vs_full
+    held = proxy_vs_full("full", analysis.load_results("full")).set_index("change")
     assert held.loc["epic1 (rung)", "proxy"] == pytest.approx(-0.10)
     assert held.loc["epic1 (rung)", "full"] == pytest.approx(1.90 / 1.73 - 1) and not held.loc["epic1 (rung)", "holds"]
     analysis.write_report_inputs("full")

@@ -2,7 +2,8 @@
 import pytest
 
 from mainrun import sweep
-from mainrun.analysis import md_table, permutation_p
+from mainrun.formats import md_table
+from mainrun.stats import permutation_p
 from mainrun.report import CITE_REF, expand_includes
 
 
@@ -51,7 +52,7 @@ def test_permutation_p_is_exact():
 
 
 def test_permutation_floor_is_the_p_of_two_groups_that_do_not_overlap():
-    from mainrun.verdicts import permutation_floor
+    from mainrun.stats import permutation_floor
     assert permutation_floor(3, 3) == pytest.approx(0.1)
     assert permutation_floor(4, 3) == pytest.approx(1 / 35) == permutation_floor(3, 4)
     assert permutation_floor(2, 3) == pytest.approx(0.1) and permutation_floor(1, 3) is None   # 1 of 10 splits

@@ -1,12 +1,14 @@
-"""The issue-14 report pieces on synthetic frames: the proxy agreement, the seed table, the test-set table, and
-how the GPU screen's seeds fold into one reference. Pure pandas: no runs, no data."""
+"""The generic study operations and report tables on synthetic studies (agreement between two scales, seed
+and test-set tables, truncation, stacking, effects against a reference), and the same functions over the
+committed ledger checked against its runs' own summaries. Pure pandas: no training, no data."""
+import json
 import math
 
 import pandas as pd
 import pytest
 
-from mainrun import past_final, proxy
-from mainrun.verdicts import _study_findings, fold_seed_labels
+from mainrun import report_tables as rt
+from mainrun.stats import agreement, choose_stack, fold_seed_labels, study_effects, truncation_agreement
 
 
 def frame(rows):
@@ -22,9 +24,10 @@ def test_agreement_counts_signs_and_ranks():
     # proxy: relu2 and drop0.1 agree, wd0.2 and zero_proj flip, attn0 agrees
     quick = frame([("final", 1.30, "q0"), ("final-s1338", 1.31, "q1"), ("relu2", 1.29, "q2"), ("wd0.2", 1.28, "q3"),
                    ("drop0.1", 1.33, "q4"), ("zero_proj", 1.30, "q5"), ("attn0", 1.306, "q6")])
-    table, s = proxy.agreement(fold_seed_labels(pd.concat([seeds, full], ignore_index=True)), quick)
+    changes = ["relu2", "wd0.2", "drop0.1", "zero_proj", "attn0", "never_run"]
+    table, s = agreement(fold_seed_labels(pd.concat([seeds, full], ignore_index=True)), quick, changes, "final")
     t = table.set_index("change")
-    assert list(t.index) == [k for k in proxy.PROXY_CHANGES if k in t.index] and len(t) == 5
+    assert list(t.index) == changes[:5]                             # in the given order; unmeasured left out
     assert t.loc["attn0", "full"] == pytest.approx(0.0030)          # the three attn0 seeds' mean, not seed 1337's
     assert t.loc["relu2", "quick"] == pytest.approx(-0.015)
     assert t["same_sign"].tolist() == [True, False, True, False, True]
@@ -39,11 +42,12 @@ def test_agreement_counts_signs_and_ranks():
 def test_seed_table_sets_each_candidate_against_the_final_preset():
     screen = frame([("final", 1.1240, "f1"), ("final", 1.1250, "f2"), ("final", 1.1230, "f3"),
                     ("stack", 1.1180, "s1"), ("stack", 1.1190, "s2"), ("stack", 1.1185, "s3")])
-    table, info = past_final.seed_table(screen, base_loss=1.7304)
-    assert table["candidate"].tolist() == ["final", "stack"]
+    md, info = rt.seed_table(screen, "final", ["final", "attn0", "stack"], base_loss=1.7304)
+    assert list(info) == ["final", "stack"]                          # attn0 was not run: no row
     assert info["stack"]["delta"] == pytest.approx(-0.0055)
     assert info["stack"]["p"] == pytest.approx(0.1)                 # every stack seed below every final seed
-    assert table.set_index("candidate").loc["stack", "ratio"] == f"{1.1185 / 1.7304:.3f}"
+    stack_row = next(line for line in md.splitlines() if line.startswith("| stack |"))
+    assert f"| {1.1185 / 1.7304:.3f} |" in stack_row and "| -0.0055 |" in stack_row
 
 
 def test_test_table_ratios_use_the_baseline_on_the_same_text():
@@ -55,7 +59,7 @@ def test_test_table_ratios_use_the_baseline_on_the_same_text():
         {"hash": "f2", "test_set": "random", "official": 1.19, "full": 1.22},
         {"hash": "f1", "test_set": "late", "official": 1.05, "full": 1.10}])   # f2 has no late reading
     base = pd.Series({"hash": "b", "final_val_loss": 1.7})
-    t = past_final.test_table(results, tests, base, {"baseline": ["b"], "final": ["f1", "f2"]}).set_index("candidate")
+    t = rt.test_table(results, tests, base, {"baseline": ["b"], "final": ["f1", "f2"]}).set_index("candidate")
     assert t.loc["final", "val ratio"] == f"{1.13 / 1.7:.3f}"
     assert t.loc["final", "random ratio"] == f"{1.18 / 1.80:.3f}"
     assert t.loc["final", "random ratio, full coverage"] == f"{1.21 / 1.90:.3f}"
@@ -66,7 +70,7 @@ def test_reference_seeds_under_their_own_labels_are_the_reference():
     f = frame([("final", 1.30, "a"), ("final-s1338", 1.32, "b"), ("relu2", 1.28, "c")]).assign(
         full_val_loss=math.nan, official_coverage=0.9)
     results = pd.DataFrame({"hash": ["a", "b", "c"], "device": ["cpu"] * 3})
-    rows = _study_findings("x", f, "final", results)
+    rows = study_effects("x", f, "final", results)
     assert [r["change"] for r in rows] == ["relu2"]
     assert rows[0]["reference_loss"] == pytest.approx(1.31) and rows[0]["seeds"] == 1
 
@@ -100,7 +104,7 @@ def test_seeds_section_with_one_final2_seed_gives_no_p(tmp_path):
 def test_cpu_seeds_of_one_point_are_one_test_row():
     name = "full-14_final2-final2"
     runs = pd.DataFrame({"run": [name, f"{name}-seed1338", "full-final", f"{name}-seed1339"], "hash": list("abcd")})
-    assert past_final.cpu_groups(runs) == {f"{name} (CPU)": ["a", "b", "d"], "full-final (CPU)": ["c"]}
+    assert rt.cpu_groups(runs) == {f"{name} (CPU)": ["a", "b", "d"], "full-final (CPU)": ["c"]}
 
 
 def test_truncation_agreement_reads_each_point_at_each_epoch():
@@ -116,7 +120,7 @@ def test_truncation_agreement_reads_each_point_at_each_epoch():
               "lowlr": curve([1.9, 1.5, 1.25, 1.120], max_steps=80),      # leads mid-run, worse at the end
               "wide": curve([1.95, 1.55, 1.28, 1.090])}                  # better throughout
     curves = {"l": curves.pop("lowlr"), "w": curves.pop("wide"), **curves, "v": curve([0.1, 0.1, 0.1, 0.1])}
-    t, s = proxy.truncation_agreement(screen, curves)
+    t, s = truncation_agreement(screen, curves, "final", ("v3k",))
     assert t["epoch"].tolist() == [0.5, 1.0, 1.5, 2.0] and t["pairs"].tolist() == [2] * 4   # v3k is left out
     assert t["sign_agreement"].tolist() == [0.5, 0.5, 0.5, 1.0]
     assert s["deltas"].loc[2.0, "lowlr"] == pytest.approx(0.018) and s["deltas"].loc[0.5, "wide"] == pytest.approx(-0.05)
@@ -125,7 +129,7 @@ def test_truncation_agreement_reads_each_point_at_each_epoch():
 
 
 def test_summary_gives_the_last_rungs_seeds_and_their_wall_times():
-    from mainrun.fragments import _summary_md
+    from mainrun.report_text import summary_md as _summary_md
     from mainrun.report_inputs import _stage_seeds
     seeds = frame([("final (full scale)", 1.1234, "f1"), ("final2 (full scale)", 1.1201, "g1"),
                    ("final2 (full scale)", 1.1195, "g2"), ("final2 (full scale)", 1.1205, "g3")])
@@ -180,12 +184,10 @@ def test_seeds_section_sets_each_later_rung_against_the_one_before(tmp_path):
 
 def summaries(study):
     """{label: official loss} of a committed study, read straight from its runs' summary.json files."""
-    import json
-    root = COMMITTED
-    rec = json.loads((root / "studies" / "full" / f"{study}.json").read_text())
+    rec = json.loads((COMMITTED / "studies" / "full" / f"{study}.json").read_text())
     out = {}
     for r in rec["rows"]:
-        run, = (root / "runs").glob(f"*-{r['hash']}")
+        run, = (COMMITTED / "runs").glob(f"*-{r['hash']}")
         out[r["label"]] = json.loads((run / "summary.json").read_text())["final_val_loss"]
     return out
 
@@ -193,56 +195,84 @@ def summaries(study):
 COMMITTED = __import__("pathlib").Path(__file__).resolve().parents[1] / "results"
 
 
-def test_later_rounds_recompute_from_the_committed_runs(monkeypatch):
-    from mainrun.results import load_results
-    monkeypatch.setenv("MAINRUN_RESULTS", str(COMMITTED))     # read only
-    s2, st, s3 = summaries("gpu14_screen2"), summaries("gpu14_stack2"), summaries("gpu14_screen3")
-    md, n = past_final.later_rounds_md("full", load_results("full"), 1.7304)
-    ref = [s2[k] for k in ("final2", "final2-s1338", "final2-s1339")]
-    stack = [st[k] for k in ("stack", "stack-s1338", "stack-s1339")]
-    assert n["final2_mean"] == pytest.approx(sum(ref) / 3) and n["stack_mean"] == pytest.approx(sum(stack) / 3)
-    assert n["minus"]["ema0.99"] == pytest.approx(st["stack-minus-ema0.99"] - sum(stack) / 3)
-    assert n["members"] == {k: v for k, v in proxy.STACK2.items()}          # what was stacked is preset final3
-    best = min((v - sum(stack) / 3, k) for k, v in s3.items() if not k.startswith("stack"))
-    assert n["third"]["best"] == (best[1], pytest.approx(best[0]))
-    assert "{#tbl-stack2}" in md and f"{n['delta']:+.4f}" in md
+@pytest.fixture
+def committed(monkeypatch):
+    """The committed ledger, read only, and the report's study roles (report/studies.yml)."""
+    from mainrun.report_inputs import read_study_roles
+    from mainrun.tables import load_results, read_studies
+    monkeypatch.setenv("MAINRUN_RESULTS", str(COMMITTED))
+    return read_studies("full"), load_results("full"), read_study_roles()
 
 
-def test_full_data_mirror_joins_the_agreement_table(monkeypatch):
-    from mainrun.results import load_results
-    monkeypatch.setenv("MAINRUN_RESULTS", str(COMMITTED))     # read only
-    from mainrun.verdicts import screen_frame
-    r = load_results("full")
-    md = past_final.agreement_md("full", screen_frame("full", r), "quick", load_results("quick"), r)
-    header = next(line for line in md.splitlines() if line.startswith("| change"))
-    assert "full data, small model (GPU)" in header and "same sign (full data)" in header
-    # recomputed here from the committed summaries: the mirror's deltas against its reference's seed mean
-    mirror = summaries("gpu14_mirror")
-    ref = (mirror["final"] + mirror["final-s1338"]) / 2
-    relu2 = next(line for line in md.splitlines() if line.startswith("| relu2 "))
-    assert f"{mirror['relu2'] - ref:+.4f}" in relu2
-    assert "signs agree for 60% of 15 pairs (75% of the 12 clear ones), Spearman 0.56" in md
+def test_every_study_the_roles_name_is_in_the_ledger(committed):
+    """report/studies.yml names only recorded studies (a typo there would silently drop a table)."""
+    from mainrun.tables import read_studies
+    recs, _, roles = committed
+    named = set(roles["gpu"]["studies"]) - {"gpu_lr", "gpu_large"}       # listed for ledgers that hold them
+    named |= {s for sc in roles["screens"] for s in sc["studies"]} | {roles["stack"]["study"]}
+    named |= {b["study"] for b in roles["by_cost"]} | {roles["proxy_vs_full"]["study"]}
+    assert named <= set(recs), sorted(named - set(recs))
+    assert {px["study"] for px in roles["agreement"]["proxies"]} <= set(recs) | set(read_studies("quick"))
 
 
-def test_fifth_screen_recomputes_from_the_committed_runs(monkeypatch):
-    from mainrun.results import load_results, read_studies
-    monkeypatch.setenv("MAINRUN_RESULTS", str(COMMITTED))     # read only
-    s4, s5 = summaries("gpu14_screen4"), summaries("gpu14_screen5")
-    _, n = past_final.later_rounds_md("full", load_results("full"), 1.7304)
-    fifth = n["fifth"]
-    # final4's seeds are the fourth screen's wd-h2-b1 runs (the same hashes), read again under final4's labels
-    ref = [s4[k] for k in ("wd-h2-b1", "wd-h2-b1-s1338", "wd-h2-b1-s1339")]
-    assert [s5[k] for k in ("final4", "final4-s1338", "final4-s1339")] == ref
-    assert fifth["final4_mean"] == pytest.approx(sum(ref) / 3)
-    ens3 = [s5[k] for k in ("ens3", "ens3-s1338", "ens3-s1339")]
-    p = fifth["points"]
-    assert p["ens3"]["seeds"] == 3 and p["ens3"]["mean"] == pytest.approx(sum(ens3) / 3)
-    assert p["ens3"]["cost"] == pytest.approx(3.0) and p["ens2"]["cost"] == pytest.approx(2.0)
-    assert 1.1 < p["ens2-d144"]["cost"] < 1.3 and p["drop0.03"]["cost"] == pytest.approx(1.0)
-    assert p["stack5"]["delta"] == pytest.approx(sum(s5[k] for k in ("stack5", "stack5-s1338", "stack5-s1339")) / 3
-                                                 - sum(ref) / 3)
-    md, _ = past_final.fifth_screen_md(read_studies("full")["gpu14_screen5"], load_results("full"), 1.7304)
-    assert "{#tbl-screen5}" in md and f"{p['ens3']['mean']:.4f}" in md
+def test_the_stack_recomputes_from_its_runs(committed):
+    recs, results, roles = committed
+    spec = roles["stack"]
+    md, n = rt.stack_table(recs, results, spec, 1.7304)
+    ref, st = summaries(spec["reference"]["study"]), summaries(spec["study"])
+    r = [v for k, v in ref.items() if fold_seed_labels(pd.DataFrame({"label": [k]}))["label"][0] == spec["reference"]["label"]]
+    k = [v for kk, v in st.items() if kk == spec["label"] or kk.startswith(spec["label"] + "-s")]
+    assert n["reference_mean"] == pytest.approx(sum(r) / len(r)) and n["mean"] == pytest.approx(sum(k) / len(k))
+    minus = {kk.removeprefix(spec["label"] + "-minus-"): v - sum(k) / len(k) for kk, v in st.items()
+             if kk.startswith(spec["label"] + "-minus-")}
+    assert n["minus"] == pytest.approx(minus) and len(minus) > 0
+
+
+def test_points_by_cost_recompute_from_their_runs(committed):
+    recs, results, roles = committed
+    for bc in roles["by_cost"]:
+        s = summaries(bc["study"])
+        md, n = rt.by_cost(recs[bc["study"]], results, 1.7304, bc["reference"])
+        ref = [v for kk, v in s.items() if kk == bc["reference"] or kk.startswith(bc["reference"] + "-s")]
+        assert n["points"][bc["reference"]]["mean"] == pytest.approx(sum(ref) / len(ref))
+        for label, p in n["points"].items():
+            seeds = [v for kk, v in s.items() if kk == label or (kk.startswith(label + "-s") and kk[len(label) + 2:].isdigit())]
+            assert p["mean"] == pytest.approx(sum(seeds) / len(seeds)), label
+            assert p["cost"] > 0
+
+
+def test_a_proxy_agreement_recomputes_from_its_runs(committed):
+    """The full-data mirror's deltas are its points against its own reference's seed mean."""
+    from mainrun.tables import read_studies, study_frame
+    recs, results, roles = committed
+    ag = roles["agreement"]
+    sc = next(s for s in roles["screens"] if s["name"] == ag["screen"])
+    full = rt.screen_frame(recs, results, sc["studies"], sc.get("leave_out_prefix"))
+    mirror = next(px for px in ag["proxies"] if px["profile"] == "full")
+    md, n = rt.agreement_table(full, {"m": study_frame(read_studies("full")[mirror["study"]], results)}, ag["reference"])
+    s = summaries(mirror["study"])
+    ref = [v for kk, v in s.items() if kk == ag["reference"] or kk.startswith(ag["reference"] + "-s")]
+    some = next(kk for kk in s if kk != ag["reference"] and not kk.startswith(ag["reference"] + "-s"))
+    line = next(line for line in md.splitlines() if line.startswith(f"| {some} "))
+    assert f"{s[some] - sum(ref) / len(ref):+.4f}" in line
+    assert 0 <= n["m"]["sign_agreement"] <= 1 and n["m"]["pairs"] >= 10
+
+
+def test_choose_stack_takes_clear_wins_one_value_per_knob():
+    """What beat the reference's seed mean by more than 2 std (at least 0.001), best first, one value a knob."""
+    rows = [("final2", 1.1186, {}), ("final2-s1338", 1.1183, {"train_seed": 1338}),
+            ("final2-s1339", 1.1188, {"train_seed": 1339}),   # sd 0.00025: threshold 0.001
+            ("value_embed", 1.1150, {"value_embed": True}), ("unet", 1.1170, {"unet": True}),
+            ("drop0", 1.1160, {"dropout": 0.0}), ("drop0.03", 1.1155, {"dropout": 0.03}),
+            ("tied", 1.1180, {"tie_embeddings": True}), ("ns3", 1.1250, {"muon_ns_steps": 3}),
+            ("L6", 1.1100, {"n_layer": 6})]
+    f = pd.DataFrame([{"label": l, "status": "finished", "final_val_loss": x, "overrides": ov} for l, x, ov in rows])
+    stack, members, threshold = choose_stack(f, "final2", keep_out=frozenset({"n_layer"}))
+    assert threshold == pytest.approx(0.001)
+    assert [m[0] for m in members] == ["value_embed", "drop0.03", "unet"]   # drop0 loses to drop0.03; L6 kept out
+    assert stack == {"value_embed": True, "dropout": 0.03, "unet": True}     # tied (-0.0006) is within the noise
+    assert choose_stack(f[f["label"] != "final2"].assign(label=lambda d: d["label"].str.replace("final2-s", "x-s")),
+                        "final2")[0] == {}                                   # no reference: nothing stacked
 
 
 def test_run_numbers_keep_the_parameter_count_an_integer_beside_an_unfinished_run():
