@@ -176,11 +176,26 @@ def add_sweep_command(sub) -> None:
         spec = yaml.safe_load(Path(args.spec).read_text())   # YAML, or JSON (a subset of YAML)
         if not isinstance(spec, dict):
             raise ValueError(f"{args.spec}: a sweep spec is a mapping (base, points, axes, grid, seeds; or search)")
+        # a record (records/<round>/<study>.yaml) may name its profile and list the specs of several calls
+        named = spec.pop("profile", None)
+        if named is not None and named not in PROFILES:
+            raise ValueError(f"{args.spec}: profile {named!r} is not accepted; choose one of: {', '.join(PROFILES)}")
+        if named and args.profile and named != args.profile:
+            raise ValueError(f"{args.spec} names profile {named!r}; --profile {args.profile} would ask for other runs "
+                             f"(leave --profile out, or pass --profile {named})")
+        args.profile = args.profile or named or "quick"
+        args.study = args.study or Path(args.spec).stem
+        calls = [spec]
+        if "specs" in spec:
+            calls = spec.pop("specs")
+            if spec or not isinstance(calls, list) or not calls or not all(isinstance(c, dict) for c in calls):
+                raise ValueError(f"{args.spec}: 'specs' is a non-empty list of sweep specs, beside 'profile' only "
+                                 f"(other keys: {', '.join(spec) or 'none'})")
         t0 = time.time()
-        df = run_sweep(spec, args.profile, args.study, progress=not args.quiet, force=args.force,
-                       cluster=args.scheduler or args.workers or (1 if args.runs_per_gpu else None),
-                       threads_per_run=args.threads_per_run,
-                       runs_per_gpu=args.runs_per_gpu)
+        df = pd.concat([run_sweep(call, args.profile, args.study, progress=not args.quiet, force=args.force,
+                                  cluster=args.scheduler or args.workers or (1 if args.runs_per_gpu else None),
+                                  threads_per_run=args.threads_per_run, runs_per_gpu=args.runs_per_gpu)
+                        for call in calls], ignore_index=True)
         cols = [c for c in ("label", "seed", "hash", "status", "final_val_loss", "full_val_bpc", "wall_time_s")
                 if c in df.columns]
         with pd.option_context("display.width", 200):
@@ -191,9 +206,12 @@ def add_sweep_command(sub) -> None:
 
     s = sub.add_parser("sweep", help="run a sweep or search spec (YAML/JSON) here or on a Dask cluster")
     s.add_argument("spec", help="YAML or JSON file: a sweep spec (base, points, axes, grid, seeds) or a search "
-                                "spec (search, base); see README, Scale out")
-    s.add_argument("--profile", default="quick", choices=list(PROFILES))
-    s.add_argument("--study", required=True, help="study name: results/studies/<profile>/<study>.json")
+                                "spec (search, base); see README, Scale out. A record (records/) may add "
+                                "'profile' and list several calls' specs under 'specs'")
+    s.add_argument("--profile", default=None, choices=list(PROFILES),
+                   help="default: the spec's 'profile', else quick")
+    s.add_argument("--study", default=None,
+                   help="study name: results/studies/<profile>/<study>.json (default: the spec file's stem)")
     where = s.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=None,
                        help="a local Dask cluster of N worker processes (neither option: sequential, in-process)")

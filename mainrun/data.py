@@ -241,16 +241,27 @@ def join_titles(titles: list[str]) -> str:
     return EOS.join(titles) + EOS
 
 
+def _fingerprint(cfg: Config, train_titles: list[str], val_titles: list[str]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"tokenizer": f"bytelevel-{cfg.tokenizer}", "vocab_size": cfg.vocab_size, "n_train": len(train_titles)}).encode())
+    for t in train_titles + val_titles:
+        h.update(t.encode("utf-8", "surrogatepass") + b"\n")
+    return h.hexdigest()
+
+
+def fingerprint(cfg: Config) -> tuple[str, dict]:
+    """(fingerprint, source) of the corpus a config trains on: its split's titles and tokenizer settings,
+    hashed. Enough to name a run and find it in the ledger; no tokenizer is trained."""
+    train_titles, val_titles, source = load_titles(cfg.data, cfg.num_titles, cfg.seed, cfg.val_frac)
+    return _fingerprint(cfg, train_titles, val_titles), source
+
+
 def prepare(cfg: Config) -> Corpus:
     """Load, split, tokenize (cached by data fingerprint and tokenizer settings)."""
     from tokenizers import Tokenizer
 
     train_titles, val_titles, source = load_titles(cfg.data, cfg.num_titles, cfg.seed, cfg.val_frac)
-    h = hashlib.sha256()
-    h.update(json.dumps({"tokenizer": f"bytelevel-{cfg.tokenizer}", "vocab_size": cfg.vocab_size, "n_train": len(train_titles)}).encode())
-    for t in train_titles + val_titles:
-        h.update(t.encode("utf-8", "surrogatepass") + b"\n")
-    fp = h.hexdigest()
+    fp = _fingerprint(cfg, train_titles, val_titles)
     d = cache_dir()
     tok_path = d / f"tokenizer-{fp[:16]}.json"
     ids_path = d / f"ids-{fp[:16]}.pt"

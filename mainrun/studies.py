@@ -125,7 +125,8 @@ def record_study(profile: str, study: str, spec: dict, rows: list[dict]) -> Path
         merged[(r["label"], r["seed"])] = {k: r[k] for k in ("label", "axis", "value", "seed", "hash", "overrides")}
     merged = json.loads(json.dumps(list(merged.values()), default=str))
     spec = json.loads(json.dumps(spec, default=str))
-    specs = old["specs"] + ([spec] if spec not in old["specs"] else [])
+    # a spec is kept when it added or changed a row: reading a study back (records/) writes nothing
+    specs = old["specs"] + ([spec] if merged != old["rows"] and spec not in old["specs"] else [])
     ledger.write_json_if_changed(path, {"study": study, "profile": profile, "specs": specs, "rows": merged})
     return path
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from . import ledger
 from .config import EVAL_BATCH, EVAL_BLOCK, Config, rules_check, run_hash, validate
-from .data import Corpus, atomic_write_bytes, get_batch, prepare
+from .data import Corpus, atomic_write_bytes, fingerprint, get_batch, prepare
 from .evaluate import autocast, evaluate, full_coverage, official_coverage
 from .model import GPT, Ensemble, GPTConfig
 from .optim import build_optimizers, describe_groups, lr_multiplier, native_bf16, set_lr
@@ -45,10 +45,12 @@ from .optim import build_optimizers, describe_groups, lr_multiplier, native_bf16
 EXPLODE_FACTOR = 3.0
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, check: bool = True) -> str:
+    """`auto` -> what this host has; check=False lets a pinned device=cuda through on a host without one
+    (enough to name a run and read it from the ledger, not to train it)."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+    if check and device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was asked for but torch sees no CUDA device; use device=cpu or auto")
     return device
 
@@ -61,10 +63,10 @@ def resolve_precision(precision: str, device: str) -> str:
     return "bf16" if native_bf16(device) else "fp32"
 
 
-def resolve_execution(cfg: Config) -> Config:
+def resolve_execution(cfg: Config, check: bool = True) -> Config:
     """The config with `auto` device and precision replaced by what this host gives: the hash and the
     record hold the device and precision actually used (studies pin both; see sweep.EXECUTION)."""
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, check)
     return dataclasses.replace(cfg, device=device, precision=resolve_precision(cfg.precision, device))
 
 
@@ -199,10 +201,9 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
 
     train=False only reads the ledger: a finished or diverged run's summary, else a stub with
     status "incomplete" (a log without a summary: training elsewhere or cut off) or "missing"."""
-    cfg = resolve_execution(validate(cfg))
+    cfg = resolve_execution(validate(cfg), check=False)   # a GPU run is read back on any host
     device = cfg.device
-    corpus = prepare(cfg)
-    h = run_hash(cfg, corpus.fingerprint)
+    h = run_hash(cfg, fingerprint(cfg)[0])          # names the run; a read-back trains no tokenizer
     root = ledger.results_root(cfg.profile)
     run_dir = ledger.find_run(root, h)
     ckpt_dir = ledger.checkpoints_root() / h
@@ -212,6 +213,8 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
             return summary
     if not train:
         return not_trained(cfg, h, run_dir)
+    resolve_device(device)                          # training needs the pinned device to exist
+    corpus = prepare(cfg)
     if force:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         if run_dir is not None:
