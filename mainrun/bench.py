@@ -215,8 +215,9 @@ def from_the_ledger(cfg: Config, fingerprint: str) -> dict | None:
     """What the committed ledger measured for this exact config on this kind of device: the whole run's
     time, the share of it spent evaluating, and time-to-quality (until it first beats the same device's
     baseline's final official loss). None when the ledger has no finished run of it."""
-    from . import analysis, ledger
+    from . import ledger, tables   # the ledger's tables only, not the report
     from .config import run_hash
+    from .stats import time_to_quality
     from .train import resolve_execution
 
     cfg = resolve_execution(cfg)
@@ -228,12 +229,12 @@ def from_the_ledger(cfg: Config, fingerprint: str) -> dict | None:
     out = {"run": run_dir.name, "official_loss": summary["final_val_loss"], "wall_time_s": summary["wall_time_s"],
            "train_time_s": summary["train_time_s"],
            "eval_and_checkpoint_share": 1 - summary["train_time_s"] / summary["wall_time_s"]}
-    results = analysis.load_results(cfg.profile)
+    results = tables.load_results(cfg.profile)
     base = results[results["is_baseline"] & (results["device"] == cfg.device)]
     if len(base):
         target = float(base["final_val_loss"].iloc[0])
         out.update(baseline_run=base["run"].iloc[0], baseline_loss=target,
-                   time_to_baseline_s=analysis.time_to_quality(run_dir, target))
+                   time_to_baseline_s=time_to_quality(run_dir, target))
     return out
 
 

@@ -140,8 +140,8 @@ def cmd_bench(args) -> int:
     from .bench import main as bench_main
 
     if args.sweep:
-        from .packing import main as packing_main
-        return packing_main(args)
+        from .runs_per_hour import main as runs_per_hour_main
+        return runs_per_hour_main(args)
     return bench_main(args)
 
 
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--no-reference", action="store_true", help="skip the original-style reference step")
     b.add_argument("--sweep", action="store_true", help="packing benchmark through the Dask engine instead: runs "
                    "per hour with K runs per GPU, or 1 run x 2 threads against 2 runs x 1 thread on the CPU "
-                   "(mainrun.packing)")
+                   "(mainrun.runs_per_hour)")
     b.set_defaults(fn=cmd_bench)
     add_report_command(sub)
     add_sweep_command(sub)

@@ -197,7 +197,7 @@ def archive(root: Path, tarball: Path, run_glob: str, study_glob: str | None = N
     """Tar the finished runs under root/runs matching run_glob (a run still training changes under tar, so only
     folders with a summary.json go in), the study records under root/studies matching study_glob, and any
     extra globs under root; the ledger's lock files are left out. Returns the archived paths, relative to root.
-    This is how a device call brings its runs back (scripts/gpu_study.py, scripts/gpu_search.py)."""
+    This is how a device call brings its runs back (scripts/device_call.py)."""
     paths = [p for p in sorted((root / "runs").glob(run_glob)) if (p / "summary.json").exists()]
     paths += sorted((root / "studies").glob(study_glob)) if study_glob else []
     for g in extra_globs:

@@ -337,7 +337,7 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
                           "full bits/char": abl["full_val_bpc"].map(fmt_bpc), "params": abl["n_params"].map(fmt_int)})
         parts += [md_table(t, "lrrrr"),
                   ": One change at a time against the best small model on the GPU. {#tbl-gpu-ablate}\n"]
-    held = _proxy_vs_full(profile, results, proxy_results, frames.get(g.get("ladder")), roles)
+    held = proxy_vs_full(profile, results, proxy_results, roles)
     if len(held):
         t = pd.DataFrame({"change": held["change"], "proxy": held["proxy"].map(lambda x: f"{x:+.1%}"),
                           "full scale": held["full"].map(lambda x: f"{x:+.1%}"), "where": held["where"],
@@ -406,16 +406,21 @@ def search_section(proxy: str, studies: dict[str, pd.DataFrame], out: Path, refe
                        f"(_generated/fig-search.png){{#fig-search width=80%}}\n"])
 
 
-def _proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFrame | None,
-                   gpu_ladder: pd.DataFrame | None, roles: dict[str, Any]) -> pd.DataFrame:
-    """report_tables.proxy_vs_full over this ledger: the proxy ladder against the GPU ladder, and the
-    full-scale ablations of roles["proxy_vs_full"]."""
+def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFrame | None = None,
+                  roles: dict[str, Any] | None = None) -> pd.DataFrame:
+    """report_tables.proxy_vs_full over this ledger: the proxy ladder against the GPU ladder (roles["gpu"]),
+    and the full-scale ablations of roles["proxy_vs_full"] (default roles: report/studies.yml)."""
+    roles = read_study_roles() if roles is None else roles
     proxy = STUDY_PROFILE[profile]
+    proxy_results = load_results(proxy) if proxy_results is None and proxy != profile else proxy_results
     if proxy == profile or proxy_results is None or proxy_results.empty:
         return pd.DataFrame(columns=["change", "proxy", "full", "where", "holds"])
     plad = ladder_frame(proxy, proxy_results).dropna(subset=["final_val_loss"]).set_index("stage")["final_val_loss"]
+    recs = read_studies(profile)
+    lad = recs.get((roles.get("gpu") or {}).get("ladder"))
+    gpu_ladder = study_frame(lad, results) if lad is not None else None
     spec = roles.get("proxy_vs_full") or {}
-    rec = read_studies(profile).get(spec.get("study"))
+    rec = recs.get(spec.get("study"))
     ablation = None
     if rec is not None:
         a = study_frame(rec, results)

@@ -1,5 +1,5 @@
 """The Dask engine (mainrun.cluster), the Optuna search (mainrun.search) and the packing benchmark
-(mainrun.packing): CPU only, smoke profile, local clusters of worker processes, no network."""
+(mainrun.runs_per_hour): CPU only, smoke profile, local clusters of worker processes, no network."""
 import json
 import logging
 import os
@@ -15,7 +15,7 @@ from conftest import STANDIN, have_standin
 pytest.importorskip("distributed")
 optuna = pytest.importorskip("optuna")
 
-from mainrun import cluster, ledger, packing, search, sweep  # noqa: E402
+from mainrun import cluster, ledger, runs_per_hour as packing, search, sweep  # noqa: E402
 from mainrun.config import STANDIN_SHA256  # noqa: E402
 from mainrun.data import file_sha256  # noqa: E402
 from mainrun.train import run  # noqa: E402

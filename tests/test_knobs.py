@@ -38,17 +38,26 @@ def test_final2_is_final_plus_the_two_stacked_changes():
     assert (a["mlp"], a["embed_lr"]) == ("relu2", 0.01)
 
 
+def record_point(folder: str, study: str, label: str):
+    """A point's config as its record spec (records/<folder>/<study>.yaml) builds it."""
+    import yaml
+
+    from mainrun.studies import build_configs
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    spec = yaml.safe_load((root / "records" / folder / f"{study}.yaml").read_text())
+    spec = {k: v for k, v in spec.items() if k != "profile"}
+    return next(cfg for p, cfg in build_configs(spec, "full", study) if p.label == label)
+
+
 def test_final4_is_final3_plus_the_fourth_screens_stack_and_keeps_its_hash():
-    from mainrun.proxy import SCREEN4, SCREEN4_SPEC
     a, b = make_config("full", "final4").to_dict(), make_config("full", "final3").to_dict()
     assert {k for k in a if a[k] != b[k]} == {"preset", "weight_decay", "n_head", "beta1"}
     gpu = dict(device="cuda", precision="bf16", checkpoint_every=0)
-    base = {k: v for k, v in SCREEN4_SPEC["base"].items() if k != "preset"}
-    screened = make_config("full", SCREEN4_SPEC["base"]["preset"], **{**base, **SCREEN4["wd-h2-b1"], **gpu})
+    screened = record_point("2026-11-27-gpu-screen4", "gpu14_screen4", "wd-h2-b1")
     assert make_config("full", "final4", **gpu).hash_fields() == screened.hash_fields()
-    from mainrun.proxy import SCREEN5     # the fifth screen's 2-model ensemble of final4 is the fourth's
-    ens = make_config("full", SCREEN4_SPEC["base"]["preset"], **{**base, **SCREEN4["ens2-wd-h2-b1"], **gpu})
-    assert make_config("full", "final4", **SCREEN5["ens2"], **gpu).hash_fields() == ens.hash_fields()
+    # the fifth screen's 2-model ensemble of final4 is the fourth's ens2-wd-h2-b1: the same run
+    ens = record_point("2026-11-27-gpu-screen4", "gpu14_screen4", "ens2-wd-h2-b1")
+    assert record_point("2026-11-27-gpu-screen5", "gpu14_screen5", "ens2").hash_fields() == ens.hash_fields()
 
 
 def model(**kw):
@@ -258,11 +267,12 @@ def test_ensemble_predicts_the_mean_probability_of_independent_members():
 
 
 def test_final7_is_three_final4_models_compiled_with_one_validation_pass_per_epoch():
-    from mainrun.proxy import SCREEN5
     a, b = make_config("full", "final7").to_dict(), make_config("full", "final4").to_dict()
     assert {k for k in a if a[k] != b[k]} == {"preset", "ensemble", "compile", "evals_per_epoch"}
     assert (a["ensemble"], a["compile"], a["evals_per_epoch"]) == (3, True, 1)
-    assert SCREEN5["ens3"] == {"ensemble": 3}   # the fifth screen's three-model ensemble of final4
+    ens3 = record_point("2026-11-27-gpu-screen5", "gpu14_screen5", "ens3")   # the fifth screen's ensemble of final4
+    assert make_config("full", "final7", device="cuda", precision="bf16", checkpoint_every=0, compile=False,
+                       evals_per_epoch=ens3.evals_per_epoch).hash_fields() == ens3.hash_fields()
 
 
 def test_an_ensemble_training_step_skips_the_mixture_and_keeps_the_loss_and_gradients():
@@ -302,7 +312,7 @@ def test_ensemble_members_fill_the_same_optimizer_groups_as_one_model():
 
 
 def test_relative_cost_counts_matmul_flops_per_token():
-    from mainrun.proxy import relative_cost
+    from mainrun.stats import relative_cost
     ref = make_config("full", "final3")
     assert relative_cost(ref, ref) == 1.0
     assert relative_cost(make_config("full", "final3", ensemble=2), ref) == 2.0

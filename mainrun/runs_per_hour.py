@@ -1,4 +1,4 @@
-"""Packing benchmark: runs per hour through the Dask engine with several runs sharing a device.
+"""Runs per hour through the Dask engine with several runs sharing a device (a packing benchmark; not sequence packing).
 
     python -m mainrun bench --sweep        # the GPU benchmark where torch sees a GPU, else the CPU one
 
