@@ -12,7 +12,7 @@ import pandas as pd
 from . import ledger
 from .config import Config, make_config
 from .formats import fmt_bpc, fmt_int, fmt_loss, fmt_time
-from .report_inputs import analysis_dir, write_report_inputs  # noqa: F401  (re-exported for the notebooks)
+from .report_inputs import analysis_dir, read_study_roles, write_report_inputs  # noqa: F401  (re-exported)
 from .report_text import PROXY_NOTE
 from .stats import compare, permutation_p  # noqa: F401
 from .tables import (curves_of, load_results, planned_schedule, read_curve, read_studies, run_dir,  # noqa: F401
@@ -85,3 +85,33 @@ def gpu_study(profile: str, study: str) -> pd.DataFrame:
     out = compare(frame)
     out.insert(0, "study", study)
     return out
+
+
+def elsewhere(profile: str, rung: str) -> str | None:
+    """The same rung's result on the other device, where the ledger has it: the GPU ladder study named in
+    report/studies.yml (the seed plan's rungs at full scale); None otherwise."""
+    study = ((read_study_roles().get("gpu") or {}).get("ladder"))
+    rec = read_studies(profile).get(study)
+    if rec is None:
+        return None
+    f = study_frame(rec, load_results(profile))
+    hit = f[(f["label"] == rung) & (f["status"] == "finished")]
+    if hit.empty:
+        return None
+    r = hit.iloc[0]
+    return (f"on the GPU at {profile} scale (study {study}): official loss {fmt_loss(r['final_val_loss'])}, "
+            f"ratio {r['ratio_to_baseline']:.3f} to the GPU baseline")
+
+
+def show_study(profile: str, df: pd.DataFrame, rungs: dict[str, str] | None = None) -> pd.DataFrame | None:
+    """A study's points that have a result on this device as a comparison table; each point without one in a
+    line of its own, with the same rung's result on the other device where the ledger has it (`rungs`: a
+    point's rung where its label is not the rung's name, e.g. {"kept": "epic2"})."""
+    rungs = rungs or {}
+    have = df["status"].isin(["finished", "pruned", "diverged"])
+    for label in dict.fromkeys(df.loc[~have, "label"]):
+        rung = rungs.get(label, label)
+        other = elsewhere(profile, rung)
+        print(f"{label}: not trained at {profile} scale on this device"
+              + (f"; {rung} {other}" if other else "; no other device has it in this ledger either"))
+    return compare(df[have]) if have.any() else None

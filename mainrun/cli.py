@@ -168,29 +168,17 @@ def add_sweep_command(sub) -> None:
         import time
 
         import pandas as pd
-        import yaml
 
         from . import ledger
+        from .studies import load_spec_file
         from .sweep import run_sweep, studies_dir
 
-        spec = yaml.safe_load(Path(args.spec).read_text())   # YAML, or JSON (a subset of YAML)
-        if not isinstance(spec, dict):
-            raise ValueError(f"{args.spec}: a sweep spec is a mapping (base, points, axes, grid, seeds; or search)")
-        # a record (records/<round>/<study>.yaml) may name its profile and list the specs of several calls
-        named = spec.pop("profile", None)
-        if named is not None and named not in PROFILES:
-            raise ValueError(f"{args.spec}: profile {named!r} is not accepted; choose one of: {', '.join(PROFILES)}")
+        named, calls = load_spec_file(Path(args.spec))
         if named and args.profile and named != args.profile:
             raise ValueError(f"{args.spec} names profile {named!r}; --profile {args.profile} would ask for other runs "
                              f"(leave --profile out, or pass --profile {named})")
         args.profile = args.profile or named or "quick"
         args.study = args.study or Path(args.spec).stem
-        calls = [spec]
-        if "specs" in spec:
-            calls = spec.pop("specs")
-            if spec or not isinstance(calls, list) or not calls or not all(isinstance(c, dict) for c in calls):
-                raise ValueError(f"{args.spec}: 'specs' is a non-empty list of sweep specs, beside 'profile' only "
-                                 f"(other keys: {', '.join(spec) or 'none'})")
         t0 = time.time()
         df = pd.concat([run_sweep(call, args.profile, args.study, progress=not args.quiet, force=args.force,
                                   cluster=args.scheduler or args.workers or (1 if args.runs_per_gpu else None),

@@ -45,24 +45,24 @@ PRESETS["final7"] = dict(PRESETS["final4"], ensemble=3, compile=True, evals_per_
 # The ladder, in order. rung: its name in ladder.json (results/studies/<profile>/ladder.json); preset: the recipe
 # (None where the rung was chosen by a study, not fixed as a preset); study: the full-scale study holding the rung's
 # CPU seeds under the label `rung` (None where it has none); what: the rung in plain words, for the report;
-# single: one model (False for an ensemble).
+# single: one model (False for an ensemble); record: its folder under records/ (README, specs, logs).
 LADDER: tuple[dict[str, Any], ...] = (
-    dict(rung="baseline", preset="baseline", study=None, single=True,
+    dict(rung="baseline", record="2026-11-25-cpu-baseline", preset="baseline", study=None, single=True,
          what="the original train.py: SGD with cosine decay, 27.2M parameters"),
-    dict(rung="epic1", preset="epic1", study=None, single=True,
+    dict(rung="epic1", record="2026-11-25-epic1-optimizer", preset="epic1", study=None, single=True,
          what="AdamW with linear warmup and cosine decay"),
-    dict(rung="epic2", preset="epic2", study=None, single=True,
+    dict(rung="epic2", record="2026-11-25-epic2-architecture", preset="epic2", study=None, single=True,
          what="Epic 1 plus RMSNorm and rotary positions"),
-    dict(rung="epic3", preset=None, study=None, single=True,
+    dict(rung="epic3", record="2026-11-25-epic3-sweeps", preset=None, study=None, single=True,
          what="Epic 2 with learning rate, weight decay, dropout and batch size tuned on the proxy"),
-    dict(rung="final", preset="final", study="04_final", single=True,
+    dict(rung="final", record="2026-11-26-final", preset="final", study="04_final", single=True,
          what="a small model (3.8M) with Muon, a warmup-stable-decay schedule, RoPE and QK-norm"),
-    dict(rung="final2", preset="final2", study="14_final2", single=True,
+    dict(rung="final2", record="2026-11-27-final2", preset="final2", study="14_final2", single=True,
          what="final plus a ReLU-squared MLP and a faster embedding learning rate"),
-    dict(rung="final3", preset="final3", study="14_final3", single=True,
+    dict(rung="final3", record="2026-11-27-final3", preset="final3", study="14_final3", single=True,
          what="final2 plus weight EMA, U-net skips, a square-root cooldown and three Newton-Schulz steps"),
-    dict(rung="final4", preset="final4", study="14_final4", single=True,
+    dict(rung="final4", record="2026-11-27-final4", preset="final4", study="14_final4", single=True,
          what="the tuned single model: final3 with weight decay 0.1, two heads and AdamW beta1 0.8"),
-    dict(rung="final7", preset="final7", study="14_final7", single=False,
+    dict(rung="final7", record="2026-12-01-final7", preset="final7", study="14_final7", single=False,
          what="a three-model ensemble: three final4 models trained side by side, averaged in probability"),
 )

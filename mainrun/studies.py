@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from . import ledger
-from .config import Config, make_config
+from .config import PROFILES, Config, make_config
 
 SPEC_KEYS = ("base", "points", "axes", "grid", "seeds")
 # Where and in what precision a study's points train: part of the study's definition, never guessed from
@@ -111,6 +111,26 @@ SUMMARY_COLUMNS = ("status", "official", "final_val_loss", "full_val_bpc", "n_pa
 
 
 # ----------------------------------------------------------------------------- records
+def load_spec_file(path: Path) -> tuple[str | None, list[dict]]:
+    """A spec file (YAML, or JSON): (the profile it names or None, the specs of its calls). A record
+    (records/<round>/<study>.yaml) may name its profile and list the specs of several calls under `specs`."""
+    import yaml
+
+    spec = yaml.safe_load(Path(path).read_text())
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: a sweep spec is a mapping (base, points, axes, grid, seeds; or search)")
+    named = spec.pop("profile", None)
+    if named is not None and named not in PROFILES:
+        raise ValueError(f"{path}: profile {named!r} is not accepted; choose one of: {', '.join(PROFILES)}")
+    calls = [spec]
+    if "specs" in spec:
+        calls = spec.pop("specs")
+        if spec or not isinstance(calls, list) or not calls or not all(isinstance(c, dict) for c in calls):
+            raise ValueError(f"{path}: 'specs' is a non-empty list of sweep specs, beside 'profile' only "
+                             f"(other keys: {', '.join(spec) or 'none'})")
+    return named, calls
+
+
 def studies_dir(profile: str) -> Path:
     return ledger.results_root(profile) / "studies" / profile
 

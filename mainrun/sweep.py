@@ -61,9 +61,9 @@ def _run_here(study: str, i: int, n: int, p: Point, cfg: Config, force: bool, pr
     summary = run(cfg, force=force, progress=progress, train=train)
     reused = (summary.get("finished_at") or "") < started
     if summary["status"] in ("missing", "incomplete"):
-        print(f"    -> not in the ledger as a finished run ({summary['status']}"
-              + (f", step {summary['last_step']} of {summary['max_steps']}" if summary["status"] == "incomplete"
-                 else "") + "); not trained here (train=False). To train it (and resume it if it has a "
+        print("    -> not finished in this ledger"
+              + (f" (step {summary['last_step']} of {summary['max_steps']})" if summary["status"] == "incomplete"
+                 else "") + "; not trained here (train=False). To train it (and resume it if it has a "
               f"checkpoint): {cli_command(cfg)}", flush=True)
     else:
         print(f"    -> official loss {summary.get('final_val_loss')!s:.8} "
