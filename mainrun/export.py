@@ -372,14 +372,17 @@ def _baseline_run() -> dict | None:
     return min(runs, key=lambda r: r["dir"].name) if runs else None
 
 
-def submission_md(recipe: Recipe, mode: str, requirements_note: str) -> str:
+def submission_md(recipe: Recipe, mode: str, requirements_note: str, report: bool = True) -> str:
     """SUBMISSION.md: what the script reproduces, what it changes against the original, what it measured."""
     cfg = recipe.config
     values, defaults, comments = hyperparameters(cfg), template_defaults(), field_comments()
     out = [f"# Submission: the {recipe.label} of the mainrun workbench", ""]
     out += ["`train.py` is one self-contained training script exported by `python -m mainrun export` from the "
             "workbench's template (`mainrun/submission_template.py`), with the recipe's values in its "
-            "`Hyperparameters` dataclass. `report.pdf` is the workbench's report.", ""]
+            "`Hyperparameters` dataclass. "
+            + ("`report.pdf` beside it is the workbench's report." if report else
+               "The workbench's report is its `mainrun/report.pdf`; `export --into` and `--out` copy it beside "
+               "train.py."), ""]
     out += ["## The ledger run it reproduces", ""]
     run = recipe.run
     if run is None:
@@ -433,10 +436,11 @@ def submission_md(recipe: Recipe, mode: str, requirements_note: str) -> str:
             "the work tree by hand and run `cd mainrun && python3 train.py`, which is all `task train` does after "
             "those two steps.", "",
             requirements_note, ""]
-    if cfg.precision == "bf16" or cfg.compile:
-        out += [f"This recipe trains with precision={cfg.precision} and compile={cfg.compile}, as its ledger run did: "
-                "fast on a CPU with native bf16 (AVX512-BF16 or AMX) or a GPU; on an AVX2-only CPU set "
-                "`precision = \"auto\"` (fp32 there), which takes several times longer.", ""]
+    if cfg.precision == "bf16":
+        out += [f"`device`, `precision` and `compile` are the ledger run's ({cfg.device}, {cfg.precision}, "
+                f"{cfg.compile}): it trained on a CPU with native bf16 matmuls (AVX512-BF16 or AMX). On a GPU set "
+                "`device = \"auto\"`; on an AVX2-only CPU, whose bf16 matmuls are emulated, set "
+                "`precision = \"fp32\"` (and expect more time than the wall time above).", ""]
     return "\n".join(out)
 
 
@@ -505,11 +509,13 @@ def export_out(spec: str, out: Path, report: bool = True) -> Path:
     check_recipe(recipe)
     pins = our_pins()
     note = ("Requirements (`requirements.txt`): " + ", ".join(f"`{pins[k]}`" for k in SCRIPT_NEEDS)
-            + ", the versions the workbench tested this script with; all four are in the original's requirements, "
-              "so a Mainrun checkout needs nothing more.")
+            + ", the versions the workbench tested this script with. All four are in the original's "
+              "`.devcontainer/requirements.txt`, so a Mainrun checkout needs nothing more; it pins torch 2.7.1, which "
+              "has what the script uses (nn.RMSNorm and F.rms_norm came in torch 2.4; the script brings its own "
+              "Muon), though the workbench did not run it there.")
     files: dict[str, bytes | str] = {
         "mainrun/train.py": render(recipe),
-        "mainrun/SUBMISSION.md": submission_md(recipe, "out", note),
+        "mainrun/SUBMISSION.md": submission_md(recipe, "out", note, report),
         "Taskfile.yml": TASKFILE,
         "requirements.txt": "".join(pins[k] + "\n" for k in SCRIPT_NEEDS),
         ".gitignore": GITIGNORE,
@@ -556,7 +562,8 @@ def export_into(spec: str, checkout: Path) -> list[Path]:
     note = (f"Requirements: the script imports {', '.join(SCRIPT_NEEDS)} beyond the standard library; "
             + (f"`{rel_req}` lacked {', '.join(added)}, added by the export." if added else
                f"`{rel_req}` already lists them, so nothing was added. The workbench tested it with "
-               + ", ".join(f"`{pins[k]}`" for k in SCRIPT_NEEDS) + "."))
+               + ", ".join(f"`{pins[k]}`" for k in SCRIPT_NEEDS) + " (the script uses nothing newer than torch 2.4 "
+               "and brings its own Muon)."))
     written = []
     if added:
         text = req.read_text() if req.exists() else ""
