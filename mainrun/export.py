@@ -101,7 +101,9 @@ def resolve_recipe(spec: str) -> Recipe:
         cfg = make_config("full", spec)
         label = f"preset `{spec}`"
         hits = [r for r in runs if _same_recipe(cfg, configs[id(r)])]
-        run = min(hits, key=lambda r: r["dir"].name) if hits else None
+        # several devices may have run it: an official CPU run first (the budget is the CPU's), then by name
+        run = min(hits, key=lambda r: (not r["summary"].get("official"), r["config"]["device"] != "cpu",
+                                       r["dir"].name)) if hits else None
     else:
         def name(r):
             return r["dir"].name[: -len(r["hash"]) - 1] if r["dir"].name.endswith("-" + r["hash"]) else r["dir"].name
@@ -429,12 +431,15 @@ def submission_md(recipe: Recipe, mode: str, requirements_note: str, report: boo
     if all(values[k] == defaults[k] for k in values):
         out.append("- none: the original's recipe")
     out += ["", "The code, whatever the recipe:", ""] + [f"- {c}" for c in (*CODE_CHANGES, EVALUATE_NOTE[mode])]
+    offline = ("Offline, set `MAINRUN_DATA=/path/to/titles.parquet`: the download step and the script then read "
+               "that file." if mode == "out" else
+               "The checkout's download step fetches the hub dataset; offline, run the script alone with "
+               "`MAINRUN_DATA=/path/to/titles.parquet` set, and it reads that file.")
     out += ["", "## Running it", "",
             "`task train` runs the checkpoint and download steps, then `python3 train.py` in `mainrun/`, which "
-            "writes `mainrun/logs/mainrun.log`. Offline, set `MAINRUN_DATA=/path/to/titles.parquet`: the download "
-            "step and the script then read that file. The checkpoint step runs `npx zx` (Node); without Node, commit "
-            "the work tree by hand and run `cd mainrun && python3 train.py`, which is all `task train` does after "
-            "those two steps.", "",
+            f"writes `mainrun/logs/mainrun.log`. {offline} The checkpoint step runs `npx zx` (Node); without Node, "
+            "commit the work tree by hand and run `cd mainrun && python3 train.py`, which is all `task train` does "
+            "after those two steps.", "",
             requirements_note, ""]
     if cfg.precision == "bf16":
         out += [f"`device`, `precision` and `compile` are the ledger run's ({cfg.device}, {cfg.precision}, "
