@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import ledger
-from .config import HUB_DATASET, PRESETS, Config, ConfigError, from_dict, make_config, rules_check
+from .config import HUB_DATASET, PRESETS, Config, from_dict, make_config, rules_check
 from .data import atomic_write_bytes, repo_root
 
 TEMPLATE = Path(__file__).with_name("submission_template.py")
@@ -88,10 +88,6 @@ def _same_recipe(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> bool:
     return da == db
 
 
-def _seed_of(cfg: Config) -> int:
-    return cfg.rng_seed
-
-
 def resolve_recipe(spec: str) -> Recipe:
     """A preset name, or a finished run of the full ledger (its name, folder name, hash or a 4+ character hash
     prefix), as a config plus the ledger run it reproduces."""
@@ -127,7 +123,7 @@ def resolve_recipe(spec: str) -> Recipe:
         label = f"ledger run `{run['dir'].name}`"
     seeds = [] if run is None else sorted(
         (r for r in runs if _same_recipe(configs[id(run)], configs[id(r)], ignore=("train_seed",))),
-        key=lambda r: _seed_of(configs[id(r)]))
+        key=lambda r: configs[id(r)].rng_seed)
     return Recipe(label=label, config=cfg, run=run, seeds=seeds)
 
 
@@ -420,7 +416,7 @@ def submission_md(recipe: Recipe, mode: str, requirements_note: str, report: boo
             losses = [(from_dict(r["config"]).rng_seed, r["summary"]["final_val_loss"]) for r in recipe.seeds]
             mean = sum(v for _, v in losses) / len(losses)
             sd = (sum((v - mean) ** 2 for _, v in losses) / (len(losses) - 1)) ** 0.5
-            out += [f"Seeds of this recipe in the ledger: " + ", ".join(f"{k}: {v:.4f}" for k, v in losses)
+            out += ["Seeds of this recipe in the ledger: " + ", ".join(f"{k}: {v:.4f}" for k, v in losses)
                     + f"; mean {mean:.4f} +- {sd:.4f} (sample sd).", ""]
         out += ["The workbench's data is an offline stand-in for the hub dataset (Hacker News stories 2016-2020), so "
                 "absolute losses differ from the original's published baseline of 1.754 on the hub" + ratio + ".", ""]
@@ -589,21 +585,20 @@ def export_recommended(root: Path | None = None, report: bool = False) -> list[P
 
 
 def add_export_command(sub) -> None:
-    def cmd_export(args) -> int:
-        try:
-            if args.recommended:
-                for p in export_recommended(args.out):
-                    print(f"export: {ledger.display_path(p)}")
-                return 0
-            if not args.recipe or not (args.into or args.out):
-                raise ExportError("give a RECIPE and --into CHECKOUT or --out DIR (or --recommended)")
-            if args.into:
-                for p in export_into(args.recipe, args.into):
-                    print(f"export: {p}")
-            else:
-                print(f"export: {export_out(args.recipe, args.out, report=not args.no_report)}")
-        except ExportError as e:
-            raise ConfigError(str(e)) from None
+    def cmd_export(args) -> int:            # an ExportError is a ValueError: cli.main prints it as one line
+        if args.recommended:
+            if args.recipe or args.into:
+                raise ExportError("--recommended takes no RECIPE and no --into (only --out, the folder of the trees)")
+            for p in export_recommended(args.out):
+                print(f"export: {ledger.display_path(p)}")
+            return 0
+        if not args.recipe or not (args.into or args.out):
+            raise ExportError("give a RECIPE and --into CHECKOUT or --out DIR (or --recommended)")
+        if args.into:
+            for p in export_into(args.recipe, args.into):
+                print(f"export: {p}")
+        else:
+            print(f"export: {export_out(args.recipe, args.out, report=not args.no_report)}")
         return 0
 
     e = sub.add_parser("export", help="a recipe as a Mainrun submission: the original's mainrun/train.py, "
