@@ -55,15 +55,18 @@ run: venv
 	    exit 1; }; \
 	done
 	@$(MAKE) --no-print-directory report PROFILE=$(PROFILE)
+ifeq ($(PROFILE),full)
 	@$(MAKE) --no-print-directory submission
+endif
 
 # Render the report from the stored analysis (quarto if installed, else pandoc + typst); never trains.
 report: venv
 	$(PY) -m mainrun report --profile $(PROFILE)
 
-# The recommended Mainrun submissions (mainrun/export.py: RECOMMENDED) as the original's layout, from the ledger and
-# the template: results/submission/<name>/ (mainrun/train.py, SUBMISSION.md, Taskfile.yml). Never trains; the same
-# bytes on any host (tests/test_export.py checks the committed trees against a regeneration).
+# The recommended Mainrun submissions (mainrun/export.py: RECOMMENDED) as the original's layout, from the committed
+# ledger and the template: results/submission/<name>/ (mainrun/train.py, SUBMISSION.md, Taskfile.yml). Never trains;
+# the same bytes on any host (tests/test_export.py checks the committed trees against a regeneration). `make run`
+# ends with it under the full profile.
 submission: venv
 	$(PY) -m mainrun export --recommended
 

@@ -578,10 +578,12 @@ def export_into(spec: str, checkout: Path) -> list[Path]:
 
 
 def export_recommended(root: Path | None = None, report: bool = False) -> list[Path]:
-    """results/submission/<name>/ for each recommended submission (no report.pdf: a copy of a 1.3 MB file that
-    changes with every report would be committed twice more; --into and --out copy it)."""
+    """results/submission/<name>/ for each recommended submission, from the committed ledger whatever
+    MAINRUN_RESULTS says (no report.pdf: a copy of a 1.3 MB file that changes with every report would be
+    committed twice more; --into and --out copy it)."""
     root = Path(root) if root else repo_root() / SUBMISSION_ROOT
-    return [export_out(h, root / name, report=report) for name, h in RECOMMENDED.items()]
+    with ledger.results_override(repo_root() / "results"):
+        return [export_out(h, root / name, report=report) for name, h in RECOMMENDED.items()]
 
 
 def add_export_command(sub) -> None:

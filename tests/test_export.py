@@ -260,6 +260,16 @@ def test_into_script_trains_to_the_same_numbers(tmp_path, runs):
     assert losses(run_script(co / "mainrun")) == losses(package)
 
 
+def test_into_adds_what_the_checkouts_requirements_lack(tmp_path):
+    co = standin_checkout(tmp_path / "co")
+    req = co / ".devcontainer" / "requirements.txt"
+    req.write_text("datasets==4.0.0\ntorch==2.7.1\n")
+    written = export.export_into("final", co)
+    assert req in written and req.read_text().splitlines() == ["datasets==4.0.0", "torch==2.7.1",
+                                                               *(export.our_pins()[k] for k in ("tokenizers", "tqdm"))]
+    assert "lacked tokenizers==" in (co / "mainrun" / "SUBMISSION.md").read_text()
+
+
 def test_into_refuses_what_breaks_the_rules(tmp_path):
     co = standin_checkout(tmp_path / "a", STANDIN_TRAIN.replace("epochs: int = 7", "epochs: int = 8"))
     with pytest.raises(export.ExportError, match=r"epochs=7 \(the checkout fixes 8\)"):
@@ -317,9 +327,8 @@ def test_task_train_runs_an_exported_tree(tmp_path):
     assert events[2]["source"] == f"file:{Path(os.environ['MAINRUN_DATA']).name}"
 
 
-def test_committed_submissions_are_what_make_run_regenerates(tmp_path, monkeypatch):
-    monkeypatch.setenv("MAINRUN_RESULTS", str(ROOT / "results"))
-    export.export_recommended(tmp_path)
+def test_committed_submissions_are_what_make_run_regenerates(tmp_path):
+    export.export_recommended(tmp_path)           # the committed ledger, though MAINRUN_RESULTS is a test's here
     committed = ROOT / export.SUBMISSION_ROOT
     files = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())  # noqa: E731
     # a run of a committed tree leaves its outputs there (mainrun/logs, the data cache): they are not the tree's

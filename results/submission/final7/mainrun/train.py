@@ -89,7 +89,7 @@ EOS = "<eos>"
 SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
 
-def test_overrides(args: Hyperparameters) -> Hyperparameters:
+def apply_test_overrides(args: Hyperparameters) -> Hyperparameters:
     raw = os.environ.get(TEST_ENV)
     if not raw:
         return args
@@ -480,7 +480,7 @@ def native_bf16(device: str) -> bool:
 
 # ----------------------------------------------------------------------------- training
 def main():
-    args = test_overrides(Hyperparameters())
+    args = apply_test_overrides(Hyperparameters())
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     logger = JsonlLog(args.log_file)
