@@ -7,7 +7,7 @@ PROFILE ?= full
 export MAINRUN_DATA ?= $(abspath ../shared/data/hn-stories-2016-2020.parquet)
 export MAINRUN_CHECKPOINTS ?= $(HOME)/.cache/mainrun
 
-.PHONY: venv test run report bench clean-smoke
+.PHONY: venv test run report submission bench clean-smoke
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,10 +55,20 @@ run: venv
 	    exit 1; }; \
 	done
 	@$(MAKE) --no-print-directory report PROFILE=$(PROFILE)
+ifeq ($(PROFILE),full)
+	@$(MAKE) --no-print-directory submission
+endif
 
 # Render the report from the stored analysis (quarto if installed, else pandoc + typst); never trains.
 report: venv
 	$(PY) -m mainrun report --profile $(PROFILE)
+
+# The recommended Mainrun submissions (mainrun/export.py: RECOMMENDED) as the original's layout, from the committed
+# ledger and the template: results/submission/<name>/ (mainrun/train.py, SUBMISSION.md, Taskfile.yml). Never trains;
+# the same bytes on any host (tests/test_export.py checks the committed trees against a regeneration). `make run`
+# ends with it under the full profile.
+submission: venv
+	$(PY) -m mainrun export --recommended
 
 # The smoke ledger is temporary (see mainrun/ledger.py); this forgets it and its executed notebooks.
 clean-smoke:

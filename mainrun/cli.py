@@ -6,6 +6,7 @@
     python -m mainrun bench
     python -m mainrun sweep spec.yaml --profile quick --study lr --workers 2
     python -m mainrun report --profile full
+    python -m mainrun export final --into CHECKOUT      (or --out DIR: a Mainrun submission)
 """
 from __future__ import annotations
 
@@ -252,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     b.set_defaults(fn=cmd_bench)
     add_report_command(sub)
     add_sweep_command(sub)
+    from .export import add_export_command
+    add_export_command(sub)
     args = p.parse_args(argv)
     try:
         return args.fn(args)
