@@ -228,7 +228,8 @@ def test_every_config_field_is_a_knob_row_with_its_default_and_values():
     assert list(rows) == names, "README knobs table: rows not in config.py's order"
     for f in dataclasses.fields(Config):
         default, meaning = rows[f.name]
-        assert default == fmt(f.default), f"README: knob {f.name} default {default!r}, config.py says {fmt(f.default)!r}"
+        assert default == fmt(f.default), (f"README: knob {f.name} default {default!r}, "
+                                           f"config.py says {fmt(f.default)!r}")
         for choice in CHOICES.get(f.name, ()):
             assert f"`{choice}`" in meaning, f"README: knob {f.name} does not name `{choice}`"
 
