@@ -19,25 +19,17 @@ from pathlib import Path
 import pytest
 
 from mainrun.config import CHOICES, PRESETS, PROFILES, Config, make_config
+from mainrun.presets import LADDER
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 RESULTS = ROOT / "results"
 NONE = "-"  # a cell that sets nothing
 
-# The ladder's rungs: the study record and label that hold each rung's runs (its seeds), and the hardware
-# words the README uses for them. The baseline's one run is the ladder's first stage.
-RUNGS = {
-    "baseline": (None, "baseline"),
-    "epic1": ("gpu_ladder", "epic1"),
-    "epic2": ("gpu_ladder", "epic2"),
-    "epic3": ("gpu_ladder", "epic3"),
-    "final": ("04_final", "final"),
-    "final2": ("14_final2", "final2"),
-    "final3": ("14_final3", "final3"),
-    "final4": ("14_final4", "final4"),
-    "final7": ("14_final7", "final7"),
-}
+# The ladder's rungs (mainrun.presets.LADDER): the study record and label that hold each rung's runs (its
+# seeds). The rungs the CPU never trained at full scale (Epics 1-3) are read from the GPU ladder's study.
+GPU_LADDER = "gpu_ladder"
+RUNGS = {r["rung"]: (r["study"] or (GPU_LADDER if r["rung"] != "baseline" else None), r["rung"]) for r in LADDER}
 
 
 # ---- reading the README's markdown tables
