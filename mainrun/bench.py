@@ -22,13 +22,15 @@ from pathlib import Path
 
 import torch
 
-from .config import EVAL_BATCH, EVAL_BLOCK, Config, make_config
+from . import ledger, tables
+from .config import EVAL_BATCH, EVAL_BLOCK, Config, make_config, parse_overrides, run_hash
 from .data import repo_root
 from .ledger import hardware
 from .evaluate import autocast, evaluate
 from .optim import build_optimizers
 from .reference import RefGPT
-from .train import build_model, resolve_device, resolve_precision
+from .stats import time_to_quality
+from .train import build_model, resolve_device, resolve_execution, resolve_precision
 
 TOKENS_PER_EPOCH = 1_155_847   # our corpus, 16k BPE (dataset_info of the baseline run)
 STEPS_7_EPOCHS = 987
@@ -215,11 +217,6 @@ def from_the_ledger(cfg: Config, fingerprint: str) -> dict | None:
     """What the committed ledger measured for this exact config on this kind of device: the whole run's
     time, the share of it spent evaluating, and time-to-quality (until it first beats the same device's
     baseline's final official loss). None when the ledger has no finished run of it."""
-    from . import ledger, tables   # the ledger's tables only, not the report
-    from .config import run_hash
-    from .stats import time_to_quality
-    from .train import resolve_execution
-
     cfg = resolve_execution(cfg)
     root = ledger.results_root(cfg.profile)
     run_dir = ledger.find_run(root, run_hash(cfg, fingerprint))
@@ -265,7 +262,6 @@ def format_table(r: dict) -> str:
 
 
 def main(args) -> int:
-    from .config import parse_overrides
     cfg = make_config(args.profile, args.preset, **parse_overrides(args.set or []))
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,32 +10,32 @@ import pandas as pd
 
 
 def fmt_loss(x: float | None) -> str:
-    return "n/a" if x is None or _nan(x) else f"{x:.4f}"
+    return "n/a" if x is None or is_nan(x) else f"{x:.4f}"
 
 
 def fmt_bpc(x: float | None) -> str:
-    return "n/a" if x is None or _nan(x) else f"{x:.3f}"
+    return "n/a" if x is None or is_nan(x) else f"{x:.3f}"
 
 
 def fmt_ratio(x: float | None) -> str:
-    return "n/a" if x is None or _nan(x) else f"{x:.3f}"
+    return "n/a" if x is None or is_nan(x) else f"{x:.3f}"
 
 
 def fmt_time(s: float | None) -> str:
-    if s is None or _nan(s):
+    if s is None or is_nan(s):
         return "n/a"
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
 def fmt_int(x: float | None) -> str:
-    return "n/a" if x is None or _nan(x) else f"{int(round(x)):,}"
+    return "n/a" if x is None or is_nan(x) else f"{int(round(x)):,}"
 
 
-def _millions(n: float) -> str:
+def millions(n: float) -> str:
     return f"{n / 1e6:.1f}M"
 
 
-def _nan(x: Any) -> bool:
+def is_nan(x: Any) -> bool:
     return isinstance(x, float) and math.isnan(x)
 
 
@@ -53,16 +53,16 @@ def rounded(obj: Any, sig: int = SIG_DIGITS) -> Any:
         return {k: rounded(v, sig) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [rounded(v, sig) for v in obj]
-    obj = _py(obj)
+    obj = plain(obj)
     if isinstance(obj, float) and math.isfinite(obj):
         return float(f"{obj:.{sig}g}")
     return obj
 
 
-def _py(v: Any) -> Any:
+def plain(v: Any) -> Any:
     """numpy scalars and NaN -> plain JSON values."""
     v = v.item() if hasattr(v, "item") else v
-    return None if _nan(v) else v
+    return None if is_nan(v) else v
 
 
 def md_table(df: pd.DataFrame, align: str = "", min_dashes: int = 8) -> str:

@@ -1,4 +1,4 @@
-"""The report's figures. Each function takes tables (from `analysis`) and returns a Figure;
+"""The figures. Each function takes tables (from `tables`, `stats`, `report_tables`) and returns a Figure;
 nothing here reads the ledger or decides anything."""
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from .stats import deltas, fold_seed_labels
 
 # one colour per curve, stable across figures
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -287,8 +289,6 @@ def cost_vs_loss(screens: dict[str, dict]) -> Figure:
 def proxy_scatter(full: pd.DataFrame, proxies: dict[str, pd.DataFrame], ref: str) -> Figure:
     """Each change's delta at full scale (x) against its delta on each proxy (y): agreement lies in the
     lower-left and upper-right quadrants."""
-    from .stats import deltas, fold_seed_labels
-
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for i, (name, frame) in enumerate(proxies.items()):
         changes = [c for c in dict.fromkeys(fold_seed_labels(frame)["label"]) if c != ref]

@@ -21,9 +21,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from . import ledger, report_tables as rt
+from . import ledger, plots, report_tables as rt
 from .data import repo_root
-from .formats import _millions, _nan, _py, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, md_table, rounded
+from .formats import millions, is_nan, plain, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, md_table, rounded
 from .report_text import (CPU_BUDGET_S, DEVICE_NAME, PROXY_NOTE, PUBLISHED_BASELINE, baselines_md, edges_md, findings_md, provisional_md,
                         setup_md, summary_md, changes_table, ladder_table, results_table)
 from .presets import LADDER
@@ -47,8 +47,6 @@ def analysis_dir(profile: str) -> Path:
 def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write every figure, table and number the report uses; returns numbers.json's content. `roles`: which
     studies are which (default: report/studies.yml)."""
-    from . import plots
-
     roles = read_study_roles() if roles is None else roles
     out = analysis_dir(profile)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,7 +122,7 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
                  or rt.seed_std(profile, results, gpu_roles.get("small", []))}
         found["scale"] = [f"at {profile} scale on the {DEVICE_NAME.get(d, d)}" if d else f"at {profile} scale"
                           for d in found["device"]]
-        found["noise"] = [n if n is not None and not _nan(n) else noise.get(d)
+        found["noise"] = [n if n is not None and not is_nan(n) else noise.get(d)
                           for n, d in zip(found["noise"], found["device"])]
         found = found.sort_values("scale", kind="stable", key=lambda s: s.astype(str).str.contains("CPU"))  # GPU first
         if len(proxy_results):
@@ -152,7 +150,7 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         "ratio": float(final["final_val_loss"] / base["final_val_loss"]),
         # the same ratio on the loss that scores every validation token (the official spans score a
         # different share of the text under different tokenizers)
-        "ratio_full_coverage": _py(pd.to_numeric(final.get("full_val_bpc"), errors="coerce")
+        "ratio_full_coverage": plain(pd.to_numeric(final.get("full_val_bpc"), errors="coerce")
                                    / pd.to_numeric(base.get("full_val_bpc"), errors="coerce")),
         "ratio_provisional": bool(provisional),
         "baseline_device": base["device"], "final_device": final["device"],
@@ -222,7 +220,7 @@ def _best_rung(ladder: pd.DataFrame, base: pd.Series, single: bool = False,
 def _run_numbers(row: pd.Series) -> dict[str, Any]:
     keys = ("run", "hash", "final_val_loss", "full_val_bpc", "n_params", "wall_time_s", "paused_s", "tokens_per_s",
             "official", "wall_time_raw_s", "tokens_per_s_raw")
-    out = {k: _py(row.get(k)) for k in keys}
+    out = {k: plain(row.get(k)) for k in keys}
     # a count stays an integer: an unfinished run in the ledger (no n_params yet) makes the column float
     if isinstance(out["n_params"], float) and out["n_params"].is_integer():
         out["n_params"] = int(out["n_params"])
@@ -239,7 +237,7 @@ def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
     table = pd.DataFrame({"candidate": st.index, "seeds": st["seeds"].astype(int),
                           "mean loss": st["loss_mean"].map(fmt_loss), "std": st["loss_std"].map(fmt_loss),
                           "min": st["loss_min"].map(fmt_loss), "max": st["loss_max"].map(fmt_loss)})
-    info: dict[str, Any] = {k: {"n": int(r["seeds"]), "mean": _py(r["loss_mean"]), "std": _py(r["loss_std"])}
+    info: dict[str, Any] = {k: {"n": int(r["seeds"]), "mean": plain(r["loss_mean"]), "std": plain(r["loss_std"])}
                             for k, r in st.iterrows()}
     text = md_table(table)
     note = "There are fewer than two candidates with two or more seeds: no test.\n"
@@ -277,8 +275,6 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
                 roles: dict[str, Any]) -> str:
     """The full-scale studies run on a lent GPU (roles["gpu"]: their names): markdown, plus fig-gpu-curves.png
     and fig-overfit.png."""
-    from . import plots
-
     g = roles.get("gpu") or {}
     gpu = results[(results.get("device") == "cuda") & (results["status"] == "finished")] if len(results) else results
     recs = {k: v for k, v in read_studies(profile).items() if k in g.get("studies", [])}
@@ -299,11 +295,11 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
         prev = lad["final_val_loss"].shift(1)
         t = pd.DataFrame({
             "rung": lad["label"], "official loss": lad["final_val_loss"].map(fmt_loss),
-            "vs previous": ["" if _nan(p) else f"{x / p - 1:+.1%}" for x, p in zip(lad["final_val_loss"], prev)],
+            "vs previous": ["" if is_nan(p) else f"{x / p - 1:+.1%}" for x, p in zip(lad["final_val_loss"], prev)],
             "ratio": lad["ratio_to_baseline"].map(fmt_ratio), "full bits/char": lad["full_val_bpc"].map(fmt_bpc),
             "lowest loss (step)": [f"{b:.4f} ({st})" for b, st in best], "params": lad["n_params"].map(fmt_int),
             "tokens/s": lad["tokens_per_s"].map(fmt_int)})
-        sizes = lad["n_params"].map(_millions)
+        sizes = lad["n_params"].map(millions)
         other = [f"{r} {m}" for r, m in zip(lad["label"], sizes) if m != sizes.iloc[0]]
         parts += [md_table(t, "llrrrrrr"),
                   f": The seed plan at the original width and depth on the GPU ({sizes.iloc[0]} parameters"
@@ -355,10 +351,10 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
     curves = {}
     if lad is not None and len(lad):
         for r in lad.itertuples():
-            curves[f"{r.label} ({_millions(r.n_params)})"] = read_curve(results.loc[results["hash"] == r.hash, "dir"].iloc[0])
+            curves[f"{r.label} ({millions(r.n_params)})"] = read_curve(results.loc[results["hash"] == r.hash, "dir"].iloc[0])
     if len(pts):
         top = pts[pts["label"] == stats.index[0]].iloc[0]
-        curves[f"small model {top['label']} ({_millions(top['n_params'])})"] = read_curve(
+        curves[f"small model {top['label']} ({millions(top['n_params'])})"] = read_curve(
             results.loc[results["hash"] == top["hash"], "dir"].iloc[0])
     if curves:
         plots.save(plots.validation_curves(curves, title="full scale on the GPU", baseline_loss=base_loss),
@@ -375,7 +371,7 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
 def search_section(proxy: str, studies: dict[str, pd.DataFrame], out: Path, reference: dict | None = None) -> str:
     """The adaptive search of notebook 04 (Optuna TPE on the proxy), read from its storage and the ledger:
     a paragraph, the best trials as a table, and fig-search.png. Empty when no search was recorded."""
-    from . import plots, search
+    from . import search   # optuna: imported only where a search was recorded
 
     name = next((k for k, f in studies.items() if (f["axis"] == "search").any()), None)
     if name is None or not search.storage_path(proxy, name).exists():
@@ -434,8 +430,6 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
     leave-one-out runs, points by compute cost, agreement with the proxies and truncation. Writes one markdown
     file per table (an empty file where the ledger lacks the studies) and fig-cost.png, fig-proxy.png; returns
     the numbers."""
-    from . import plots
-
     recs = read_studies(profile)
     gpu_bases = results[results["is_baseline"] & (results["device"] == "cuda") & (results["status"] == "finished")]
     numbers: dict[str, Any] = {}
@@ -516,13 +510,13 @@ def _story_steps(profile: str, results: pd.DataFrame, done: pd.DataFrame, base: 
     if rec is not None:
         lad = study_frame(rec, results)
         lad = lad[lad["status"] == "finished"].drop_duplicates("label")
-        rows += [{"step": f"{r.label} (GPU, {_millions(r.n_params)})", "ratio": float(r.ratio_to_baseline),
+        rows += [{"step": f"{r.label} (GPU, {millions(r.n_params)})", "ratio": float(r.ratio_to_baseline),
                   "device": "GPU", "loss": float(r.final_val_loss)} for r in lad.itertuples()]
         small = points_of(profile, results, g.get("small", []))
         if len(small):
             best = small.groupby("label")["final_val_loss"].mean().sort_values()
             top = small[small["label"] == best.index[0]].iloc[0]
-            rows.append({"step": f"small model (GPU, {_millions(top['n_params'])})",
+            rows.append({"step": f"small model (GPU, {millions(top['n_params'])})",
                          "ratio": float(best.iloc[0] / top["final_val_loss"] * top["ratio_to_baseline"]),
                          "device": "GPU", "loss": float(best.iloc[0])})
     cpu = done[done["device"] == base["device"]]

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from .config import make_config
-from .formats import _nan, fmt_loss, fmt_ratio, md_table
+from .formats import is_nan, fmt_loss, fmt_ratio, md_table
 from .stats import (agreement, deltas, fold_seed_labels, permutation_p, relative_cost, study_effects,
                     truncation_agreement)
 from .tables import points_of, read_curve, study_frame
@@ -98,9 +98,9 @@ def test_table(results: pd.DataFrame, tests: pd.DataFrame, base: pd.Series, grou
         for kind in ("random", "late"):
             x, xb = loss_of(hashes, kind), loss_of(b, kind)
             row[f"test:{kind}"] = fmt_loss(x)
-            row[f"{kind} ratio"] = fmt_ratio(x / xb) if not (_nan(x) or _nan(xb)) else ""
+            row[f"{kind} ratio"] = fmt_ratio(x / xb) if not (is_nan(x) or is_nan(xb)) else ""
         xf, xbf = loss_of(hashes, "random", "full"), loss_of(b, "random", "full")
-        row["random ratio, full coverage"] = fmt_ratio(xf / xbf) if not (_nan(xf) or _nan(xbf)) else ""
+        row["random ratio, full coverage"] = fmt_ratio(xf / xbf) if not (is_nan(xf) or is_nan(xbf)) else ""
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -144,7 +144,7 @@ def stack_table(recs: dict[str, dict], results: pd.DataFrame, spec: dict, base_l
         paired[name] = float(row.final_val_loss - by_seed[row.seed]) if row.seed in by_seed.index else math.nan
         rows.append({"runs": row.label, "seeds": "1", "loss": fmt_loss(row.final_val_loss), "std": "",
                      "against": spec["label"], "difference": f"{minus[name]:+.4f}",
-                     "same seed": "" if _nan(paired[name]) else f"{paired[name]:+.4f}", "p": "",
+                     "same seed": "" if is_nan(paired[name]) else f"{paired[name]:+.4f}", "p": "",
                      "ratio": fmt_ratio(row.final_val_loss / base_loss)})
     numbers = {"reference_mean": float(r.mean()), "reference_std": float(r.std()), "mean": float(k.mean()),
                "std": float(k.std()), "delta": float(k.mean() - r.mean()), "p": p, "members": members,
@@ -221,7 +221,7 @@ def truncation_table(screen: pd.DataFrame, results: pd.DataFrame, ref: str, skip
     t = pd.DataFrame({"epoch": table["epoch"].map(lambda x: f"{x:g}"),
                       "share of the run": table["fraction"].map(lambda x: f"{x:.0%}"),
                       "pairs": table["pairs"].astype(str), "same sign": table["sign_agreement"].map(lambda x: f"{x:.0%}"),
-                      "same sign, clear": table["clear_sign_agreement"].map(lambda x: "" if _nan(x) else f"{x:.0%}"),
+                      "same sign, clear": table["clear_sign_agreement"].map(lambda x: "" if is_nan(x) else f"{x:.0%}"),
                       "Spearman": table["spearman"].map(lambda x: f"{x:.2f}")})
     numbers = {k: v for k, v in s.items() if k not in ("deltas", "clear")}
     numbers["table"] = table.to_dict(orient="records")

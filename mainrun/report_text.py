@@ -10,7 +10,7 @@ import pandas as pd
 
 from . import ledger
 from .config import STANDIN_SHA256, make_config
-from .formats import _nan, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, fmt_time, md_table  # noqa: F401
+from .formats import is_nan, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, fmt_time, md_table  # noqa: F401
 from .tables import PAUSE_GAP_S
 from .studies import by_point
 from .presets import LADDER
@@ -52,9 +52,9 @@ def results_table(results: pd.DataFrame, profile: str) -> pd.DataFrame:
 
 def _loss_or_progress(row: pd.Series) -> str:
     """The official loss, or for a run still training its last logged one."""
-    if not _nan(row.get("final_val_loss")) and row.get("final_val_loss") is not None:
+    if not is_nan(row.get("final_val_loss")) and row.get("final_val_loss") is not None:
         return fmt_loss(row["final_val_loss"])
-    if row.get("status") == "incomplete" and not _nan(row.get("last_val_loss")) and row.get("last_val_loss") is not None:
+    if row.get("status") == "incomplete" and not is_nan(row.get("last_val_loss")) and row.get("last_val_loss") is not None:
         return f"training: {fmt_loss(row['last_val_loss'])} at step {int(row['last_val_step'])}"
     return "n/a"
 
@@ -64,7 +64,7 @@ def ladder_table(ladder: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "stage": ladder["stage"], "run": ladder["label"],
         "official loss": [_loss_or_progress(r) for _, r in ladder.iterrows()],
-        "vs previous": [("" if _nan(p) or _nan(x) else f"{x / p - 1:+.1%}") for x, p in zip(ladder["final_val_loss"], prev)],
+        "vs previous": [("" if is_nan(p) or is_nan(x) else f"{x / p - 1:+.1%}") for x, p in zip(ladder["final_val_loss"], prev)],
         "ratio": ladder["ratio_to_baseline"].map(fmt_ratio),
         "full bits/char": ladder["full_val_bpc"].map(fmt_bpc),
         "params": ladder["n_params"].map(fmt_int),
@@ -127,12 +127,12 @@ def findings_md(found: pd.DataFrame) -> str:
             if r.judged_on == "full coverage":
                 verdict += (f", judged on the full-coverage loss (the official spans score {r.coverage:.1%} of its "
                             f"validation tokens against {r.reference_coverage:.1%})")
-            elif getattr(r, "noise", None) and not _nan(r.noise) and abs(r.loss - r.reference_loss) < 2 * r.noise:
+            elif getattr(r, "noise", None) and not is_nan(r.noise) and abs(r.loss - r.reference_loss) < 2 * r.noise:
                 verdict = "inside the noise (under 2 seed std)"   # not called "helped" or "did not help"
             rows.append({"change": r.change, "study": r.study, "against": r.reference,
                          "official": f"{fmt_loss(r.loss)} vs {fmt_loss(r.reference_loss)}",
                          "official change": f"{r.delta:+.2%}",
-                         "full-coverage change": "" if _nan(r.full_delta) else f"{r.full_delta:+.2%}",
+                         "full-coverage change": "" if is_nan(r.full_delta) else f"{r.full_delta:+.2%}",
                          "seeds": str(r.seeds), "verdict": verdict})
         parts.append(md_table(pd.DataFrame(rows), "lllrrrrl") if rows else "No one-change study at this scale.\n")
         parts.append(f": What worked and what did not, {scale}. {{#tbl-findings-{i + 1}}}\n")
@@ -192,12 +192,12 @@ def summary_md(n: dict, final: pd.Series, base: pd.Series) -> str:
                       f"the slowest took {fs['tps_max'] / fs['tps_min']:.2f}x the fastest's time a step")
         s += "."
     rfc = n.get("ratio_full_coverage")
-    if rfc is not None and not _nan(rfc):
+    if rfc is not None and not is_nan(rfc):
         s += f" On the full-coverage loss, which scores every validation token, the ratio is {fmt_ratio(rfc)}."
     if n["time_to_baseline_s"] is not None:
         s += f" It first beats the baseline's final loss after {fmt_time(n['time_to_baseline_s'])} of training."
     official = final.get("official")
-    official = bool(official) if official is not None and not _nan(official) else False
+    official = bool(official) if official is not None and not is_nan(official) else False
     for key, words in (("best_single", "The best single model"),
                        ("best_in_budget", "The best run within the budget on the baseline's CPU")):
         b = n.get(key)

@@ -23,7 +23,7 @@ import pandas as pd
 
 from . import ledger
 from .evaluate import official_coverage
-from .formats import _nan, fmt_bpc, fmt_int, fmt_loss, fmt_time
+from .formats import is_nan, fmt_bpc, fmt_int, fmt_loss, fmt_time
 from .studies import by_point
 from .tables import read_curve
 
@@ -36,7 +36,7 @@ def compare(frame: pd.DataFrame) -> pd.DataFrame:
     loss = pd.to_numeric(ok["final_val_loss"], errors="coerce")
     bpc = pd.to_numeric(ok["full_val_bpc"], errors="coerce")
     ref, ref_bpc, first = loss.iloc[0], bpc.iloc[0], ok["label"].iloc[0]
-    vs = lambda xs, r: ["" if _nan(x) or _nan(r) else f"{x / r - 1:+.2%}" for x in xs]
+    vs = lambda xs, r: ["" if is_nan(x) or is_nan(r) else f"{x / r - 1:+.2%}" for x in xs]
     return pd.DataFrame({
         "point": ok["label"], "seed": ok["seed"], "status": ok["status"], "official loss": loss.map(fmt_loss),
         f"vs {first}": vs(loss, ref), "full bits/char": ok["full_val_bpc"].map(fmt_bpc),
@@ -69,7 +69,7 @@ def study_effects(name: str, frame: pd.DataFrame, ref_label: str | None, results
         delta = s["loss_mean"] / ref["loss_mean"] - 1
         full_delta = full.get(label, math.nan) / full.get(ref_label, math.nan) - 1
         moved = abs(cov.get(label, math.nan) - cov.get(ref_label, math.nan)) > SAME_COVERAGE
-        judged_on = ("official" if not moved else "full coverage" if not _nan(full_delta) else "none")
+        judged_on = ("official" if not moved else "full coverage" if not is_nan(full_delta) else "none")
         judged_delta = full_delta if judged_on == "full coverage" else delta
         verdict = ("not judged" if judged_on == "none" else "no change" if abs(judged_delta) < NO_CHANGE
                    else "helped" if judged_delta < 0 else "did not help")

@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import ledger
 from .config import Config, make_config
-from .formats import _nan, _py
+from .formats import is_nan, plain
 from .studies import read_ladder, studies_dir
 
 
@@ -86,11 +86,11 @@ def without_pauses(row: dict, run_dir: Path) -> dict[str, Any]:
     p = pauses(run_dir)
     out: dict[str, Any] = {"paused_s": float(p["wall_s"].sum())}
     wall, tps, train = row.get("wall_time_s"), row.get("tokens_per_s"), row.get("train_time_s")
-    if out["paused_s"] <= 0 or wall is None or _nan(wall):
+    if out["paused_s"] <= 0 or wall is None or is_nan(wall):
         return out
     out.update(wall_time_raw_s=wall, tokens_per_s_raw=tps, wall_time_s=wall - out["paused_s"])
     paused_train = float(p["train_s"].sum())
-    if tps is not None and not _nan(tps) and train and not _nan(train) and train - paused_train > 0:
+    if tps is not None and not is_nan(tps) and train and not is_nan(train) and train - paused_train > 0:
         out["tokens_per_s"] = tps * train / (train - paused_train)
     return out
 
@@ -107,7 +107,7 @@ def _is_baseline(row: pd.Series, profile: str) -> bool:
     ref = make_config(profile, "baseline", device="cpu", precision="fp32").hash_fields()
     ref.pop("precision")
     ref.pop("device", None)
-    extra_seed = row.get("train_seed") not in (None, -1) and not _nan(row.get("train_seed"))
+    extra_seed = row.get("train_seed") not in (None, -1) and not is_nan(row.get("train_seed"))
     return all(row.get(k) == v for k, v in ref.items()) and not extra_seed
 
 
@@ -122,10 +122,10 @@ def pending_baseline(results: pd.DataFrame, device: str) -> dict[str, Any] | Non
     cand = results[(results["device"] == device) & (results["status"] != "finished")]
     for _, r in cand.iterrows():
         if _is_baseline(r, r["profile"]):
-            as_int = lambda v: None if _py(v) is None else int(v)
+            as_int = lambda v: None if plain(v) is None else int(v)
             return {"run": r["run"], "hash": r["hash"], "last_step": as_int(r.get("last_step")),
                     "max_steps": as_int(r.get("max_steps")), "last_val_step": as_int(r.get("last_val_step")),
-                    "last_val_loss": _py(r.get("last_val_loss"))}
+                    "last_val_loss": plain(r.get("last_val_loss"))}
     return None
 
 
