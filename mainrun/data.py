@@ -307,10 +307,3 @@ def get_batch(ids: torch.Tensor, ptr: int, block: int, batch: int) -> tuple[torc
     y = chunk[1:].view(batch, block)   # [B, T] next-token targets
     return x, y, ptr + block * batch
 
-
-def iter_full_split(ids: torch.Tensor, block: int, batch: int):
-    """The original's evaluation spans: disjoint spans of batch*block+1 tokens; the tail is dropped."""
-    span = block * batch + 1
-    for ptr in range(0, len(ids) - span + 1, span):
-        chunk = ids[ptr: ptr + span]
-        yield chunk[:-1].view(batch, block), chunk[1:].view(batch, block)

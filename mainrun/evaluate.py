@@ -15,7 +15,14 @@ import torch
 from torch.nn import functional as F
 
 from .config import EVAL_BATCH, EVAL_BLOCK
-from .data import iter_full_split
+
+
+def iter_full_split(ids: torch.Tensor, block: int, batch: int):
+    """The original's evaluation spans: disjoint spans of batch*block+1 tokens; the tail is dropped."""
+    span = block * batch + 1
+    for ptr in range(0, len(ids) - span + 1, span):
+        chunk = ids[ptr: ptr + span]
+        yield chunk[:-1].view(batch, block), chunk[1:].view(batch, block)
 
 
 def autocast(device: str, precision: str):

@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 from . import ledger
-from .report_inputs import analysis_dir
+from .tables import analysis_dir
 from .data import repo_root
 
 INCLUDE = re.compile(r"^\{\{<\s*include\s+(\S+)\s*>\}\}[ \t]*$", re.M)

@@ -29,7 +29,7 @@ from .report_text import (CPU_BUDGET_S, DEVICE_NAME, PROXY_NOTE, PUBLISHED_BASEL
 from .presets import LADDER
 from .stats import coverage_check, permutation_floor, permutation_p, time_to_quality
 from .studies import STUDY_PROFILE, by_point
-from .tables import (best_of_curve, points_of, ladder_frame, load_results, pending_baseline, read_curve, read_lr, read_studies,
+from .tables import (analysis_dir, best_of_curve, points_of, ladder_frame, load_results, pending_baseline, read_curve, read_lr, read_studies,
                      read_tests, study_frame)
 
 
@@ -37,11 +37,6 @@ def read_study_roles(path: Path | None = None) -> dict[str, Any]:
     """report/studies.yml: which recorded studies the report reads, and as what (an empty dict if absent)."""
     path = path or repo_root() / "report" / "studies.yml"
     return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
-
-
-def analysis_dir(profile: str) -> Path:
-    """Beside the ledger the numbers come from: <results>/analysis/<profile>/."""
-    return ledger.results_root(profile) / "analysis" / profile
 
 
 def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -198,6 +198,11 @@ def read_lr(run_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(ev, columns=["step", "lr", "max_steps"])
 
 
+def analysis_dir(profile: str) -> Path:
+    """Where the analysis of a ledger goes, beside it: <results>/analysis/<profile>/."""
+    return ledger.results_root(profile) / "analysis" / profile
+
+
 def read_studies(profile: str) -> dict[str, dict]:
     """{study name: record} of every study recorded for the profile."""
     d = studies_dir(profile)
