@@ -326,3 +326,11 @@ def story(steps: pd.DataFrame) -> Figure:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def placeholder(what: str) -> Figure:
+    """A small figure that says what this ledger lacks, where a figure of the report has no data here."""
+    fig, ax = plt.subplots(figsize=(6.0, 1.2))
+    ax.text(0.5, 0.5, f"not in this ledger: {what}", ha="center", va="center", fontsize=9)
+    ax.set_axis_off()
+    return fig

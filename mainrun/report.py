@@ -63,13 +63,19 @@ def expand_includes(text: str, base: Path, depth: int = 0) -> str:
                        text)
 
 
-def expand_variables(text: str, variables: dict) -> str:
-    """Quarto's meta shortcode for the numbers in the prose, done by hand for the pandoc path; a key the
-    variables lack is an error naming it (a number the ledger cannot give is never left blank)."""
+MISSING = "[not in this ledger]"
+
+
+def expand_variables(text: str, variables: dict, strict: bool = True) -> str:
+    """Quarto's meta shortcode for the numbers in the prose, done by hand for the pandoc path. A key the
+    variables lack is an error naming it when `strict` (the full profile: a number of the report is never left
+    blank); otherwise (a proxy or smoke ledger, which lacks the GPU studies) it reads MISSING."""
     def value(m: re.Match) -> str:
         node = variables
         for part in m.group(1).split("."):
             if not isinstance(node, dict) or part not in node:
+                if not strict:
+                    return MISSING
                 raise KeyError(f"report.qmd quotes v.{m.group(1)}, which variables.yml does not hold "
                                f"(written by report_inputs.report_variables)")
             node = node[part]
@@ -89,7 +95,7 @@ def ledger_timestamp(profile: str) -> int | None:
     return int(datetime.fromisoformat(max(stamps)).timestamp()) if stamps else None
 
 
-def render_pandoc_typst(qmd: Path, pdf: Path, timestamp: int | None = None) -> Path:
+def render_pandoc_typst(qmd: Path, pdf: Path, timestamp: int | None = None, strict: bool = True) -> Path:
     import pypandoc
     import typst
 
@@ -97,7 +103,7 @@ def render_pandoc_typst(qmd: Path, pdf: Path, timestamp: int | None = None) -> P
 
     md = expand_includes(qmd.read_text(), qmd.parent)
     variables = qmd.parent / "_generated" / "variables.yml"
-    md = expand_variables(md, yaml.safe_load(variables.read_text())["v"] if variables.exists() else {})
+    md = expand_variables(md, yaml.safe_load(variables.read_text())["v"] if variables.exists() else {}, strict)
     md = PRIME.sub("\u2019", md)   # final4's: an apostrophe, which pandoc would set as a prime after a digit
     typ = pypandoc.convert_text(md, "typst", format="markdown", extra_args=[
         "--standalone", f"--include-in-header={qmd.parent / 'header.typ'}", "--columns=200"])
@@ -134,4 +140,6 @@ def render(profile: str, output: Path | None = None, engine: str = "auto") -> Pa
     stage_inputs(profile, name)
     qmd = report_dir() / "report.qmd"
     pdf = Path(output) if output else output_path(profile)
-    return (render_quarto if name == "quarto" else render_pandoc_typst)(qmd, pdf, ledger_timestamp(profile))
+    if name == "quarto":
+        return render_quarto(qmd, pdf, ledger_timestamp(profile))
+    return render_pandoc_typst(qmd, pdf, ledger_timestamp(profile), strict=profile == "full")

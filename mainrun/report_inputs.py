@@ -33,6 +33,15 @@ from .tables import (analysis_dir, best_of_curve, points_of, ladder_frame, load_
                      read_tests, study_frame)
 
 
+# The figures write_report_inputs makes, and what each needs from the ledger (a placeholder says so where the
+# ledger lacks it, e.g. under the smoke profile).
+FIGURES = {"fig-story.png": "a ladder of two or more rungs", "fig-curves.png": "a ladder", "fig-lr.png": "a ladder",
+           "fig-overfit.png": "full-scale GPU runs", "fig-gpu-curves.png": "full-scale GPU runs",
+           "fig-seeds.png": "full-scale rungs over seeds", "fig-cost.png": "screens that change the compute",
+           "fig-proxy.png": "a screen made again on a proxy", "fig-forest.png": "one-change studies",
+           "fig-sensitivity.png": "a sweep", "fig-search.png": "a search"}
+
+
 def read_study_roles(path: Path | None = None) -> dict[str, Any]:
     """report/studies.yml: which recorded studies the report reads, and as what (an empty dict if absent)."""
     path = path or repo_root() / "report" / "studies.yml"
@@ -107,7 +116,7 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
     gpu_roles = roles.get("gpu") or {}
     (out / "gpu.md").write_text(gpu_section(profile, results, out, proxy_results, roles))
     (out / "search.md").write_text(search_section(proxy, studies, out, proxy_roles.get("search_reference")))
-    screens = (screens_section(profile, results, proxy_results, out, roles) if proxy != profile else {})
+    screens = screens_section(profile, results, proxy_results, out, roles)
     # each finding is judged against the seed spread of its own scale: its screen's reference seeds, else the
     # last CPU rung's seeds or the GPU's small models' seeds at full scale, or the proxy's base candidate
     found = rt.findings(recs if proxy != profile else read_studies(profile), results, roles)
@@ -166,6 +175,9 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
     note = PROXY_NOTE[profile] or (f"Profile **full**: the Mainrun rules. The single-change studies and the sweeps "
                                    f"ran on the {proxy} proxy; only the kept configurations trained at full scale.")
     (out / "profile.md").write_text(note + "\n")
+    for name, what in FIGURES.items():   # every figure the report shows exists, if only to say it has no data
+        if not (out / name).exists():
+            plots.save(plots.placeholder(what), out / name, close=True)
     (out / "variables.yml").write_text(yaml.safe_dump({"v": report_variables(numbers)}, sort_keys=True, width=1000))
     # rounded: the file must come out byte-identical on every host (see formats.SIG_DIGITS)
     (out / "numbers.json").write_text(json.dumps(rounded(numbers), indent=2, default=str) + "\n")
