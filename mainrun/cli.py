@@ -146,7 +146,12 @@ def cmd_repair(args) -> int:
 
     run_dir = _find_run_dir(args.run)
     path = run_dir / "summary.json"
-    with ledger.Lock(run_dir / ".lock", ledger.lock_record("repairing", run_dir)):
+    lock = ledger.Lock(run_dir / ".lock", ledger.lock_record("repairing", run_dir))
+    try:
+        lock.acquire()
+    except ledger.Busy as busy:
+        raise RuntimeError(f"run {run_dir.name} is being trained by {busy}; repair it once that ends") from None
+    with lock:
         text = path.read_text() if path.exists() else ""
         try:
             intact = json.loads(text) if text else None

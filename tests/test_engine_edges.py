@@ -146,14 +146,20 @@ def test_two_workers_training_one_config_take_turns_with_its_checkpoints(isolate
     (retries=0: before, one crashed on its vanished temp file)."""
     from mainrun import cluster
     client, ckpt = workers
-    [job] = _jobs({"base": {**SMOKE, "checkpoint_every": 10}, "points": {"w": {"lr": 4e-3}}}, "ck")
+    [job] = _jobs({"base": {**SMOKE, "checkpoint_every": 15}, "points": {"w": {"lr": 4e-3}}}, "ck")
     engine = cluster.Engine(client, cluster.data_files([job]), retries=0)
-    client.run(os.environ.__setitem__, train_mod.WRITE_DELAY_ENV, "1")
+    delay = train_mod.WRITE_DELAY_ENV
+    client.run(lambda: os.environ.__setitem__(delay, "2"))    # in each worker process (a lambda goes by value)
     try:
-        futures = [engine.submit(job), engine.submit(job)]
+        futures = [engine.submit(job)]
+        t0 = time.time()
+        while not list((ckpt / job.hash).glob("*.tmp")):     # the first is in the middle of a checkpoint write
+            assert time.time() - t0 < 120 and not futures[0].done(), futures[0]
+            time.sleep(0.05)
+        futures.append(engine.submit(job))                    # the second starts on the other worker
         results, err = bounded(lambda: client.gather(futures), 180)
     finally:
-        client.run(os.environ.pop, train_mod.WRITE_DELAY_ENV, None)
+        client.run(lambda: os.environ.pop(delay, None))
     assert err is None, err
     summaries = [json.loads(r["files"]["summary.json"]) for r in results]
     assert [s["status"] for s in summaries] == ["finished", "finished"] and {r["pid"] for r in results} != {None}
@@ -304,7 +310,7 @@ def test_repair_refuses_a_log_that_did_not_finish(isolated):
 # ----------------------------------------------------------------------------- 6. emulated bf16
 def test_bf16_on_a_cpu_without_native_bf16_warns_once(isolated, monkeypatch, capsys):
     monkeypatch.setattr(optim, "native_bf16", lambda device: False)
-    monkeypatch.setattr(train_mod, "_BF16_WARNED", [])
+    monkeypatch.setattr(train_mod, "_BF16_WARNED", [], raising=False)
 
     class Stop(Exception):
         pass
