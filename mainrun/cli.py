@@ -278,8 +278,8 @@ def add_sweep_command(sub) -> None:
     where.add_argument("--workers", type=at_least_one, default=None,
                        help="a local Dask cluster of N worker processes (neither option: sequential, in-process)")
     where.add_argument("--scheduler", default=None, help="address of a running `dask scheduler`, tcp://HOST:8786")
-    s.add_argument("--scheduler-timeout", type=seconds, default=60.0, metavar="S",
-                   help="seconds to wait for the --scheduler to answer, then for its first worker (default 60)")
+    s.add_argument("--scheduler-timeout", type=seconds, default=30.0, metavar="S",
+                   help="seconds to wait for the --scheduler to answer, then for its first worker (default 30)")
     s.add_argument("--threads-per-run", type=at_least_one, default=None, help="torch threads of each run (default 1)")
     s.add_argument("--runs-per-gpu", type=at_least_one, default=None,
                    help="K runs share a GPU: each task asks for resource GPU=1/K; with no --scheduler, a local "

@@ -52,7 +52,7 @@ RUN_FILES = ("config.json", "log.jsonl", "summary.json")
 RETRIES = 2                 # dask retries of a task that raised (a dead worker is counted separately)
 TIMEOUT: float | None = None   # seconds to wait for a sweep's (or one trial's) results; None: no limit
 # seconds to wait for a scheduler (an address) to answer, and then for its first worker (--scheduler-timeout)
-SCHEDULER_TIMEOUT = 60.0
+SCHEDULER_TIMEOUT = 30.0
 POLL_S = 1.0                   # how often a driver looks again at points another process is training
 
 

@@ -4,7 +4,9 @@ results/runs/<name>-<hash>/
     config.json   the full config, its hash, data fingerprint and source
     log.jsonl     the original's JSONL events (+ a few of ours), appended as the run goes
     summary.json  written once, at the end: status finished | diverged, metrics, hardware
-A folder without summary.json is a run that is still going or was cut short.
+    .lock         held (Lock, an flock naming its holder) by the process training or installing the run
+A folder without summary.json is a run that is still going or was cut short; one whose summary.json does not
+parse, or whose log shows it ended without one, is damaged (finished_summary, rebuild_summary).
 """
 from __future__ import annotations
 
