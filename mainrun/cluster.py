@@ -9,9 +9,9 @@ The driver (the process that calls `run_sweep`) resolves every point's config an
 the points that have no finished run in the ledger. A worker trains its point into a temporary ledger of its
 own (`ledger.results_override`, the per-task equivalent of MAINRUN_RESULTS) and returns the run folder's
 files as text; the driver writes them into the real ledger (`install`: each file atomically, the summary
-last, in the run's folder while it holds that folder's lock). Workers need no shared file system: the titles file travels through the cluster (`DataPlugin`, sent
-once per cluster, checked by sha256 on arrival and cached under the worker's own cache folder), and the
-records name the data exactly as a run on the driver does.
+last, in the run's folder while it holds that folder's lock). Workers need no shared file system: the titles
+file travels through the cluster (`DataPlugin`, sent once per cluster, checked by sha256 on arrival and cached
+under the worker's own cache folder), and the records name the data exactly as a run on the driver does.
 
 Faults: a task that raises is retried (`retries`); a worker process that dies mid-run has its task
 rescheduled by the scheduler (up to `distributed.scheduler.allowed-failures` deaths), and a run that lands on
