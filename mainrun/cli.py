@@ -3,6 +3,7 @@
     python -m mainrun train --profile full --preset baseline --set optimizer=adamw lr=3e-4
     python -m mainrun eval RUN --data titles.parquet
     python -m mainrun list
+    python -m mainrun repair RUN
     python -m mainrun bench
     python -m mainrun sweep spec.yaml --profile quick --study lr --workers 2
     python -m mainrun report --profile full
@@ -60,7 +61,7 @@ def _find_run_dir(spec: str) -> Path:
                              f"name one of them by its folder name or hash")
     names = sorted({d.name for d, _, _ in runs} | {n for _, n, _ in runs})
     close = difflib.get_close_matches(spec, names, n=5, cutoff=0.6)
-    where = ", ".join(ledger.display_path(r) for r in roots)
+    where = ", ".join(str(Path(r).resolve()) for r in roots)
     raise SystemExit(f"error: no run matches {spec!r} (a run's name, its folder name <name>-<hash>, its hash or "
                      f"a prefix of {MIN_HASH_PREFIX}+ characters, or a folder path) in {where}"
                      + (f"\nclose matches: {', '.join(close)}" if close else "")
@@ -72,7 +73,7 @@ def cmd_train(args) -> int:
 
     cfg = make_config(args.profile, args.preset, **parse_overrides(args.set or []))
     print(json.dumps(cfg.to_dict()), file=sys.stderr)
-    summary = run(cfg, force=args.force, progress=not args.quiet)
+    summary = run(cfg, force=args.force, progress=not args.quiet, discard_finished=args.discard_finished)
     keys = ("name", "hash", "status", "official", "final_val_loss", "full_val_bpc", "steps", "wall_time_s",
             "tokens_per_s")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
@@ -124,7 +125,7 @@ def cmd_list(args) -> int:
 
     root = Path(args.results) if args.results else ledger.results_root(args.profile)
     runs = ledger.load_runs(root)
-    print(f"{len(runs)} run(s) in {root}")
+    print(f"{len(runs)} run(s) in {Path(root).resolve()}")
     print(f"{'run':<44}{'status':>11}{'official':>9}{'val loss':>10}{'full bpc':>10}{'steps':>11}{'wall min':>9}")
     for r in runs:
         s = r["summary"] or {}
@@ -134,6 +135,50 @@ def cmd_list(args) -> int:
         print(f"{r['dir'].name:<44}{r['status']:>11}{str(s.get('official', '-')):>9}"
               f"{fmt(s.get('final_val_loss'), '.4f'):>10}{fmt(s.get('full_val_bpc'), '.4f'):>10}{steps:>11}"
               f"{fmt(wall, '.1f'):>9}")
+    damaged = [r for r in runs if r["status"] == "damaged"]
+    for r in damaged:
+        print(f"damaged: {r['damaged']}")
+    return 0
+
+
+def cmd_repair(args) -> int:
+    """Rebuild a run's summary.json from its log (ledger.rebuild_summary), or check an intact one against it."""
+    from . import ledger
+
+    run_dir = _find_run_dir(args.run)
+    path = run_dir / "summary.json"
+    lock = ledger.Lock(run_dir / ".lock", ledger.lock_record("repairing", run_dir))
+    try:
+        lock.acquire()
+    except ledger.Busy as busy:
+        raise RuntimeError(f"run {run_dir.name} is being trained by {busy}; repair it once that ends") from None
+    with lock:
+        text = path.read_text() if path.exists() else ""
+        try:
+            intact = json.loads(text) if text else None
+        except json.JSONDecodeError:
+            intact = None
+        if isinstance(intact, dict) and "status" in intact:
+            rebuilt = ledger.rebuild_summary(run_dir)
+            differ = [f"{k}: {intact.get(k)!r} in summary.json, {rebuilt[k]!r} in the log" for k in ledger.CHECKED
+                      if k in rebuilt and intact.get(k) != rebuilt[k]]
+            if differ:
+                print(f"{ledger.shown_path(path)} disagrees with its log:\n  " + "\n  ".join(differ))
+                return 1
+            print(f"{ledger.shown_path(path)} is intact and agrees with its log ({', '.join(ledger.CHECKED)}); "
+                  f"nothing to repair")
+            return 0
+        summary = ledger.rebuild_summary(run_dir, text)
+        if text:
+            aside = run_dir / "summary.json.damaged"
+            ledger.atomic_write_bytes(aside, lambda tmp: Path(tmp).write_text(text))
+        ledger.atomic_write_json(path, summary)
+    print(f"rebuilt {ledger.shown_path(path)} from its log.jsonl: {summary['status']}, official loss "
+          f"{summary['final_val_loss']}, {summary['steps']}/{summary['max_steps']} steps; checked against the log"
+          + (" and the fields still legible in the damaged file" if text else "")
+          + (f"; the damaged file is kept as {ledger.shown_path(run_dir / 'summary.json.damaged')}" if text else "")
+          + (f"; not in the log, so unknown: {', '.join(summary['repaired']['not_known'])}"
+             if summary["repaired"]["not_known"] else ""))
     return 0
 
 
@@ -162,6 +207,27 @@ def add_report_command(sub) -> None:
     r.set_defaults(fn=cmd_report)
 
 
+def at_least_one(text: str) -> int:
+    """argparse type of --workers, --threads-per-run, --runs-per-gpu: an integer >= 1 (argparse names the flag)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1 or str(v) != text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not accepted: give an integer >= 1")
+    return v
+
+
+def seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not accepted: give a number of seconds > 0")
+    return v
+
+
 def add_sweep_command(sub) -> None:
     """`sweep SPEC`: a sweep or search spec (YAML/JSON) run here, one point after another, or on a Dask cluster
     (mainrun.cluster); the driver writes the ledger and the study record either way."""
@@ -174,12 +240,15 @@ def add_sweep_command(sub) -> None:
         from .studies import load_spec_file
         from .sweep import run_sweep, studies_dir
 
+        from . import cluster as engine
+
         named, calls = load_spec_file(Path(args.spec))
         if named and args.profile and named != args.profile:
             raise ValueError(f"{args.spec} names profile {named!r}; --profile {args.profile} would ask for other runs "
                              f"(leave --profile out, or pass --profile {named})")
         args.profile = args.profile or named or "quick"
         args.study = args.study or Path(args.spec).stem
+        engine.SCHEDULER_TIMEOUT = args.scheduler_timeout
         t0 = time.time()
         df = pd.concat([run_sweep(call, args.profile, args.study, progress=not args.quiet, force=args.force,
                                   cluster=args.scheduler or args.workers or (1 if args.runs_per_gpu else None),
@@ -190,7 +259,7 @@ def add_sweep_command(sub) -> None:
         with pd.option_context("display.width", 200):
             print(df[cols].to_string(index=False))
         print(f"{len(df)} point(s) in {time.time() - t0:.0f}s; study record: "
-              f"{ledger.display_path(studies_dir(args.profile) / f'{args.study}.json')}")
+              f"{ledger.shown_path(studies_dir(args.profile) / f'{args.study}.json')}")
         return 0 if len(df) and df["status"].isin(["finished", "pruned"]).all() else 3
 
     s = sub.add_parser("sweep", help="run a sweep or search spec (YAML/JSON) here or on a Dask cluster")
@@ -202,11 +271,13 @@ def add_sweep_command(sub) -> None:
     s.add_argument("--study", default=None,
                    help="study name: results/studies/<profile>/<study>.json (default: the spec file's stem)")
     where = s.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=None,
+    where.add_argument("--workers", type=at_least_one, default=None,
                        help="a local Dask cluster of N worker processes (neither option: sequential, in-process)")
     where.add_argument("--scheduler", default=None, help="address of a running `dask scheduler`, tcp://HOST:8786")
-    s.add_argument("--threads-per-run", type=int, default=None, help="torch threads of each run (default 1)")
-    s.add_argument("--runs-per-gpu", type=int, default=None,
+    s.add_argument("--scheduler-timeout", type=seconds, default=30.0, metavar="S",
+                   help="seconds to wait for the --scheduler to answer, then for its first worker (default 30)")
+    s.add_argument("--threads-per-run", type=at_least_one, default=None, help="torch threads of each run (default 1)")
+    s.add_argument("--runs-per-gpu", type=at_least_one, default=None,
                    help="K runs share a GPU: each task asks for resource GPU=1/K; with no --scheduler, a local "
                    "cluster of K worker processes per GPU (--workers is then ignored)")
     s.add_argument("--force", action="store_true", help="train even the points the ledger has")
@@ -223,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--preset", default="baseline", choices=list(PRESETS))
     t.add_argument("--set", nargs="*", metavar="NAME=VALUE", help="config overrides")
     t.add_argument("--force", action="store_true", help="train even if the ledger has this run")
+    t.add_argument("--discard-finished", action="store_true",
+                   help="with --force: start over even a run whose summary is damaged or missing while its log "
+                        "shows it finished (otherwise refused: `repair` rebuilds the summary)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", help="evaluate a finished run's final weights on a titles file")
@@ -238,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     ls.add_argument("--profile", default="full", choices=list(PROFILES), help="smoke lists the temporary ledger")
     ls.add_argument("--results", default=None, help="a ledger folder (default: results/)")
     ls.set_defaults(fn=cmd_list)
+    rp = sub.add_parser("repair", help="rebuild a run's damaged or missing summary.json from its complete log")
+    rp.add_argument("run", help="the run: its name, folder name <name>-<hash>, hash or a unique hash prefix, or "
+                                "its folder's path")
+    rp.set_defaults(fn=cmd_repair)
     b = sub.add_parser("bench", help="time our training step against the original's, and the matmul ceiling")
     b.add_argument("--profile", default="full", choices=list(PROFILES))
     b.add_argument("--preset", default="baseline", choices=list(PRESETS))
@@ -258,6 +336,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError, RuntimeError, ValueError) as err:
+    except (ConfigError, DataError, RuntimeError, ValueError, TimeoutError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

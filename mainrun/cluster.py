@@ -8,15 +8,21 @@ The driver (the process that calls `run_sweep`) resolves every point's config an
 (`resolve_job`: the same execution resolution, data preparation and hash as `train.run`) and sends out only
 the points that have no finished run in the ledger. A worker trains its point into a temporary ledger of its
 own (`ledger.results_override`, the per-task equivalent of MAINRUN_RESULTS) and returns the run folder's
-files as text; the driver writes them into the real ledger atomically (`install`: a temporary folder, then a
-rename). Workers need no shared file system: the titles file travels through the cluster (`DataPlugin`, sent
-once per cluster, checked by sha256 on arrival and cached under the worker's own cache folder), and the
-records name the data exactly as a run on the driver does.
+files as text; the driver writes them into the real ledger (`install`: each file atomically, the summary
+last, in the run's folder while it holds that folder's lock). Workers need no shared file system: the titles
+file travels through the cluster (`DataPlugin`, sent once per cluster, checked by sha256 on arrival and cached
+under the worker's own cache folder), and the records name the data exactly as a run on the driver does.
 
 Faults: a task that raises is retried (`retries`); a worker process that dies mid-run has its task
 rescheduled by the scheduler (up to `distributed.scheduler.allowed-failures` deaths), and a run that lands on
 the same machine again resumes from its checkpoint under MAINRUN_CHECKPOINTS/<hash>/ (per machine). A driver
 killed mid-sweep and started again reads every finished point back from the ledger by hash.
+
+Locks (ledger.Lock): the driver holds a run's folder in the ledger from before it sends the run until its
+result is installed, so a second sweep of the same spec waits for that point instead of training it again;
+a worker holds the run's checkpoint folder while it trains (train.run), so two tasks of one config on one
+machine take turns rather than delete each other's files. Bounded waits: a scheduler address that does not
+answer, or has no worker, within SCHEDULER_TIMEOUT seconds is a short error naming it.
 """
 from __future__ import annotations
 
@@ -45,6 +51,9 @@ from .data import cache_dir, file_sha256, resolve_source
 RUN_FILES = ("config.json", "log.jsonl", "summary.json")
 RETRIES = 2                 # dask retries of a task that raised (a dead worker is counted separately)
 TIMEOUT: float | None = None   # seconds to wait for a sweep's (or one trial's) results; None: no limit
+# seconds to wait for a scheduler (an address) to answer, and then for its first worker (--scheduler-timeout)
+SCHEDULER_TIMEOUT = 30.0
+POLL_S = 1.0                   # how often a driver looks again at points another process is training
 
 
 # ----------------------------------------------------------------------------- the driver's view of a point
@@ -75,19 +84,30 @@ def resolve_for_driver(cfg: Config) -> Config:
     return dataclasses.replace(cfg, device=device, precision=precision)
 
 
-def resolve_job(cfg: Config, local: bool = False, label: str = "") -> Job:
+def resolve_job(cfg: Config, local: bool = False, label: str = "", force: bool = False) -> Job:
     """The point's resolved config, run hash and ledger state, computed on the driver (data.prepare needs the
-    data file here; tokenizers and ids are cached). local=True resolves like train.run on this host."""
+    data file here; tokenizers and ids are cached). local=True resolves like train.run on this host.
+
+    A run folder whose summary is damaged stops the sweep here, before anything is sent (ledger.DamagedRun
+    says what to do); with force, one whose log does not show that it ended is trained again."""
     from .data import prepare
-    from .train import not_trained, resolve_execution
+    from .train import not_trained, refuse_discarding, resolve_execution
 
     cfg = validate(cfg)
     cfg = resolve_execution(cfg) if local else resolve_for_driver(cfg)
     corpus = prepare(cfg)
     h = run_hash(cfg, corpus.fingerprint)
     run_dir = ledger.find_run(ledger.results_root(cfg.profile), h)
-    summary = ledger.read_json(run_dir / "summary.json") if run_dir is not None else None
-    if not (summary and summary.get("status") in ledger.TERMINAL):
+    summary = None
+    if run_dir is not None:
+        if force:
+            refuse_discarding(run_dir)
+        try:
+            summary = ledger.finished_summary(run_dir)
+        except ledger.DamagedRun:
+            if not force:
+                raise
+    if summary is None:
         summary = not_trained(cfg, h, run_dir)
     return Job(cfg, h, corpus.source, summary, label)
 
@@ -199,7 +219,10 @@ def train_on_worker(cfg_dict: dict, expected_hash: str, data: tuple[str, str] | 
     try:
         with ledger.results_override(scratch):
             hook = (lambda step: on_step(cfg, step)) if on_step is not None else None
-            summary = run(cfg, force=force, progress=False, on_eval=pruner(thresholds), on_step=hook)
+            # wait=True: a run of the same config that another process on this machine trains (another
+            # worker, a driver's ledger elsewhere) holds the checkpoint folder; wait for it, never race it
+            summary = run(cfg, force=force, progress=False, on_eval=pruner(thresholds), on_step=hook, wait=True,
+                          discard_finished=True)
         if summary["hash"] != expected_hash:
             raise RuntimeError(f"worker {socket.gethostname()} computed run hash {summary['hash']} for a point the "
                                f"driver hashed {expected_hash}: different code or data on the two machines")
@@ -240,43 +263,27 @@ def _as_driver_records(job: Job, files: dict[str, str]) -> dict[str, str]:
     return {"config.json": _json_text(meta), "log.jsonl": "".join(lines), "summary.json": _json_text(summary)}
 
 
-def install(job: Job, files: dict[str, str]) -> Path:
-    """Write a worker's run into the ledger: a complete folder under <results>/.incoming, then one rename into
-    runs/ (a reader never sees half a run). An earlier folder of the same hash (an unfinished run, or a forced
-    re-run) is moved aside first and removed after; one being trained here right now is refused."""
-    from .train import _lock_owner
-
+def install(job: Job, files: dict[str, str], held: bool = False) -> Path:
+    """Write a worker's run into the ledger, in the run's folder (made if missing) while holding its lock
+    (ledger.Lock: held=True when the caller holds it already, as run_points does from before it sends the run
+    out): the old summary goes first, then config.json and log.jsonl, and summary.json last, each written
+    atomically. A reader sees the run incomplete, then finished; never half a file. A folder that another
+    process holds (a run being trained there) is refused."""
     root = ledger.results_root(job.cfg.profile)
     files = _as_driver_records(job, files)
-    incoming_root = root / ".incoming"
-    incoming_root.mkdir(parents=True, exist_ok=True)
-    incoming = Path(tempfile.mkdtemp(prefix=f"{job.hash}-", dir=incoming_root))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(incoming, 0o777 & ~umask)              # a run folder like any other, not mkdtemp's private 0700
+    final = ledger.find_run(root, job.hash) or root / "runs" / f"{job.cfg.run_name}-{job.hash}"
+    final.mkdir(parents=True, exist_ok=True)
+    lock = contextlib.nullcontext() if held else ledger.Lock(final / ".lock", ledger.lock_record("installing", final))
     try:
-        for name, text in files.items():
-            (incoming / name).write_text(text)
-        old = ledger.find_run(root, job.hash)
-        final = old if old is not None else root / "runs" / f"{job.cfg.run_name}-{job.hash}"
-        trash = None
-        if old is not None:
-            pid = _lock_owner(old / ".lock") if (old / ".lock").exists() else None
-            if pid is not None:
-                raise RuntimeError(f"run {old.name} is being trained by process {pid} on this machine; not "
-                                   f"replacing it with the cluster's result")
-            trash = incoming_root / f"old-{uuid.uuid4().hex}"
-            os.rename(old, trash)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(incoming, final)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            incoming_root.rmdir()                     # only when empty: nothing else is being installed
-        return final
-    finally:
-        if incoming.exists():
-            shutil.rmtree(incoming, ignore_errors=True)
+        with lock:
+            (final / "summary.json").unlink(missing_ok=True)
+            for name in ("config.json", "log.jsonl", "summary.json"):
+                text = files[name]
+                ledger.atomic_write_bytes(final / name, lambda tmp, text=text: Path(tmp).write_text(text))
+    except ledger.Busy as busy:
+        raise RuntimeError(f"run {final.name} is being trained by {busy}; not replacing it with the cluster's "
+                           f"result") from None
+    return final
 
 
 # ----------------------------------------------------------------------------- clusters
@@ -331,6 +338,37 @@ def local_cluster(workers: int, runs_per_gpu: int | None = None, gpus: int | Non
                            silence_logs=silence_logs)
 
 
+def reach_scheduler(address: str, runs_per_gpu: int | None = None, timeout: float | None = None):
+    """A Client of the scheduler at `address`, once it answers and has a worker (and, for runs_per_gpu, a worker
+    that offers the resource GPU): each wait bounded by `timeout` (SCHEDULER_TIMEOUT), then a short error that
+    names the address and what to check."""
+    from distributed import Client
+
+    timeout = SCHEDULER_TIMEOUT if timeout is None else timeout
+    try:
+        client = Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as e:
+        raise RuntimeError(f"the Dask scheduler at {address} did not answer within {timeout:g} s "
+                           f"({type(e).__name__}): check the address (tcp://HOST:PORT), that `dask scheduler` runs "
+                           f"there and that its port is open from this machine; --scheduler-timeout sets the wait"
+                           ) from None
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except (OSError, TimeoutError):
+        client.close()
+        raise RuntimeError(f"the Dask scheduler at {address} has no workers after {timeout:g} s: start them with "
+                           f"`dask worker {address}` (on each machine that trains), or wait longer with "
+                           f"--scheduler-timeout") from None
+    if runs_per_gpu:
+        offered = [w.get("resources", {}) for w in client.scheduler_info()["workers"].values()]
+        if not any("GPU" in r for r in offered):
+            client.close()
+            raise RuntimeError(f"no worker of the Dask scheduler at {address} offers the resource GPU that "
+                               f"--runs-per-gpu asks for: start the workers with `dask worker {address} "
+                               f"--resources GPU=1`")
+    return client
+
+
 class connect:
     """`cluster` as a dask Client: an int starts (or reuses, within this process) a local cluster of that many
     worker processes; a string is a scheduler address; a Client is used as is; a Cluster gets a Client."""
@@ -356,7 +394,7 @@ class connect:
                     atexit.register(_close_local)
             return _LOCAL[key][1]
         if isinstance(c, str):
-            self.owned = Client(c)
+            self.owned = reach_scheduler(c, self.runs_per_gpu)
             return self.owned
         if hasattr(c, "scheduler_address"):           # a dask Cluster object
             self.owned = Client(c)
@@ -402,9 +440,9 @@ class Engine:
                                   thresholds, self.on_step, key=key, pure=False, retries=self.retries,
                                   resources=self.resources)
 
-    def collect(self, job: Job, payload: dict) -> dict:
-        """Install a worker's result; the summary as the ledger now holds it."""
-        run_dir = install(job, payload["files"])
+    def collect(self, job: Job, payload: dict, held: bool = False) -> dict:
+        """Install a worker's result; the summary as the ledger now holds it (held: see install)."""
+        run_dir = install(job, payload["files"], held)
         summary = ledger.read_json(run_dir / "summary.json")
         summary["_trained_on"] = f"{payload['host']} ({payload['worker']})"
         return summary
@@ -431,7 +469,8 @@ def run_sweep_on(pairs: list[tuple[Any, Config]], study: str, cluster: Any, forc
     """sweep.run_sweep's points on a cluster: resolve every point here, send out the missing ones, install
     the results; one summary per point, in order. A sweep whose points are all in the ledger (or train=False)
     starts no cluster."""
-    jobs = [resolve_job(cfg, label=p.label + (f" seed={p.seed}" if p.seed is not None else "")) for p, cfg in pairs]
+    jobs = [resolve_job(cfg, label=p.label + (f" seed={p.seed}" if p.seed is not None else ""), force=force)
+            for p, cfg in pairs]
     todo = [j for j in jobs if force or not j.done] if train else []
     if not todo:
         return run_points(jobs, None, {}, study, force, train)
@@ -447,8 +486,13 @@ def run_points(jobs: list[Job], client, data: dict[str, DataFile], study: str = 
                on_step: Callable[[Config, int], None] | None = None) -> list[dict]:
     """Train the jobs that have no finished run (each hash once) on the cluster; install each result as it
     arrives; return one summary per job, in order. A task that fails after its retries is raised at the end,
-    after the others are installed. `data`: data_files(jobs), read before (the driver's file may be gone)."""
-    from distributed import as_completed
+    after the others are installed. `data`: data_files(jobs), read before (the driver's file may be gone).
+
+    Before a run is sent out the driver takes its folder's lock in the ledger (ledger.Lock, as train.run does)
+    and holds it until the result is installed. A run whose lock another process holds (another sweep of the
+    same spec, a `train` of the same config) is not sent: the driver waits for it and reads the result from
+    the ledger, or sends it after all if that process ends without one."""
+    from distributed import wait
 
     engine = Engine(client, data, threads_per_run, runs_per_gpu, retries, force, on_step)
     summaries: list[dict | None] = [None] * len(jobs)
@@ -468,33 +512,85 @@ def run_points(jobs: list[Job], client, data: dict[str, DataFile], study: str = 
         else:
             by_hash.setdefault(job.hash, []).append(i)
     futures: dict[Any, str] = {}
-    for h, idx in by_hash.items():
-        job = jobs[idx[0]]
-        futures[engine.submit(job)] = h
-        _say(f"[{study} {idx[0] + 1}/{n}] {job.label} -> sent to the cluster (run {job.hash})")
+    locks: dict[str, ledger.Lock] = {}
+    elsewhere: dict[str, Path] = {}               # hash -> run folder that another process holds
     errors = []
     started = time.time()
+
+    def claim(h: str) -> dict | None:
+        """Take the run's folder lock and send it out; None, else the holder's record."""
+        job = jobs[by_hash[h][0]]
+        root = ledger.results_root(job.cfg.profile)
+        run_dir = ledger.find_run(root, h) or root / "runs" / f"{job.cfg.run_name}-{h}"
+        lock = ledger.Lock(run_dir / ".lock", ledger.lock_record("sweep driver", run_dir))
+        try:
+            lock.acquire()
+        except ledger.Busy as busy:
+            elsewhere[h] = run_dir
+            return busy.holder
+        if not force:                               # finished by another process since it was resolved
+            summary = ledger.finished_summary(run_dir)
+            if summary is not None:
+                lock.release()
+                done(h, summary, "from the ledger: trained by another process")
+                return None
+        locks[h] = lock
+        futures[engine.submit(job)] = h
+        return None
+
+    def done(h: str, summary: dict, how: str) -> None:
+        for i in by_hash[h]:
+            summaries[i] = summary
+        _say(f"    {jobs[by_hash[h][0]].label} -> {summary['status']}, official loss "
+             f"{summary.get('final_val_loss')!s:.8} ({how}, {time.time() - started:.0f}s into the sweep), "
+             f"run {summary['name']}-{h}")
+
     try:
-        for fut in as_completed(list(futures), timeout=timeout) if futures else []:
-            h = futures[fut]
-            idx = by_hash[h]
+        for h, idx in by_hash.items():
             job = jobs[idx[0]]
-            try:
-                summary = engine.collect(job, fut.result())
-            except Exception as e:  # noqa: BLE001 - reported after the others are installed
-                errors.append((job, e))
-                _say(f"    {job.label}: failed on the cluster: {type(e).__name__}: {e}")
-                continue
-            trained_on = summary.pop("_trained_on")
-            for i in idx:
-                summaries[i] = summary
-            _say(f"    {job.label} -> {summary['status']}, official loss "
-                           f"{summary.get('final_val_loss')!s:.8} (trained on {trained_on}, "
-                           f"{time.time() - started:.0f}s into the sweep), run {summary['name']}-{h}")
+            holder = claim(h)
+            if h in futures.values():
+                _say(f"[{study} {idx[0] + 1}/{n}] {job.label} -> sent to the cluster (run {job.hash})")
+            elif holder is not None:
+                _say(f"[{study} {idx[0] + 1}/{n}] {job.label} -> being trained by "
+                     f"{ledger.describe_holder(holder)}: waiting for it (run {job.hash})")
+        while futures or elsewhere:
+            if timeout is not None and time.time() - started > timeout:
+                raise RuntimeError(f"{len(futures) + len(elsewhere)} point(s) of {study} not done after {timeout:g} s "
+                                   f"(the sweep's timeout)")
+            if futures:
+                try:
+                    finished, _ = wait(list(futures), timeout=POLL_S, return_when="FIRST_COMPLETED")
+                except TimeoutError:                    # none done within POLL_S
+                    finished = set()
+            else:
+                finished = set()
+                time.sleep(POLL_S)
+            for fut in finished:
+                h = futures.pop(fut)
+                job = jobs[by_hash[h][0]]
+                try:
+                    summary = engine.collect(job, fut.result(), held=True)
+                except Exception as e:  # noqa: BLE001 - reported after the others are installed
+                    errors.append((job, e))
+                    _say(f"    {job.label}: failed on the cluster: {type(e).__name__}: {e}")
+                    continue
+                finally:
+                    locks.pop(h).release()
+                done(h, summary, f"trained on {summary.pop('_trained_on')}")
+            for h in list(elsewhere):                  # the other process is gone: its result, or ours to train
+                if ledger.lock_holder(elsewhere[h] / ".lock") is None:
+                    del elsewhere[h]
+                    holder = claim(h)
+                    if h in futures.values():
+                        _say(f"    {jobs[by_hash[h][0]].label}: the process that trained it ended without a "
+                             f"result; sent to the cluster (run {h})")
     finally:
         pending = [f for f in futures if not f.done()]
         if pending:
             client.cancel(pending)
+        for lock in locks.values():
+            lock.release()
     if errors:
         job, err = errors[0]
         raise RuntimeError(f"{len(errors)} point(s) failed on the cluster; first: {job.label} (run {job.hash}): "

@@ -231,6 +231,9 @@ def atomic_write_bytes(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)         # as open() would make it (mkstemp's is 0600, private)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

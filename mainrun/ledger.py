@@ -4,19 +4,25 @@ results/runs/<name>-<hash>/
     config.json   the full config, its hash, data fingerprint and source
     log.jsonl     the original's JSONL events (+ a few of ours), appended as the run goes
     summary.json  written once, at the end: status finished | diverged, metrics, hardware
-A folder without summary.json is a run that is still going or was cut short.
+    .lock         held (Lock, an flock naming its holder) by the process training or installing the run
+A folder without summary.json is a run that is still going or was cut short; one whose summary.json does not
+parse, or whose log shows it ended without one, is damaged (finished_summary, rebuild_summary).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import fcntl
 import functools
 import json
 import os
 import platform
+import re
+import socket
 import subprocess
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +76,16 @@ def display_path(path: str | Path) -> str:
             continue
         return str(rel) if label is None else f"{label}/{rel}"
     return p.name
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as a message on the console shows it: relative to the checkout when inside it, else absolute
+    (display_path is for committed records, which never hold a machine's absolute path)."""
+    p = Path(path).expanduser().resolve()
+    try:
+        return str(p.relative_to(repo_root().resolve()))
+    except ValueError:
+        return str(p)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -142,17 +158,312 @@ def log_progress(path: Path) -> dict[str, Any]:
             "max_steps": last.get("max_steps"), "last_val_step": last.get("step"), "last_val_loss": last.get("loss")}
 
 
+# ----------------------------------------------------------------------------- locks
+class Busy(RuntimeError):
+    """A lock held by another live process; .holder is its record (lock_record), as far as it is known."""
+
+    def __init__(self, holder: dict):
+        super().__init__(describe_holder(holder))
+        self.holder = holder
+
+
+def lock_record(purpose: str, ledger_dir: Path) -> dict:
+    """What a lock file says about its holder: who (pid, host), doing what, into which ledger folder, since when."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
+            "ledger": str(Path(ledger_dir).resolve()), "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def describe_holder(holder: dict) -> str:
+    """'process 123 on host h (training into /path, since ...)' from a lock record."""
+    if not holder.get("pid"):
+        return "a process that is still starting (its lock file is empty)"
+    out = f"process {holder['pid']}" + (f" on {holder['host']}" if holder.get("host") else "")
+    what = " ".join(x for x in (holder.get("purpose"), f"into {holder['ledger']}" if holder.get("ledger") else "")
+                    if x)
+    since = f"since {holder['since']}" if holder.get("since") else ""
+    details = ", ".join(x for x in (what, since) if x)
+    return out + (f" ({details})" if details else "")
+
+
+def _parse_holder(text: str) -> dict:
+    try:
+        rec = json.loads(text)
+        return rec if isinstance(rec, dict) else {}
+    except json.JSONDecodeError:
+        return {"pid": int(text)} if text.strip().isdigit() else {}
+
+
+def _legacy_holder(text: str) -> dict | None:
+    """A lock file from before locks were flock()ed held only a pid: held while that process is alive."""
+    if not text.strip().isdigit():
+        return None
+    pid = int(text)
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        pass                                     # alive, another user's
+    except OSError:
+        return None
+    return {"pid": pid, "host": socket.gethostname()}
+
+
+def lock_holder(path: Path) -> dict | None:
+    """The record of whoever holds the lock file `path` now, or None (no file, or a stale one)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _parse_holder(os.pread(fd, 65536, 0).decode(errors="replace"))
+        text = os.pread(fd, 65536, 0).decode(errors="replace")
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return _legacy_holder(text)
+    finally:
+        os.close(fd)
+
+
+class Lock:
+    """An exclusive lock on a file (flock): released by the kernel when its holder dies, however it dies,
+    so a lock left by a killed process is never mistaken for a live one. The file holds the holder's
+    lock_record, which a refused process names. Used for a run's folder in a ledger (train.run, a cluster
+    driver) and for its checkpoint folder (train.run), and as a context manager.
+
+    acquire(wait=False) raises Busy naming the holder; wait=True polls until the holder is gone, calling
+    on_wait(holder) once when it starts waiting."""
+
+    def __init__(self, path: Path, record: dict):
+        self.path, self.record, self.fd = Path(path), record, None
+
+    def acquire(self, wait: bool = False, on_wait=None, poll: float = 0.5) -> "Lock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        announced = False
+        while True:
+            holder = self._try()
+            if holder is None:
+                return self
+            if not wait:
+                raise Busy(holder)
+            if not announced and on_wait is not None:
+                on_wait(holder)
+                announced = True
+            time.sleep(poll)
+
+    def _try(self) -> dict | None:
+        """None once held by this object, else the holder's record."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 65536, 0).decode(errors="replace")
+            os.close(fd)
+            return _parse_holder(text)
+        try:                                # the file may have been removed by its last holder meanwhile
+            same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+        except FileNotFoundError:
+            same = False
+        legacy = _legacy_holder(os.pread(fd, 65536, 0).decode(errors="replace")) if same else None
+        if not same or legacy is not None:
+            os.close(fd)
+            return legacy or self._try()
+        data = json.dumps(self.record).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+        self.fd = fd
+        return None
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            if os.fstat(self.fd).st_ino == os.stat(self.path).st_ino:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "Lock":
+        return self if self.fd is not None else self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# ----------------------------------------------------------------------------- damaged runs
+class DamagedRun(RuntimeError):
+    """A run folder whose summary.json (or config.json) does not parse, or whose log shows a finished run
+    that has no summary: refused rather than read as unfinished (and retrained, or discarded)."""
+
+
+def log_outcome(path: Path) -> str | None:
+    """How a run's log says it ended: finished (it has the full-coverage evaluation, logged only at a normal
+    end), diverged, pruned; None while it has none of these (still going, or cut off)."""
+    if not Path(path).exists():
+        return None
+    events = {e.get("event") for e in read_log(path)}
+    for event, outcome in (("full_coverage", "finished"), ("diverged", "diverged"), ("pruned", "pruned")):
+        if event in events:
+            return outcome
+    return None
+
+
+def finished_summary(run_dir: Path) -> dict | None:
+    """A run's summary if it ended (finished, diverged, pruned), else None (still going, cut off, not there).
+
+    Raises DamagedRun, saying what to do, for a summary.json that does not parse and for a run without
+    one whose log shows that it ended (a summary lost after the run finished): never read as unfinished."""
+    path = Path(run_dir) / "summary.json"
+    log = Path(run_dir) / "log.jsonl"
+    repair = f"`python -m mainrun repair {Path(run_dir).name}` rebuilds it from the log and checks it against it"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        outcome = log_outcome(log)
+        if outcome and lock_holder(Path(run_dir) / ".lock") is None:
+            raise DamagedRun(f"{shown_path(path)} is missing, but the run's log.jsonl shows it {outcome}: {repair}")
+        return None
+    try:
+        summary = json.loads(text)
+        if not isinstance(summary, dict) or "status" not in summary:
+            raise ValueError("not a summary: no 'status'")
+    except ValueError as e:                      # json.JSONDecodeError is a ValueError
+        outcome = log_outcome(log)
+        what = (f"the run's log.jsonl shows it {outcome}: {repair}" if outcome else
+                "the run's log.jsonl does not show that it ended, so nothing is lost by starting it over: move "
+                "the folder aside, or train it with --force (force=True)")
+        raise DamagedRun(f"{shown_path(path)} is damaged ({e}); {what}") from None
+    return summary if summary.get("status") in TERMINAL else None
+
+
+_TOP_LEVEL = re.compile(r'^  "(?P<key>[a-z_0-9]+)": (?P<value>-?[0-9.eE+-]+|"[^"\\]*"|true|false|null),?$', re.M)
+
+
+def salvage(text: str) -> dict[str, Any]:
+    """The top-level scalar fields still legible in a damaged summary.json (written with indent=2)."""
+    out = {}
+    for m in _TOP_LEVEL.finditer(text):
+        try:
+            out[m["key"]] = json.loads(m["value"])
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+# fields of a summary the log does not hold: taken from what is legible in the damaged file, else None
+NOT_IN_LOG = ("train_time_s", "tokens_per_s", "peak_rss_process_mb", "peak_cuda_mem_mb", "git_commit", "git_dirty")
+# fields rebuilt from the log that a legible value in the damaged file must agree with
+CHECKED = ("name", "hash", "status", "final_val_loss", "best_val_loss", "full_val_loss", "full_val_bpc", "steps",
+           "max_steps", "n_params", "val_chars", "val_tokens", "official_coverage", "resumes", "diverged_step",
+           "pruned_step", "official")
+
+
+def rebuild_summary(run_dir: Path, damaged_text: str = "") -> dict:
+    """summary.json as train.Trainer.finish writes it, rebuilt from config.json and a complete log.jsonl of
+    a run that ended. Refuses (DamagedRun) a log that is not complete (opening events, every training step
+    1..N once, the closing event) or that disagrees with config.json or with any field still legible in
+    `damaged_text` (the damaged summary)."""
+    run_dir = Path(run_dir)
+    meta = read_json(run_dir / "config.json")
+    if meta is None:
+        raise DamagedRun(f"{shown_path(run_dir / 'config.json')} is missing or does not parse: the run cannot be "
+                         f"rebuilt from its folder")
+    log = run_dir / "log.jsonl"
+    events = read_log(log) if log.exists() else []
+
+    def first(name: str) -> dict:
+        return next((e for e in events if e.get("event") == name), {})
+
+    hp, data, model, device = (first(n) for n in ("hyperparameters_configured", "dataset_info", "model_info",
+                                                  "device_info"))
+    outcome = log_outcome(log)
+    steps = [e["step"] for e in events if e.get("event") == "training_step"]
+    vals = [e for e in events if e.get("event") == "validation_step"]
+    problems = []
+    if not (hp and data and model and device):
+        problems.append("it lacks its opening events (hyperparameters, device, dataset, model)")
+    if hp and hp.get("run_hash") != meta.get("hash"):
+        problems.append(f"its run hash {hp.get('run_hash')} is not config.json's {meta.get('hash')}")
+    if outcome is None:
+        problems.append("it does not show that the run ended (no full_coverage, diverged or pruned event): the "
+                        "run did not finish; train it again to resume it")
+    if steps != list(range(1, len(steps) + 1)):
+        problems.append("its training steps are not 1..N, once each")
+    max_steps = vals[-1].get("max_steps") if vals else None
+    end = first({"finished": "full_coverage", "diverged": "diverged", "pruned": "pruned"}.get(outcome, ""))
+    if outcome == "finished" and not (vals and steps and steps[-1] == max_steps == vals[-1]["step"]):
+        problems.append("it shows a full-coverage evaluation but not the last step and its validation")
+    if problems:
+        raise DamagedRun(f"{shown_path(log)} cannot rebuild the summary: " + "; ".join(problems))
+    cfg = meta["config"]
+    losses = [float(e["loss"]) for e in vals if isinstance(e.get("loss"), (int, float))]
+    finite = [v for v in losses if v == v and abs(v) != float("inf")]
+    resumed = [e for e in events if e.get("event") == "resumed"]
+    stamp = lambda e: datetime.fromtimestamp(e["timestamp"], timezone.utc).isoformat()  # noqa: E731
+    code_keys = ("git_commit", "git_dirty", "torch_version", "device")
+    summary = {
+        "name": cfg.get("name") or f"{cfg['profile']}-{cfg['preset']}", "hash": meta["hash"], "status": outcome,
+        "diverged_step": end.get("step") if outcome == "diverged" else None,
+        "diverged_rule": end.get("rule") if outcome == "diverged" else None,
+        **({"pruned_step": end["step"], "last_val_loss": end.get("loss")} if outcome == "pruned" else {}),
+        "official": meta.get("official"), "official_reasons": meta.get("official_reasons"),
+        "final_val_loss": losses[-1] if outcome == "finished" else None,
+        "best_val_loss": min(finite) if finite else None,
+        "full_val_loss": end.get("full_loss") if outcome == "finished" else None,
+        "full_val_bpc": end.get("full_bpc") if outcome == "finished" else None,
+        "official_coverage": data.get("official_coverage"), "val_chars": data.get("val_chars"),
+        "val_tokens": data.get("val_tokens"),
+        "steps": end.get("step") if outcome in ("diverged", "pruned") else steps[-1], "max_steps": max_steps,
+        "n_params": model.get("parameters_count"),
+        "wall_time_s": vals[-1].get("elapsed_time") if vals else None,
+        "precision": cfg.get("precision"), "resumes": len(resumed),
+        "data_fingerprint": meta.get("data_fingerprint"), "data_source": meta.get("data_source"),
+        "started_at": stamp(events[0]), "finished_at": stamp(end),
+        "hardware": {k: v for k, v in device.items() if k not in ("event", "timestamp")},
+        "torch_version": device.get("torch_version"), "device": device.get("device"),
+        "code_history": [{"git_commit": None, "note": "not in the log (rebuilt summary)"}]
+                        + [{k: e.get(k) for k in code_keys} for e in resumed],
+        **{k: None for k in NOT_IN_LOG if k != "peak_cuda_mem_mb"},
+    }
+    old = salvage(damaged_text)
+    disagree = [f"{k}: {old[k]!r} in the damaged file, {summary[k]!r} in the log" for k in CHECKED
+                if k in old and k in summary and old[k] != summary[k]]
+    if disagree:
+        raise DamagedRun(f"{shown_path(run_dir / 'summary.json')} disagrees with the log, not rebuilt: "
+                         + "; ".join(disagree))
+    kept = {k: old[k] for k in NOT_IN_LOG if old.get(k) is not None}
+    summary.update(kept)
+    summary["repaired"] = {
+        "from": "log.jsonl and config.json", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "kept_from_damaged_file": sorted(kept) + (["wall_time_s"] if old.get("wall_time_s") is not None else []),
+        "not_known": sorted(k for k in NOT_IN_LOG if summary.get(k) is None and k in summary),
+        "wall_time_s": "from the damaged file" if old.get("wall_time_s") is not None else
+                       "the elapsed time logged at the start of the last evaluation (the original adds that evaluation)"}
+    if old.get("wall_time_s") is not None:
+        summary["wall_time_s"] = old["wall_time_s"]
+    return summary
+
+
 def load_runs(root: Path | None = None) -> list[dict]:
-    """Every run in a ledger: {'dir', 'config', 'summary' (None if unfinished), 'status'}."""
+    """Every run in a ledger: {'dir', 'config', 'summary' (None if unfinished), 'status'}; a run whose summary
+    is damaged (finished_summary) has status "damaged", summary None and 'damaged': what is wrong and what to do."""
     root = Path(root) if root else results_root("full")
     runs = []
     for d in sorted((root / "runs").glob("*-*")):
         cfg = read_json(d / "config.json")
         if cfg is None:
             continue
-        summ = read_json(d / "summary.json")
+        try:
+            summ, damaged = finished_summary(d), None
+        except DamagedRun as e:
+            summ, damaged = None, str(e)
+        if summ is None and damaged is None:         # a summary of a run not ended is not a result either
+            summ = read_json(d / "summary.json")
         runs.append({"dir": d, "config": cfg["config"], "hash": cfg.get("hash"), "summary": summ,
-                     "status": summ["status"] if summ else "incomplete"})
+                     "status": "damaged" if damaged else summ["status"] if summ else "incomplete",
+                     **({"damaged": damaged} if damaged else {})})
     return runs
 
 

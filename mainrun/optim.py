@@ -84,6 +84,21 @@ def native_bf16(device: str) -> bool:
         return False
 
 
+def matmul_seconds(n: int, dtype: torch.dtype, reps: int = 3) -> float:
+    """The fastest of `reps` timed n x n x n matmuls in `dtype` on the CPU, after one untimed (a quick probe
+    of how a dtype runs on this host; train.warn_emulated_bf16)."""
+    import time
+
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def _newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,
                         eps: float) -> torch.Tensor:
     """torch.optim.Muon's quintic Newton-Schulz orthogonalisation, same coefficients and steps, in fp32."""

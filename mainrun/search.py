@@ -260,7 +260,7 @@ class _Runner:
 
     def resolve(self, cfg: Config):
         from .cluster import resolve_job
-        return resolve_job(cfg, local=self.cluster is None)
+        return resolve_job(cfg, local=self.cluster is None, force=self.force)
 
     def submit(self, p: _Pending) -> None:
         if self.cluster is None:
@@ -283,7 +283,7 @@ class _Runner:
 
             hook = (lambda step: self.on_step(p.job.cfg, step)) if self.on_step else None
             return run(p.job.cfg, force=self.force, progress=self.progress, on_eval=pruner(p.thresholds),
-                       on_step=hook)
+                       on_step=hook, wait=True)
         from .cluster import TIMEOUT
 
         timeout = self.timeout if self.timeout is not None else TIMEOUT

@@ -114,11 +114,22 @@ SUMMARY_COLUMNS = ("status", "official", "final_val_loss", "full_val_bpc", "n_pa
 def load_spec_file(path: Path) -> tuple[str | None, list[dict]]:
     """A spec file (YAML, or JSON): (the profile it names or None, the specs of its calls). A record
     (records/<round>/<study>.yaml) may name its profile and list the specs of several calls under `specs`."""
-    import yaml
+    import yaml   # only here: the rest of the module needs no YAML
 
-    spec = yaml.safe_load(Path(path).read_text())
+    expected = "a YAML or JSON mapping with the keys base, points, axes, grid, seeds (a sweep) or search, base"
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ValueError(f"spec file {path}: {e.strerror or e}; give the path of {expected}") from None
+    try:
+        spec = yaml.safe_load(text)                      # YAML, or JSON (a subset of YAML)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"spec file {path}{where}: not valid YAML ({getattr(e, 'problem', None) or e}); "
+                         f"expected {expected}") from None
     if not isinstance(spec, dict):
-        raise ValueError(f"{path}: a sweep spec is a mapping (base, points, axes, grid, seeds; or search)")
+        raise ValueError(f"spec file {path}: holds a {type(spec).__name__}; expected {expected}")
     named = spec.pop("profile", None)
     if named is not None and named not in PROFILES:
         raise ValueError(f"{path}: profile {named!r} is not accepted; choose one of: {', '.join(PROFILES)}")

@@ -30,7 +30,11 @@ def run_sweep(spec: dict, profile: str, study: str, progress: bool = True, force
     cluster (a number of local worker processes, a scheduler address or a dask Client; mainrun.cluster),
     with threads_per_run torch threads each and runs_per_gpu runs sharing a GPU; the driver writes the
     ledger and the study record exactly as here. A spec with a "search" key is an Optuna search
-    (mainrun.search), run the same two ways."""
+    (mainrun.search), run the same two ways.
+
+    A point that another process is training (another sweep of the same spec, a `train`) is waited for
+    and read from the ledger, never trained twice at once."""
+    check_engine_args(cluster, threads_per_run, runs_per_gpu)
     if "search" in spec:
         from .search import run_search
         return run_search(spec, profile, study, progress=progress, force=force, train=train, cluster=cluster,
@@ -51,6 +55,17 @@ def run_sweep(spec: dict, profile: str, study: str, progress: bool = True, force
     return df
 
 
+def check_engine_args(cluster, threads_per_run: int | None, runs_per_gpu: int | None) -> None:
+    """Refuse, before anything starts, what would train nothing or hang: a number of workers, threads per run
+    or runs per GPU below 1 (the CLI names its flags: --workers, --threads-per-run, --runs-per-gpu)."""
+    if isinstance(cluster, bool) or (isinstance(cluster, int) and cluster < 1):
+        raise ValueError(f"cluster={cluster!r}: give a number of workers >= 1, a scheduler address or a dask "
+                         f"Client (None trains here, one point after another)")
+    for name, v in (("threads_per_run", threads_per_run), ("runs_per_gpu", runs_per_gpu)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name}={v!r}: give an integer >= 1 (or None for the default)")
+
+
 def _run_here(study: str, i: int, n: int, p: Point, cfg: Config, force: bool, progress: bool, train: bool) -> dict:
     """One point trained (or read back) in this process; its row."""
     from .train import run
@@ -58,7 +73,7 @@ def _run_here(study: str, i: int, n: int, p: Point, cfg: Config, force: bool, pr
     started = datetime.now(timezone.utc).isoformat()
     t0 = time.time()
     print(f"[{study} {i}/{n}] {p.label}" + (f" seed={p.seed}" if p.seed is not None else ""), flush=True)
-    summary = run(cfg, force=force, progress=progress, train=train)
+    summary = run(cfg, force=force, progress=progress, train=train, wait=True)
     reused = (summary.get("finished_at") or "") < started
     if summary["status"] in ("missing", "incomplete"):
         print("    -> not finished in this ledger"

@@ -193,14 +193,22 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None = None,
-        progress: bool = True, train: bool = True, on_eval: Callable[[int, float], bool] | None = None) -> dict:
+        progress: bool = True, train: bool = True, on_eval: Callable[[int, float], bool] | None = None,
+        wait: bool = False, discard_finished: bool = False) -> dict:
     """Train `cfg` (or return its recorded result) and return its summary dict.
 
     on_eval(step, official_val_loss) is called after every evaluation; returning True stops the run there
     and records it "pruned" with that evaluation as its last (a search's pruner), never as finished.
 
     train=False only reads the ledger: a finished or diverged run's summary, else a stub with
-    status "incomplete" (a log without a summary: training elsewhere or cut off) or "missing"."""
+    status "incomplete" (a log without a summary: training elsewhere or cut off) or "missing".
+
+    One process trains a run at a time: it holds the run's folder in the ledger and its checkpoint folder
+    (ledger.Lock; the checkpoint folder is shared by every ledger on the machine). Another process that
+    asks for the run refuses, naming the holder, or with wait=True waits for it and then returns the
+    result it recorded (or resumes the run, if the holder died). A run whose summary.json is damaged is
+    refused with what to do (ledger.finished_summary); force=True never discards a run whose log shows it
+    ended while its summary is damaged or missing, unless discard_finished=True."""
     cfg = resolve_execution(validate(cfg), check=False)   # a GPU run is read back on any host
     device = cfg.device
     h = run_hash(cfg, fingerprint(cfg)[0])          # names the run; a read-back trains no tokenizer
@@ -208,29 +216,97 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
     run_dir = ledger.find_run(root, h)
     ckpt_dir = ledger.checkpoints_root() / h
     if run_dir is not None and not force:
-        summary = ledger.read_json(run_dir / "summary.json")
-        if summary and summary.get("status") in ledger.TERMINAL:
+        summary = ledger.finished_summary(run_dir)
+        if summary is not None:
             return summary
     if not train:
         return not_trained(cfg, h, run_dir)
     resolve_device(device)                          # training needs the pinned device to exist
+    if force and run_dir is not None and not discard_finished:
+        refuse_discarding(run_dir)
+    warn_emulated_bf16(device, cfg.precision)
     corpus = prepare(cfg)
-    if force:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        if run_dir is not None:
-            shutil.rmtree(run_dir)
-            run_dir = None
     run_dir = run_dir or root / "runs" / f"{cfg.run_name}-{h}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    official, reasons = rules_check(cfg, corpus.source)
-    ledger.atomic_write_json(run_dir / "config.json", {
-        "config": record_config(cfg), "hash": h, "data_fingerprint": corpus.fingerprint,
-        "data_source": corpus.source, "official": official, "official_reasons": reasons,
-        "eval_shape": [EVAL_BATCH, EVAL_BLOCK]})
-    with run_lock(run_dir):
-        check_resumable(run_dir, ckpt_dir, cfg)
-        return Trainer(cfg, corpus, device, run_dir, ckpt_dir, h, official, reasons).train(on_step, progress,
-                                                                                           on_eval)
+    record = ledger.lock_record("training", run_dir)
+    with hold(run_dir / ".lock", record, wait, f"run {run_dir.name} is being trained by",
+              "wait for it (its result goes into this ledger), or stop it and start again to resume"):
+        if not force and (summary := ledger.finished_summary(run_dir)) is not None:
+            return summary                                   # the process waited for has finished it
+        with hold(ckpt_dir / ".lock", record, wait, f"the checkpoints of run {run_dir.name} ({ckpt_dir}) are "
+                  f"being written by", "wait for it to end and run this again, or give this run a checkpoint "
+                  "folder of its own (MAINRUN_CHECKPOINTS)"):
+            if force:
+                _clear(run_dir)
+                _clear(ckpt_dir)
+            official, reasons = rules_check(cfg, corpus.source)
+            ledger.atomic_write_json(run_dir / "config.json", {
+                "config": record_config(cfg), "hash": h, "data_fingerprint": corpus.fingerprint,
+                "data_source": corpus.source, "official": official, "official_reasons": reasons,
+                "eval_shape": [EVAL_BATCH, EVAL_BLOCK]})
+            check_resumable(run_dir, ckpt_dir, cfg)
+            return Trainer(cfg, corpus, device, run_dir, ckpt_dir, h, official, reasons).train(on_step, progress,
+                                                                                               on_eval)
+
+
+def _clear(folder: Path) -> None:
+    """Remove everything in a folder this process holds, except its lock file."""
+    for p in folder.iterdir() if folder.exists() else []:
+        if p.name != ".lock":
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def refuse_discarding(run_dir: Path) -> None:
+    """force=True would start a run over: refused where the log shows the run ended but its summary is damaged
+    or missing (the log holds every number of the run: rebuild the summary instead)."""
+    try:
+        if ledger.finished_summary(run_dir) is not None:
+            return                                     # an intact summary: force retrains it, as asked
+    except ledger.DamagedRun:
+        pass
+    outcome = ledger.log_outcome(run_dir / "log.jsonl")
+    if outcome is not None:
+        raise ledger.DamagedRun(
+            f"run {run_dir.name} has no readable summary.json but its log.jsonl shows it {outcome}: --force would "
+            f"discard it. Rebuild its summary with `python -m mainrun repair {run_dir.name}`, or add "
+            f"--discard-finished (discard_finished=True) to start it over")
+
+
+@contextlib.contextmanager
+def hold(path: Path, record: dict, wait: bool, refused: str, advice: str):
+    """ledger.Lock on `path`: a held lock is refused as "<refused> <holder>; <advice>", or waited for."""
+    lock = ledger.Lock(path, record)
+
+    def say(holder: dict) -> None:
+        print(f"{refused} {ledger.describe_holder(holder)}: waiting for it", file=sys.stderr, flush=True)
+    try:
+        lock.acquire(wait=wait, on_wait=say)
+    except ledger.Busy as busy:
+        raise RuntimeError(f"{refused} {busy}; {advice}") from None
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+_BF16_WARNED: list[bool] = []
+
+
+def warn_emulated_bf16(device: str, precision: str) -> None:
+    """Once per process: precision=bf16 on a CPU whose matmuls have no native bf16 (optim.native_bf16) runs
+    through torch's emulation; say how much slower a matmul is here (measured now) and suggest fp32."""
+    from . import optim
+
+    if device != "cpu" or precision != "bf16" or _BF16_WARNED or optim.native_bf16("cpu"):
+        return
+    _BF16_WARNED.append(True)
+    matmul_seconds = optim.matmul_seconds
+
+    n = 256
+    fp32, bf16 = matmul_seconds(n, torch.float32), matmul_seconds(n, torch.bfloat16)
+    print(f"warning: precision=bf16 on a CPU without native bf16 (optim.native_bf16 is false: no AVX512-BF16 or "
+          f"AMX): bf16 matmuls are emulated, {bf16 / fp32:.0f}x slower than fp32 here (a {n}x{n} matmul timed just "
+          f"now: {bf16 * 1e3:.2f} ms against {fp32 * 1e3:.3f} ms), so training will be several times slower; "
+          f"use precision=fp32 (or auto, which picks fp32 on this CPU)", file=sys.stderr, flush=True)
 
 
 def not_trained(cfg: Config, h: str, run_dir: Path | None) -> dict:
@@ -243,42 +319,6 @@ def not_trained(cfg: Config, h: str, run_dir: Path | None) -> dict:
         progress["last_step"] = progress["last_step"] or 0
         out.update(status="incomplete", **progress)
     return out
-
-
-def _lock_owner(lock: Path) -> int | None:
-    """The pid in a lock file if that process is alive, else None (a stale lock)."""
-    try:
-        pid = int(lock.read_text() or 0)
-        os.kill(pid, 0)
-        return pid
-    except PermissionError:
-        return pid                               # alive, another user's
-    except (ValueError, OSError):
-        return None
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path):
-    """One process per run: a second `run` of the same config refuses while the first is alive."""
-    lock = run_dir / ".lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            pid = _lock_owner(lock)
-            if pid is not None:
-                raise RuntimeError(f"run {run_dir.name} is being trained by process {pid} already; wait for "
-                                   f"it, or stop it and start again to resume") from None
-            lock.unlink(missing_ok=True)
-    else:
-        raise RuntimeError(f"could not lock {lock}")
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
 
 
 def check_resumable(run_dir: Path, ckpt_dir: Path, cfg: Config) -> None:
@@ -361,7 +401,7 @@ class Trainer:
     def load_checkpoint(self) -> dict | None:
         # A process killed while writing ckpt.pt or final.pt leaves the writer's temp file beside it
         # (data.atomic_write_bytes: <name>.<random>.tmp); the file it was replacing is intact. This process
-        # holds the run's lock, so no live writer owns such a file: remove it.
+        # holds the checkpoint folder's lock (run), so no live writer owns such a file: remove it.
         for partial in self.ckpt_dir.glob("*.pt.*.tmp"):
             partial.unlink(missing_ok=True)
         path = self.ckpt_dir / "ckpt.pt"

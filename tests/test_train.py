@@ -188,6 +188,10 @@ def test_train_false_only_reads_the_ledger(isolated):
     # a log without a summary (a run cut off, or training elsewhere) is reported with its progress
     run_dir = next((isolated / "results").glob("runs/*"))
     (run_dir / "summary.json").unlink()
+    with pytest.raises(ledger.DamagedRun, match="summary.json is missing, but the run's log.jsonl shows it finished"):
+        mainrun.run(cfg, train=False, progress=False)      # a finished run whose summary is lost is not "incomplete"
+    log = (run_dir / "log.jsonl").read_text()
+    (run_dir / "log.jsonl").write_text(log[: log.index('{"event": "full_coverage"')])   # cut off before its end
     s = mainrun.run(cfg, train=False, progress=False)
     assert s["status"] == "incomplete" and s["last_step"] == done["steps"] and s["last_val_loss"] is not None
     assert not (run_dir / "summary.json").exists()
