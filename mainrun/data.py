@@ -11,13 +11,13 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .config import CHOICES, HUB_DATASET, Config
+from .ledger import atomic_write_bytes, repo_root  # noqa: F401  (data.repo_root and data.atomic_write_bytes stay)
 
 EOS = "<eos>"
 SPECIALS = ["<pad>", EOS, "<unk>"]  # the original's order: ids 0, 1, 2
@@ -26,10 +26,6 @@ SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "c
 
 class DataError(RuntimeError):
     """The titles could not be obtained or are not usable."""
-
-
-def repo_root() -> Path:
-    return Path(os.environ.get("MAINRUN_ROOT", Path(__file__).resolve().parent.parent))
 
 
 def cache_dir() -> Path:
@@ -223,21 +219,6 @@ def train_tokenizer(titles: list[str], vocab_size: int, kind: str = "bpe"):
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(titles, trainer)
     return tok
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)         # as open() would make it (mkstemp's is 0600, private)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def join_titles(titles: list[str]) -> str:

@@ -26,7 +26,38 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .data import atomic_write_bytes, repo_root
+
+def repo_root() -> Path:
+    return Path(os.environ.get("MAINRUN_ROOT", Path(__file__).resolve().parent.parent))
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)         # as open() would make it (mkstemp's is 0600, private)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def native_bf16(device: str) -> bool:
+    """Whether bf16 matmuls run natively here (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 
 # A run with one of these statuses is done: asking for its config again returns it without training.
 # "pruned": stopped at an evaluation by a search's pruner (summary: pruned_step, last_val_loss), never finished.
@@ -498,7 +529,6 @@ def hardware(device: str) -> dict[str, Any]:
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     else:   # which kind of CPU: bf16 matmuls native (AVX-512 BF16 / AMX) or emulated (AVX2 only)
-        from .optim import native_bf16
         info["native_bf16"] = native_bf16("cpu")
     return info
 

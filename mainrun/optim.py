@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from .config import Config
+from .ledger import native_bf16  # noqa: F401  (the hardware probe lives with the hardware record; optim.native_bf16 stays)
 
 REFERENCE_BATCH = 64  # the baseline's sequences per optimizer step, for linear LR scaling
 
@@ -72,16 +73,6 @@ def param_groups(model: nn.Module) -> dict[str, list[torch.nn.Parameter]]:
         else:
             groups["other"].append(p)
     return groups
-
-
-def native_bf16(device: str) -> bool:
-    """Whether bf16 matmuls run natively here (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
-    if device == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def matmul_seconds(n: int, dtype: torch.dtype, reps: int = 3) -> float:
