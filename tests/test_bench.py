@@ -46,7 +46,7 @@ def test_bench_runs_at_smoke_size(tmp_path):
 
 def test_a_cpu_hardware_record_says_whether_bf16_is_native(monkeypatch):
     """Two kinds of 2-core CPU give a 60-minute run different compute: the record tells them apart."""
-    from mainrun import ledger, optim
+    from mainrun import ledger
     for native in (True, False):
-        monkeypatch.setattr(optim, "native_bf16", lambda device, native=native: native)
+        monkeypatch.setattr(ledger, "native_bf16", lambda device, native=native: native)
         assert ledger.hardware("cpu")["native_bf16"] is native
