@@ -83,6 +83,18 @@ def expand_variables(text: str, variables: dict, strict: bool = True) -> str:
     return META.sub(value, text)
 
 
+def dangling_refs(typ: str, strict: bool) -> str:
+    """A cross-reference to a figure or table the ledger did not give (a proxy or smoke ledger has no GPU
+    tables) reads MISSING where not `strict`; under `strict` it is an error naming the labels."""
+    defined = set(re.findall(r"<((?:fig|tbl)-[\w-]+)>", typ))
+    dangling = sorted({m for m in re.findall(r"@((?:fig|tbl)-[\w-]+)", typ)} - defined)
+    if dangling and strict:
+        raise KeyError(f"report.qmd refers to {', '.join(dangling)}, which the generated inputs do not define")
+    for label in dangling:
+        typ = re.sub(rf"@{re.escape(label)}\b", lambda m: MISSING.replace("[", "\\[").replace("]", "\\]"), typ)
+    return typ
+
+
 def ledger_timestamp(profile: str) -> int | None:
     """The PDF's creation date: the newest `finished_at` of the profile's runs (SOURCE_DATE_EPOCH wins if
     set), so rendering the same ledger twice gives the same bytes on any machine."""
@@ -108,6 +120,7 @@ def render_pandoc_typst(qmd: Path, pdf: Path, timestamp: int | None = None, stri
     typ = pypandoc.convert_text(md, "typst", format="markdown", extra_args=[
         "--standalone", f"--include-in-header={qmd.parent / 'header.typ'}", "--columns=200"])
     typ = CITE_REF.sub(r"@\1", typ)
+    typ = dangling_refs(typ, strict)
     typ_path = qmd.with_suffix(".typ")
     typ_path.write_text(typ)
     pdf.parent.mkdir(parents=True, exist_ok=True)
