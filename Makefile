@@ -19,8 +19,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Two pytest workers (pytest-xdist), one test file each at a time: the 2 cores, and the smoke pipeline's
+# module fixture runs once. TEST_ARGS adds pytest arguments (e.g. TEST_ARGS='-k export').
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile $(TEST_ARGS)
 
 # Training speed of the final configuration on this CPU, in the precision `auto` picks here (fp32 on AVX2-only
 # CPUs, bf16 where native): ours vs the original-style step, the matmul rates, the committed run's
