@@ -116,10 +116,10 @@ def render_pandoc_typst(qmd: Path, pdf: Path, timestamp: int | None = None, stri
     md = expand_includes(qmd.read_text(), qmd.parent)
     variables = qmd.parent / "_generated" / "variables.yml"
     md = expand_variables(md, yaml.safe_load(variables.read_text())["v"] if variables.exists() else {}, strict)
-    md = PRIME.sub("\u2019", md)   # final4's: an apostrophe, which pandoc would set as a prime after a digit
     typ = pypandoc.convert_text(md, "typst", format="markdown", extra_args=[
         "--standalone", f"--include-in-header={qmd.parent / 'header.typ'}", "--columns=200"])
     typ = CITE_REF.sub(r"@\1", typ)
+    typ = PRIME.sub("\u2019", typ)   # final4's: an apostrophe, which typst's smart quotes would set as a prime
     typ = dangling_refs(typ, strict)
     typ_path = qmd.with_suffix(".typ")
     typ_path.write_text(typ)

@@ -109,7 +109,8 @@ def cpu_groups(runs: pd.DataFrame) -> dict[str, list[str]]:
     """{"<point> (CPU)": hashes}: a point's seeds (runs named "<point>-seed<N>") are one row of the test table."""
     groups: dict[str, list[str]] = {}
     for r in runs.itertuples():
-        groups.setdefault(f"{re.sub(r'-seed[0-9]+$', '', r.run)} (CPU)", []).append(r.hash)
+        parts = re.sub(r"-seed[0-9]+$", "", r.run).split("-")   # <profile>-<study>-<point>, or <profile>-<preset>
+        groups.setdefault(f"{'-'.join(parts[2:]) or parts[-1]} (CPU)", []).append(r.hash)
     return groups
 
 

@@ -228,21 +228,19 @@ def setup_md(results: pd.DataFrame, base: pd.Series, profile: str) -> str:
     text = (f"- *Data.* {base['num_titles']:,} titles, {base['val_frac']:.0%} held out for validation, from {data}.\n"
             f"- *Hardware.* {'; '.join(hw)}.\n- *Precision.* {prec}.\n"
             f"- *Profile.* {profile}; {int((results['status'] == 'finished').sum())} finished runs in the ledger.\n")
-    code = _code_versions_md(results)
-    if code:
-        text += code
+    text += ("- *Code versions.* Every run records the commit it ran (and whether the tree was dirty); the list is "
+             "`code-versions.md` beside this analysis.\n")
     paused = results[results["paused_s"] > 0] if "paused_s" in results else results.iloc[:0]
     if len(paused):
-        runs = "; ".join(f"`{r.run}` {fmt_time(r.paused_s)} (logged wall time {fmt_time(r.wall_time_raw_s)})"
-                         for r in paused.itertuples())
-        text += (f"- *Paused runs.* A run was stopped (SIGSTOP) while other runs or benchmarks needed the cores; "
+        text += (f"- *Paused runs.* {len(paused)} run{'s were' if len(paused) > 1 else ' was'} stopped (SIGSTOP) "
+                 f"for {fmt_time(paused['paused_s'].sum())} in all while other runs or benchmarks needed the cores; "
                  f"wall times, tokens/s, curves against time and the time-to-quality leave those stretches out "
-                 f"(a step or an evaluation that took over {PAUSE_GAP_S / 60:.0f} min): {runs}. Other runs "
-                 f"that shared the cores without a pause show the slower wall time they had.\n")
+                 f"(a step or an evaluation that took over {PAUSE_GAP_S / 60:.0f} min). Other runs that shared "
+                 f"the cores without a pause show the slower wall time they had.\n")
     return text
 
 
-def _code_versions_md(results: pd.DataFrame) -> str:
+def code_versions_md(results: pd.DataFrame) -> str:
     """Runs whose code version is not one clean commit: a segment with no recorded commit, uncommitted
     changes to mainrun/ (marked *), or resumes under several commits (each summary's code_history)."""
     groups: dict[str, list[str]] = {}
@@ -273,7 +271,7 @@ def baselines_md(n: dict, results: pd.DataFrame) -> str:
     other = bases[bases["hash"] != ref["hash"]].iloc[0]
     name = lambda r: f"{DEVICE_NAME.get(r['device'], r['device'])} ({r['precision']})"
     text = (f"\nThe baseline was reproduced on two kinds of device: on the {name(ref)} (the reference above) and on "
-            f"the {name(other)} (run `{other['run']}`, official loss {fmt_loss(other['final_val_loss'])}, "
+            f"the {name(other)} (official loss {fmt_loss(other['final_val_loss'])}, "
             f"{other['final_val_loss'] / ref['final_val_loss'] - 1:+.2%}).")
     agree = curve_agreement(ref["dir"], other["dir"])
     if agree:

@@ -104,7 +104,7 @@ def test_seeds_section_with_one_final2_seed_gives_no_p(tmp_path):
 def test_cpu_seeds_of_one_point_are_one_test_row():
     name = "full-14_final2-final2"
     runs = pd.DataFrame({"run": [name, f"{name}-seed1338", "full-final", f"{name}-seed1339"], "hash": list("abcd")})
-    assert rt.cpu_groups(runs) == {f"{name} (CPU)": ["a", "b", "d"], "full-final (CPU)": ["c"]}
+    assert rt.cpu_groups(runs) == {"final2 (CPU)": ["a", "b", "d"], "final (CPU)": ["c"]}   # named by point
 
 
 def test_truncation_agreement_reads_each_point_at_each_epoch():
