@@ -32,7 +32,7 @@ from .config import EVAL_BATCH, EVAL_BLOCK, Config, rules_check, run_hash, valid
 from .data import Corpus, atomic_write_bytes, fingerprint, get_batch, prepare
 from .evaluate import autocast, evaluate, full_coverage, official_coverage
 from .model import GPT, Ensemble, GPTConfig
-from .optim import build_optimizers, describe_groups, lr_multiplier, native_bf16, set_lr
+from .optim import build_optimizers, describe_groups, lr_multiplier, native_bf16, param_groups, set_lr
 
 
 # A run whose loss explodes without turning NaN stops and is recorded "diverged", with the step and the
@@ -43,6 +43,39 @@ from .optim import build_optimizers, describe_groups, lr_multiplier, native_bf16
 #  - "val_above_step1": a validation loss above the one measured after the first step.
 # A NaN/inf loss stops the run at once ("nonfinite").
 EXPLODE_FACTOR = 3.0
+
+
+
+# Training stability, recorded without changing a run's result (so without changing its hash): every
+# STABILITY_EVERY optimizer steps (and at step 1) the log gets a "stability" event with the gradient norm before
+# clipping and, per parameter group (optim.param_groups: hidden matrices, embeddings and head, norms and
+# biases), the gradient norm and the update-to-weight ratio |W_after - W_before| / |W_before| of that step.
+STABILITY_EVERY = 25
+
+
+@torch.no_grad()
+def stability_probe(groups: dict[str, list[torch.nn.Parameter]]) -> dict[str, Any]:
+    """Before an optimizer step: each group's gradient norm and a copy of its weights."""
+    out: dict[str, Any] = {}
+    for name, params in groups.items():
+        grads = [p.grad.detach().float() for p in params if p.grad is not None]
+        out[name] = (torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+                     if grads else torch.zeros(()), [p.detach().clone() for p in params])
+    return out
+
+
+@torch.no_grad()
+def stability_after(groups: dict[str, list[torch.nn.Parameter]], before: dict[str, Any]) -> dict[str, Any]:
+    """After the step: the total and per-group gradient norms, and each group's update-to-weight ratio."""
+    grad, ratio = {}, {}
+    for name, params in groups.items():
+        g, old = before[name]
+        grad[name] = float(g)
+        delta = sum(float(torch.sum((p.float() - o.float()) ** 2)) for p, o in zip(params, old))
+        size = sum(float(torch.sum(o.float() ** 2)) for o in old)
+        ratio[name] = math.sqrt(delta / size) if size > 0 else 0.0
+    return {"grad_norm": math.sqrt(sum(v * v for v in grad.values())), "grad_norm_by_group": grad,
+            "update_ratio": ratio}
 
 
 def resolve_device(device: str, check: bool = True) -> str:
@@ -364,6 +397,7 @@ class Trainer:
         self.explode_at = EXPLODE_FACTOR * math.log(corpus.vocab_size)
         # training losses stay on the device and are read every log_every steps (each read is a sync)
         self.log_every = 1 if device == "cpu" else 25
+        self.groups = param_groups(self.model)   # hidden / embed / other: the stability probe's groups
         scored, self.coverage = official_coverage(len(corpus.val_ids))
         if scored == 0:
             raise ValueError(f"the validation split has {len(corpus.val_ids):,} tokens, fewer than one official "
@@ -466,11 +500,15 @@ class Trainer:
                         loss, objective = self.objective(xb, yb)
                     (objective / cfg.grad_accum).backward()
                     loss_sum += loss.detach()
+                probe = step + 1 == 1 or (step + 1) % STABILITY_EVERY == 0   # the step about to be taken
+                before = stability_probe(self.groups) if probe else None
                 if cfg.grad_clip > 0:   # an ensemble's members are clipped one by one, as if trained alone
                     for part in (self.model.members if cfg.ensemble > 1 else [self.model]):
                         torch.nn.utils.clip_grad_norm_(part.parameters(), cfg.grad_clip)
                 for o in self.opts:
                     o.step()
+                if before is not None:
+                    log.log("stability", step=step + 1, **stability_after(self.groups, before))
                 for o in self.opts:
                     o.zero_grad(set_to_none=True)
                 if self.ema:

@@ -243,3 +243,20 @@ def test_rdrop_adds_a_kl_term_and_logs_the_cross_entropy(isolated):
     assert objective.item() == pytest.approx(ce.item(), abs=1e-6)
     s = mainrun.run(cfg, progress=False)
     assert s["status"] == "finished" and s["final_val_loss"] > 0
+
+
+def test_a_run_logs_its_gradient_norm_and_update_sizes_without_changing_its_result(isolated):
+    """Every STABILITY_EVERY steps (and at step 1) the log holds the gradient norm before clipping and each
+    parameter group's update-to-weight ratio; the run's hash is its config's, so its result cannot move."""
+    import math
+    cfg = make_config("smoke", "epic1", name="stab", precision="fp32", device="cpu")
+    summary = mainrun.run(cfg, progress=False)
+    run = ledger.find_run(ledger.results_root("smoke"), summary["hash"])
+    events = [e for e in ledger.read_log(run / "log.jsonl") if e["event"] == "stability"]
+    steps = [e["step"] for e in events]
+    assert steps[0] == 1 and steps[1:] == list(range(train_mod.STABILITY_EVERY, summary["steps"] + 1,
+                                                        train_mod.STABILITY_EVERY))
+    for e in events:
+        assert set(e["update_ratio"]) == {"hidden", "embed", "other"} and e["grad_norm"] > 0
+        assert e["grad_norm"] == pytest.approx(math.sqrt(sum(v * v for v in e["grad_norm_by_group"].values())))
+        assert all(0 < r < 1 for r in e["update_ratio"].values())
