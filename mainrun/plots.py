@@ -334,3 +334,32 @@ def placeholder(what: str) -> Figure:
     ax.text(0.5, 0.5, f"not in this ledger: {what}", ha="center", va="center", fontsize=9)
     ax.set_axis_off()
     return fig
+
+
+GROUP_WORDS = {"hidden": "hidden matrices", "embed": "embeddings and head", "other": "norms and biases"}
+
+
+def stability(runs: dict[str, pd.DataFrame]) -> Figure:
+    """Training stability per run (tables.read_stability): the gradient norm before clipping, and each parameter
+    group's update-to-weight ratio per step (one line style per group), against the optimizer step."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    styles = {"hidden": "-", "embed": "--", "other": ":"}
+    for i, (label, d) in enumerate(runs.items()):
+        c = COLORS[i % len(COLORS)]
+        a.plot(d["step"], d["grad_norm"], color=c, marker="o", ms=2, lw=1.2, label=label)
+        for g, ls in styles.items():
+            if f"ratio_{g}" in d:
+                b.plot(d["step"], d[f"ratio_{g}"], color=c, ls=ls, lw=1.2,
+                       label=f"{label}: {GROUP_WORDS[g]}")
+    a.set_yscale("log")
+    b.set_yscale("log")
+    a.set_xlabel("optimizer step")
+    b.set_xlabel("optimizer step")
+    a.set_ylabel("gradient norm before clipping")
+    b.set_ylabel("update size / weight size, per step")
+    a.legend(fontsize=7)
+    b.legend(fontsize=6, ncol=1)
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

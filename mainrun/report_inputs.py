@@ -29,7 +29,7 @@ from .report_text import (CPU_BUDGET_S, code_versions_md, DEVICE_NAME, PROXY_NOT
 from .presets import LADDER
 from .stats import coverage_check, permutation_floor, permutation_p, time_to_quality
 from .studies import STUDY_PROFILE, by_point
-from .tables import (analysis_dir, best_of_curve, points_of, ladder_frame, load_results, pending_baseline, read_curve, read_lr, read_studies,
+from .tables import (analysis_dir, best_of_curve, points_of, read_stability, ladder_frame, load_results, pending_baseline, read_curve, read_lr, read_studies,
                      read_tests, study_frame)
 
 
@@ -39,7 +39,8 @@ FIGURES = {"fig-story.png": "a ladder of two or more rungs", "fig-curves.png": "
            "fig-overfit.png": "full-scale GPU runs", "fig-gpu-curves.png": "full-scale GPU runs",
            "fig-seeds.png": "full-scale rungs over seeds", "fig-cost.png": "screens that change the compute",
            "fig-proxy.png": "a screen made again on a proxy", "fig-forest.png": "one-change studies",
-           "fig-sensitivity.png": "a sweep", "fig-search.png": "a search"}
+           "fig-sensitivity.png": "a sweep", "fig-search.png": "a search",
+           "fig-stability.png": "a study of training stability"}
 
 
 def read_study_roles(path: Path | None = None) -> dict[str, Any]:
@@ -142,6 +143,7 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         plots.save(plots.forest(full_scale.assign(scale=full_scale.get("scale", "every scale"))),
                    out / "fig-forest.png", close=True)
 
+    numbers_stability = stability_section(out, roles)
     steps = _story_steps(profile, results, done, base, roles)
     if len(steps) > 1:
         plots.save(plots.story(steps), out / "fig-story.png", close=True)
@@ -165,6 +167,7 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         "best_single": _best_rung(done, base, single=True),
         "best_in_budget": _best_rung(done, base, budget_s=CPU_BUDGET_S),
         "screens": screens,
+        "stability": numbers_stability,
         "formatted": {"baseline_loss": fmt_loss(base["final_val_loss"]), "final_loss": fmt_loss(final["final_val_loss"]),
                       "ratio": fmt_ratio(final["final_val_loss"] / base["final_val_loss"]),
                       "baseline_bpc": fmt_bpc(base["full_val_bpc"]), "final_bpc": fmt_bpc(final["full_val_bpc"])},
@@ -575,8 +578,37 @@ def report_variables(n: dict[str, Any]) -> dict[str, Any]:
                                  "delta": f"{x['delta']:+.4f}", "cost": f"{x['cost']:.0f}"}
                          for label, x in (bc.get("points") or {}).items()}
                  for study, bc in (sc.get("by_cost") or {}).items()}
+    v["stability"] = {label: {k: (str(x) if k == "probes" else f"{x:.1f}" if "spread" in k else f"{x:.1e}")
+                              for k, x in d.items()}
+                      for label, d in (n.get("stability") or {}).items()}
     tr = sc.get("truncation")
     if tr and tr.get("table"):
         t = pd.DataFrame(tr["table"])
         v["truncation"] = {"best_spearman_but_last": f"{t['spearman'].iloc[:-1].max():.2f}" if len(t) > 1 else ""}
     return v
+
+
+def stability_section(out: Path, roles: dict[str, Any]) -> dict[str, Any]:
+    """The stability study (roles["stability"]: its study and profile): fig-stability.png and, per point, the
+    median over its probes of the gradient norm, of each group's update-to-weight ratio, and of the spread of
+    the ratios across groups (largest over smallest: how unevenly one step moves the groups)."""
+    spec = roles.get("stability") or {}
+    rec = read_studies(spec.get("profile", "quick")).get(spec.get("study"))
+    if rec is None:
+        return {}
+    f = study_frame(rec, load_results(spec.get("profile", "quick")))
+    runs = {r.label: read_stability(r.dir) for r in f[f["status"] == "finished"].merge(
+        load_results(spec.get("profile", "quick"))[["hash", "dir"]], on="hash").itertuples()}
+    runs = {k: v for k, v in runs.items() if len(v)}
+    if not runs:
+        return {}
+    plots.save(plots.stability(runs), out / "fig-stability.png", close=True)
+    numbers = {}
+    for label, d in runs.items():
+        ratios = d[[c for c in d.columns if c.startswith("ratio_")]]
+        grads = d[[c for c in d.columns if c.startswith("grad_") and c != "grad_norm"]]
+        numbers[label] = {"grad_norm": float(d["grad_norm"].median()), "probes": int(len(d)),
+                          **{c: float(ratios[c].median()) for c in ratios.columns},
+                          "spread": float((ratios.max(axis=1) / ratios.min(axis=1)).median()),
+                          "grad_spread": float((grads.max(axis=1) / grads.min(axis=1)).median())}
+    return numbers

@@ -186,6 +186,17 @@ def read_curve(run_dir: str | Path, train: bool = False) -> pd.DataFrame:
     return df
 
 
+def read_stability(run_dir: str | Path) -> pd.DataFrame:
+    """A run's stability events (train.STABILITY_EVERY): step, gradient norm before clipping, and per parameter
+    group its gradient norm (grad_<group>) and update-to-weight ratio (ratio_<group>). Empty for runs trained
+    before the events existed."""
+    rows = [{"step": e["step"], "grad_norm": e["grad_norm"],
+             **{f"grad_{k}": v for k, v in e["grad_norm_by_group"].items()},
+             **{f"ratio_{k}": v for k, v in e["update_ratio"].items()}}
+            for e in ledger.read_log(Path(run_dir) / "log.jsonl") if e.get("event") == "stability"]
+    return pd.DataFrame(rows)
+
+
 def best_of_curve(run_dir: str | Path) -> tuple[float, int]:
     c = read_curve(run_dir)
     i = c["loss"].idxmin()
