@@ -174,7 +174,13 @@ def search_history(history: pd.DataFrame, title: str = "") -> Figure:
     if len(done):
         lo, hi = done["value"].min(), done["value"].max()
         pad = max(hi - lo, 1e-3) * 0.6
-        ax.set_ylim(lo - pad * 0.3, hi + pad)      # pruned trials stop early, far above: keep the completed ones readable
+        top = hi + pad
+        ax.set_ylim(lo - pad * 0.3, top)           # pruned trials stop early, far above: keep the completed ones readable
+        above = pruned[pruned["last_intermediate"] > top] if len(pruned) else pruned
+        for r in above.itertuples():               # ... and show those above the frame at its edge, with their loss
+            ax.annotate(f"{r.last_intermediate:.2f}", (r.trial, top), xytext=(0, -11), textcoords="offset points",
+                        ha="center", fontsize=7, color=COLORS[3])
+            ax.scatter([r.trial], [top], marker="^", s=30, color=COLORS[3], clip_on=False, zorder=4)
     ax.set_xlabel("trial")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation loss (nats/char)")
