@@ -17,30 +17,27 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Epic 2 on top of Epic 1: RMSNorm and rotary positions.
     "epic2": dict(optimizer="adamw", lr=3e-4, weight_decay=0.1, schedule="warmup_cosine",
                   warmup_frac=0.05, min_lr_frac=0.1, norm="rmsnorm", pos="rope"),
-    # The final configuration: what the full-scale studies on a lent H200 kept (results/studies/full/gpu_*),
-    # at a size whose 7 epochs fit 60 minutes on 2 CPU cores (bench: 51 min extrapolated).
+    # The final configuration: the recipe of the small models the full-scale GPU studies kept, at a size whose
+    # 7 epochs fit 60 minutes on 2 AVX2 CPU cores (records/2026-11-26-final/).
     "final": dict(optimizer="muon", muon_ns="fp32", lr=2e-3, weight_decay=0.05, schedule="wsd",
                   warmup_frac=0.05, min_lr_frac=0.1, dropout=0.05, pos="rope", init="scaled_residual",
                   qk_norm=True, tie_embeddings=False, d_model=192, n_head=3, n_layer=5, vocab_size=4096,
                   evals_per_epoch=2),
 }
-# final2: the final recipe plus the two changes of the GPU screen (results/studies/full/gpu14_*) that beat the
-# final preset's three-seed mean by more than twice its seed spread, stacked: ReLU^2 MLP and an AdamW LR of
-# 0.01 for the token embedding. Same shape and matmul FLOPs as final, so the same CPU time.
+# Each later recipe stacks the one-change wins of a round of GPU screens on the one before (the changes that beat
+# its reference's seed mean by more than twice its seed spread); each round's specs and numbers are its folder
+# under records/ (LADDER names it).
+# final2: a ReLU^2 MLP and an AdamW LR of 0.01 for the token embedding; the same matmuls as final.
 PRESETS["final2"] = dict(PRESETS["final"], mlp="relu2", embed_lr=0.01)
-# final3: final2 plus the stack of the second GPU screen (results/studies/full/gpu14_screen2, gpu14_stack2): weights
-# averaged by an EMA (0.99) for evaluation, U-net skips, embedding LR 0.02, the 1-sqrt cooldown and 3 Newton-Schulz
-# steps in Muon. Same matmul shapes as final2; Muon's step is cheaper, the EMA adds one pass over the weights.
+# final3: weights averaged by an EMA (0.99) for evaluation, U-net skips, embedding LR 0.02, the 1-sqrt cooldown and
+# 3 Newton-Schulz steps in Muon; the same matmul shapes as final2.
 PRESETS["final3"] = dict(PRESETS["final2"], ema=0.99, unet=True, embed_lr=0.02, decay_shape="sqrt", muon_ns_steps=3)
-# final4 (a candidate, not yet trained on the CPU): final3 plus the three changes of the fourth GPU screen that beat
-# final3's seed mean by more than twice its spread at the same cost, stacked and repeated over three GPU seeds
-# (results/studies/full/gpu14_screen4, point wd-h2-b1: -0.0024): weight decay 0.1, two heads of 96, AdamW beta1 0.8.
+# final4, the tuned single model: weight decay 0.1, two heads of 96, AdamW beta1 0.8, at final3's cost.
 PRESETS["final4"] = dict(PRESETS["final3"], weight_decay=0.1, n_head=2, beta1=0.8)
-# final7: three final4 models trained side by side and averaged in probability (the fifth GPU screen's ens3: 1.0851
-# over three GPU seeds, 3x final4's matmuls), compiled, one validation pass per epoch. Meant for a CPU with native
-# bf16 (precision=bf16), where its 7 epochs fit 60 minutes on 2 cores; on an AVX2-only CPU it takes about 3 hours.
+# final7: three final4 models trained side by side and averaged in probability (3x final4's matmuls), compiled,
+# one validation pass per epoch. Meant for a CPU with native bf16 (precision=bf16); on an AVX2-only CPU it costs
+# three times final4, which alone takes over the hour there.
 PRESETS["final7"] = dict(PRESETS["final4"], ensemble=3, compile=True, evals_per_epoch=1)
-
 
 # The ladder, in order. rung: its name in ladder.json (results/studies/<profile>/ladder.json); preset: the recipe
 # (None where the rung was chosen by a study, not fixed as a preset); study: the full-scale study holding the rung's
