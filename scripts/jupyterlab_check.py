@@ -211,6 +211,8 @@ def main() -> int:
             lab.kill()
         if not ok and lab_log.exists():
             shutil.copy(lab_log, out / "jupyterlab.log")
+        elif ok:
+            (out / "jupyterlab.log").unlink(missing_ok=True)   # a failed run's log does not outlive a passing one
         shutil.rmtree(tmp, ignore_errors=True)
     record["ok"] = ok
     (out / "check.json").write_text(json.dumps(record, indent=2) + "\n")
