@@ -1,7 +1,7 @@
 """The report's inputs, written to disk: figures, markdown tables, numbers and variables.
 
 `write_report_inputs(profile)` is what 05_analysis calls: from the ledger (`tables`), the statistics (`stats`,
-`report_tables`) and the text helpers (`fragments`) it writes <results>/analysis/<profile>/ (`analysis_dir`):
+`report_tables`) and the text helpers (`report_text`) it writes <results>/analysis/<profile>/ (`analysis_dir`):
 
     fig-*.png                                          the report's figures
     summary.md ladder.md seeds.md findings.md ...      markdown tables and short generated paragraphs

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
 
 import pandas as pd
 
@@ -265,12 +264,3 @@ def seed_std(profile: str, results: pd.DataFrame, studies: list[str]) -> float |
     g = pts.groupby("label")["final_val_loss"]
     stds = g.std(ddof=1)[g.size() >= 2]
     return float(stds.mean()) if len(stds) else None
-
-
-def numbers_of(d: Any) -> Any:
-    """Plain JSON values of nested numbers (tuples as lists)."""
-    if isinstance(d, dict):
-        return {k: numbers_of(v) for k, v in d.items()}
-    if isinstance(d, (list, tuple)):
-        return [numbers_of(v) for v in d]
-    return d

@@ -10,7 +10,7 @@ import pandas as pd
 
 from . import ledger
 from .config import STANDIN_SHA256, make_config
-from .formats import is_nan, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, fmt_time, md_table  # noqa: F401
+from .formats import fmt_bpc, fmt_int, fmt_loss, fmt_ratio, fmt_time, is_nan, md_table
 from .tables import PAUSE_GAP_S
 from .studies import by_point
 from .presets import LADDER

@@ -32,7 +32,7 @@ from .config import PROFILES, Config, make_config
 SPEC_KEYS = ("base", "points", "axes", "grid", "seeds")
 # Where and in what precision a study's points train: part of the study's definition, never guessed from
 # the host, so a study asks for the same runs (hashes) on an AVX2 laptop, a CPU with native bf16 and a GPU
-# machine. The committed studies are CPU fp32 studies; a spec's base may say otherwise (scripts/gpu_study.py
+# machine. The committed studies are CPU fp32 studies; a spec's base may say otherwise (a GPU record
 # sets device=cuda, precision=bf16), which makes them different runs.
 EXECUTION = {"device": "cpu", "precision": "fp32"}
 # Where the one-change-at-a-time studies run. Under full they run on the quick proxy and only the kept

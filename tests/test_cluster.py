@@ -253,7 +253,7 @@ def test_gpu_packing_on_cuda(tmp_path):
 
 
 def test_archive_brings_back_finished_runs_and_their_studies_only(tmp_path):
-    """ledger.archive: how a device call packs what it trained (scripts/gpu_search.py, gpu_study.py)."""
+    """ledger.archive: how a device call packs what it trained (scripts/device_call.py)."""
     import tarfile
     from mainrun import ledger
     root = tmp_path / "results"
