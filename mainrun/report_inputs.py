@@ -446,9 +446,11 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
     numbers: dict[str, Any] = {}
     files = {k: "" for k in ("screen-candidates.md", "tests.md", "stack.md", "agreement.md", "truncation.md")}
     screens = {sc["name"]: sc for sc in roles.get("screens", [])}
+    frames = {name: rt.screen_frame(recs, results, sc["studies"], sc.get("leave_out_prefix"))   # each read once
+              for name, sc in screens.items()}
     cand = roles.get("candidates") or {}
     sc = screens.get(cand.get("screen"))
-    frame = rt.screen_frame(recs, results, sc["studies"], sc.get("leave_out_prefix")) if sc else pd.DataFrame()
+    frame = frames[sc["name"]] if sc else pd.DataFrame()
     if frame.empty or gpu_bases.empty:
         for name, text in files.items():
             (out / name).write_text(text)
@@ -462,7 +464,7 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
     groups = {"baseline (GPU)": [base["hash"]]}
     for row, (study, label) in (roles.get("tests") or {}).items():
         if study in screens:
-            f = rt.screen_frame(recs, results, screens[study]["studies"], screens[study].get("leave_out_prefix"))
+            f = frames[study]
         elif study in recs:
             f = rt.fold_seed_labels(study_frame(recs[study], results))
         else:
@@ -486,8 +488,7 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
         plots.save(plots.cost_vs_loss(numbers["by_cost"]), out / "fig-cost.png", close=True)
     ag = roles.get("agreement") or {}
     if ag:
-        agsc = screens[ag["screen"]]
-        full = rt.screen_frame(recs, results, agsc["studies"], agsc.get("leave_out_prefix"))
+        full = frames[ag["screen"]]
         proxies, keys = {}, {}
         for px in ag.get("proxies", []):
             prec = read_studies(px["profile"]).get(px["study"])
@@ -501,8 +502,7 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
             plots.save(plots.proxy_scatter(full, proxies, ag["reference"]), out / "fig-proxy.png", close=True)
     tr = roles.get("truncation") or {}
     if tr:
-        trsc = screens[tr["screen"]]
-        full = rt.screen_frame(recs, results, trsc["studies"], trsc.get("leave_out_prefix"))
+        full = frames[tr["screen"]]
         files["truncation.md"], numbers["truncation"] = rt.truncation_table(full, results, tr["reference"],
                                                                               tr.get("skip", []))
     for name, text in files.items():
