@@ -268,9 +268,10 @@ def render(recipe: Recipe, evaluate_text: str | None = None, import_utils: bool 
 
 
 # ----------------------------------------------------------------------------- the checkout
-def checkout_rules(source: str) -> dict[str, Any]:
-    """The values the checkout's train.py fixes by the rules: its Hyperparameters defaults for epochs, seed,
-    num_titles and val_frac, and the hub dataset it loads."""
+def check_checkout(recipe: Recipe, source: str) -> bool:
+    """Refuse a recipe that differs from what the checkout's train.py fixes by the rules: its Hyperparameters
+    defaults for epochs, seed, num_titles and val_frac, and the hub dataset it loads. Returns whether it has
+    the original's `import utils`."""
     tree = ast.parse(source)
     try:
         found = {n.target.id: ast.literal_eval(n.value) for n in _hyperparameters(tree) if n.value is not None}
@@ -281,22 +282,18 @@ def checkout_rules(source: str) -> dict[str, Any]:
     if missing:
         raise ExportError(f"the checkout's Hyperparameters lacks {', '.join(missing)}; is it a clone of "
                           f"MaincodeHQ/mainrun?")
+    cfg = recipe.config
+    differ = [f"{k}={getattr(cfg, k)!r} (the checkout fixes {found[k]!r})" for k in RULE_FIELDS
+              if getattr(cfg, k) != found[k]]
     datasets = {c.args[0].value for c in ast.walk(tree) if isinstance(c, ast.Call) and c.args
                 and getattr(c.func, "id", getattr(c.func, "attr", None)) == "load_dataset"
                 and isinstance(c.args[0], ast.Constant) and isinstance(c.args[0].value, str)}
-    imports_utils = any(isinstance(n, ast.Import) and any(a.name == "utils" for a in n.names) for n in tree.body)
-    return {**{k: found[k] for k in RULE_FIELDS}, "datasets": datasets, "imports_utils": imports_utils}
-
-
-def check_against_checkout(recipe: Recipe, fixed: dict[str, Any]) -> None:
-    cfg = recipe.config
-    differ = [f"{k}={getattr(cfg, k)!r} (the checkout fixes {fixed[k]!r})" for k in RULE_FIELDS
-              if getattr(cfg, k) != fixed[k]]
-    if fixed["datasets"] and HUB_DATASET not in fixed["datasets"]:
-        differ.append(f"dataset {HUB_DATASET} (the checkout loads {', '.join(sorted(fixed['datasets']))})")
+    if datasets and HUB_DATASET not in datasets:
+        differ.append(f"dataset {HUB_DATASET} (the checkout loads {', '.join(sorted(datasets))})")
     if differ:
         raise ExportError(f"{recipe.label} differs from what the checkout's train.py fixes by the rules: "
                           f"{'; '.join(differ)}")
+    return any(isinstance(n, ast.Import) and any(a.name == "utils" for a in n.names) for n in tree.body)
 
 
 def _requirements(text: str) -> dict[str, str]:
@@ -393,9 +390,7 @@ def export_into(spec: str, checkout: Path) -> list[Path]:
     recipe = resolve_recipe(spec)
     check_recipe(recipe)
     source = train.read_text()
-    fixed = checkout_rules(source)
-    check_against_checkout(recipe, fixed)
-    script = render(recipe, evaluate_source(source), fixed["imports_utils"])
+    script = render(recipe, evaluate_source(source), check_checkout(recipe, source))
     req = next((p for p in (checkout / ".devcontainer" / "requirements.txt", checkout / "requirements.txt")
                 if p.is_file()), checkout / "requirements.txt")
     text = req.read_text() if req.exists() else ""

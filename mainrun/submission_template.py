@@ -1,15 +1,11 @@
 """Mainrun train.py: RECIPE_LINE
 
-One self-contained script, run by `task train` (it runs `python3 train.py` in mainrun/): it loads the Hacker
-News titles, trains a byte-level BPE tokenizer on them, trains the model below for `epochs` epochs, scores the
-validation split with `evaluate()` and writes the JSONL events of the original Mainrun script to
-logs/mainrun.log. The recipe is the Hyperparameters dataclass; SUBMISSION.md beside this file says what it
-changes against the original and what it measured.
-
-Data: the hub dataset, as the original. With MAINRUN_DATA=/path/to/titles.parquet (or .jsonl/.csv, a 'title'
-column) set, the titles come from that file instead, and the script says so.
-
-Exported by the mainrun workbench (`python -m mainrun export`) from mainrun/submission_template.py.
+One self-contained script, run by `task train` (`python3 train.py` in mainrun/): it loads the Hacker News titles
+(or, with MAINRUN_DATA=/path/to/titles.parquet/.jsonl/.csv set, that file's 'title' column, and says so), trains
+a byte-level BPE tokenizer on them and the model below for `epochs` epochs, scores the validation split with
+`evaluate()` and writes the original Mainrun script's JSONL events to logs/mainrun.log. The recipe is the
+Hyperparameters dataclass; SUBMISSION.md beside this file says what it changes and what it measured. Exported
+by the mainrun workbench (`python -m mainrun export`) from mainrun/submission_template.py.
 """
 import json
 import math
@@ -17,7 +13,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -45,12 +41,12 @@ class Hyperparameters:
     attn_dropout: float = -1.0            # dropout on attention probabilities alone; -1 = dropout
     norm: str = "layernorm"               # layernorm | rmsnorm
     pos: str = "learned"                  # learned position embedding | rope (rotary embeddings of q and k)
-    init: str = "normal"                  # normal: N(0, 0.02) | scaled_residual: residual-writing layers / sqrt(2 n_layer)
+    init: str = "normal"                  # normal: std 0.02 | scaled_residual: residual writers / sqrt(2 n_layer)
     mlp: str = "gelu"                     # gelu | relu2 (relu(x)^2); hidden width 4 x d_model
     qk_norm: bool = False                 # RMS-normalise queries and keys per head
     tie_embeddings: bool = True           # the output head shares the token embedding's weights
-    unet: bool = False                    # U-net skips: the first n_layer // 2 blocks' outputs, each times a learned scalar, enter the last blocks
-    ensemble: int = 1                     # k models trained side by side on the same batches; the prediction is the mean of their probabilities
+    unet: bool = False                    # U-net: the first half's block outputs, scaled, enter the last half
+    ensemble: int = 1                     # k models trained side by side; predict the mean of their probabilities
     # --- optimisation
     optimizer: str = "sgd"                # sgd | adamw | muon (Muon on the hidden matrices, AdamW on the rest)
     lr: float = 0.006                     # peak learning rate (of the AdamW part under muon)
@@ -64,14 +60,14 @@ class Hyperparameters:
     muon_momentum: float = 0.95           # Muon's momentum
     muon_nesterov: bool = True            # Nesterov momentum in Muon
     muon_ns_steps: int = 5                # Newton-Schulz iterations per Muon step
-    muon_ns: str = "bf16"                 # dtype of the Newton-Schulz iteration: bf16 | fp32 (CPUs without native bf16)
+    muon_ns: str = "bf16"                 # Newton-Schulz dtype: bf16 | fp32 (for CPUs without native bf16)
     grad_clip: float = 1.0                # max global gradient norm (per ensemble member); 0 = off
     schedule: str = "cosine"              # cosine | warmup_cosine | wsd (warmup, stable, decay) | constant
     warmup_frac: float = 0.0              # fraction of the steps spent warming up linearly
     min_lr_frac: float = 0.0              # floor of the decay, as a fraction of the peak
     decay_frac: float = 0.2               # wsd: fraction of the steps in the final decay
     decay_shape: str = "linear"           # wsd: linear | sqrt (1 - sqrt(progress) cooldown)
-    ema: float = 0.0                      # evaluate an exponential moving average of the weights with this decay; 0 = off
+    ema: float = 0.0                      # decay of the weights' moving average that evaluate() scores; 0 = off
     # --- execution and log
     evals_per_epoch: int = 3              # validation passes per epoch (plus the first and the last step)
     device: str = "auto"                  # auto (cuda if available) | cpu | cuda
@@ -80,26 +76,11 @@ class Hyperparameters:
     log_file: str = "./logs/mainrun.log"  # the JSONL event log
 
 
-# Tests only: a JSON object of Hyperparameters fields that replace the values above (a run of seconds at a tiny
-# size). Never set for a Mainrun run; the script says so when it is.
-TEST_ENV = "MAINRUN_EXPORT_TEST"
+TEST_ENV = "MAINRUN_EXPORT_TEST"   # tests only: a JSON object of fields that replace the values above
 DATA_ENV = "MAINRUN_DATA"
 HUB_DATASET = "julien040/hacker-news-posts"
 EOS = "<eos>"
 SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
-
-
-def apply_test_overrides(args: Hyperparameters) -> Hyperparameters:
-    raw = os.environ.get(TEST_ENV)
-    if not raw:
-        return args
-    values = json.loads(raw)
-    unknown = sorted(set(values) - {f.name for f in fields(args)})
-    if unknown:
-        raise SystemExit(f"{TEST_ENV}: unknown field(s) {', '.join(unknown)}; "
-                         f"accepted: {', '.join(f.name for f in fields(args))}")
-    print(f"{TEST_ENV} is set (tests only): {values}; this is not a Mainrun run")
-    return replace(args, **values)
 
 
 class JsonlLog:
@@ -113,21 +94,14 @@ class JsonlLog:
     def log(self, event: str, **kwargs) -> None:
         self.file.write(json.dumps({"event": event, "timestamp": time.time(), **kwargs}) + "\n")
         self.file.flush()
-        if not kwargs.get("prnt", True):
-            return
-        if "step" in kwargs and "max_steps" in kwargs:
-            tqdm.write(f"[{kwargs['step']:>5}/{kwargs['max_steps']}] {event}: loss={kwargs['loss']:.6f} "
-                       f"time={kwargs['elapsed_time']:.2f}s")
-        else:
+        if kwargs.get("prnt", True):
             tqdm.write(f"{event}: " + ", ".join(f"{k}={v}" for k, v in kwargs.items()))
-
-    def close(self) -> None:
-        self.file.close()
 
 
 # ----------------------------------------------------------------------------- data
 def load_titles(cache_dir: str = "./data"):
-    """The titles as a `datasets.Dataset`: the file named by MAINRUN_DATA when it is set, else the hub dataset."""
+    """The titles as a `datasets.Dataset` and their source: the file named by MAINRUN_DATA if set, else the hub
+    dataset (the Taskfile's download step calls this to fill ./data)."""
     from datasets import load_dataset
 
     path = os.environ.get(DATA_ENV)
@@ -139,11 +113,6 @@ def load_titles(cache_dir: str = "./data"):
                          f"{', '.join(SUFFIXES)} file with a 'title' column")
     print(f"{DATA_ENV} is set: the titles come from {path}, not from the hub dataset {HUB_DATASET}")
     return load_dataset(kind, data_files=path, split="train", cache_dir=cache_dir), f"file:{Path(path).name}"
-
-
-def download() -> None:
-    """The Taskfile's download step: fetch the hub dataset into ./data, unless MAINRUN_DATA names a file."""
-    load_titles()
 
 
 def get_titles(num_titles: int, seed: int, val_frac: float):
@@ -181,8 +150,7 @@ def get_batch(split_ids: torch.Tensor, ptr: int, block_size: int, batch_size: in
 
 
 def iter_full_split(split_ids: torch.Tensor, block_size: int, batch_size: int, device: str):
-    """Disjoint spans of batch_size x block_size + 1 tokens over a split; the tail that does not fill one is
-    dropped."""
+    """Disjoint spans of batch_size x block_size + 1 tokens over a split; the tail that fills none is dropped."""
     span = block_size * batch_size + 1
     for ptr in range(0, len(split_ids) - span + 1, span):
         chunk = split_ids[ptr: ptr + span]
@@ -190,24 +158,7 @@ def iter_full_split(split_ids: torch.Tensor, block_size: int, batch_size: int, d
 
 
 # ----------------------------------------------------------------------------- model
-@dataclass
-class GPTConfig:
-    vocab_size: int
-    block_size: int
-    n_layer: int
-    n_head: int
-    d_model: int
-    dropout: float
-    attn_dropout: float
-    norm: str
-    pos: str
-    init: str
-    mlp: str
-    qk_norm: bool
-    tie_embeddings: bool
-    unet: bool
-
-
+# The model reads its sizes and parts from the Hyperparameters (`cfg`), its vocab_size the tokenizer's.
 NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
 
 
@@ -220,14 +171,13 @@ def rope_tables(T: int, head_dim: int, base: float = 10000.0):
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the (first half, second half) channel pairs of each head by its position's angle. x: [B, H, T, D]."""
-    T = x.size(-2)
     x1, x2 = x.float().chunk(2, dim=-1)
-    c, s = cos[:T], sin[:T]
+    c, s = cos[: x.size(-2)], sin[: x.size(-2)]
     return torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).type_as(x)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: Hyperparameters):
         super().__init__()
         assert cfg.d_model % cfg.n_head == 0
         self.n_head = cfg.n_head
@@ -251,13 +201,14 @@ class CausalSelfAttention(nn.Module):
             q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         if self.rope:
             q, k = apply_rope(q, self.rope_cos, self.rope_sin), apply_rope(k, self.rope_cos, self.rope_sin)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_p if self.training else 0.0, is_causal=True)
+        p = self.attn_p if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         y = y.transpose(1, 2).reshape(B, T, C)    # [B, H, T, D] -> [B, T, C]
         return self.resid_drop(self.proj(y))
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: Hyperparameters):
         super().__init__()
         self.relu2 = cfg.mlp == "relu2"
         self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model)
@@ -270,7 +221,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: Hyperparameters):
         super().__init__()
         self.ln1 = NORMS[cfg.norm](cfg.d_model)
         self.ln2 = NORMS[cfg.norm](cfg.d_model)
@@ -283,7 +234,7 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: Hyperparameters):
         super().__init__()
         self.cfg = cfg
         # modules are created in this order, then re-initialised by one apply() pass: the order in which they
@@ -295,8 +246,9 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = NORMS[cfg.norm](cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.n_skip = cfg.n_layer // 2 if cfg.unet else 0
         if cfg.unet:
-            self.skip_weights = nn.Parameter(torch.ones(cfg.n_layer // 2))
+            self.skip_weights = nn.Parameter(torch.ones(self.n_skip))
         self.apply(self._init_weights)
         if cfg.tie_embeddings:
             self.head.weight = self.token_emb.weight
@@ -317,13 +269,13 @@ class GPT(nn.Module):
         if self.cfg.pos == "learned":
             x = x + self.pos_emb[:, :T, :]
         x = self.drop(x)
-        n_skip = self.cfg.n_layer // 2 if self.cfg.unet else 0
         skips = []
         for i, block in enumerate(self.blocks):
-            if n_skip and i >= self.cfg.n_layer - n_skip:          # second half: the mirrored block's output
-                x = x + self.skip_weights[i - (self.cfg.n_layer - n_skip)] * skips.pop()
+            mirror = i - (self.cfg.n_layer - self.n_skip)          # U-net: the last n_skip blocks take the
+            if self.n_skip and mirror >= 0:                        # first n_skip blocks' outputs, mirrored
+                x = x + self.skip_weights[mirror] * skips.pop()
             x = block(x)
-            if i < n_skip:                                         # first half
+            if i < self.n_skip:
                 skips.append(x)
         logits = self.head(self.ln_f(x))                           # [B, T, V]
         loss = None
@@ -353,9 +305,9 @@ class Ensemble(nn.Module):
 # ----------------------------------------------------------------------------- optimizers and schedule
 class Muon(torch.optim.Optimizer):
     """Muon (Keller Jordan, 2024) for 2-D weights: SGD momentum whose update is orthogonalised by a quintic
-    Newton-Schulz iteration, scaled by sqrt(max(1, rows / cols)), with decoupled weight decay; the same
-    arithmetic as torch.optim.Muon. ns_dtype is the iteration's dtype: torch's bf16, or fp32 for CPUs whose bf16
-    matmuls are emulated. Not for embeddings, heads, norms or biases (AdamW takes those)."""
+    Newton-Schulz iteration, scaled by sqrt(max(1, rows / cols)), with decoupled weight decay; the arithmetic
+    of torch.optim.Muon, which the original's torch 2.7 lacks. ns_dtype is the iteration's dtype: torch's
+    bf16, or fp32 for CPUs whose bf16 matmuls are emulated. Not for embeddings, heads, norms or biases."""
 
     def __init__(self, params, lr: float, weight_decay: float, momentum: float, nesterov: bool, ns_steps: int,
                  ns_dtype: torch.dtype):
@@ -365,10 +317,8 @@ class Muon(torch.optim.Optimizer):
 
     def orthogonalise(self, g: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.Tensor:
         a, b, c = 3.4445, -4.7750, 2.0315
-        x = g.to(self.ns_dtype)
         tall = g.size(0) > g.size(1)
-        if tall:
-            x = x.T
+        x = g.to(self.ns_dtype).T if tall else g.to(self.ns_dtype)
         x = x / x.norm().clamp(min=eps)                  # spectral norm at most 1
         for _ in range(steps):
             gram = x @ x.T
@@ -384,61 +334,54 @@ class Muon(torch.optim.Optimizer):
                     continue
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
                 buf.lerp_(p.grad, 1 - mom)
-                update = p.grad.lerp(buf, mom) if group["nesterov"] else buf
-                update = self.orthogonalise(update, group["ns_steps"])
+                update = self.orthogonalise(p.grad.lerp(buf, mom) if group["nesterov"] else buf, group["ns_steps"])
                 p.mul_(1 - lr * group["weight_decay"])
                 p.add_(update, alpha=-lr * math.sqrt(max(1, p.size(0) / p.size(1))))
 
 
 def param_groups(model: nn.Module) -> dict:
-    """Which tensors may use Muon and which get weight decay under AdamW:
-    hidden: 2-D weights inside the blocks; embed: token and position embeddings and the head; other: norms,
-    biases, skip weights. An ensemble's members group like one model's."""
-    groups = {"hidden": [], "embed": [], "other": []}
-    for name, p in model.named_parameters():                    # a tied head is listed once, as the embedding
-        name = name.split(".", 2)[2] if name.startswith("members.") else name
-        if name.startswith("blocks.") and p.ndim == 2:
+    """The one table of parameter groups. hidden: the blocks' 2-D weights (Muon's under muon, the only ones
+    AdamW decays); embed: token and position embeddings; head: an untied output head; other: norms, biases,
+    skip weights. An ensemble's members group like one model's, except that the head is found by its name
+    "head.weight", which a member's head ("members.0.head.weight") lacks: an ensemble's heads train at embed_lr.
+    So the workbench trained its ensembles (final7); the script keeps it so that the numbers agree."""
+    groups = {"hidden": [], "embed": [], "head": [], "other": []}
+    for name, p in model.named_parameters():             # a tied head is listed once, as the embedding
+        local = name.split(".", 2)[2] if name.startswith("members.") else name
+        if local.startswith("blocks.") and p.ndim == 2:
             groups["hidden"].append(p)
-        elif "emb" in name or name.startswith("head."):
+        elif name.startswith("head."):
+            groups["head"].append(p)
+        elif "emb" in local or local.startswith("head."):
             groups["embed"].append(p)
         else:
             groups["other"].append(p)
     return groups
 
 
-def adamw_rest(args: Hyperparameters, model: nn.Module, g: dict) -> list:
-    """AdamW groups of the embeddings, head, norms and biases, without weight decay: one group, or with
-    embed_lr / head_lr set, the embeddings and the head apart. The head is found by the name "head.weight",
-    which an ensemble's members' heads ("members.0.head.weight") do not have: in an ensemble they train with the
-    embeddings' LR. This is how the workbench trained its ensembles (final7), kept so the numbers agree."""
-    if args.embed_lr < 0 and args.head_lr < 0:
-        return [{"params": g["embed"] + g["other"], "weight_decay": 0.0}]
-    head = {id(p) for n, p in model.named_parameters() if n.startswith("head.")}
-    pick = lambda v: args.lr if v < 0 else v  # noqa: E731
-    groups = [{"params": g["other"], "weight_decay": 0.0, "lr": args.lr},
-              {"params": [p for p in g["embed"] if id(p) not in head], "weight_decay": 0.0, "lr": pick(args.embed_lr)},
-              {"params": [p for p in g["embed"] if id(p) in head], "weight_decay": 0.0, "lr": pick(args.head_lr)}]
-    return [x for x in groups if x["params"]]
-
-
 def build_optimizers(args: Hyperparameters, model: nn.Module, device: str) -> list:
-    """The optimizer(s) of the recipe; every param group keeps its peak LR in 'peak_lr'."""
+    """The recipe's optimizer(s); each param group keeps its peak LR in 'peak_lr'."""
     g = param_groups(model)
-    speed = {"fused": True} if device == "cuda" else {"foreach": True}
+    peak = lambda v: args.lr if v < 0 else v  # noqa: E731
+    no_decay = [{"params": g["other"], "lr": args.lr, "weight_decay": 0.0},
+                {"params": g["embed"], "lr": peak(args.embed_lr), "weight_decay": 0.0},
+                {"params": g["head"], "lr": peak(args.head_lr), "weight_decay": 0.0}]
+    fast = {"fused": True} if device == "cuda" else {"foreach": True}
+
+    def adamw(groups: list) -> torch.optim.AdamW:
+        return torch.optim.AdamW([x for x in groups if x["params"]], betas=(args.beta1, args.beta2), **fast)
+
     if args.optimizer == "sgd":
         opts = [torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay, foreach=True)]
     elif args.optimizer == "adamw":
-        opts = [torch.optim.AdamW([{"params": g["hidden"], "weight_decay": args.weight_decay},
-                                   *adamw_rest(args, model, g)], lr=args.lr, betas=(args.beta1, args.beta2), **speed)]
+        opts = [adamw([{"params": g["hidden"], "lr": args.lr, "weight_decay": args.weight_decay}, *no_decay])]
     else:
         ns_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.muon_ns]
         opts = [Muon(g["hidden"], lr=args.muon_lr, weight_decay=args.weight_decay, momentum=args.muon_momentum,
-                     nesterov=args.muon_nesterov, ns_steps=args.muon_ns_steps, ns_dtype=ns_dtype),
-                torch.optim.AdamW(adamw_rest(args, model, g), lr=args.lr, betas=(args.beta1, args.beta2), **speed)]
-    for opt in opts:
-        for group in opt.param_groups:
-            group["peak_lr"] = group["lr"]
+                     nesterov=args.muon_nesterov, ns_steps=args.muon_ns_steps, ns_dtype=ns_dtype), adamw(no_decay)]
+    for group in (group for opt in opts for group in opt.param_groups):
+        group["peak_lr"] = group["lr"]
     return opts
 
 
@@ -480,7 +423,10 @@ def native_bf16(device: str) -> bool:
 
 # ----------------------------------------------------------------------------- training
 def main():
-    args = apply_test_overrides(Hyperparameters())
+    args = Hyperparameters()
+    if os.environ.get(TEST_ENV):           # never set for a Mainrun run: a run of seconds at a tiny size
+        print(f"{TEST_ENV} is set (tests only): {os.environ[TEST_ENV]}; this is not a Mainrun run")
+        args = replace(args, **json.loads(os.environ[TEST_ENV]))
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     logger = JsonlLog(args.log_file)
@@ -503,10 +449,7 @@ def main():
     logger.log("dataset_info", titles_count=len(train_titles), epochs=args.epochs, batches_per_epoch=batches,
                tokens_per_epoch=len(train_ids), vocab_size=tok.get_vocab_size(), source=source)
 
-    cfg = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=args.block_size, n_layer=args.n_layer,
-                    n_head=args.n_head, d_model=args.d_model, dropout=args.dropout, attn_dropout=args.attn_dropout,
-                    norm=args.norm, pos=args.pos, init=args.init, mlp=args.mlp, qk_norm=args.qk_norm,
-                    tie_embeddings=args.tie_embeddings, unet=args.unet)
+    cfg = replace(args, vocab_size=tok.get_vocab_size())
     # the members of an ensemble are built one after another from the one seed: each starts from its own weights
     net = (GPT(cfg) if args.ensemble == 1 else Ensemble([GPT(cfg) for _ in range(args.ensemble)])).to(device)
     logger.log("model_info", parameters_count=sum(p.numel() for p in net.parameters() if p.requires_grad))
@@ -517,7 +460,7 @@ def main():
         ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema))
     model = ema.module if ema is not None else net    # the weights evaluate() scores
     forward = torch.compile(net) if args.compile else net
-    autocast = (lambda: torch.autocast(device_type=device, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
     clip_parts = list(net.members) if args.ensemble > 1 else [net]
 
     def evaluate():
@@ -538,9 +481,8 @@ def main():
     for epoch in range(1, args.epochs + 1):
         for _ in tqdm(range(1, batches + 1), desc=f"Epoch {epoch}/{args.epochs}"):
             mult = lr_multiplier(args, step, max_steps)
-            for opt in opts:
-                for group in opt.param_groups:
-                    group["lr"] = group["peak_lr"] * mult
+            for group in (group for opt in opts for group in opt.param_groups):
+                group["lr"] = group["peak_lr"] * mult
             step += 1
             xb, yb, ptr = get_batch(train_ids, ptr, args.block_size, args.batch_size, device)
             with autocast():
@@ -563,7 +505,7 @@ def main():
             if step == 1 or step % eval_interval == 0 or step == max_steps:
                 val_loss = evaluate()
                 logger.log("validation_step", step=step, max_steps=max_steps, loss=val_loss, elapsed_time=elapsed)
-    logger.close()
+    logger.file.close()
 
 
 if __name__ == "__main__":
