@@ -475,9 +475,7 @@ def main():
         model.train()
         return losses / len(val_text)
 
-    ptr = 0
-    step = 0
-    t0 = time.time()
+    ptr, step, t0 = 0, 0, time.time()
     for epoch in range(1, args.epochs + 1):
         for _ in tqdm(range(1, batches + 1), desc=f"Epoch {epoch}/{args.epochs}"):
             mult = lr_multiplier(args, step, max_steps)
@@ -492,9 +490,8 @@ def main():
             if args.grad_clip > 0:
                 for part in clip_parts:         # an ensemble's members are clipped one by one, as if alone
                     torch.nn.utils.clip_grad_norm_(part.parameters(), args.grad_clip)
-            for opt in opts:
+            for opt in opts:                    # disjoint parameters: each steps and clears its own
                 opt.step()
-            for opt in opts:
                 opt.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.update_parameters(net)

@@ -41,7 +41,7 @@ class Hyperparameters:
     attn_dropout: float = -1.0            # dropout on attention probabilities alone; -1 = dropout
     norm: str = "layernorm"               # layernorm | rmsnorm
     pos: str = "rope"                     # learned position embedding | rope (rotary embeddings of q and k)
-    init: str = "scaled_residual"         # normal: N(0, 0.02) | scaled_residual: residual writers / sqrt(2n_layer)
+    init: str = "scaled_residual"         # normal: std 0.02 | scaled_residual: residual writers / sqrt(2 n_layer)
     mlp: str = "gelu"                     # gelu | relu2 (relu(x)^2); hidden width 4 x d_model
     qk_norm: bool = True                  # RMS-normalise queries and keys per head
     tie_embeddings: bool = False          # the output head shares the token embedding's weights
@@ -67,7 +67,7 @@ class Hyperparameters:
     min_lr_frac: float = 0.1              # floor of the decay, as a fraction of the peak
     decay_frac: float = 0.2               # wsd: fraction of the steps in the final decay
     decay_shape: str = "linear"           # wsd: linear | sqrt (1 - sqrt(progress) cooldown)
-    ema: float = 0.0                      # evaluate an exponential moving average of the weights (decay); 0 = off
+    ema: float = 0.0                      # decay of the weights' moving average that evaluate() scores; 0 = off
     # --- execution and log
     evals_per_epoch: int = 2              # validation passes per epoch (plus the first and the last step)
     device: str = "cpu"                   # auto (cuda if available) | cpu | cuda
@@ -475,9 +475,7 @@ def main():
         model.train()
         return losses / len(val_text)
 
-    ptr = 0
-    step = 0
-    t0 = time.time()
+    ptr, step, t0 = 0, 0, time.time()
     for epoch in range(1, args.epochs + 1):
         for _ in tqdm(range(1, batches + 1), desc=f"Epoch {epoch}/{args.epochs}"):
             mult = lr_multiplier(args, step, max_steps)
@@ -492,9 +490,8 @@ def main():
             if args.grad_clip > 0:
                 for part in clip_parts:         # an ensemble's members are clipped one by one, as if alone
                     torch.nn.utils.clip_grad_norm_(part.parameters(), args.grad_clip)
-            for opt in opts:
+            for opt in opts:                    # disjoint parameters: each steps and clears its own
                 opt.step()
-            for opt in opts:
                 opt.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.update_parameters(net)
