@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import ledger
 from .config import PRESETS, PROFILES, ConfigError, make_config, parse_overrides
 from .data import DataError
 
@@ -28,8 +29,6 @@ def _find_run_dir(spec: str) -> Path:
     hash, name (`--set name=...`, else profile-preset) or a unique hash prefix (4+ characters). The first kind
     that matches decides; several runs found by it are an error that lists them, none at all lists close names."""
     import difflib
-
-    from . import ledger
 
     p = Path(spec).expanduser()
     if (p / "config.json").exists():
@@ -80,7 +79,6 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from . import ledger
     from .config import from_dict
     from .data import encode_titles, read_titles
     from .evaluate import evaluate, full_coverage, official_coverage
@@ -118,15 +116,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from . import ledger
-
     root = Path(args.results) if args.results else ledger.results_root(args.profile)
     runs = ledger.load_runs(root)
     print(f"{len(runs)} run(s) in {Path(root).resolve()}")
     print(f"{'run':<44}{'status':>11}{'official':>9}{'val loss':>10}{'full bpc':>10}{'steps':>11}{'wall min':>9}")
+    fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"  # noqa: E731
     for r in runs:
         s = r["summary"] or {}
-        fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"  # noqa: E731
         steps = f"{s.get('steps', '-')}/{s.get('max_steps', '-')}" if s else "-"
         wall = s.get("wall_time_s") / 60 if s.get("wall_time_s") else None
         print(f"{r['dir'].name:<44}{r['status']:>11}{str(s.get('official', '-')):>9}"
@@ -140,8 +136,6 @@ def cmd_list(args) -> int:
 
 def cmd_repair(args) -> int:
     """Rebuild a run's summary.json from its log (ledger.rebuild_summary), or check an intact one against it."""
-    from . import ledger
-
     run_dir = _find_run_dir(args.run)
     path = run_dir / "summary.json"
     lock = ledger.Lock(run_dir / ".lock", ledger.lock_record("repairing", run_dir))
@@ -201,7 +195,7 @@ def cmd_sweep(args) -> int:
 
     import pandas as pd
 
-    from . import cluster as engine, ledger
+    from . import cluster as engine
     from .studies import load_spec_file
     from .sweep import run_sweep, studies_dir
 
