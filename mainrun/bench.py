@@ -22,8 +22,7 @@ import torch
 
 from . import ledger, tables
 from .config import EVAL_BATCH, EVAL_BLOCK, Config, make_config, parse_overrides, run_hash
-from .data import repo_root
-from .ledger import hardware
+from .data import prepare
 from .evaluate import autocast, evaluate
 from .optim import build_optimizers
 from .reference import RefGPT
@@ -150,7 +149,6 @@ def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: st
     res = bench_config(cfg, device, reps=reps, reference=reference)
     rows, ours = res["rows"], res["rows"]["ours"]
     try:  # the real token counts of this config's tokenizer (a smaller vocabulary means more steps)
-        from .data import prepare
         corpus = prepare(cfg)
         train_tokens, val_tokens, counted = len(corpus.train_ids), len(corpus.val_ids), "this config's corpus"
     except Exception:
@@ -163,7 +161,7 @@ def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: st
     train_s = steps * ours["s_per_step"]
     eval_s = n_evals * (val_tokens // (span + 1)) * span / res["eval_tokens_per_s"]
     out = {
-        "label": label or "custom", "config": cfg.to_dict(), "device": device, "host": hardware(device),
+        "label": label or "custom", "config": cfg.to_dict(), "device": device, "host": ledger.hardware(device),
         "matmul_gflops": ceil, **res,
         "speedup_vs_reference": (rows["reference"]["s_per_step"] / ours["s_per_step"]
                                  if "reference" in rows else None),
@@ -180,7 +178,7 @@ def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: st
     }
     if device == "cuda":
         out["mfu_vs_989_tflops"] = ours["gflops"] / 989e3
-    out_dir = out_dir or repo_root() / "results" / "bench"
+    out_dir = out_dir or ledger.repo_root() / "results" / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
     if ops:
         out["top_ops_file"] = f"{device}-{out['label']}-ops.txt"

@@ -22,7 +22,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import ledger
-from .data import repo_root
 
 GPU_KS = (1, 2, 4, 8)
 
@@ -112,7 +111,7 @@ def packing(kind: str, levels: list[tuple], n_runs: int, profile: str, preset: s
                                      f"{seeds[0]}..{seeds[-1]}), {where}",
            "host": ledger.hardware("cpu" if base["device"] == "cpu" else "cuda"), "levels": done,
            "losses": compare_losses(done), "measured_at": datetime.now(timezone.utc).isoformat()}
-    path = Path(out_dir or repo_root() / "results" / "bench") / f"{name}.json"
+    path = Path(out_dir or ledger.repo_root() / "results" / "bench") / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, default=str) + "\n")
     out["path"] = ledger.display_path(path)
