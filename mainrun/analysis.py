@@ -1,10 +1,6 @@
-"""What the notebooks show: one import for them (`from mainrun import analysis`).
-
-The notes and tables here are for a reader of a notebook: what a profile's numbers can show, a config as its
-changes, a run's metrics with their meaning, where a run stands, a recorded study as a comparison table. The
-ledger queries, statistics and report inputs they also use live in `tables`, `stats` and `report_inputs`
-and are re-exported here under the names the notebooks call. Nothing here trains.
-"""
+"""What the notebooks show, under one import (`from mainrun import analysis`): notes and tables for a reader
+of a notebook, and the ledger queries, statistics and report inputs they call, re-exported from `tables`,
+`stats` and `report_inputs`. Nothing here trains."""
 from __future__ import annotations
 
 import pandas as pd
@@ -74,15 +70,19 @@ def run_status(summary: dict) -> str:
     return f"{name}: not in the ledger; train it with train=True (or `python -m mainrun train`)"
 
 
+def _recorded(profile: str, study: str | None) -> pd.DataFrame | None:
+    """A recorded study joined with the runs' results; None if the ledger has no such study."""
+    rec = read_studies(profile).get(study)
+    return None if rec is None else study_frame(rec, load_results(profile))
+
+
 def gpu_study(profile: str, study: str) -> pd.DataFrame:
     """A recorded study (e.g. one run on a lent GPU) as a comparison table against its first point; empty if
     the ledger has no such study."""
-    rec = read_studies(profile).get(study)
-    if rec is None:
+    frame = _recorded(profile, study)
+    if frame is None:
         return pd.DataFrame()
-    frame = study_frame(rec, load_results(profile)).drop_duplicates("hash")
-    frame["status"] = frame["status"].fillna("missing")
-    out = compare(frame)
+    out = compare(frame.drop_duplicates("hash").fillna({"status": "missing"}))
     out.insert(0, "study", study)
     return out
 
@@ -90,11 +90,10 @@ def gpu_study(profile: str, study: str) -> pd.DataFrame:
 def elsewhere(profile: str, rung: str) -> str | None:
     """The same rung's result on the other device, where the ledger has it: the GPU ladder study named in
     report/studies.yml (the seed plan's rungs at full scale); None otherwise."""
-    study = ((read_study_roles().get("gpu") or {}).get("ladder"))
-    rec = read_studies(profile).get(study)
-    if rec is None:
+    study = (read_study_roles().get("gpu") or {}).get("ladder")
+    f = _recorded(profile, study)
+    if f is None:
         return None
-    f = study_frame(rec, load_results(profile))
     hit = f[(f["label"] == rung) & (f["status"] == "finished")]
     if hit.empty:
         return None
