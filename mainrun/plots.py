@@ -169,8 +169,7 @@ def search_history(history: pd.DataFrame, title: str = "") -> Figure:
         lo, hi = done["value"].min(), done["value"].max()
         pad = max(hi - lo, 1e-3) * 0.6
         top = hi + pad
-        # pruned trials stop early, far above: keep the completed ones readable, and show those above the
-        # frame at its edge, with their loss
+        # pruned trials stop early, far above: frame the completed ones; those above sit on its edge, loss shown
         ax.set_ylim(lo - pad * 0.3, top)
         above = pruned[pruned["last_intermediate"] > top] if len(pruned) else pruned
         for r in above.itertuples():

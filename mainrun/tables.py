@@ -85,6 +85,7 @@ def without_pauses(row: dict, run_dir: Path) -> dict[str, Any]:
 
 
 def hardware_text(hw: dict | None) -> str | None:
+    """A run's machine in words: processor, device, cores, torch threads and version."""
     if not hw:
         return None
     text = f"{hw.get('gpu') or hw.get('cpu')} ({hw.get('device')}, {hw.get('cpu_count')} CPU cores"
