@@ -118,6 +118,11 @@ def pending_baseline(results: pd.DataFrame, device: str) -> dict[str, Any] | Non
     return None
 
 
+def log_events(run_dir: str | Path, event: str) -> list[dict]:
+    """A run's logged events of one kind, in order."""
+    return [e for e in ledger.read_log(Path(run_dir) / "log.jsonl") if e.get("event") == event]
+
+
 PAUSE_GAP_S = 600.0   # no training step or evaluation of these runs takes 10 minutes
 
 
@@ -150,11 +155,6 @@ def pauses(run_dir: str | Path) -> pd.DataFrame:
         if eval_pause > 0 or step_pause > 0:
             rows.append({"step": a["step"], "wall_s": eval_pause + step_pause, "train_s": step_pause})
     return pd.DataFrame(rows, columns=["step", "wall_s", "train_s"])
-
-
-def log_events(run_dir: str | Path, event: str) -> list[dict]:
-    """A run's logged events of one kind, in order."""
-    return [e for e in ledger.read_log(Path(run_dir) / "log.jsonl") if e.get("event") == event]
 
 
 def read_curve(run_dir: str | Path, train: bool = False) -> pd.DataFrame:
