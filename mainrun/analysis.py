@@ -28,14 +28,15 @@ def show_config(cfg: Config) -> None:
 
 
 def metric_notes(summary: dict, profile: str) -> pd.DataFrame:
-    """The official metric beside the full-coverage one, with what each number means.
-
-    Wall time and tokens/s are the running ones where the run was paused (see `pauses`)."""
+    """The official metric beside the full-coverage one, with what each number means. Wall time and tokens/s
+    are the running ones where the run was paused (see `tables.pauses`)."""
     folder = ledger.find_run(ledger.results_root(profile), summary["hash"])
     timing = without_pauses(summary, folder) if folder is not None else {"paused_s": 0.0}
     summary = {**summary, **timing}
-    paused = (f"; {fmt_time(timing['paused_s'])} paused left out of the logged {fmt_time(timing['wall_time_raw_s'])}"
-              if timing["paused_s"] > 0 and "wall_time_raw_s" in timing else "")
+    paused = ""
+    if timing["paused_s"] > 0 and "wall_time_raw_s" in timing:
+        paused = (f"; {fmt_time(timing['paused_s'])} paused left out of the logged "
+                  f"{fmt_time(timing['wall_time_raw_s'])}")
     rows = [
         ("official validation loss", fmt_loss(summary["final_val_loss"]),
          "summed token cross-entropy over full 64 x 128 spans / characters of the validation text"),
@@ -45,7 +46,8 @@ def metric_notes(summary: dict, profile: str) -> pd.DataFrame:
         ("full-coverage bits/char", fmt_bpc(summary["full_val_bpc"]), "the same in bits per character"),
         ("validation tokens / chars", f"{summary['val_tokens']:,} / {summary['val_chars']:,}", ""),
         ("parameters", fmt_int(summary["n_params"]), ""),
-        ("wall time", fmt_time(summary["wall_time_s"]), "training and validation, without data preparation" + paused),
+        ("wall time", fmt_time(summary["wall_time_s"]),
+         f"training and validation, without data preparation{paused}"),
         ("tokens/s", fmt_int(summary["tokens_per_s"]), "training tokens per second of optimizer steps"),
         ("official run", "yes" if summary["official"] else "no", "; ".join(summary.get("official_reasons") or [])),
     ]
@@ -64,9 +66,10 @@ def run_status(summary: dict) -> str:
         return (f"{name}: pruned by a search at step {summary.get('pruned_step')}, last official loss "
                 f"{fmt_loss(summary.get('last_val_loss'))}")
     if st == "incomplete":
-        return (f"{name}: not finished: logged step {summary['last_step']} of {summary['max_steps']}, last official "
-                f"loss {fmt_loss(summary['last_val_loss'])} at step {summary['last_val_step']}; it resumes from its "
-                f"checkpoint with train=True (or `python -m mainrun train` with the same settings)")
+        return (f"{name}: not finished: logged step {summary['last_step']} of {summary['max_steps']}, last "
+                f"official loss {fmt_loss(summary['last_val_loss'])} at step {summary['last_val_step']}; it "
+                f"resumes from its checkpoint with train=True (or `python -m mainrun train` with the same "
+                f"settings)")
     return f"{name}: not in the ledger; train it with train=True (or `python -m mainrun train`)"
 
 
