@@ -1,10 +1,6 @@
-"""What the notebooks show: one import for them (`from mainrun import analysis`).
-
-The notes and tables here are for a reader of a notebook: what a profile's numbers can show, a config as its
-changes, a run's metrics with their meaning, where a run stands, a recorded study as a comparison table. The
-ledger queries, statistics and report inputs they also use live in `tables`, `stats` and `report_inputs`
-and are re-exported here under the names the notebooks call. Nothing here trains.
-"""
+"""What the notebooks show, under one import (`from mainrun import analysis`): notes and tables for a reader
+of a notebook, and the ledger queries, statistics and report inputs they call, re-exported from `tables`,
+`stats` and `report_inputs`. Nothing here trains."""
 from __future__ import annotations
 
 import pandas as pd
@@ -32,14 +28,15 @@ def show_config(cfg: Config) -> None:
 
 
 def metric_notes(summary: dict, profile: str) -> pd.DataFrame:
-    """The official metric beside the full-coverage one, with what each number means.
-
-    Wall time and tokens/s are the running ones where the run was paused (see `pauses`)."""
+    """The official metric beside the full-coverage one, with what each number means. Wall time and tokens/s
+    are the running ones where the run was paused (see `tables.pauses`)."""
     folder = ledger.find_run(ledger.results_root(profile), summary["hash"])
     timing = without_pauses(summary, folder) if folder is not None else {"paused_s": 0.0}
     summary = {**summary, **timing}
-    paused = (f"; {fmt_time(timing['paused_s'])} paused left out of the logged {fmt_time(timing['wall_time_raw_s'])}"
-              if timing["paused_s"] > 0 and "wall_time_raw_s" in timing else "")
+    paused = ""
+    if timing["paused_s"] > 0 and "wall_time_raw_s" in timing:
+        paused = (f"; {fmt_time(timing['paused_s'])} paused left out of the logged "
+                  f"{fmt_time(timing['wall_time_raw_s'])}")
     rows = [
         ("official validation loss", fmt_loss(summary["final_val_loss"]),
          "summed token cross-entropy over full 64 x 128 spans / characters of the validation text"),
@@ -49,7 +46,8 @@ def metric_notes(summary: dict, profile: str) -> pd.DataFrame:
         ("full-coverage bits/char", fmt_bpc(summary["full_val_bpc"]), "the same in bits per character"),
         ("validation tokens / chars", f"{summary['val_tokens']:,} / {summary['val_chars']:,}", ""),
         ("parameters", fmt_int(summary["n_params"]), ""),
-        ("wall time", fmt_time(summary["wall_time_s"]), "training and validation, without data preparation" + paused),
+        ("wall time", fmt_time(summary["wall_time_s"]),
+         f"training and validation, without data preparation{paused}"),
         ("tokens/s", fmt_int(summary["tokens_per_s"]), "training tokens per second of optimizer steps"),
         ("official run", "yes" if summary["official"] else "no", "; ".join(summary.get("official_reasons") or [])),
     ]
@@ -68,21 +66,26 @@ def run_status(summary: dict) -> str:
         return (f"{name}: pruned by a search at step {summary.get('pruned_step')}, last official loss "
                 f"{fmt_loss(summary.get('last_val_loss'))}")
     if st == "incomplete":
-        return (f"{name}: not finished: logged step {summary['last_step']} of {summary['max_steps']}, last official "
-                f"loss {fmt_loss(summary['last_val_loss'])} at step {summary['last_val_step']}; it resumes from its "
-                f"checkpoint with train=True (or `python -m mainrun train` with the same settings)")
+        return (f"{name}: not finished: logged step {summary['last_step']} of {summary['max_steps']}, last "
+                f"official loss {fmt_loss(summary['last_val_loss'])} at step {summary['last_val_step']}; it "
+                f"resumes from its checkpoint with train=True (or `python -m mainrun train` with the same "
+                f"settings)")
     return f"{name}: not in the ledger; train it with train=True (or `python -m mainrun train`)"
+
+
+def _recorded(profile: str, study: str | None) -> pd.DataFrame | None:
+    """A recorded study joined with the runs' results; None if the ledger has no such study."""
+    rec = read_studies(profile).get(study)
+    return None if rec is None else study_frame(rec, load_results(profile))
 
 
 def gpu_study(profile: str, study: str) -> pd.DataFrame:
     """A recorded study (e.g. one run on a lent GPU) as a comparison table against its first point; empty if
     the ledger has no such study."""
-    rec = read_studies(profile).get(study)
-    if rec is None:
+    frame = _recorded(profile, study)
+    if frame is None:
         return pd.DataFrame()
-    frame = study_frame(rec, load_results(profile)).drop_duplicates("hash")
-    frame["status"] = frame["status"].fillna("missing")
-    out = compare(frame)
+    out = compare(frame.drop_duplicates("hash").fillna({"status": "missing"}))
     out.insert(0, "study", study)
     return out
 
@@ -90,11 +93,10 @@ def gpu_study(profile: str, study: str) -> pd.DataFrame:
 def elsewhere(profile: str, rung: str) -> str | None:
     """The same rung's result on the other device, where the ledger has it: the GPU ladder study named in
     report/studies.yml (the seed plan's rungs at full scale); None otherwise."""
-    study = ((read_study_roles().get("gpu") or {}).get("ladder"))
-    rec = read_studies(profile).get(study)
-    if rec is None:
+    study = (read_study_roles().get("gpu") or {}).get("ladder")
+    f = _recorded(profile, study)
+    if f is None:
         return None
-    f = study_frame(rec, load_results(profile))
     hit = f[(f["label"] == rung) & (f["status"] == "finished")]
     if hit.empty:
         return None

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import ledger
 from .config import PRESETS, PROFILES, ConfigError, make_config, parse_overrides
 from .data import DataError
 
@@ -24,15 +25,10 @@ MIN_HASH_PREFIX = 4  # shorter hex strings are not taken as hash prefixes
 
 
 def _find_run_dir(spec: str) -> Path:
-    """A run folder, named the way `train` names runs: a run's name (`--set name=...`, else
-    profile-preset), its folder name `<name>-<hash>`, its hash or a unique prefix of it (4+ characters),
-    or a path to the folder. Searches the ledgers of every profile (results/ and smoke's temporary one).
-
-    In that order: the first kind of match that finds anything decides; several runs found by it are
-    an error that lists them, and nothing found at all lists the closest names."""
+    """A run folder in any profile's ledger, by (in this order) its folder path, folder name `<name>-<hash>`,
+    hash, name (`--set name=...`, else profile-preset) or a unique hash prefix (4+ characters). The first kind
+    that matches decides; several runs found by it are an error that lists them, none at all lists close names."""
     import difflib
-
-    from . import ledger
 
     p = Path(spec).expanduser()
     if (p / "config.json").exists():
@@ -83,7 +79,6 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from . import ledger
     from .config import from_dict
     from .data import encode_titles, read_titles
     from .evaluate import evaluate, full_coverage, official_coverage
@@ -121,30 +116,26 @@ def cmd_eval(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from . import ledger
-
     root = Path(args.results) if args.results else ledger.results_root(args.profile)
     runs = ledger.load_runs(root)
     print(f"{len(runs)} run(s) in {Path(root).resolve()}")
     print(f"{'run':<44}{'status':>11}{'official':>9}{'val loss':>10}{'full bpc':>10}{'steps':>11}{'wall min':>9}")
+    fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"  # noqa: E731
     for r in runs:
         s = r["summary"] or {}
-        fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"  # noqa: E731
         steps = f"{s.get('steps', '-')}/{s.get('max_steps', '-')}" if s else "-"
         wall = s.get("wall_time_s") / 60 if s.get("wall_time_s") else None
         print(f"{r['dir'].name:<44}{r['status']:>11}{str(s.get('official', '-')):>9}"
               f"{fmt(s.get('final_val_loss'), '.4f'):>10}{fmt(s.get('full_val_bpc'), '.4f'):>10}{steps:>11}"
               f"{fmt(wall, '.1f'):>9}")
-    damaged = [r for r in runs if r["status"] == "damaged"]
-    for r in damaged:
-        print(f"damaged: {r['damaged']}")
+    for r in runs:
+        if r["status"] == "damaged":
+            print(f"damaged: {r['damaged']}")
     return 0
 
 
 def cmd_repair(args) -> int:
     """Rebuild a run's summary.json from its log (ledger.rebuild_summary), or check an intact one against it."""
-    from . import ledger
-
     run_dir = _find_run_dir(args.run)
     path = run_dir / "summary.json"
     lock = ledger.Lock(run_dir / ".lock", ledger.lock_record("repairing", run_dir))
@@ -169,99 +160,134 @@ def cmd_repair(args) -> int:
                   f"nothing to repair")
             return 0
         summary = ledger.rebuild_summary(run_dir, text)
+        aside = run_dir / "summary.json.damaged"
         if text:
-            aside = run_dir / "summary.json.damaged"
             ledger.atomic_write_bytes(aside, lambda tmp: Path(tmp).write_text(text))
         ledger.atomic_write_json(path, summary)
+    unknown = summary["repaired"]["not_known"]
     print(f"rebuilt {ledger.shown_path(path)} from its log.jsonl: {summary['status']}, official loss "
           f"{summary['final_val_loss']}, {summary['steps']}/{summary['max_steps']} steps; checked against the log"
-          + (" and the fields still legible in the damaged file" if text else "")
-          + (f"; the damaged file is kept as {ledger.shown_path(run_dir / 'summary.json.damaged')}" if text else "")
-          + (f"; not in the log, so unknown: {', '.join(summary['repaired']['not_known'])}"
-             if summary["repaired"]["not_known"] else ""))
+          + (f" and the fields still legible in the damaged file; the damaged file is kept as "
+             f"{ledger.shown_path(aside)}" if text else "")
+          + (f"; not in the log, so unknown: {', '.join(unknown)}" if unknown else ""))
     return 0
 
 
 def cmd_bench(args) -> int:
-    from .bench import main as bench_main
-
     if args.sweep:
-        from .runs_per_hour import main as runs_per_hour_main
-        return runs_per_hour_main(args)
-    return bench_main(args)
+        from .runs_per_hour import main
+    else:
+        from .bench import main
+    return main(args)
 
 
-def add_report_command(sub) -> None:
-    """`report`: render report/report.qmd to PDF from the analysis outputs (never trains)."""
-    def cmd_report(args) -> int:
-        from .report import render
+def cmd_report(args) -> int:
+    """Render report/report.qmd to PDF from the analysis outputs (never trains)."""
+    from .report import render
 
-        print(f"report: {render(args.profile, args.output, args.engine)}")
-        return 0
+    print(f"report: {render(args.profile, args.output, args.engine)}")
+    return 0
 
+
+def cmd_sweep(args) -> int:
+    """A sweep or search spec run here or on the Dask engine; the driver writes the ledger and study record."""
+    import time
+
+    import pandas as pd
+
+    from . import cluster as engine
+    from .studies import load_spec_file
+    from .sweep import run_sweep, studies_dir
+
+    named, calls = load_spec_file(Path(args.spec))
+    if named and args.profile and named != args.profile:
+        raise ValueError(f"{args.spec} names profile {named!r}; --profile {args.profile} would ask for other runs "
+                         f"(leave --profile out, or pass --profile {named})")
+    args.profile = args.profile or named or "quick"
+    args.study = args.study or Path(args.spec).stem
+    engine.SCHEDULER_TIMEOUT = args.scheduler_timeout
+    t0 = time.time()
+    df = pd.concat([run_sweep(call, args.profile, args.study, progress=not args.quiet, force=args.force,
+                              cluster=args.scheduler or args.workers or (1 if args.runs_per_gpu else None),
+                              threads_per_run=args.threads_per_run, runs_per_gpu=args.runs_per_gpu)
+                    for call in calls], ignore_index=True)
+    cols = [c for c in ("label", "seed", "hash", "status", "final_val_loss", "full_val_bpc", "wall_time_s")
+            if c in df.columns]
+    with pd.option_context("display.width", 200):
+        print(df[cols].to_string(index=False))
+    print(f"{len(df)} point(s) in {time.time() - t0:.0f}s; study record: "
+          f"{ledger.shown_path(studies_dir(args.profile) / f'{args.study}.json')}")
+    return 0 if len(df) and df["status"].isin(["finished", "pruned"]).all() else 3
+
+
+def _checked(convert, ok, wanted: str):
+    """An argparse type: convert(text) when ok(value, text), else an error naming the text (argparse names
+    the flag)."""
+    def check(text: str):
+        try:
+            v = convert(text)
+        except ValueError:
+            v = None
+        if v is None or not ok(v, text):
+            raise argparse.ArgumentTypeError(f"{text!r} is not accepted: give {wanted}")
+        return v
+    return check
+
+
+# --workers, --threads-per-run, --runs-per-gpu; --scheduler-timeout
+at_least_one = _checked(int, lambda v, text: v >= 1 and str(v) == text.strip(), "an integer >= 1")
+seconds = _checked(float, lambda v, text: v > 0, "a number of seconds > 0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mainrun", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    config = argparse.ArgumentParser(add_help=False)           # train and bench build a config the same way
+    config.add_argument("--profile", default="full", choices=list(PROFILES))
+    config.add_argument("--preset", default="baseline", choices=list(PRESETS))
+    config.add_argument("--set", nargs="*", metavar="NAME=VALUE", help="config overrides")
+    run = argparse.ArgumentParser(add_help=False)              # eval and repair find a run the same way
+    run.add_argument("run", help="the run: its name (as trained: --set name=..., else profile-preset), folder "
+                                 "name <name>-<hash>, hash or a unique hash prefix, or its folder's path")
+    t = sub.add_parser("train", parents=[config], help="train a config (or return its recorded result)")
+    t.add_argument("--force", action="store_true", help="train even if the ledger has this run")
+    t.add_argument("--discard-finished", action="store_true",
+                   help="with --force: start over even a run whose summary is damaged or missing while its log "
+                        "shows it finished (otherwise refused: `repair` rebuilds the summary)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(fn=cmd_train)
+    e = sub.add_parser("eval", parents=[run], help="evaluate a finished run's final weights on a titles file")
+    e.add_argument("--data", required=True, help="titles file (.parquet/.jsonl/.csv with a 'title' column), or "
+                   "test:random / test:late, the held-out test sets (mainrun/testset.py)")
+    e.add_argument("--save", action="store_true",
+                   help="also write the result to <results>/test/<run>-test-<set>.json")
+    e.add_argument("--num-titles", type=int, default=0, help="first N titles of the file (0 = all)")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(fn=cmd_eval)
+    ls = sub.add_parser("list", help="the runs in a ledger")
+    ls.add_argument("--profile", default="full", choices=list(PROFILES), help="smoke lists the temporary ledger")
+    ls.add_argument("--results", default=None, help="a ledger folder (default: results/)")
+    ls.set_defaults(fn=cmd_list)
+    sub.add_parser("repair", parents=[run], help="rebuild a run's damaged or missing summary.json from its "
+                                                  "complete log").set_defaults(fn=cmd_repair)
+    b = sub.add_parser("bench", parents=[config],
+                       help="time our training step against the original's, and the matmul ceiling")
+    b.add_argument("--reps", type=int, default=3, help="timed steps after one warm-up")
+    b.add_argument("--label", default=None, help="name of the JSON under results/bench/")
+    b.add_argument("--ops", action="store_true", help="also save torch.profiler's top ops for our step")
+    b.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch's default)")
+    b.add_argument("--no-reference", action="store_true", help="skip the original-style reference step")
+    b.add_argument("--sweep", action="store_true", help="packing benchmark through the Dask engine instead: runs "
+                   "per hour with K runs per GPU, or 1 run x 2 threads against 2 runs x 1 thread on the CPU "
+                   "(mainrun.runs_per_hour)")
+    b.set_defaults(fn=cmd_bench)
     r = sub.add_parser("report", help="render the report PDF from the analysis outputs")
     r.add_argument("--profile", default="full", choices=list(PROFILES))
     r.add_argument("--output", type=Path, help="PDF path (default: mainrun/report.pdf for full, "
                                                "<results>/report-PROFILE.pdf otherwise)")
     r.add_argument("--engine", default="auto", choices=("auto", "quarto", "pandoc"))
     r.set_defaults(fn=cmd_report)
-
-
-def at_least_one(text: str) -> int:
-    """argparse type of --workers, --threads-per-run, --runs-per-gpu: an integer >= 1 (argparse names the flag)."""
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1 or str(v) != text.strip():
-        raise argparse.ArgumentTypeError(f"{text!r} is not accepted: give an integer >= 1")
-    return v
-
-
-def seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not accepted: give a number of seconds > 0")
-    return v
-
-
-def add_sweep_command(sub) -> None:
-    """`sweep SPEC`: a sweep or search spec (YAML/JSON) run here, one point after another, or on a Dask cluster
-    (mainrun.cluster); the driver writes the ledger and the study record either way."""
-    def cmd_sweep(args) -> int:
-        import time
-
-        import pandas as pd
-
-        from . import ledger
-        from .studies import load_spec_file
-        from .sweep import run_sweep, studies_dir
-
-        from . import cluster as engine
-
-        named, calls = load_spec_file(Path(args.spec))
-        if named and args.profile and named != args.profile:
-            raise ValueError(f"{args.spec} names profile {named!r}; --profile {args.profile} would ask for other runs "
-                             f"(leave --profile out, or pass --profile {named})")
-        args.profile = args.profile or named or "quick"
-        args.study = args.study or Path(args.spec).stem
-        engine.SCHEDULER_TIMEOUT = args.scheduler_timeout
-        t0 = time.time()
-        df = pd.concat([run_sweep(call, args.profile, args.study, progress=not args.quiet, force=args.force,
-                                  cluster=args.scheduler or args.workers or (1 if args.runs_per_gpu else None),
-                                  threads_per_run=args.threads_per_run, runs_per_gpu=args.runs_per_gpu)
-                        for call in calls], ignore_index=True)
-        cols = [c for c in ("label", "seed", "hash", "status", "final_val_loss", "full_val_bpc", "wall_time_s")
-                if c in df.columns]
-        with pd.option_context("display.width", 200):
-            print(df[cols].to_string(index=False))
-        print(f"{len(df)} point(s) in {time.time() - t0:.0f}s; study record: "
-              f"{ledger.shown_path(studies_dir(args.profile) / f'{args.study}.json')}")
-        return 0 if len(df) and df["status"].isin(["finished", "pruned"]).all() else 3
-
     s = sub.add_parser("sweep", help="run a sweep or search spec (YAML/JSON) here or on a Dask cluster")
     s.add_argument("spec", help="YAML or JSON file: a sweep spec (base, points, axes, grid, seeds) or a search "
                                 "spec (search, base); see README, Scale out. A record (records/) may add "
@@ -276,61 +302,14 @@ def add_sweep_command(sub) -> None:
     where.add_argument("--scheduler", default=None, help="address of a running `dask scheduler`, tcp://HOST:8786")
     s.add_argument("--scheduler-timeout", type=seconds, default=30.0, metavar="S",
                    help="seconds to wait for the --scheduler to answer, then for its first worker (default 30)")
-    s.add_argument("--threads-per-run", type=at_least_one, default=None, help="torch threads of each run (default 1)")
+    s.add_argument("--threads-per-run", type=at_least_one, default=None,
+                   help="torch threads of each run (default 1)")
     s.add_argument("--runs-per-gpu", type=at_least_one, default=None,
                    help="K runs share a GPU: each task asks for resource GPU=1/K; with no --scheduler, a local "
                    "cluster of K worker processes per GPU (--workers is then ignored)")
     s.add_argument("--force", action="store_true", help="train even the points the ledger has")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(fn=cmd_sweep)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mainrun", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train a config (or return its recorded result)")
-    t.add_argument("--profile", default="full", choices=list(PROFILES))
-    t.add_argument("--preset", default="baseline", choices=list(PRESETS))
-    t.add_argument("--set", nargs="*", metavar="NAME=VALUE", help="config overrides")
-    t.add_argument("--force", action="store_true", help="train even if the ledger has this run")
-    t.add_argument("--discard-finished", action="store_true",
-                   help="with --force: start over even a run whose summary is damaged or missing while its log "
-                        "shows it finished (otherwise refused: `repair` rebuilds the summary)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.set_defaults(fn=cmd_train)
-    e = sub.add_parser("eval", help="evaluate a finished run's final weights on a titles file")
-    e.add_argument("run", help="the run: its name (as trained: --set name=..., else profile-preset), folder "
-                               "name <name>-<hash>, hash or a unique hash prefix, or its folder's path")
-    e.add_argument("--data", required=True, help="titles file (.parquet/.jsonl/.csv with a 'title' column), or "
-                                                 "test:random / test:late, the held-out test sets (mainrun/testset.py)")
-    e.add_argument("--save", action="store_true", help="also write the result to <results>/test/<run>-test-<set>.json")
-    e.add_argument("--num-titles", type=int, default=0, help="first N titles of the file (0 = all)")
-    e.add_argument("--device", default="auto")
-    e.set_defaults(fn=cmd_eval)
-    ls = sub.add_parser("list", help="the runs in a ledger")
-    ls.add_argument("--profile", default="full", choices=list(PROFILES), help="smoke lists the temporary ledger")
-    ls.add_argument("--results", default=None, help="a ledger folder (default: results/)")
-    ls.set_defaults(fn=cmd_list)
-    rp = sub.add_parser("repair", help="rebuild a run's damaged or missing summary.json from its complete log")
-    rp.add_argument("run", help="the run: its name, folder name <name>-<hash>, hash or a unique hash prefix, or "
-                                "its folder's path")
-    rp.set_defaults(fn=cmd_repair)
-    b = sub.add_parser("bench", help="time our training step against the original's, and the matmul ceiling")
-    b.add_argument("--profile", default="full", choices=list(PROFILES))
-    b.add_argument("--preset", default="baseline", choices=list(PRESETS))
-    b.add_argument("--set", nargs="*", metavar="NAME=VALUE", help="config overrides")
-    b.add_argument("--reps", type=int, default=3, help="timed steps after one warm-up")
-    b.add_argument("--label", default=None, help="name of the JSON under results/bench/")
-    b.add_argument("--ops", action="store_true", help="also save torch.profiler's top ops for our step")
-    b.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch's default)")
-    b.add_argument("--no-reference", action="store_true", help="skip the original-style reference step")
-    b.add_argument("--sweep", action="store_true", help="packing benchmark through the Dask engine instead: runs "
-                   "per hour with K runs per GPU, or 1 run x 2 threads against 2 runs x 1 thread on the CPU "
-                   "(mainrun.runs_per_hour)")
-    b.set_defaults(fn=cmd_bench)
-    add_report_command(sub)
-    add_sweep_command(sub)
     from .export import add_export_command
     add_export_command(sub)
     args = p.parse_args(argv)

@@ -9,33 +9,25 @@ from typing import Any
 import pandas as pd
 
 
-def fmt_loss(x: float | None) -> str:
-    return "n/a" if x is None or is_nan(x) else f"{x:.4f}"
+def _or_na(write):
+    """`write` for a number, "n/a" for None and NaN."""
+    return lambda x: "n/a" if x is None or is_nan(x) else write(x)
 
 
-def fmt_bpc(x: float | None) -> str:
-    return "n/a" if x is None or is_nan(x) else f"{x:.3f}"
-
-
-def fmt_ratio(x: float | None) -> str:
-    return "n/a" if x is None or is_nan(x) else f"{x:.3f}"
-
-
-def fmt_time(s: float | None) -> str:
-    if s is None or is_nan(s):
-        return "n/a"
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
-
-
-def fmt_int(x: float | None) -> str:
-    return "n/a" if x is None or is_nan(x) else f"{int(round(x)):,}"
+fmt_loss = _or_na("{:.4f}".format)
+fmt_bpc = _or_na("{:.3f}".format)
+fmt_ratio = _or_na("{:.3f}".format)
+fmt_time = _or_na(lambda s: f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min")
+fmt_int = _or_na(lambda x: f"{int(round(x)):,}")
 
 
 def millions(n: float) -> str:
+    """A count in millions, e.g. 12.3M."""
     return f"{n / 1e6:.1f}M"
 
 
 def is_nan(x: Any) -> bool:
+    """Whether x is a float NaN (numpy floats included)."""
     return isinstance(x, float) and math.isnan(x)
 
 

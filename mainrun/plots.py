@@ -2,6 +2,7 @@
 nothing here reads the ledger or decides anything."""
 from __future__ import annotations
 
+from itertools import cycle
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -10,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .stats import deltas, fold_seed_labels
+from .stats import agreement, fold_seed_labels
 
 # one colour per curve, stable across figures
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -26,6 +27,16 @@ def save(fig: Figure, path: str | Path, close: bool = False) -> Path:
     return path
 
 
+def _finish(fig: Figure, axes, title: str = "", grid: str = "both") -> Figure:
+    """What every figure ends with: a light grid on its panels, the title above them all, a tight layout."""
+    for ax in axes:
+        ax.grid(alpha=0.3, axis=grid)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def validation_curves(curves: dict[str, pd.DataFrame], title: str = "", budget_min: float | None = None,
                       baseline_loss: float | None = None) -> Figure:
     """Official validation loss against training tokens (equal budget) and against wall time, with the
@@ -36,24 +47,18 @@ def validation_curves(curves: dict[str, pd.DataFrame], title: str = "", budget_m
             ax.axhline(baseline_loss, color="0.4", ls=":", lw=1, label="baseline's final loss")
     if budget_min is not None:
         b.axvline(budget_min, color="0.4", ls="--", lw=1, label=f"{budget_min:.0f}-minute budget")
-    for i, (label, c) in enumerate(curves.items()):
-        kw = dict(color=COLORS[i % len(COLORS)], marker="o", ms=3, lw=1.4, label=label)
+    for color, (label, c) in zip(cycle(COLORS), curves.items()):
+        kw = dict(color=color, marker="o", ms=3, lw=1.4, label=label)
         a.plot(c["tokens"] / 1e6, c["loss"], **kw)
         b.plot(c["elapsed_time"] / 60, c["loss"], **kw)
-    a.set_xlabel("training tokens (millions)")
+    a.set(xlabel="training tokens (millions)", ylabel="official validation loss (nats/char)")
     b.set_xlabel("wall time (minutes)")
-    a.set_ylabel("official validation loss (nats/char)")
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
     if curves:
         _zoom(a, curves)
         a.legend(fontsize=8)
         if budget_min is not None:
             b.legend(handles=[ln for ln in b.get_lines() if "budget" in str(ln.get_label())], fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, (a, b), title)
 
 
 def _zoom(ax, curves: dict[str, pd.DataFrame]) -> None:
@@ -69,25 +74,16 @@ def _zoom(ax, curves: dict[str, pd.DataFrame]) -> None:
 def lr_schedules(schedules: dict[str, pd.DataFrame], title: str = "") -> Figure:
     """LR against the fraction of training: absolute (log scale) and as a fraction of each peak."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
-    for i, (label, s) in enumerate(schedules.items()):
-        if s.empty:
-            continue
-        x = s["step"] / s["max_steps"]
-        kw = dict(color=COLORS[i % len(COLORS)], lw=1.4, label=label)
-        a.plot(x, s["lr"], **kw)
-        b.plot(x, s["lr"] / s["lr"].max(), **kw)
-    a.set_yscale("log")
-    a.set_ylabel("learning rate")
-    b.set_ylabel("fraction of peak")
-    for ax in (a, b):
-        ax.set_xlabel("fraction of training")
-        ax.grid(alpha=0.3)
+    for color, (label, s) in zip(cycle(COLORS), schedules.items()):
+        if not s.empty:
+            x = s["step"] / s["max_steps"]
+            a.plot(x, s["lr"], color=color, lw=1.4, label=label)
+            b.plot(x, s["lr"] / s["lr"].max(), color=color, lw=1.4, label=label)
+    a.set(yscale="log", ylabel="learning rate", xlabel="fraction of training")
+    b.set(ylabel="fraction of peak", xlabel="fraction of training")
     if schedules:
         a.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, (a, b), title)
 
 
 AXIS_WORDS = {"lr": "learning rate", "weight_decay": "weight decay", "dropout": "dropout",
@@ -112,15 +108,13 @@ def sensitivity(sweep: pd.DataFrame, band: tuple[float, float] | None = None,
             _seed_panel(ax, seeds)
         else:
             _axis_panel(ax, sweep[(sweep["axis"] == name) & (sweep["status"] == "finished")], name, band)
-        ax.grid(alpha=0.3)
     if not panels:
         axs[0, 0].text(0.5, 0.5, "no sweep recorded", ha="center", va="center")
     axs[0, 0].set_ylabel("official validation loss")
     if proxy:
-        fig.suptitle(f"on the {proxy} proxy (a small model, {len(sweep)} short runs): differences are small in absolute "
-                     "terms", fontsize=9)
-    fig.tight_layout()
-    return fig
+        fig.suptitle(f"on the {proxy} proxy (a small model, {len(sweep)} short runs): differences are small in "
+                     "absolute terms", fontsize=9)
+    return _finish(fig, axs.flat[:len(panels)])
 
 
 def _axis_panel(ax, d: pd.DataFrame, name: str, band: tuple[float, float] | None) -> None:
@@ -148,9 +142,9 @@ def _axis_panel(ax, d: pd.DataFrame, name: str, band: tuple[float, float] | None
 def _seed_panel(ax, seeds: pd.DataFrame) -> None:
     ok = seeds[seeds["status"] == "finished"]
     labels = list(dict.fromkeys(ok["label"]))
-    for i, lab in enumerate(labels):
+    for i, (lab, color) in enumerate(zip(labels, cycle(COLORS))):
         y = ok.loc[ok["label"] == lab, "final_val_loss"]
-        ax.scatter(np.full(len(y), i), y, s=14, color=COLORS[i % len(COLORS)], zorder=3)
+        ax.scatter(np.full(len(y), i), y, s=14, color=color, zorder=3)
         ax.errorbar([i + 0.15], [y.mean()], yerr=[y.std(ddof=1) if len(y) > 1 else 0], fmt="_", ms=12,
                     color="k", capsize=3)
     ax.set_xticks(range(len(labels)), labels)
@@ -175,21 +169,17 @@ def search_history(history: pd.DataFrame, title: str = "") -> Figure:
         lo, hi = done["value"].min(), done["value"].max()
         pad = max(hi - lo, 1e-3) * 0.6
         top = hi + pad
-        ax.set_ylim(lo - pad * 0.3, top)           # pruned trials stop early, far above: keep the completed ones readable
+        # pruned trials stop early, far above: frame the completed ones; those above sit on its edge, loss shown
+        ax.set_ylim(lo - pad * 0.3, top)
         above = pruned[pruned["last_intermediate"] > top] if len(pruned) else pruned
-        for r in above.itertuples():               # ... and show those above the frame at its edge, with their loss
+        for r in above.itertuples():
             ax.annotate(f"{r.last_intermediate:.2f}", (r.trial, top), xytext=(0, -11), textcoords="offset points",
                         ha="center", fontsize=7, color=COLORS[3])
             ax.scatter([r.trial], [top], marker="^", s=30, color=COLORS[3], clip_on=False, zorder=4)
-    ax.set_xlabel("trial")
+    ax.set(xlabel="trial", ylabel="validation loss (nats/char)", title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("validation loss (nats/char)")
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, [ax])
 
 
 def param_importances(importance: pd.Series, title: str = "") -> Figure:
@@ -197,14 +187,10 @@ def param_importances(importance: pd.Series, title: str = "") -> Figure:
     fig, ax = plt.subplots(figsize=(6, 0.45 * max(len(importance), 2) + 1.2))
     imp = importance.sort_values()
     ax.barh([str(i) for i in imp.index], imp.values, color=COLORS[0])
-    ax.set_xlabel("importance (fraction)")
-    ax.grid(alpha=0.3, axis="x")
+    ax.set(xlabel="importance (fraction)", title=title)
     if imp.empty:
         ax.text(0.5, 0.5, "too few completed trials", ha="center", va="center", transform=ax.transAxes)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, [ax], grid="x")
 
 
 def forest(effects: pd.DataFrame, title: str = "") -> Figure:
@@ -222,94 +208,77 @@ def forest(effects: pd.DataFrame, title: str = "") -> Figure:
         err = (2 * d["noise"] / d["reference_loss"] * 100).fillna(0).to_numpy()
         clear = (d["delta"].abs() * 100 > err) & (err > 0)
         ax.errorbar(d["delta"] * 100, y, xerr=err, fmt="none", ecolor="0.7", lw=1)
-        ax.scatter(d["delta"] * 100, y, s=9, c=np.where(clear, np.where(d["delta"] < 0, "tab:green", "tab:red"), "0.45"),
-                   zorder=3)
+        sign = np.where(d["delta"] < 0, "tab:green", "tab:red")
+        ax.scatter(d["delta"] * 100, y, s=9, c=np.where(clear, sign, "0.45"), zorder=3)
         ax.axvline(0, color="k", lw=0.7)
         ax.set_yticks(y)
         ax.set_yticklabels([f"{c} ({st})" for c, st in zip(d["change"], d["study"])], fontsize=5)
         ax.set_ylim(-0.8, len(d) - 0.2)
         ax.set_title(sc, fontsize=9, loc="left")
-        ax.grid(axis="x", alpha=0.3)
     axes[-1, 0].set_xlabel("change of the official validation loss against the study's reference (%); "
                            "bars: 2 seed std", fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes[:, 0], title, grid="x")
 
 
 def seed_spread(seeds: pd.DataFrame) -> Figure:
     """Each candidate's official loss over its training seeds (a dot per seed, mean and 1 std), in table order."""
     fig, ax = plt.subplots(figsize=(7.5, 3.0))
     _seed_panel(ax, seeds)
-    ax.set_xlabel("candidate (every training seed a dot; mean and one standard deviation)")
-    ax.set_ylabel("official validation loss")
+    ax.set(xlabel="candidate (every training seed a dot; mean and one standard deviation)",
+           ylabel="official validation loss")
     ax.set_xticks(ax.get_xticks(), [t.get_text().replace(" (full scale)", "") for t in ax.get_xticklabels()])
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, [ax])
 
 
 def train_vs_validation(val: dict[str, pd.DataFrame], train: dict[str, pd.DataFrame]) -> Figure:
     """Training loss (smoothed over 50 steps) and official validation loss per run against training tokens:
     where validation turns up while training keeps falling, the model overfits."""
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    for i, (label, v) in enumerate(val.items()):
-        c = COLORS[i % len(COLORS)]
+    for color, (label, v) in zip(cycle(COLORS), val.items()):
         t = train.get(label)
         if t is not None and len(t):
-            ax.plot(t["tokens"] / 1e6, t["loss"].rolling(50, min_periods=1).mean(), color=c, lw=0.8, alpha=0.6)
-        ax.plot(v["tokens"] / 1e6, v["loss"], color=c, marker="o", ms=3, lw=1.4, label=label)
+            smooth = t["loss"].rolling(50, min_periods=1).mean()
+            ax.plot(t["tokens"] / 1e6, smooth, color=color, lw=0.8, alpha=0.6)
+        ax.plot(v["tokens"] / 1e6, v["loss"], color=color, marker="o", ms=3, lw=1.4, label=label)
     ax.set_xlabel("training tokens (millions)")
     ax.set_ylabel("loss (validation: official, per char;\ntraining: per token, thin line)", fontsize=8)
     if val:
         _zoom(ax, val)
     ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, [ax])
 
 
 def cost_vs_loss(screens: dict[str, dict]) -> Figure:
     """Compute against loss: each point of the screens that change the compute, its matmul cost per token
     relative to the screen's reference (x, log) and its loss difference to the reference's seed mean (y)."""
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
-    for i, (study, info) in enumerate(screens.items()):
+    for color, (study, info) in zip(cycle(COLORS), screens.items()):
         pts = info.get("points") or {}
-        xs = [v["cost"] for v in pts.values()]
-        ys = [v["delta"] for v in pts.values()]
-        ax.scatter(xs, ys, s=16, color=COLORS[i % len(COLORS)], label=f"{study} (against {info.get('reference')})")
+        ax.scatter([v["cost"] for v in pts.values()], [v["delta"] for v in pts.values()], s=16, color=color,
+                   label=f"{study} (against {info.get('reference')})")
         for name, v in pts.items():
             if v["cost"] > 1.15 or v["delta"] < -0.004:
                 ax.annotate(name, (v["cost"], v["delta"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
     ax.axhline(0, color="k", lw=0.7)
-    ax.set_xscale("log")
-    ax.set_xlabel("matmul cost per token, relative to the reference")
-    ax.set_ylabel("official loss minus the reference's")
+    ax.set(xscale="log", xlabel="matmul cost per token, relative to the reference",
+           ylabel="official loss minus the reference's")
     ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, [ax])
 
 
 def proxy_scatter(full: pd.DataFrame, proxies: dict[str, pd.DataFrame], ref: str) -> Figure:
-    """Each change's delta at full scale (x) against its delta on each proxy (y): agreement lies in the
-    lower-left and upper-right quadrants."""
+    """Each change's delta at full scale (x) against its delta on each proxy (y), as `stats.agreement` pairs
+    them: agreement lies in the lower-left and upper-right quadrants."""
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    for i, (name, frame) in enumerate(proxies.items()):
+    for color, (name, frame) in zip(cycle(COLORS), proxies.items()):
         changes = [c for c in dict.fromkeys(fold_seed_labels(frame)["label"]) if c != ref]
-        dfull, _, _ = deltas(full, changes, ref)
-        dprox, _, _ = deltas(frame, changes, ref)
-        both = [c for c in changes if c in dfull and c in dprox]
-        ax.scatter([dfull[c] for c in both], [dprox[c] for c in both], s=16, color=COLORS[i % len(COLORS)], label=name)
+        pairs = agreement(full, frame, changes, ref)[0]
+        ax.scatter(pairs.get("full", []), pairs.get("quick", []), s=16, color=color, label=name)
     ax.axhline(0, color="k", lw=0.7)
     ax.axvline(0, color="k", lw=0.7)
-    ax.set_xlabel("change of the official loss at full scale (GPU)")
-    ax.set_ylabel("change on the proxy")
+    ax.set(xlabel="change of the official loss at full scale (GPU)", ylabel="change on the proxy")
     ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, [ax])
 
 
 def story(steps: pd.DataFrame) -> Figure:
@@ -319,19 +288,18 @@ def story(steps: pd.DataFrame) -> Figure:
     color = {"GPU": COLORS[0], "CPU": COLORS[1]}
     x = np.arange(len(steps))
     ax.bar(x, steps["ratio"], color=[color.get(d, "0.5") for d in steps["device"]], width=0.7)
-    prev = steps["ratio"].shift(1)
-    for i, (r, p) in enumerate(zip(steps["ratio"], prev)):
-        ax.text(i, r + 0.01, f"{r:.3f}" + ("" if pd.isna(p) or steps["device"].iloc[i] != steps["device"].iloc[i - 1]
-                                           else f"\n{r - p:+.3f}"), ha="center", va="bottom", fontsize=6.5)
+    dev = steps["device"]
+    for i, (r, p) in enumerate(zip(steps["ratio"], steps["ratio"].shift(1))):
+        same_device = not pd.isna(p) and dev.iloc[i] == dev.iloc[i - 1]
+        ax.text(i, r + 0.01, f"{r:.3f}" + (f"\n{r - p:+.3f}" if same_device else ""), ha="center", va="bottom",
+                fontsize=6.5)
     ax.set_xticks(x, steps["step"], rotation=30, ha="right", fontsize=7.5)
     ax.set_ylabel("official loss / the baseline's\n(on the same device)", fontsize=8)
     ax.set_ylim(0, 1.15)
     for d, c in color.items():
         ax.bar([0], [0], color=c, label=f"trained on the {d}")
     ax.legend(fontsize=7, loc="upper right")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, [ax], grid="y")
 
 
 def placeholder(what: str) -> Figure:
@@ -342,30 +310,22 @@ def placeholder(what: str) -> Figure:
     return fig
 
 
-GROUP_WORDS = {"hidden": "hidden matrices", "embed": "embeddings and head", "other": "norms and biases"}
+# parameter groups of the stability events: their words and line styles
+GROUPS = {"hidden": ("hidden matrices", "-"), "embed": ("embeddings and head", "--"),
+          "other": ("norms and biases", ":")}
 
 
 def stability(runs: dict[str, pd.DataFrame]) -> Figure:
     """Training stability per run (tables.read_stability): the gradient norm before clipping, and each parameter
     group's update-to-weight ratio per step (one line style per group), against the optimizer step."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    styles = {"hidden": "-", "embed": "--", "other": ":"}
-    for i, (label, d) in enumerate(runs.items()):
-        c = COLORS[i % len(COLORS)]
-        a.plot(d["step"], d["grad_norm"], color=c, marker="o", ms=2, lw=1.2, label=label)
-        for g, ls in styles.items():
+    for color, (label, d) in zip(cycle(COLORS), runs.items()):
+        a.plot(d["step"], d["grad_norm"], color=color, marker="o", ms=2, lw=1.2, label=label)
+        for g, (words, ls) in GROUPS.items():
             if f"ratio_{g}" in d:
-                b.plot(d["step"], d[f"ratio_{g}"], color=c, ls=ls, lw=1.2,
-                       label=f"{label}: {GROUP_WORDS[g]}")
-    a.set_yscale("log")
-    b.set_yscale("log")
-    a.set_xlabel("optimizer step")
-    b.set_xlabel("optimizer step")
-    a.set_ylabel("gradient norm before clipping")
-    b.set_ylabel("update size / weight size, per step")
+                b.plot(d["step"], d[f"ratio_{g}"], color=color, ls=ls, lw=1.2, label=f"{label}: {words}")
+    a.set(yscale="log", xlabel="optimizer step", ylabel="gradient norm before clipping")
+    b.set(yscale="log", xlabel="optimizer step", ylabel="update size / weight size, per step")
     a.legend(fontsize=7)
     b.legend(fontsize=6, ncol=1)
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, (a, b))

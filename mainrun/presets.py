@@ -1,6 +1,6 @@
 """Recipes and the ladder: data, no logic.
 
-PRESETS are named recipes: overrides of the Config defaults, which are the original Mainrun train.py.
+PRESETS are named recipes: overrides of the Config defaults, which are the original Mainrun train.py ("baseline").
 LADDER is the one table of the project's rungs, in order: notebooks, report and tests read it. Adding a rung
 is one entry here (plus its preset, if it is a new recipe) and a record folder under records/.
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-# Presets: named recipes. "baseline" is the original Mainrun train.py.
 PRESETS: dict[str, dict[str, Any]] = {
     "baseline": {},
     # Epic 1 of the seed plan: AdamW with linear warmup then cosine to 10% of peak.
@@ -24,14 +23,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                   qk_norm=True, tie_embeddings=False, d_model=192, n_head=3, n_layer=5, vocab_size=4096,
                   evals_per_epoch=2),
 }
-# Each later recipe stacks the one-change wins of a round of GPU screens on the one before (the changes that beat
-# its reference's seed mean by more than twice its seed spread); each round's specs and numbers are its folder
-# under records/ (LADDER names it).
+# Each later recipe stacks on the one before the one-change wins of a round of GPU screens (beating the reference's
+# seed mean by more than twice its seed spread); the round's specs and numbers are its records/ folder (LADDER).
 # final2: a ReLU^2 MLP and an AdamW LR of 0.01 for the token embedding; the same matmuls as final.
 PRESETS["final2"] = dict(PRESETS["final"], mlp="relu2", embed_lr=0.01)
 # final3: weights averaged by an EMA (0.99) for evaluation, U-net skips, embedding LR 0.02, the 1-sqrt cooldown and
 # 3 Newton-Schulz steps in Muon; the same matmul shapes as final2.
-PRESETS["final3"] = dict(PRESETS["final2"], ema=0.99, unet=True, embed_lr=0.02, decay_shape="sqrt", muon_ns_steps=3)
+PRESETS["final3"] = dict(PRESETS["final2"], ema=0.99, unet=True, embed_lr=0.02, decay_shape="sqrt",
+                         muon_ns_steps=3)
 # final4, the tuned single model: weight decay 0.1, two heads of 96, AdamW beta1 0.8, at final3's cost.
 PRESETS["final4"] = dict(PRESETS["final3"], weight_decay=0.1, n_head=2, beta1=0.8)
 # final7: three final4 models trained side by side and averaged in probability (3x final4's matmuls), compiled,
@@ -39,10 +38,10 @@ PRESETS["final4"] = dict(PRESETS["final3"], weight_decay=0.1, n_head=2, beta1=0.
 # three times final4, which alone takes over the hour there.
 PRESETS["final7"] = dict(PRESETS["final4"], ensemble=3, compile=True, evals_per_epoch=1)
 
-# The ladder, in order. rung: its name in ladder.json (results/studies/<profile>/ladder.json); preset: the recipe
-# (None where the rung was chosen by a study, not fixed as a preset); study: the full-scale study holding the rung's
-# CPU seeds under the label `rung` (None where it has none); what: the rung in plain words, for the report;
-# single: one model (False for an ensemble); record: its folder under records/ (README, specs, logs).
+# The ladder, in order. rung: its name in results/studies/<profile>/ladder.json; record: its records/ folder
+# (README, specs, logs); preset: the recipe (None where a study chose the rung); study: the full-scale study
+# holding its CPU seeds under the label `rung` (or None); single: one model (False for an ensemble); what: the
+# rung in plain words, for the report.
 LADDER: tuple[dict[str, Any], ...] = (
     dict(rung="baseline", record="2026-11-25-cpu-baseline", preset="baseline", study=None, single=True,
          what="the original train.py: SGD with cosine decay, 27.2M parameters"),

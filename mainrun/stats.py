@@ -1,16 +1,6 @@
-"""Statistics over study tables: generic operations that take studies (and their reference labels) as
-arguments and know no particular round of research.
-
-- `compare`: a study frame as a readable table against its first point;
-- `permutation_p` / `permutation_floor`: an exact test between seed groups, and its smallest possible p;
-- `study_effects`: every point of a one-change study against its reference (official or full-coverage
-  verdict); `deltas`: each change's mean minus the reference's;
-- `agreement`: do two studies of the same changes at two scales agree (signs, rank correlation)?
-  `truncation_agreement`: do a study's runs read part-way rank the changes as their ends do?
-- `choose_stack`: the changes that beat a reference by k seed standard deviations, stacked;
-- `relative_cost`: matmul FLOPs per token of one config against another;
-- `coverage_check`, `time_to_quality`, `curve_agreement`: checks on single runs.
-"""
+"""Statistics over study tables: comparisons against a reference point, exact permutation tests between seed
+groups, agreement between two scales or between part-way and final readings, stacking what helped, and checks
+on single runs. Studies and reference labels are arguments: nothing here knows a particular round of research."""
 from __future__ import annotations
 
 import itertools
@@ -21,11 +11,10 @@ from typing import Any
 
 import pandas as pd
 
-from . import ledger
 from .evaluate import official_coverage
 from .formats import is_nan, fmt_bpc, fmt_int, fmt_loss, fmt_time
 from .studies import by_point
-from .tables import read_curve
+from .tables import log_events, read_curve
 
 
 # ----------------------------------------------------------------------------- one study
@@ -51,10 +40,12 @@ def fold_seed_labels(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def study_effects(name: str, frame: pd.DataFrame, ref_label: str | None, results: pd.DataFrame) -> list[dict]:
-    """Each point of one study frame against its reference point (mean over seeds where repeated)."""
+    """Each point of one study frame against its reference point (mean over seeds where repeated), judged on the
+    official loss, or on the full-coverage one where the point moves the official coverage."""
     rows = []
-    if ref_label is not None:  # the reference's extra seeds under their own labels ("final-s1338") are the reference
-        frame = frame.assign(label=frame["label"].str.replace(rf"^{re.escape(ref_label)}-s\d+$", ref_label, regex=True))
+    if ref_label is not None:  # the reference's extra seeds ("final-s1338") are the reference
+        extra_seeds = rf"^{re.escape(ref_label)}-s\d+$"
+        frame = frame.assign(label=frame["label"].str.replace(extra_seeds, ref_label, regex=True))
     stats = by_point(frame)
     if ref_label not in stats.index or len(stats) < 2:
         return rows
@@ -124,15 +115,14 @@ def permutation_p(a: list[float], b: list[float]) -> float | None:
     With 3 seeds a side the smallest possible p is 0.1: a few seeds cannot show significance."""
     if len(a) < 2 or len(b) < 2:
         return None
-    pooled, n = list(a) + list(b), len(a)
-    obs = abs(sum(a) / n - sum(b) / len(b))
-    hits = total = 0
-    for idx in itertools.combinations(range(len(pooled)), n):
-        xa = [pooled[i] for i in idx]
-        xb = [pooled[i] for i in range(len(pooled)) if i not in idx]
-        hits += abs(sum(xa) / n - sum(xb) / len(xb)) >= obs - 1e-12
-        total += 1
-    return hits / total
+    pooled = list(a) + list(b)
+
+    def gap(idx: tuple[int, ...]) -> float:
+        rest = [x for i, x in enumerate(pooled) if i not in idx]
+        return abs(sum(pooled[i] for i in idx) / len(idx) - sum(rest) / len(rest))
+    splits = list(itertools.combinations(range(len(pooled)), len(a)))
+    obs = gap(splits[0])   # the first split is a against b
+    return sum(gap(idx) >= obs - 1e-12 for idx in splits) / len(splits)
 
 
 def permutation_floor(n_a: int, n_b: int) -> float | None:
@@ -146,6 +136,15 @@ SAME_COVERAGE = 0.001  # official coverages closer than this count as the same s
 
 
 # ----------------------------------------------------------------------------- two scales
+def _sign_rank(x: pd.Series, y: pd.Series, clear: pd.Series) -> dict[str, float]:
+    """How often two sets of deltas share a sign (all pairs, and those `clear` of the noise), and their
+    Spearman rank correlation."""
+    same = (x > 0) == (y > 0)
+    return {"sign_agreement": float(same.mean()),
+            "clear_sign_agreement": float(same[clear].mean()) if clear.any() else math.nan,
+            "spearman": float(x.rank().corr(y.rank()))}
+
+
 def agreement(full: pd.DataFrame, quick: pd.DataFrame, changes: list[str], ref: str) -> tuple[pd.DataFrame, dict]:
     """One row per change measured at both scales (delta at each, whether the signs agree, whether the full
     delta is outside twice the full reference's seed spread), and the summary: pairs, sign agreement,
@@ -160,20 +159,19 @@ def agreement(full: pd.DataFrame, quick: pd.DataFrame, changes: list[str], ref: 
     summary = {"pairs": len(table), "full_reference": m_full, "full_seed_sd": sd_full,
                "quick_reference": m_quick, "quick_seed_sd": sd_quick}
     if len(table):
-        clear = table[table["full_clear"]]
-        summary.update(sign_agreement=float(table["same_sign"].mean()),
-                       clear_pairs=len(clear), clear_sign_agreement=float(clear["same_sign"].mean()) if len(clear) else math.nan,
-                       spearman=float(table["full"].rank().corr(table["quick"].rank())))
+        rank = _sign_rank(table["full"], table["quick"], table["full_clear"])
+        summary.update(sign_agreement=rank["sign_agreement"], clear_pairs=int(table["full_clear"].sum()),
+                       clear_sign_agreement=rank["clear_sign_agreement"], spearman=rank["spearman"])
     return table, summary
 
 
 def truncation_agreement(screen: pd.DataFrame, curves: dict[str, pd.DataFrame], ref: str,
                          skip: tuple[str, ...] = ()) -> tuple[pd.DataFrame, dict]:
-    """Would stopping early rank the changes as the finished runs do? For each evaluation epoch of a one-change
-    study frame (curves: {hash: tables.read_curve frame with its run's `epochs`, `max_steps` and
-    `evals_per_epoch`}; `skip`: labels that are not one change, or move the metric's coverage), every one-change point's validation loss minus the reference's mean at that epoch, set
-    against its final delta: sign agreement (all pairs and the final-clear ones) and Spearman correlation.
-    The reference's seed spread is read at the end, as for the final verdicts. The summary carries the deltas
+    """Would stopping early rank the changes as the finished runs do? At each evaluation epoch of a one-change
+    study frame, every point's validation loss minus the reference's mean, set against its final delta (signs
+    and Spearman, as in `agreement`). `curves`: {hash: tables.read_curve frame with its run's `epochs`,
+    `max_steps` and `evals_per_epoch`}; `skip`: labels that are not one change, or move the metric's coverage.
+    The reference's seed spread is read at the end, as for the final verdicts; the summary carries the deltas
     (epoch x change) and which final deltas are beyond twice that spread."""
     ok = screen[(screen["status"] == "finished") & ~screen["label"].isin(skip)]
     rows = []
@@ -184,8 +182,8 @@ def truncation_agreement(screen: pd.DataFrame, curves: dict[str, pd.DataFrame], 
         for step, loss, epochs, max_steps, per in zip(c["step"], c["loss"], c["epochs"], c["max_steps"],
                                                      c["evals_per_epoch"]):
             if step > 1:  # the step-1 reading is the untrained model; the others sit at multiples of 1/per epoch
-                rows.append({"label": r.label, "hash": r.hash, "epoch": round(step * epochs / max_steps * per) / per,
-                             "loss": loss})
+                epoch = round(step * epochs / max_steps * per) / per
+                rows.append({"label": r.label, "hash": r.hash, "epoch": epoch, "loss": loss})
     if not rows:
         return pd.DataFrame(), {}
     long = pd.DataFrame(rows)
@@ -195,19 +193,16 @@ def truncation_agreement(screen: pd.DataFrame, curves: dict[str, pd.DataFrame], 
     delta = mean.sub(mean[ref], axis=0).drop(columns=ref)
     end = delta.index.max()
     final = delta.loc[end]
-    ref_end = long[(long["label"] == ref) & (long["epoch"] == end)]["loss"]
-    sd = float(ref_end.std())
+    sd = float(long[(long["label"] == ref) & (long["epoch"] == end)]["loss"].std())
     clear = final.abs() > 2 * sd
     out = []
     for epoch, d in delta.iterrows():
         both = d.notna() & final.notna()
-        same = (d[both] > 0) == (final[both] > 0)
         out.append({"epoch": epoch, "fraction": epoch / end, "pairs": int(both.sum()),
-                    "sign_agreement": float(same.mean()),
-                    "clear_sign_agreement": float(same[clear[both]].mean()) if clear[both].any() else math.nan,
-                    "spearman": float(d[both].rank().corr(final[both].rank()))})
-    return pd.DataFrame(out), {"final_seed_sd": sd, "clear_pairs": int(clear.sum()), "pairs": int(final.notna().sum()),
-                               "deltas": delta, "clear": clear}
+                    **_sign_rank(d[both], final[both], clear[both])})
+    summary = {"final_seed_sd": sd, "clear_pairs": int(clear.sum()), "pairs": int(final.notna().sum()),
+               "deltas": delta, "clear": clear}
+    return pd.DataFrame(out), summary
 
 
 # ----------------------------------------------------------------------------- single runs
@@ -225,9 +220,8 @@ def coverage_check(ladder: pd.DataFrame) -> pd.DataFrame:
     nearly uniformly, so its official loss should be ln(V) x scored tokens / validation chars."""
     rows = []
     for _, st in ladder.dropna(subset=["dir"]).iterrows():
-        events = ledger.read_log(Path(st["dir"]) / "log.jsonl")
-        info = next((e for e in events if e.get("event") == "dataset_info"), None)
-        first = next((e for e in events if e.get("event") == "validation_step"), None)
+        info = next(iter(log_events(st["dir"], "dataset_info")), None)
+        first = next(iter(log_events(st["dir"], "validation_step")), None)
         if info is None or first is None:
             continue
         scored, frac = official_coverage(info["val_tokens"])

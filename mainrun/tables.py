@@ -1,12 +1,5 @@
-"""The ledger as tables: queries of stored results only (run folders, study records, the ladder, test-set
-readings).
-
-`load_results(profile)` is one row per run with its metrics and its ratio to the baseline of its own
-kind of device (`baseline_hash`); `pauses` finds stretches a run spent stopped and the running times
-leave them out; `read_curve` and `read_lr` read a run's log; `read_studies`, `study_frame` and
-`ladder_frame` join study records and the ladder with the runs' results; `planned_schedule` is the LR a
-config will use. Nothing here trains, judges or writes.
-"""
+"""The ledger as tables: queries of stored results only (run folders and their logs, study records, the
+ladder, test-set readings). Nothing here trains, judges or writes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,7 +14,6 @@ from .formats import is_nan, plain
 from .studies import read_ladder, studies_dir
 
 
-# ----------------------------------------------------------------------------- loading
 SUMMARY_FIELDS = ("status", "official", "final_val_loss", "full_val_bpc", "full_val_loss", "official_coverage",
                   "n_params", "wall_time_s", "tokens_per_s", "steps", "max_steps", "val_tokens", "val_chars",
                   "precision", "started_at", "train_time_s")
@@ -62,13 +54,10 @@ def load_results(profile: str) -> pd.DataFrame:
         return df
     refs: dict[str, tuple[str, float]] = {}
     for dev in df["device"].dropna().unique():
-        base = baseline_hash(df[df["device"] == dev], profile)
-        if base:
+        if base := baseline_hash(df[df["device"] == dev], profile):
             refs[dev] = (base, df.loc[df["hash"] == base, "final_val_loss"].iloc[0])
     fallback = refs.get("cpu") or next(iter(refs.values()), None)
-    df["ratio_to_baseline"] = float("nan")
-    df["ratio_reference"] = None
-    df["ratio_provisional"] = False
+    df = df.assign(ratio_to_baseline=float("nan"), ratio_reference=None, ratio_provisional=False)
     for dev in df["device"].unique():
         ref = refs.get(dev) or fallback
         if ref is None:
@@ -96,6 +85,7 @@ def without_pauses(row: dict, run_dir: Path) -> dict[str, Any]:
 
 
 def hardware_text(hw: dict | None) -> str | None:
+    """A run's machine in words: processor, device, cores, torch threads and version."""
     if not hw:
         return None
     text = f"{hw.get('gpu') or hw.get('cpu')} ({hw.get('device')}, {hw.get('cpu_count')} CPU cores"
@@ -122,11 +112,15 @@ def pending_baseline(results: pd.DataFrame, device: str) -> dict[str, Any] | Non
     cand = results[(results["device"] == device) & (results["status"] != "finished")]
     for _, r in cand.iterrows():
         if _is_baseline(r, r["profile"]):
-            as_int = lambda v: None if plain(v) is None else int(v)
-            return {"run": r["run"], "hash": r["hash"], "last_step": as_int(r.get("last_step")),
-                    "max_steps": as_int(r.get("max_steps")), "last_val_step": as_int(r.get("last_val_step")),
-                    "last_val_loss": plain(r.get("last_val_loss"))}
+            ints = ("last_step", "max_steps", "last_val_step")
+            steps = {k: None if plain(r.get(k)) is None else int(r[k]) for k in ints}
+            return {"run": r["run"], "hash": r["hash"], **steps, "last_val_loss": plain(r.get("last_val_loss"))}
     return None
+
+
+def log_events(run_dir: str | Path, event: str) -> list[dict]:
+    """A run's logged events of one kind, in order."""
+    return [e for e in ledger.read_log(Path(run_dir) / "log.jsonl") if e.get("event") == event]
 
 
 PAUSE_GAP_S = 600.0   # no training step or evaluation of these runs takes 10 minutes
@@ -136,16 +130,14 @@ def pauses(run_dir: str | Path) -> pd.DataFrame:
     """Stretches a run's process spent stopped (SIGSTOP, so that other runs had the cores), from its log.
 
     One row per pause: `step` (the training step it followed), `wall_s` (seconds it adds to the run's
-    elapsed time) and `train_s` (the part that fell in a training step rather than an evaluation:
-    train_time_s leaves evaluations out). Between two consecutive training steps the elapsed time
-    holds one step, plus one evaluation where a validation_step follows the first; a step or an
-    evaluation that took over PAUSE_GAP_S counts as paused beyond the run's median step or
-    evaluation time. Time between sessions is not in the elapsed times at all (a resumed run
-    continues from its checkpoint's), so only a live pause shows."""
-    path = Path(run_dir) / "log.jsonl"
-    events = ledger.read_log(path) if path.exists() else []
-    steps = [e for e in events if e.get("event") == "training_step" and "elapsed_time" in e]
-    evals = {e["step"]: e for e in events if e.get("event") == "validation_step" and "timestamp" in e}
+    elapsed time) and `train_s` (the part inside a training step: train_time_s leaves evaluations out).
+    Between two consecutive training steps the elapsed time holds one step, plus one evaluation where a
+    validation_step follows the first; a step or an evaluation over PAUSE_GAP_S counts as paused beyond the
+    run's median one. Time between sessions is not in the elapsed times (a resumed run continues from its
+    checkpoint's), so only a live pause shows."""
+    has_log = (Path(run_dir) / "log.jsonl").exists()
+    steps = [e for e in log_events(run_dir, "training_step") if "elapsed_time" in e] if has_log else []
+    evals = {e["step"]: e for e in log_events(run_dir, "validation_step") if "timestamp" in e} if has_log else {}
     rows: list[dict[str, Any]] = []
     if len(steps) < 3:
         return pd.DataFrame(rows, columns=["step", "wall_s", "train_s"])
@@ -165,19 +157,13 @@ def pauses(run_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "wall_s", "train_s"])
 
 
-def paused_time(run_dir: str | Path) -> float:
-    """Seconds a run's process spent stopped in all (see `pauses`)."""
-    return float(pauses(run_dir)["wall_s"].sum())
-
-
 def read_curve(run_dir: str | Path, train: bool = False) -> pd.DataFrame:
     """Validation events of a run (or with train=True its training steps): step, loss (official validation
     loss, or the training batch's loss), elapsed seconds, training tokens seen."""
     run_dir = Path(run_dir)
     cfg = ledger.read_json(run_dir / "config.json")["config"]
     per_step = cfg["batch_size"] * cfg["grad_accum"] * cfg["block_size"]
-    event = "training_step" if train else "validation_step"
-    ev = [e for e in ledger.read_log(run_dir / "log.jsonl") if e.get("event") == event]
+    ev = log_events(run_dir, "training_step" if train else "validation_step")
     df = pd.DataFrame(ev, columns=["step", "loss", "elapsed_time"])
     df["tokens"] = df["step"] * per_step
     # running time: a stretch the process spent stopped before an evaluation is left out
@@ -193,11 +179,12 @@ def read_stability(run_dir: str | Path) -> pd.DataFrame:
     rows = [{"step": e["step"], "grad_norm": e["grad_norm"],
              **{f"grad_{k}": v for k, v in e["grad_norm_by_group"].items()},
              **{f"ratio_{k}": v for k, v in e["update_ratio"].items()}}
-            for e in ledger.read_log(Path(run_dir) / "log.jsonl") if e.get("event") == "stability"]
+            for e in log_events(run_dir, "stability")]
     return pd.DataFrame(rows)
 
 
 def best_of_curve(run_dir: str | Path) -> tuple[float, int]:
+    """A run's lowest validation loss and its step."""
     c = read_curve(run_dir)
     i = c["loss"].idxmin()
     return float(c.loc[i, "loss"]), int(c.loc[i, "step"])
@@ -205,8 +192,7 @@ def best_of_curve(run_dir: str | Path) -> tuple[float, int]:
 
 def read_lr(run_dir: str | Path) -> pd.DataFrame:
     """The learning rate the run actually used at each optimizer step (from its log)."""
-    ev = [e for e in ledger.read_log(Path(run_dir) / "log.jsonl") if e.get("event") == "training_step"]
-    return pd.DataFrame(ev, columns=["step", "lr", "max_steps"])
+    return pd.DataFrame(log_events(run_dir, "training_step"), columns=["step", "lr", "max_steps"])
 
 
 def analysis_dir(profile: str) -> Path:
@@ -216,12 +202,8 @@ def analysis_dir(profile: str) -> Path:
 
 def read_studies(profile: str) -> dict[str, dict]:
     """{study name: record} of every study recorded for the profile."""
-    d = studies_dir(profile)
-    out = {}
-    for p in sorted(d.glob("*.json")) if d.exists() else []:
-        if p.name != "ladder.json":
-            out[p.stem] = ledger.read_json(p)
-    return out
+    paths = sorted(studies_dir(profile).glob("*.json"))
+    return {p.stem: ledger.read_json(p) for p in paths if p.name != "ladder.json"}
 
 
 def study_frame(record: dict, results: pd.DataFrame) -> pd.DataFrame:
@@ -250,17 +232,14 @@ def points_of(profile: str, results: pd.DataFrame, studies: list[str]) -> pd.Dat
 
 def read_tests(root: Path) -> pd.DataFrame:
     """One row per saved test-set evaluation (<root>/test/*.json): hash, test set, official and full loss."""
-    rows = []
-    for path in sorted((root / "test").glob("*-test-*.json")):
-        d = ledger.read_json(path)
-        rows.append({"hash": d["hash"], "run": d["run"], "test_set": (d.get("test") or {}).get("test_set"),
-                     "official": d.get("official_loss"), "full": d.get("full_loss"),
-                     "coverage": d.get("official_coverage")})
+    recs = [ledger.read_json(p) for p in sorted((root / "test").glob("*-test-*.json"))]
+    rows = [[d["hash"], d["run"], (d.get("test") or {}).get("test_set"), d.get("official_loss"),
+             d.get("full_loss"), d.get("official_coverage")] for d in recs]
     return pd.DataFrame(rows, columns=["hash", "run", "test_set", "official", "full", "coverage"])
 
 
-# ----------------------------------------------------------------------------- notebook helpers
 def run_dir(profile: str, run_hash: str) -> Path:
+    """A run's folder in the profile's ledger (FileNotFoundError naming the ledger where it is not there)."""
     d = ledger.find_run(ledger.results_root(profile), run_hash)
     if d is None:
         raise FileNotFoundError(f"run {run_hash} is not in the {profile} ledger ({ledger.results_root(profile)})")
@@ -273,18 +252,14 @@ def curves_of(profile: str, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {r.label: read_curve(run_dir(profile, r.hash)) for r in ok.itertuples()}
 
 
-def optimizer_steps(cfg: Config) -> int:
-    """Optimizer steps of a run, as the trainer counts them (whole micro-batches per epoch)."""
-    from .data import prepare
-
-    micro = len(prepare(cfg).train_ids) // (cfg.block_size * cfg.batch_size)
-    return cfg.epochs * (micro // cfg.grad_accum)
-
-
 def planned_schedule(cfg: Config, total_steps: int | None = None) -> pd.DataFrame:
-    """The LR a config will use at each optimizer step (the pure schedule, before training)."""
+    """The LR a config will use at each optimizer step (the pure schedule, before training); the steps are
+    counted as the trainer does, whole micro-batches per epoch, unless `total_steps` is given."""
+    from .data import prepare
     from .optim import lr_multiplier, peak_lr
 
-    total = total_steps or optimizer_steps(cfg)
-    lrs = [peak_lr(cfg) * lr_multiplier(cfg, s, total) for s in range(total)]
-    return pd.DataFrame({"step": range(1, total + 1), "lr": lrs, "max_steps": total})
+    if not total_steps:
+        micro = len(prepare(cfg).train_ids) // (cfg.block_size * cfg.batch_size)
+        total_steps = cfg.epochs * (micro // cfg.grad_accum)
+    lrs = [peak_lr(cfg) * lr_multiplier(cfg, s, total_steps) for s in range(total_steps)]
+    return pd.DataFrame({"step": range(1, total_steps + 1), "lr": lrs, "max_steps": total_steps})
