@@ -58,7 +58,6 @@ def native_bf16(device: str) -> bool:
         return False
 
 
-
 # A run with one of these statuses is done: asking for its config again returns it without training.
 # "pruned": stopped at an evaluation by a search's pruner (summary: pruned_step, last_val_loss), never finished.
 TERMINAL = ("finished", "diverged", "pruned")
@@ -101,41 +100,31 @@ def display_path(path: str | Path) -> str:
     `$TMPDIR/...`, `~/...` or, failing both, the file name alone. Never a machine's absolute path."""
     p = Path(path).expanduser().resolve()
     for root, label in ((repo_root(), None), (Path(tempfile.gettempdir()), "$TMPDIR"), (Path.home(), "~")):
-        try:
+        if p.is_relative_to(Path(root).resolve()):
             rel = p.relative_to(Path(root).resolve())
-        except ValueError:
-            continue
-        return str(rel) if label is None else f"{label}/{rel}"
+            return str(rel) if label is None else f"{label}/{rel}"
     return p.name
 
 
 def shown_path(path: str | Path) -> str:
-    """A path as a message on the console shows it: relative to the checkout when inside it, else absolute
-    (display_path is for committed records, which never hold a machine's absolute path)."""
-    p = Path(path).expanduser().resolve()
-    try:
-        return str(p.relative_to(repo_root().resolve()))
-    except ValueError:
-        return str(p)
+    """A path as the console shows it: relative to the checkout when inside it, else absolute."""
+    p, root = Path(path).expanduser().resolve(), repo_root().resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Temp file in the same folder, then rename (data.atomic_write_bytes): readers never see half a file."""
+def atomic_write_json(path: Path, obj: Any, only_if_changed: bool = False) -> bool:
+    """Temp file in the same folder, then rename: readers never see half a file. only_if_changed leaves a
+    file that already holds exactly this content alone. Returns whether it wrote."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    if only_if_changed and Path(path).is_file() and Path(path).read_text() == text:
+        return False
     atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+    return True
 
 
 def write_json_if_changed(path: Path, obj: Any) -> bool:
-    """atomic_write_json unless the file already holds exactly this content (a study or ladder that a
-    notebook re-reads must not be rewritten). Returns whether it wrote."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
-    try:
-        if Path(path).read_text() == text:
-            return False
-    except FileNotFoundError:
-        pass
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
-    return True
+    """atomic_write_json unless the file holds exactly this content (a study a notebook re-reads stays put)."""
+    return atomic_write_json(path, obj, only_if_changed=True)
 
 
 def find_run(root: Path, run_hash: str) -> Path | None:
@@ -151,12 +140,9 @@ def read_json(path: Path) -> dict | None:
 
 
 def read_log(path: Path) -> list[dict]:
-    """Events of a JSONL log (ours or Mainrun's baseline.log); a torn last line is skipped.
-
-    The analysis reads each run's log from several places (table, pauses, curves, coverage); a log is
-    parsed once per version of the file (path, inode, size, modification time) and each caller gets its own
-    shallow copies of the events. A file changed in the last few seconds is parsed afresh every time (a
-    same-size rewrite within one tick of a coarse file-system clock would otherwise look unchanged)."""
+    """Events of a JSONL log (ours or Mainrun's baseline.log); a torn last line is skipped. Parsed once per
+    version of the file (path, inode, size, mtime), each caller getting its own copies; a file changed in the
+    last few seconds is parsed afresh (a coarse file-system clock could hide a same-size rewrite)."""
     st = os.stat(path)
     if time.time() - st.st_mtime < 5:
         return list(_parse_log.__wrapped__(str(path), st.st_ino, st.st_size, st.st_mtime_ns))
@@ -167,14 +153,11 @@ def read_log(path: Path) -> list[dict]:
 def _parse_log(path: str, inode: int, size: int, mtime_ns: int) -> tuple[dict, ...]:
     events = []
     with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
+        for line in filter(None, map(str.strip, f)):
             try:
                 events.append(json.loads(line))
             except json.JSONDecodeError:
-                continue
+                pass
     return tuple(events)
 
 
@@ -208,12 +191,14 @@ def describe_holder(holder: dict) -> str:
     """'process 123 on host h (training into /path, since ...)' from a lock record."""
     if not holder.get("pid"):
         return "a process that is still starting (its lock file is empty)"
-    out = f"process {holder['pid']}" + (f" on {holder['host']}" if holder.get("host") else "")
-    what = " ".join(x for x in (holder.get("purpose"), f"into {holder['ledger']}" if holder.get("ledger") else "")
-                    if x)
-    since = f"since {holder['since']}" if holder.get("since") else ""
-    details = ", ".join(x for x in (what, since) if x)
-    return out + (f" ({details})" if details else "")
+    what = " ".join(x for x in (holder.get("purpose"), holder.get("ledger") and f"into {holder['ledger']}") if x)
+    details = ", ".join(x for x in (what, holder.get("since") and f"since {holder['since']}") if x)
+    return (f"process {holder['pid']}" + (f" on {holder['host']}" if holder.get("host") else "")
+            + (f" ({details})" if details else ""))
+
+
+def _read_holder(fd: int) -> str:
+    return os.pread(fd, 65536, 0).decode(errors="replace")
 
 
 def _parse_holder(text: str) -> dict:
@@ -248,8 +233,8 @@ def lock_holder(path: Path) -> dict | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _parse_holder(os.pread(fd, 65536, 0).decode(errors="replace"))
-        text = os.pread(fd, 65536, 0).decode(errors="replace")
+            return _parse_holder(_read_holder(fd))
+        text = _read_holder(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return _legacy_holder(text)
     finally:
@@ -257,13 +242,9 @@ def lock_holder(path: Path) -> dict | None:
 
 
 class Lock:
-    """An exclusive lock on a file (flock): released by the kernel when its holder dies, however it dies,
-    so a lock left by a killed process is never mistaken for a live one. The file holds the holder's
-    lock_record, which a refused process names. Used for a run's folder in a ledger (train.run, a cluster
-    driver) and for its checkpoint folder (train.run), and as a context manager.
-
-    acquire(wait=False) raises Busy naming the holder; wait=True polls until the holder is gone, calling
-    on_wait(holder) once when it starts waiting."""
+    """An exclusive flock on a file, released by the kernel however its holder dies; the file holds the
+    holder's lock_record, which a refused process names. acquire(wait=False) raises Busy naming the holder;
+    wait=True polls until the holder is gone, calling on_wait(holder) once when it starts waiting."""
 
     def __init__(self, path: Path, record: dict):
         self.path, self.record, self.fd = Path(path), record, None
@@ -288,14 +269,14 @@ class Lock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            text = os.pread(fd, 65536, 0).decode(errors="replace")
+            text = _read_holder(fd)
             os.close(fd)
             return _parse_holder(text)
         try:                                # the file may have been removed by its last holder meanwhile
             same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
         except FileNotFoundError:
             same = False
-        legacy = _legacy_holder(os.pread(fd, 65536, 0).decode(errors="replace")) if same else None
+        legacy = _legacy_holder(_read_holder(fd)) if same else None
         if not same or legacy is not None:
             os.close(fd)
             return legacy or self._try()
@@ -343,9 +324,8 @@ def log_outcome(path: Path) -> str | None:
 
 def finished_summary(run_dir: Path) -> dict | None:
     """A run's summary if it ended (finished, diverged, pruned), else None (still going, cut off, not there).
-
-    Raises DamagedRun, saying what to do, for a summary.json that does not parse and for a run without
-    one whose log shows that it ended (a summary lost after the run finished): never read as unfinished."""
+    Raises DamagedRun, saying what to do, for a summary.json that does not parse or is missing while the
+    log shows the run ended: such a run is never read as unfinished."""
     path = Path(run_dir) / "summary.json"
     log = Path(run_dir) / "log.jsonl"
     repair = f"`python -m mainrun repair {Path(run_dir).name}` rebuilds it from the log and checks it against it"
@@ -392,10 +372,9 @@ CHECKED = ("name", "hash", "status", "final_val_loss", "best_val_loss", "full_va
 
 
 def rebuild_summary(run_dir: Path, damaged_text: str = "") -> dict:
-    """summary.json as train.Trainer.finish writes it, rebuilt from config.json and a complete log.jsonl of
-    a run that ended. Refuses (DamagedRun) a log that is not complete (opening events, every training step
-    1..N once, the closing event) or that disagrees with config.json or with any field still legible in
-    `damaged_text` (the damaged summary)."""
+    """summary.json as train.Trainer.finish writes it, rebuilt from config.json and the complete log.jsonl of
+    a run that ended. Refuses (DamagedRun) an incomplete log (opening events, steps 1..N once, the closing
+    event) or one that disagrees with config.json or with a field still legible in `damaged_text`."""
     run_dir = Path(run_dir)
     meta = read_json(run_dir / "config.json")
     if meta is None:
@@ -535,10 +514,9 @@ def hardware(device: str) -> dict[str, Any]:
 
 def archive(root: Path, tarball: Path, run_glob: str, study_glob: str | None = None,
             extra_globs: tuple[str, ...] = ()) -> list[str]:
-    """Tar the finished runs under root/runs matching run_glob (a run still training changes under tar, so only
-    folders with a summary.json go in), the study records under root/studies matching study_glob, and any
-    extra globs under root; the ledger's lock files are left out. Returns the archived paths, relative to root.
-    This is how a device call brings its runs back (scripts/device_call.py)."""
+    """Tar the finished runs (with a summary.json) under root/runs matching run_glob, the study records matching
+    study_glob and any extra globs under root, without lock files; returns the paths, relative to root (how
+    scripts/device_call.py brings runs back)."""
     paths = [p for p in sorted((root / "runs").glob(run_glob)) if (p / "summary.json").exists()]
     paths += sorted((root / "studies").glob(study_glob)) if study_glob else []
     for g in extra_globs:

@@ -35,21 +35,13 @@ from .model import GPT, Ensemble, GPTConfig
 from .optim import build_optimizers, describe_groups, lr_multiplier, native_bf16, param_groups, set_lr
 
 
-# A run whose loss explodes without turning NaN stops and is recorded "diverged", with the step and the
-# rule that fired. Both rules are loose enough that no run in the committed ledger comes near them (the
-# highest training loss after warmup there is 1.01 x ln(vocab); no validation loss ever rose above step 1's):
-#  - "train_loss": after warmup, a training loss above EXPLODE_FACTOR x ln(vocab_size) (a uniform guess
-#    scores ln(vocab_size), so the model has become far worse than knowing nothing);
-#  - "val_above_step1": a validation loss above the one measured after the first step.
-# A NaN/inf loss stops the run at once ("nonfinite").
+# A run stops and is recorded "diverged" (with the step and the rule) on a NaN/inf loss ("nonfinite"), a
+# training loss after warmup above EXPLODE_FACTOR x ln(vocab_size), a uniform guess's loss ("train_loss"), or
+# a validation loss above step 1's ("val_above_step1"). No committed run comes near either limit.
 EXPLODE_FACTOR = 3.0
-
-
-
-# Training stability, recorded without changing a run's result (so without changing its hash): every
-# STABILITY_EVERY optimizer steps (and at step 1) the log gets a "stability" event with the gradient norm before
-# clipping and, per parameter group (optim.param_groups: hidden matrices, embeddings and head, norms and
-# biases), the gradient norm and the update-to-weight ratio |W_after - W_before| / |W_before| of that step.
+# Every STABILITY_EVERY optimizer steps (and at step 1) the log gets a "stability" event: the gradient norm
+# before clipping and, per optim.param_groups group, its gradient norm and update-to-weight ratio
+# |W_after - W_before| / |W_before|. It does not change the run's result (or hash).
 STABILITY_EVERY = 25
 
 
@@ -79,8 +71,7 @@ def stability_after(groups: dict[str, list[torch.nn.Parameter]], before: dict[st
 
 
 def resolve_device(device: str, check: bool = True) -> str:
-    """`auto` -> what this host has; check=False lets a pinned device=cuda through on a host without one
-    (enough to name a run and read it from the ledger, not to train it)."""
+    """`auto` -> what this host has; check=False lets device=cuda through without one (to read a run back)."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if check and device == "cuda" and not torch.cuda.is_available():
@@ -89,23 +80,20 @@ def resolve_device(device: str, check: bool = True) -> str:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """auto -> bf16 where matmuls have native bf16 support, else fp32 (measured: on an AVX2-only
-    CPU, bf16 matmuls run through a slow fallback at ~2 GFLOP/s against ~100 for fp32)."""
+    """auto -> bf16 where matmuls have native bf16 support, else fp32 (emulated bf16 is ~50x slower)."""
     if precision != "auto":
         return precision
     return "bf16" if native_bf16(device) else "fp32"
 
 
 def resolve_execution(cfg: Config, check: bool = True) -> Config:
-    """The config with `auto` device and precision replaced by what this host gives: the hash and the
-    record hold the device and precision actually used (studies pin both; see sweep.EXECUTION)."""
+    """The config with `auto` device and precision replaced by what this host gives (hashed and recorded)."""
     device = resolve_device(cfg.device, check)
     return dataclasses.replace(cfg, device=device, precision=resolve_precision(cfg.precision, device))
 
 
 def record_config(cfg: Config) -> dict[str, Any]:
-    """The config as a committed record holds it: a data file named as ledger.display_path shows it (relative
-    to the checkout, never a machine's absolute path; `data` is not hashed, the data's sha256 is recorded)."""
+    """The config as a committed record holds it: the data file as ledger.display_path (no absolute path)."""
     d = cfg.to_dict()
     if d["data"] not in ("", "hub"):
         d["data"] = ledger.display_path(d["data"])
@@ -113,16 +101,11 @@ def record_config(cfg: Config) -> dict[str, Any]:
 
 
 def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT | Ensemble:
-    """Seeded exactly as the original: torch.manual_seed(seed) then module construction (an ensemble's
-    members are built one after the other from that one seed, so each starts from different weights)."""
+    """Seeded as the original: torch.manual_seed(seed), then construction (ensemble members one by one)."""
     torch.manual_seed(cfg.rng_seed)
     random.seed(cfg.rng_seed)
-    gcfg = GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                     n_head=cfg.n_head, d_model=cfg.d_model, dropout=cfg.dropout, norm=cfg.norm,
-                     pos=cfg.pos, init=cfg.init, mlp=cfg.mlp, mlp_mult=cfg.mlp_mult,
-                     tie_embeddings=cfg.tie_embeddings, qk_norm=cfg.qk_norm, attn_dropout=cfg.attn_dropout,
-                     emb_dropout=cfg.emb_dropout, zero_proj=cfg.zero_proj, logit_softcap=cfg.logit_softcap,
-                     drop_path=cfg.drop_path, unet=cfg.unet, value_embed=cfg.value_embed)
+    # every GPTConfig field but vocab_size is the Config field of the same name
+    gcfg = GPTConfig(vocab_size, **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig)[1:]})
     model = GPT(gcfg) if cfg.ensemble == 1 else Ensemble([GPT(gcfg) for _ in range(cfg.ensemble)])
     if cfg.attn_mask == "title":
         model.eos_id = eos_id
@@ -130,11 +113,9 @@ def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT 
 
 
 class JsonlLog:
-    """Appends the original's events ({"event", "timestamp", **fields}) to log.jsonl.
-
-    The log is also kept in memory: checkpoints store what this process wrote, and if the file is
-    replaced or deleted under a running run (a `git stash` or checkout in the work tree), the next
-    event writes the whole log to the path again instead of appending to a file nobody can see."""
+    """Appends the original's events ({"event", "timestamp", **fields}) to log.jsonl, and keeps them in memory
+    (for checkpoints): if the file is replaced or deleted under the run (a `git stash`), the next event writes
+    the whole log to the path again instead of appending to a file nobody sees."""
 
     def __init__(self, path: Path, restore: str | None = None):
         """restore: the log as it was at a checkpoint (resume); None starts a new log."""
@@ -195,10 +176,8 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# Fault injection, for tests only (tests/test_kill.py): with MAINRUN_CHECKPOINT_WRITE_DELAY_S=S set, every
-# checkpoint write (ckpt.pt and final.pt) puts the first half of its bytes into the temp file, flushes them,
-# says so on stderr, sleeps S seconds and only then writes the rest and renames the file into place: a test
-# can SIGKILL the process in the middle of a write. Unset or 0 (always, outside tests) it is a plain torch.save.
+# Fault injection for tests/test_kill.py: with this set to S, a checkpoint write puts half its bytes in the temp
+# file, says so on stderr and sleeps S seconds before the rest, so a test can kill the process mid-write.
 WRITE_DELAY_ENV = "MAINRUN_CHECKPOINT_WRITE_DELAY_S"
 
 
@@ -230,18 +209,11 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
         wait: bool = False, discard_finished: bool = False) -> dict:
     """Train `cfg` (or return its recorded result) and return its summary dict.
 
-    on_eval(step, official_val_loss) is called after every evaluation; returning True stops the run there
-    and records it "pruned" with that evaluation as its last (a search's pruner), never as finished.
-
-    train=False only reads the ledger: a finished or diverged run's summary, else a stub with
-    status "incomplete" (a log without a summary: training elsewhere or cut off) or "missing".
-
-    One process trains a run at a time: it holds the run's folder in the ledger and its checkpoint folder
-    (ledger.Lock; the checkpoint folder is shared by every ledger on the machine). Another process that
-    asks for the run refuses, naming the holder, or with wait=True waits for it and then returns the
-    result it recorded (or resumes the run, if the holder died). A run whose summary.json is damaged is
-    refused with what to do (ledger.finished_summary); force=True never discards a run whose log shows it
-    ended while its summary is damaged or missing, unless discard_finished=True."""
+    on_eval(step, official_val_loss) after every evaluation: True stops the run there, recorded "pruned".
+    train=False only reads the ledger: a summary, else a stub with status "incomplete" or "missing".
+    One process trains a run at a time (ledger.Lock on its run folder and its checkpoint folder): another
+    refuses, naming the holder, or with wait=True waits and returns its result (or resumes a dead holder's
+    run). force=True never discards a run whose log shows it ended, unless discard_finished=True."""
     cfg = resolve_execution(validate(cfg), check=False)   # a GPU run is read back on any host
     device = cfg.device
     h = run_hash(cfg, fingerprint(cfg)[0])          # names the run; a read-back trains no tokenizer
@@ -289,8 +261,7 @@ def _clear(folder: Path) -> None:
 
 
 def refuse_discarding(run_dir: Path) -> None:
-    """force=True would start a run over: refused where the log shows the run ended but its summary is damaged
-    or missing (the log holds every number of the run: rebuild the summary instead)."""
+    """force=True is refused where the log shows the run ended but its summary is damaged or missing."""
     try:
         if ledger.finished_summary(run_dir) is not None:
             return                                     # an intact summary: force retrains it, as asked
@@ -325,17 +296,14 @@ _BF16_WARNED: list[bool] = []
 
 
 def warn_emulated_bf16(device: str, precision: str) -> None:
-    """Once per process: precision=bf16 on a CPU whose matmuls have no native bf16 (optim.native_bf16) runs
-    through torch's emulation; say how much slower a matmul is here (measured now) and suggest fp32."""
+    """Once per process: precision=bf16 on a CPU without native bf16 is emulated; say how slow, suggest fp32."""
     from . import optim
 
     if device != "cpu" or precision != "bf16" or _BF16_WARNED or optim.native_bf16("cpu"):
         return
     _BF16_WARNED.append(True)
-    matmul_seconds = optim.matmul_seconds
-
     n = 256
-    fp32, bf16 = matmul_seconds(n, torch.float32), matmul_seconds(n, torch.bfloat16)
+    fp32, bf16 = optim.matmul_seconds(n, torch.float32), optim.matmul_seconds(n, torch.bfloat16)
     print(f"warning: precision=bf16 on a CPU without native bf16 (optim.native_bf16 is false: no AVX512-BF16 or "
           f"AMX): bf16 matmuls are emulated, {bf16 / fp32:.0f}x slower than fp32 here (a {n}x{n} matmul timed just "
           f"now: {bf16 * 1e3:.2f} ms against {fp32 * 1e3:.3f} ms), so training will be several times slower; "
@@ -355,11 +323,8 @@ def not_trained(cfg: Config, h: str, run_dir: Path | None) -> dict:
 
 
 def check_resumable(run_dir: Path, ckpt_dir: Path, cfg: Config) -> None:
-    """Refuse to silently restart a run whose log is past a checkpoint that cannot be found here.
-
-    A log that ends exactly at the first checkpoint step was cut off while that checkpoint was being written
-    (the step is logged before the write, and nothing after it is logged until the write is done): no
-    checkpoint was ever there, and the run starts over."""
+    """Refuse to silently restart a run whose log is past a checkpoint that cannot be found here (a log that
+    ends at the first checkpoint step was cut off while writing it: no checkpoint was ever there)."""
     if (ckpt_dir / "ckpt.pt").exists() or not cfg.checkpoint_every or not (run_dir / "log.jsonl").exists():
         return
     last = ledger.log_progress(run_dir / "log.jsonl")["last_step"]
@@ -404,12 +369,9 @@ class Trainer:
                              f"span of {EVAL_BATCH * EVAL_BLOCK + 1:,}; raise num_titles or val_frac")
 
     def objective(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cross-entropy to log, loss to minimise). With R-Drop the batch goes through the model twice
-        (two dropout masks): the logged loss is the two passes' mean cross-entropy, and the objective adds
-        rdrop x their symmetric KL divergence (the mean of both directions, summed over the vocabulary,
-        averaged over tokens). Liang et al. (2021) sum the two cross-entropies, so rdrop is their alpha / 2.
-        With z_loss > 0 the objective also adds z_loss x the mean squared log-partition of the (first pass's)
-        logits, which keeps them from drifting (PaLM)."""
+        """(cross-entropy to log, loss to minimise). R-Drop: two passes, their mean CE plus rdrop x their
+        symmetric KL (mean of both directions, summed over the vocabulary, averaged over tokens). z_loss adds
+        z_loss x the mean squared log-partition of the first pass's logits (PaLM)."""
         logits, loss = self.step_fn(xb, yb)
         if self.cfg.ensemble > 1:   # the loss is the members' mean CE: x k gives each member its own CE's gradient
             return loss, loss * self.cfg.ensemble
@@ -433,9 +395,8 @@ class Trainer:
                       "config": self.cfg.to_dict()}, self.ckpt_dir / "ckpt.pt")
 
     def load_checkpoint(self) -> dict | None:
-        # A process killed while writing ckpt.pt or final.pt leaves the writer's temp file beside it
-        # (data.atomic_write_bytes: <name>.<random>.tmp); the file it was replacing is intact. This process
-        # holds the checkpoint folder's lock (run), so no live writer owns such a file: remove it.
+        # A writer killed mid-write leaves its temp file (<name>.<random>.tmp) beside an intact old file; this
+        # process holds the folder's lock, so no live writer owns it: remove it.
         for partial in self.ckpt_dir.glob("*.pt.*.tmp"):
             partial.unlink(missing_ok=True)
         path = self.ckpt_dir / "ckpt.pt"
