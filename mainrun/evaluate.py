@@ -1,10 +1,9 @@
 """The official Mainrun metric, and the full-coverage loss beside it.
 
-`evaluate` keeps the original's arithmetic: the summed token cross-entropy over
-the full (64 x 128 + 1)-token spans of the validation ids, divided by the number
-of characters of the validation text. It is always called at 64 x 128. The spans
-drop the tail of the ids and one target per span, so `full_coverage` also scores
-every validation target (windows of 128 tokens, the last one partial).
+`evaluate` keeps the original's arithmetic, always at 64 x 128: the summed token cross-entropy over the full
+(64 x 128 + 1)-token spans of the validation ids, divided by the characters of the validation text. The spans
+drop the tail of the ids and one target per span, so `full_coverage` also scores every validation target
+(windows of 128 tokens, the last one partial).
 """
 from __future__ import annotations
 
@@ -31,6 +30,14 @@ def autocast(device: str, precision: str):
     return contextlib.nullcontext()
 
 
+def _summed_ce(model, xb: torch.Tensor, yb: torch.Tensor, device: str, precision: str) -> float:
+    """Summed token cross-entropy of one batch [B, T], computed in fp32 from the model's logits."""
+    xb, yb = xb.to(device), yb.to(device)
+    with autocast(device, precision):
+        logits, _ = model(xb)
+    return F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum").item()
+
+
 @torch.inference_mode()
 def evaluate(model, val_ids: torch.Tensor, val_chars: int, device: str = "cpu", precision: str = "fp32") -> float:
     """Official loss: sum of token CE over full 64 x 128 spans / characters of the validation text."""
@@ -38,11 +45,7 @@ def evaluate(model, val_ids: torch.Tensor, val_chars: int, device: str = "cpu", 
     model.eval()
     losses = 0.0
     for xb, yb in iter_full_split(val_ids, EVAL_BLOCK, EVAL_BATCH):
-        xb, yb = xb.to(device), yb.to(device)
-        with autocast(device, precision):
-            logits, _ = model(xb)
-        V = logits.size(-1)
-        losses += F.cross_entropy(logits.float().view(-1, V), yb.view(-1), reduction="sum").item()
+        losses += _summed_ce(model, xb, yb, device, precision)
     model.train(was_training)
     return losses / val_chars
 
@@ -66,18 +69,11 @@ def full_coverage(model, val_ids: torch.Tensor, val_chars: int, device: str = "c
     starts = list(range(0, n, EVAL_BLOCK))
     full = [s for s in starts if s + EVAL_BLOCK <= n]
     for i in range(0, len(full), EVAL_BATCH):
-        idx = torch.tensor(full[i: i + EVAL_BATCH])
-        offs = idx[:, None] + torch.arange(EVAL_BLOCK)[None, :]          # [b, 128]
-        xb, yb = val_ids[offs].to(device), val_ids[offs + 1].to(device)
-        with autocast(device, precision):
-            logits, _ = model(xb)
-        total += F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum").item()
+        offs = torch.tensor(full[i: i + EVAL_BATCH])[:, None] + torch.arange(EVAL_BLOCK)[None, :]   # [b, 128]
+        total += _summed_ce(model, val_ids[offs], val_ids[offs + 1], device, precision)
     if len(full) < len(starts):                                          # the partial last window
         s = starts[-1]
-        xb, yb = val_ids[s:n].unsqueeze(0).to(device), val_ids[s + 1: n + 1].unsqueeze(0).to(device)
-        with autocast(device, precision):
-            logits, _ = model(xb)
-        total += F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum").item()
+        total += _summed_ce(model, val_ids[s:n].unsqueeze(0), val_ids[s + 1: n + 1].unsqueeze(0), device, precision)
     model.train(was_training)
     nats = total / val_chars
     return {"full_loss": nats, "full_bpc": nats / math.log(2), "full_tokens": n}

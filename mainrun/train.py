@@ -129,19 +129,14 @@ class JsonlLog:
         self.f.write(self.text())
         self.f.flush()
 
-    def _replaced(self) -> bool:
-        """Whether the path no longer names the file this process writes."""
-        try:
-            at_path = os.stat(self.path)
-        except FileNotFoundError:
-            return True
-        own = os.fstat(self.f.fileno())
-        return (at_path.st_dev, at_path.st_ino) != (own.st_dev, own.st_ino)
-
     def log(self, event: str, **fields: Any) -> None:
         line = json.dumps({"event": event, "timestamp": time.time(), **fields}, default=str) + "\n"
         self.lines.append(line)
-        if self._replaced():
+        try:                                      # does the path still name the file this process writes?
+            same = os.path.samestat(os.stat(self.path), os.fstat(self.f.fileno()))
+        except FileNotFoundError:
+            same = False
+        if not same:
             old = self.f
             try:
                 self._open()
@@ -159,21 +154,6 @@ class JsonlLog:
 
     def close(self) -> None:
         self.f.close()
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # Fault injection for tests/test_kill.py: with this set to S, a checkpoint write puts half its bytes in the temp
@@ -279,11 +259,9 @@ def refuse_discarding(run_dir: Path) -> None:
 def hold(path: Path, record: dict, wait: bool, refused: str, advice: str):
     """ledger.Lock on `path`: a held lock is refused as "<refused> <holder>; <advice>", or waited for."""
     lock = ledger.Lock(path, record)
-
-    def say(holder: dict) -> None:
-        print(f"{refused} {ledger.describe_holder(holder)}: waiting for it", file=sys.stderr, flush=True)
     try:
-        lock.acquire(wait=wait, on_wait=say)
+        lock.acquire(wait=wait, on_wait=lambda holder: print(
+            f"{refused} {ledger.describe_holder(holder)}: waiting for it", file=sys.stderr, flush=True))
     except ledger.Busy as busy:
         raise RuntimeError(f"{refused} {busy}; {advice}") from None
     try:
@@ -350,9 +328,8 @@ class Trainer:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
         self.step_fn = torch.compile(self.model) if cfg.compile else self.model
-        tokens_per_batch = cfg.block_size * cfg.batch_size
-        self.batches = len(corpus.train_ids) // tokens_per_batch      # micro-batches per epoch (original)
-        self.steps_per_epoch = self.batches // cfg.grad_accum           # optimizer steps per epoch
+        tokens_per_batch = cfg.block_size * cfg.batch_size    # micro-batches per epoch as the original, then steps
+        self.steps_per_epoch = len(corpus.train_ids) // tokens_per_batch // cfg.grad_accum
         if self.steps_per_epoch < 1:
             raise ValueError(f"the training split has {len(corpus.train_ids):,} tokens: fewer than one optimizer "
                              f"step of {tokens_per_batch * cfg.grad_accum:,}; lower batch_size or grad_accum")
@@ -389,9 +366,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int, ptr: int, state: dict, log: JsonlLog) -> None:
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+               **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})}
         _atomic_save({"model": self.model.state_dict(), "opts": [o.state_dict() for o in self.opts],
                       "ema": self.ema.state_dict() if self.ema else None, "step": step, "ptr": ptr,
-                      "rng": _rng_state(), "log_text": log.text(), "state": state,
+                      "rng": rng, "log_text": log.text(), "state": state,
                       "config": self.cfg.to_dict()}, self.ckpt_dir / "ckpt.pt")
 
     def load_checkpoint(self) -> dict | None:
@@ -409,7 +388,11 @@ class Trainer:
             o.load_state_dict(s)
         if self.ema and ck["ema"] is not None:
             self.ema.load_state_dict(ck["ema"])
-        _set_rng_state(ck["rng"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        random.setstate(ck["rng"]["python"])
+        np.random.set_state(ck["rng"]["numpy"])
+        if "cuda" in ck["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
         return ck
 
     # ------------------------------------------------------------------ the loop
