@@ -111,11 +111,7 @@ class Config:
         if d["device"] == "auto" or d["precision"] == "auto":
             raise ValueError("a run hash needs the resolved device and precision (train.resolve_execution), "
                              f"not device={d['device']!r} precision={d['precision']!r}")
-        for k in NOT_HASHED:
-            d.pop(k)
-        for k, neutral in HASH_OMIT_IF.items():
-            if d[k] == neutral:
-                d.pop(k)
+        d = {k: v for k, v in d.items() if k not in NOT_HASHED and not (k in HASH_OMIT_IF and HASH_OMIT_IF[k] == v)}
         if (d["device"], d["precision"]) in UNHASHED_EXECUTION:
             d.pop("device")
         return d
@@ -133,10 +129,8 @@ class Config:
 
 
 NOT_HASHED = ("name", "profile", "preset", "data", "checkpoint_every")
-# Device is part of what a run is: a bf16 run on a CPU and a bf16 run on a GPU are different runs. Before
-# device entered the hash, every run in the ledger was one of these two pairs (what `auto` gave on the
-# project's machines); for them the device is left out of the hash, so their hashes stay valid. Any other
-# pair (bf16 on a CPU, fp32 on a GPU) hashes its device.
+# A bf16 run on a CPU and one on a GPU are different runs, so the device is hashed, except for the two pairs
+# `auto` gave on the project's machines before device entered the hash (their hashes stay valid).
 UNHASHED_EXECUTION = {("cpu", "fp32"), ("cuda", "bf16")}
 HASH_OMIT_IF = {"train_seed": -1, "eval_precision": "fp32", "muon_ns": "bf16", "tokenizer": "bpe", "rdrop": 0.0,
                 "attn_dropout": -1.0, "emb_dropout": -1.0, "zero_proj": False, "logit_softcap": 0.0,
@@ -293,8 +287,8 @@ def make_config(profile: str = "full", preset: str = "baseline", **overrides: An
 
 
 def resolve_train(profile: str, train: bool | None) -> bool:
-    """A notebook's `train` parameter: None trains what is missing under quick and smoke (minutes) and
-    only reads the ledger under full (hours per run on 2 CPU cores); True or False decides it."""
+    """A notebook's `train` parameter: None trains what is missing under quick and smoke and only reads the
+    ledger under full (hours per run on 2 CPU cores); True or False decides it."""
     _choose("profile", profile, PROFILES)
     if train is None:
         return profile != "full"
@@ -305,8 +299,7 @@ def resolve_train(profile: str, train: bool | None) -> bool:
 
 
 def cli_command(cfg: Config) -> str:
-    """The `python -m mainrun train` command that trains exactly this config (its profile and preset, then
-    every field that differs from them)."""
+    """The `python -m mainrun train` command for exactly this config: profile, preset, then what differs."""
     ref = make_config(cfg.profile, cfg.preset).to_dict()
     sets = [f"{k}={v}" for k, v in cfg.to_dict().items() if k not in ("profile", "preset") and ref[k] != v]
     return (f"python -m mainrun train --profile {cfg.profile} --preset {cfg.preset}"

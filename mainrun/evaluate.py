@@ -16,14 +16,6 @@ from torch.nn import functional as F
 from .config import EVAL_BATCH, EVAL_BLOCK
 
 
-def iter_full_split(ids: torch.Tensor, block: int, batch: int):
-    """The original's evaluation spans: disjoint spans of batch*block+1 tokens; the tail is dropped."""
-    span = block * batch + 1
-    for ptr in range(0, len(ids) - span + 1, span):
-        chunk = ids[ptr: ptr + span]
-        yield chunk[:-1].view(batch, block), chunk[1:].view(batch, block)
-
-
 def autocast(device: str, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=device, dtype=torch.bfloat16)
@@ -43,8 +35,10 @@ def evaluate(model, val_ids: torch.Tensor, val_chars: int, device: str = "cpu", 
     """Official loss: sum of token CE over full 64 x 128 spans / characters of the validation text."""
     was_training = model.training
     model.eval()
-    losses = 0.0
-    for xb, yb in iter_full_split(val_ids, EVAL_BLOCK, EVAL_BATCH):
+    losses, span = 0.0, EVAL_BATCH * EVAL_BLOCK + 1
+    for ptr in range(0, len(val_ids) - span + 1, span):     # the original's disjoint spans; the tail is dropped
+        chunk = val_ids[ptr: ptr + span]
+        xb, yb = chunk[:-1].view(EVAL_BATCH, EVAL_BLOCK), chunk[1:].view(EVAL_BATCH, EVAL_BLOCK)
         losses += _summed_ce(model, xb, yb, device, precision)
     model.train(was_training)
     return losses / val_chars

@@ -90,8 +90,7 @@ def results_root(profile: str) -> Path:
 
 
 def checkpoints_root() -> Path:
-    """$MAINRUN_CHECKPOINTS, else ~/.cache/mainrun: outside the checkout, so a fresh clone on the same
-    machine (or JupyterLab without the Makefile's environment) finds and resumes the same runs."""
+    """$MAINRUN_CHECKPOINTS, else ~/.cache/mainrun: outside the checkout, so a fresh clone resumes the same runs."""
     return Path(os.environ.get("MAINRUN_CHECKPOINTS", Path.home() / ".cache" / "mainrun")).expanduser()
 
 
@@ -182,7 +181,7 @@ class Busy(RuntimeError):
 
 
 def lock_record(purpose: str, ledger_dir: Path) -> dict:
-    """What a lock file says about its holder: who (pid, host), doing what, into which ledger folder, since when."""
+    """What a lock file says about its holder: pid, host, purpose, ledger folder, since when."""
     return {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
             "ledger": str(Path(ledger_dir).resolve()), "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
@@ -306,13 +305,12 @@ class Lock:
 
 # ----------------------------------------------------------------------------- damaged runs
 class DamagedRun(RuntimeError):
-    """A run folder whose summary.json (or config.json) does not parse, or whose log shows a finished run
-    that has no summary: refused rather than read as unfinished (and retrained, or discarded)."""
+    """A summary.json (or config.json) that does not parse, or a missing one for a run whose log shows it ended."""
 
 
 def log_outcome(path: Path) -> str | None:
-    """How a run's log says it ended: finished (it has the full-coverage evaluation, logged only at a normal
-    end), diverged, pruned; None while it has none of these (still going, or cut off)."""
+    """How a run's log says it ended: finished (the full-coverage evaluation, logged only at a normal end),
+    diverged, pruned; None while it has none of these (still going, or cut off)."""
     if not Path(path).exists():
         return None
     events = {e.get("event") for e in read_log(path)}
@@ -457,8 +455,8 @@ def rebuild_summary(run_dir: Path, damaged_text: str = "") -> dict:
 
 
 def load_runs(root: Path | None = None) -> list[dict]:
-    """Every run in a ledger: {'dir', 'config', 'summary' (None if unfinished), 'status'}; a run whose summary
-    is damaged (finished_summary) has status "damaged", summary None and 'damaged': what is wrong and what to do."""
+    """Every run in a ledger: {'dir', 'config', 'hash', 'summary' (None if unfinished), 'status'}; a damaged run
+    has status "damaged" and 'damaged': what is wrong and what to do."""
     root = Path(root) if root else results_root("full")
     runs = []
     for d in sorted((root / "runs").glob("*-*")):
@@ -478,17 +476,15 @@ def load_runs(root: Path | None = None) -> list[dict]:
 
 
 def git_state() -> dict[str, Any]:
-    root = repo_root()
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True, timeout=10).stdout.strip()
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "mainrun"], cwd=root,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-        if not commit:  # a copy of the tree without .git (a lent GPU machine): the caller may say which commit
-            return {"git_commit": os.environ.get("MAINRUN_GIT_COMMIT") or None, "git_dirty": None}
-        return {"git_commit": commit, "git_dirty": dirty}
+        commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--", "mainrun"))
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
+    if not commit:  # a copy of the tree without .git (a lent GPU machine): the caller may say which commit
+        return {"git_commit": os.environ.get("MAINRUN_GIT_COMMIT") or None, "git_dirty": None}
+    return {"git_commit": commit, "git_dirty": dirty}
 
 
 def hardware(device: str) -> dict[str, Any]:
@@ -497,14 +493,8 @@ def hardware(device: str) -> dict[str, Any]:
     info = {"device": device, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
             "python": platform.python_version()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        info["cpu"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), info["cpu"])
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     else:   # which kind of CPU: bf16 matmuls native (AVX-512 BF16 / AMX) or emulated (AVX2 only)

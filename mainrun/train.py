@@ -2,8 +2,8 @@
 
     summary = mainrun.run(make_config("full", optimizer="adamw", lr=3e-4))
 
-Asking for a run whose hash already has a finished summary returns it without
-training (unless force=True). A run whose checkpoint exists resumes from it.
+A run whose hash already has a finished summary is returned without training (unless force=True); a run
+whose checkpoint exists resumes from it.
 """
 from __future__ import annotations
 
@@ -81,9 +81,7 @@ def resolve_device(device: str, check: bool = True) -> str:
 
 def resolve_precision(precision: str, device: str) -> str:
     """auto -> bf16 where matmuls have native bf16 support, else fp32 (emulated bf16 is ~50x slower)."""
-    if precision != "auto":
-        return precision
-    return "bf16" if native_bf16(device) else "fp32"
+    return precision if precision != "auto" else "bf16" if native_bf16(device) else "fp32"
 
 
 def resolve_execution(cfg: Config, check: bool = True) -> Config:
@@ -95,9 +93,7 @@ def resolve_execution(cfg: Config, check: bool = True) -> Config:
 def record_config(cfg: Config) -> dict[str, Any]:
     """The config as a committed record holds it: the data file as ledger.display_path (no absolute path)."""
     d = cfg.to_dict()
-    if d["data"] not in ("", "hub"):
-        d["data"] = ledger.display_path(d["data"])
-    return d
+    return {**d, "data": d["data"] if d["data"] in ("", "hub") else ledger.display_path(d["data"])}
 
 
 def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT | Ensemble:
@@ -200,10 +196,8 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
     root = ledger.results_root(cfg.profile)
     run_dir = ledger.find_run(root, h)
     ckpt_dir = ledger.checkpoints_root() / h
-    if run_dir is not None and not force:
-        summary = ledger.finished_summary(run_dir)
-        if summary is not None:
-            return summary
+    if run_dir is not None and not force and (summary := ledger.finished_summary(run_dir)) is not None:
+        return summary
     if not train:
         return not_trained(cfg, h, run_dir)
     resolve_device(device)                          # training needs the pinned device to exist
@@ -505,8 +499,7 @@ class Trainer:
         """Log the pending training steps; returns (step, rule) of the first step whose loss is not finite
         or has exploded (see EXPLODE_FACTOR), if any."""
         losses = torch.stack([p[1] for p in pending]).tolist()
-        pending_steps = list(pending)
-        pending.clear()
+        pending_steps, pending[:] = list(pending), []
         for (step, _, elapsed, lr), loss in zip(pending_steps, losses):
             log.log("training_step", step=step, max_steps=self.max_steps, loss=loss, elapsed_time=elapsed, lr=lr)
             rule = ("nonfinite" if not math.isfinite(loss)
