@@ -441,16 +441,14 @@ def rebuild_summary(run_dir: Path, damaged_text: str = "") -> dict:
     if disagree:
         raise DamagedRun(f"{shown_path(run_dir / 'summary.json')} disagrees with the log, not rebuilt: "
                          + "; ".join(disagree))
-    kept = {k: old[k] for k in NOT_IN_LOG if old.get(k) is not None}
+    kept = {k: old[k] for k in (*NOT_IN_LOG, "wall_time_s") if old.get(k) is not None}
     summary.update(kept)
     summary["repaired"] = {
         "from": "log.jsonl and config.json", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "kept_from_damaged_file": sorted(kept) + (["wall_time_s"] if old.get("wall_time_s") is not None else []),
+        "kept_from_damaged_file": sorted(kept),
         "not_known": sorted(k for k in NOT_IN_LOG if summary.get(k) is None and k in summary),
-        "wall_time_s": "from the damaged file" if old.get("wall_time_s") is not None else
-                       "the elapsed time logged at the start of the last evaluation (the original adds that evaluation)"}
-    if old.get("wall_time_s") is not None:
-        summary["wall_time_s"] = old["wall_time_s"]
+        "wall_time_s": "from the damaged file" if "wall_time_s" in kept else "the elapsed time logged at the start "
+                       "of the last evaluation (the original adds that evaluation)"}
     return summary
 
 
