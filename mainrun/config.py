@@ -45,7 +45,7 @@ class Config:
     d_model: int = 512
     block_size: int = 128               # training context; must be >= 128 (the official eval block)
     dropout: float = 0.1
-    attn_dropout: float = -1.0          # on attention probabilities; -1 = dropout; 0 lets SDPA use its fused kernel
+    attn_dropout: float = -1.0          # on attention probabilities; -1 = dropout; 0 lets SDPA use a fused kernel
     rdrop: float = 0.0                  # R-Drop: two dropout passes, mean CE + rdrop x symmetric KL per token
                                         # (= the paper's alpha / 2); 0 disables; needs dropout > 0
     norm: str = "layernorm"             # layernorm | rmsnorm
@@ -54,17 +54,15 @@ class Config:
     mlp: str = "gelu"                   # gelu (4d hidden) | swiglu (8d/3 hidden, rounded to 64) | relu2
     mlp_mult: int = 4                   # hidden width of the gelu and relu2 MLPs, in multiples of d_model
     emb_dropout: float = -1.0           # dropout on the embedding output; -1 = dropout (the original)
-    zero_proj: bool = False             # the layers writing into the residual stream (attention proj, MLP
-                                        # out) start at zero, so every block starts as the identity
-    logit_softcap: float = 0.0          # logits -> c * tanh(logits / c) (train and eval: part of the model); 0 = off
-    drop_path: float = 0.0              # stochastic depth: each block's attention and MLP branch is dropped per
-                                        # sequence with a rate rising linearly from 0 (first block) to this (last)
+    zero_proj: bool = False             # attn proj and MLP out start at zero: every block starts as the identity
+    logit_softcap: float = 0.0          # logits -> c * tanh(logits / c), in training and evaluation; 0 = off
+    drop_path: float = 0.0              # stochastic depth per sequence: rate from 0 (first block) to this (last)
     unet: bool = False                  # U-net skips (modded-nanogpt): the first half's outputs, times learned
                                         # scalars (init 1), are added before the last half's blocks in reverse
     ensemble: int = 1                   # k models trained side by side on the same batches, each on its own CE;
                                         # the prediction is the mean of their probabilities. 1 = one model
-    value_embed: bool = False           # value embeddings (modded-nanogpt): a second token embedding added to every
-                                        # layer's attention values, times a learned per-layer scalar (init 0.5)
+    value_embed: bool = False           # value embeddings (modded-nanogpt): a second token embedding added to
+                                        # every layer's attention values, times a learned scalar (init 0.5)
     tie_embeddings: bool = True         # share token embedding and output head
     qk_norm: bool = False               # RMS-normalise queries and keys per head
     attn_mask: str = "causal"           # causal | title (causal and each title attends only to itself)
@@ -91,10 +89,9 @@ class Config:
     min_lr_frac: float = 0.0            # floor of the decay, as a fraction of peak
     decay_frac: float = 0.2             # wsd: fraction of steps in the final decay
     decay_shape: str = "linear"         # wsd decay: linear | sqrt (Hagele et al. 2024's "1-sqrt" cooldown)
-    z_loss: float = 0.0                 # training objective + z_loss x mean(logsumexp(logits)^2) (PaLM's z-loss);
-                                        # the logged and evaluated losses stay plain cross-entropy
+    z_loss: float = 0.0                 # PaLM's z-loss: objective + z_loss x mean(logsumexp^2); logs stay plain CE
     ema: float = 0.0                    # EMA decay of weights used for evaluation; 0 disables
-    eval_precision: str = "fp32"        # fp32 (the original's arithmetic) | bf16 (faster, not for headline numbers)
+    eval_precision: str = "fp32"        # fp32 (the original's arithmetic) | bf16 (faster, not for headlines)
     # --- execution ---
     precision: str = "auto"             # auto | fp32 | bf16 (autocast); auto = bf16 where matmuls have native
                                         # bf16, else fp32; studies pin it; runs record and hash the resolved value
@@ -106,12 +103,13 @@ class Config:
 
     # ------------------------------------------------------------------
     def hash_fields(self) -> dict[str, Any]:
-        """The fields that change a run's result; fields added later are left out while neutral (old hashes stay)."""
+        """The fields that change a run's result; ones added later are left out while neutral (old hashes stay)."""
         d = dataclasses.asdict(self)
         if d["device"] == "auto" or d["precision"] == "auto":
             raise ValueError("a run hash needs the resolved device and precision (train.resolve_execution), "
                              f"not device={d['device']!r} precision={d['precision']!r}")
-        d = {k: v for k, v in d.items() if k not in NOT_HASHED and not (k in HASH_OMIT_IF and HASH_OMIT_IF[k] == v)}
+        d = {k: v for k, v in d.items()
+             if k not in NOT_HASHED and not (k in HASH_OMIT_IF and HASH_OMIT_IF[k] == v)}
         if (d["device"], d["precision"]) in UNHASHED_EXECUTION:
             d.pop("device")
         return d
@@ -235,7 +233,8 @@ RANGES: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
     (("embed_lr", "head_lr"), lambda v: v == -1.0 or _positive(v),
      "must be -1 (the same as lr) or a positive finite number"),
     (("logit_softcap",), _nonnegative, "must be a finite number >= 0 (0 = off)"),
-    (("muon_momentum", "dropout", "drop_path", "warmup_frac", "ema", "beta1", "beta2"), _unit, "must be in [0, 1)"),
+    (("muon_momentum", "dropout", "drop_path", "warmup_frac", "ema", "beta1", "beta2"), _unit,
+     "must be in [0, 1)"),
     (("min_lr_frac", "decay_frac"), lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
     (("lr", "muon_lr"), _positive, "must be a positive finite number"),
     (("weight_decay", "momentum", "grad_clip", "rdrop", "z_loss"), _nonnegative, "must be a finite number >= 0"),
@@ -264,8 +263,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"ensemble={cfg.ensemble} trains each member on its own cross-entropy only; it does not "
                           f"combine with z_loss={cfg.z_loss} or rdrop={cfg.rdrop} (set both to 0, or ensemble=1)")
     if cfg.decay_shape != "linear" and cfg.schedule != "wsd":
-        raise ConfigError(f"decay_shape={cfg.decay_shape!r} shapes the wsd decay; schedule={cfg.schedule!r} has none "
-                          f"(use schedule=wsd, or decay_shape=linear)")
+        raise ConfigError(f"decay_shape={cfg.decay_shape!r} shapes the wsd decay; schedule={cfg.schedule!r} has "
+                          f"none (use schedule=wsd, or decay_shape=linear)")
     if cfg.schedule == "wsd" and cfg.warmup_frac + cfg.decay_frac > 1.0:
         raise ConfigError(f"warmup_frac + decay_frac = {cfg.warmup_frac + cfg.decay_frac} must be <= 1 for wsd")
     return cfg

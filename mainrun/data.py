@@ -53,8 +53,8 @@ def _load_dataset(source: str):
         try:
             from datasets import load_dataset
         except ImportError:
-            raise DataError("the hub dataset needs the `datasets` package, which is not installed here; "
-                            "pip install -r requirements.txt, or set MAINRUN_DATA=/path/to/titles.parquet") from None
+            raise DataError("the hub dataset needs the `datasets` package, which is not installed here; pip "
+                            "install -r requirements.txt, or set MAINRUN_DATA=/path/to/titles.parquet") from None
         try:
             return (load_dataset(HUB_DATASET, split="train", cache_dir=str(cache_dir() / "hf")),
                     {"kind": "hub", "dataset": HUB_DATASET})
@@ -161,7 +161,8 @@ def train_tokenizer(titles: list[str], vocab_size: int, kind: str = "bpe"):
     elif kind == "unigram":
         tok = Tokenizer(models.Unigram())
         trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, unk_token="<unk>",
-                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                          show_progress=False)
     else:
         raise ValueError(f"tokenizer={kind!r} is not accepted; choose one of: {', '.join(CHOICES['tokenizer'])}")
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
@@ -184,7 +185,8 @@ def titles_sha256(titles: list[str], header: str = "") -> str:
 
 def _split_and_fingerprint(cfg: Config) -> tuple[list[str], list[str], dict, str]:
     train_titles, val_titles, source = load_titles(cfg.data, cfg.num_titles, cfg.seed, cfg.val_frac)
-    settings = {"tokenizer": f"bytelevel-{cfg.tokenizer}", "vocab_size": cfg.vocab_size, "n_train": len(train_titles)}
+    settings = {"tokenizer": f"bytelevel-{cfg.tokenizer}", "vocab_size": cfg.vocab_size,
+                "n_train": len(train_titles)}
     return train_titles, val_titles, source, titles_sha256(train_titles + val_titles, json.dumps(settings))
 
 
@@ -218,7 +220,8 @@ def prepare(cfg: Config) -> Corpus:
         unk = tok.token_to_id("<unk>")
         if bool((train_ids == unk).any() or (val_ids == unk).any()):
             # the metric divides by characters: a tokenizer that loses input would score text it never saw
-            raise RuntimeError(f"the {cfg.tokenizer} tokenizer mapped input to <unk>; refusing a lossy tokenization")
+            raise RuntimeError(f"the {cfg.tokenizer} tokenizer mapped input to <unk>; refusing a lossy "
+                               f"tokenization")
         atomic_write_bytes(ids_path, lambda p: torch.save({"train_ids": train_ids, "val_ids": val_ids}, p))
     return Corpus(train_ids=train_ids, val_ids=val_ids, val_chars=len(val_text), vocab_size=tok.get_vocab_size(),
                   eos_id=tok.token_to_id(EOS), fingerprint=fp, source=source, tokenizer_path=str(tok_path),

@@ -67,7 +67,7 @@ def full_coverage(model, val_ids: torch.Tensor, val_chars: int, device: str = "c
         total += _summed_ce(model, val_ids[offs], val_ids[offs + 1], device, precision)
     if len(full) < len(starts):                                          # the partial last window
         s = starts[-1]
-        total += _summed_ce(model, val_ids[s:n].unsqueeze(0), val_ids[s + 1: n + 1].unsqueeze(0), device, precision)
+        total += _summed_ce(model, val_ids[s:n][None], val_ids[s + 1: n + 1][None], device, precision)
     model.train(was_training)
     nats = total / val_chars
     return {"full_loss": nats, "full_bpc": nats / math.log(2), "full_tokens": n}

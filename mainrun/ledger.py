@@ -90,7 +90,7 @@ def results_root(profile: str) -> Path:
 
 
 def checkpoints_root() -> Path:
-    """$MAINRUN_CHECKPOINTS, else ~/.cache/mainrun: outside the checkout, so a fresh clone resumes the same runs."""
+    """$MAINRUN_CHECKPOINTS, else ~/.cache/mainrun: outside the checkout (a fresh clone resumes the same runs)."""
     return Path(os.environ.get("MAINRUN_CHECKPOINTS", Path.home() / ".cache" / "mainrun")).expanduser()
 
 
@@ -153,10 +153,8 @@ def _parse_log(path: str, inode: int, size: int, mtime_ns: int) -> tuple[dict, .
     events = []
     with open(path) as f:
         for line in filter(None, map(str.strip, f)):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 events.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
     return tuple(events)
 
 
@@ -167,8 +165,8 @@ def log_progress(path: Path) -> dict[str, Any]:
     steps = [e["step"] for e in events if e.get("event") == "training_step"]
     vals = [e for e in events if e.get("event") == "validation_step"]
     last = vals[-1] if vals else {}
-    return {"device": info.get("device"), "last_step": max(steps) if steps else None,
-            "max_steps": last.get("max_steps"), "last_val_step": last.get("step"), "last_val_loss": last.get("loss")}
+    return {"device": info.get("device"), "last_step": max(steps) if steps else None, "max_steps":
+            last.get("max_steps"), "last_val_step": last.get("step"), "last_val_loss": last.get("loss")}
 
 
 # ----------------------------------------------------------------------------- locks
@@ -183,7 +181,8 @@ class Busy(RuntimeError):
 def lock_record(purpose: str, ledger_dir: Path) -> dict:
     """What a lock file says about its holder: pid, host, purpose, ledger folder, since when."""
     return {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
-            "ledger": str(Path(ledger_dir).resolve()), "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "ledger": str(Path(ledger_dir).resolve()),
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def describe_holder(holder: dict) -> str:
@@ -251,16 +250,14 @@ class Lock:
     def acquire(self, wait: bool = False, on_wait=None, poll: float = 0.5) -> "Lock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         announced = False
-        while True:
-            holder = self._try()
-            if holder is None:
-                return self
+        while (holder := self._try()) is not None:
             if not wait:
                 raise Busy(holder)
             if not announced and on_wait is not None:
                 on_wait(holder)
                 announced = True
             time.sleep(poll)
+        return self
 
     def _try(self) -> dict | None:
         """None once held by this object, else the holder's record."""
@@ -288,11 +285,9 @@ class Lock:
     def release(self) -> None:
         if self.fd is None:
             return
-        try:
+        with contextlib.suppress(FileNotFoundError):
             if os.fstat(self.fd).st_ino == os.stat(self.path).st_ino:
                 self.path.unlink()
-        except FileNotFoundError:
-            pass
         os.close(self.fd)
         self.fd = None
 
@@ -311,13 +306,9 @@ class DamagedRun(RuntimeError):
 def log_outcome(path: Path) -> str | None:
     """How a run's log says it ended: finished (the full-coverage evaluation, logged only at a normal end),
     diverged, pruned; None while it has none of these (still going, or cut off)."""
-    if not Path(path).exists():
-        return None
-    events = {e.get("event") for e in read_log(path)}
-    for event, outcome in (("full_coverage", "finished"), ("diverged", "diverged"), ("pruned", "pruned")):
-        if event in events:
-            return outcome
-    return None
+    events = {e.get("event") for e in read_log(path)} if Path(path).exists() else set()
+    return next((outcome for event, outcome in (("full_coverage", "finished"), ("diverged", "diverged"),
+                                                ("pruned", "pruned")) if event in events), None)
 
 
 def finished_summary(run_dir: Path) -> dict | None:
@@ -332,7 +323,8 @@ def finished_summary(run_dir: Path) -> dict | None:
     except FileNotFoundError:
         outcome = log_outcome(log)
         if outcome and lock_holder(Path(run_dir) / ".lock") is None:
-            raise DamagedRun(f"{shown_path(path)} is missing, but the run's log.jsonl shows it {outcome}: {repair}")
+            raise DamagedRun(f"{shown_path(path)} is missing, but the run's log.jsonl shows it {outcome}: "
+                             f"{repair}")
         return None
     try:
         summary = json.loads(text)
@@ -354,10 +346,8 @@ def salvage(text: str) -> dict[str, Any]:
     """The top-level scalar fields still legible in a damaged summary.json (written with indent=2)."""
     out = {}
     for m in _TOP_LEVEL.finditer(text):
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             out[m["key"]] = json.loads(m["value"])
-        except json.JSONDecodeError:
-            continue
     return out
 
 
@@ -447,8 +437,8 @@ def rebuild_summary(run_dir: Path, damaged_text: str = "") -> dict:
         "from": "log.jsonl and config.json", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kept_from_damaged_file": sorted(kept),
         "not_known": sorted(k for k in NOT_IN_LOG if summary.get(k) is None and k in summary),
-        "wall_time_s": "from the damaged file" if "wall_time_s" in kept else "the elapsed time logged at the start "
-                       "of the last evaluation (the original adds that evaluation)"}
+        "wall_time_s": "from the damaged file" if "wall_time_s" in kept else "the elapsed time logged at the "
+                       "start of the last evaluation (the original adds that evaluation)"}
     return summary
 
 
@@ -475,7 +465,8 @@ def load_runs(root: Path | None = None) -> list[dict]:
 
 def git_state() -> dict[str, Any]:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True, timeout=10).stdout.strip()
+        done = subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True, timeout=10)
+        return done.stdout.strip()
     try:
         commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--", "mainrun"))
     except (OSError, subprocess.SubprocessError):
@@ -492,7 +483,8 @@ def hardware(device: str) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
             "python": platform.python_version()}
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        info["cpu"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), info["cpu"])
+        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        info["cpu"] = names[0] if names else info["cpu"]
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     else:   # which kind of CPU: bf16 matmuls native (AVX-512 BF16 / AMX) or emulated (AVX2 only)
@@ -513,5 +505,6 @@ def archive(root: Path, tarball: Path, run_glob: str, study_glob: str | None = N
     if rel:  # tar's status 1 (a file changed while read) still leaves a readable archive; 2 is a failure
         done = subprocess.run(["tar", "czf", str(tarball), "--exclude=.lock", *rel], cwd=root)
         if done.returncode > 1:
-            raise RuntimeError(f"tar of {len(rel)} ledger paths into {tarball} failed with status {done.returncode}")
+            raise RuntimeError(f"tar of {len(rel)} ledger paths into {tarball} failed with status "
+                               f"{done.returncode}")
     return rel

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from .config import Config
-from .ledger import native_bf16  # noqa: F401  (the hardware probe lives with the hardware record; optim.native_bf16 stays)
+from .ledger import native_bf16  # noqa: F401  (the probe lives with the hardware record; optim.native_bf16 stays)
 
 REFERENCE_BATCH = 64  # the baseline's sequences per optimizer step, for linear LR scaling
 
@@ -71,7 +71,7 @@ def param_groups(model: nn.Module) -> dict[str, list[torch.nn.Parameter]]:
 
 
 def matmul_seconds(n: int, dtype: torch.dtype, reps: int = 3) -> float:
-    """The fastest of `reps` timed n x n x n CPU matmuls in `dtype`, after one untimed (train.warn_emulated_bf16)."""
+    """The fastest of `reps` timed n x n CPU matmuls in `dtype`, after one untimed (train.warn_emulated_bf16)."""
     import timeit
 
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)

@@ -20,7 +20,8 @@ SPLIT = dict(seed=1337, num_titles=100_000)   # the Mainrun split the test sets 
 KINDS = ("random", "late")
 
 
-def held_out(frame: pd.DataFrame, seed: int = SPLIT["seed"], num_titles: int = SPLIT["num_titles"]) -> pd.DataFrame:
+def held_out(frame: pd.DataFrame, seed: int = SPLIT["seed"],
+             num_titles: int = SPLIT["num_titles"]) -> pd.DataFrame:
     """Rows the split never selects, minus blank titles and titles equal to one in the split; one row per title.
     The split's permutation is datasets.Dataset.shuffle(seed)'s (numpy default_rng(seed), as data.load_titles)."""
     perm = np.random.default_rng(seed).permutation(len(frame))

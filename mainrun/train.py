@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import ledger
@@ -277,8 +278,8 @@ def warn_emulated_bf16(device: str, precision: str) -> None:
     n = 256
     fp32, bf16 = optim.matmul_seconds(n, torch.float32), optim.matmul_seconds(n, torch.bfloat16)
     print(f"warning: precision=bf16 on a CPU without native bf16 (optim.native_bf16 is false: no AVX512-BF16 or "
-          f"AMX): bf16 matmuls are emulated, {bf16 / fp32:.0f}x slower than fp32 here (a {n}x{n} matmul timed just "
-          f"now: {bf16 * 1e3:.2f} ms against {fp32 * 1e3:.3f} ms), so training will be several times slower; "
+          f"AMX): bf16 matmuls are emulated, {bf16 / fp32:.0f}x slower than fp32 here (a {n}x{n} matmul timed "
+          f"just now: {bf16 * 1e3:.2f} ms against {fp32 * 1e3:.3f} ms), so training will be several times slower; "
           f"use precision=fp32 (or auto, which picks fp32 on this CPU)", file=sys.stderr, flush=True)
 
 
@@ -307,6 +308,8 @@ def check_resumable(run_dir: Path, ckpt_dir: Path, cfg: Config) -> None:
 
 
 class Trainer:
+    """One run's model, optimizers and loop: train() resumes from the checkpoint, logs, and writes the summary."""
+
     def __init__(self, cfg: Config, corpus: Corpus, device: str, run_dir: Path, ckpt_dir: Path, h: str,
                  official: bool, reasons: list[str]):
         self.cfg, self.corpus, self.device = cfg, corpus, device
@@ -317,10 +320,7 @@ class Trainer:
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         self.opts = build_optimizers(cfg, self.model, device)
-        self.ema = None
-        if cfg.ema > 0:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema > 0 else None
         self.step_fn = torch.compile(self.model) if cfg.compile else self.model
         tokens_per_batch = cfg.block_size * cfg.batch_size    # micro-batches per epoch as the original, then steps
         self.steps_per_epoch = len(corpus.train_ids) // tokens_per_batch // cfg.grad_accum
@@ -390,16 +390,11 @@ class Trainer:
         return ck
 
     # ------------------------------------------------------------------ the loop
-    def evaluate(self) -> float:
-        m = self.ema.module if self.ema else self.model
-        return evaluate(m, self.corpus.val_ids, self.corpus.val_chars, self.device, self.cfg.eval_precision)
-
     def train(self, on_step: Callable[[int], None] | None = None, progress: bool = True,
               on_eval: Callable[[int, float], bool] | None = None) -> dict:
         cfg, c = self.cfg, self.corpus
         ck = self.load_checkpoint()
-        log_path = self.run_dir / "log.jsonl"
-        log = JsonlLog(log_path, restore=ck["log_text"] if ck else None)
+        log = JsonlLog(self.run_dir / "log.jsonl", restore=ck["log_text"] if ck else None)
         state = ck["state"] if ck else {"elapsed": 0.0, "train_time": 0.0, "best": math.inf, "last_val": None,
                                         "final_val": None, "resumes": 0,
                                         "started_at": datetime.now(timezone.utc).isoformat()}
@@ -428,8 +423,7 @@ class Trainer:
         t_seg = time.time()         # start of the current stretch of training steps (evals excluded)
         try:
             while step < self.max_steps:
-                mult = lr_multiplier(cfg, step, self.max_steps)
-                lr = set_lr(self.opts, mult)
+                lr = set_lr(self.opts, lr_multiplier(cfg, step, self.max_steps))
                 loss_sum = torch.zeros((), device=self.device)
                 for _ in range(cfg.grad_accum):
                     xb, yb, ptr = get_batch(c.train_ids, ptr, cfg.block_size, cfg.batch_size)
@@ -443,19 +437,18 @@ class Trainer:
                 if cfg.grad_clip > 0:   # an ensemble's members are clipped one by one, as if trained alone
                     for part in (self.model.members if cfg.ensemble > 1 else [self.model]):
                         torch.nn.utils.clip_grad_norm_(part.parameters(), cfg.grad_clip)
-                for o in self.opts:
+                for o in self.opts:   # disjoint parameters: zeroing one's grads leaves the next one's step alone
                     o.step()
+                    o.zero_grad(set_to_none=True)
                 if before is not None:
                     log.log("stability", step=step + 1, **stability_after(self.groups, before))
-                for o in self.opts:
-                    o.zero_grad(set_to_none=True)
                 if self.ema:
                     self.ema.update_parameters(self.model)
                 step += 1
                 pending.append((step, loss_sum / cfg.grad_accum, time.time() - t_start, lr))
                 bar.update(1)
                 eval_due = step == 1 or step % self.eval_interval == 0 or step == self.max_steps
-                ckpt_due = bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0 and step < self.max_steps
+                ckpt_due = bool(cfg.checkpoint_every) and not step % cfg.checkpoint_every and step < self.max_steps
                 if len(pending) >= self.log_every or eval_due or ckpt_due:
                     bad = self.flush(pending, log, bar, state)      # the one host sync
                     now = time.time()
@@ -466,7 +459,8 @@ class Trainer:
                         break
                 if eval_due:
                     at = state["elapsed"]                     # as the original: time before the evaluation
-                    val = self.evaluate()
+                    val = evaluate(self.ema.module if self.ema else self.model, c.val_ids, c.val_chars,
+                                   self.device, cfg.eval_precision)
                     state["elapsed"] = time.time() - t_start
                     state["last_val"], state["final_val"] = round(val, 4), val
                     state["best"] = min(state["best"], val)
