@@ -146,7 +146,6 @@ class Corpus:
     source: dict              # kind/path/sha256 or hub dataset name
     tokenizer_path: str
     n_train_titles: int
-    n_val_titles: int
 
 
 def train_tokenizer(titles: list[str], vocab_size: int, kind: str = "bpe"):
@@ -225,7 +224,7 @@ def prepare(cfg: Config) -> Corpus:
         atomic_write_bytes(ids_path, lambda p: torch.save({"train_ids": train_ids, "val_ids": val_ids}, p))
     return Corpus(train_ids=train_ids, val_ids=val_ids, val_chars=len(val_text), vocab_size=tok.get_vocab_size(),
                   eos_id=tok.token_to_id(EOS), fingerprint=fp, source=source, tokenizer_path=str(tok_path),
-                  n_train_titles=len(train_titles), n_val_titles=len(val_titles))
+                  n_train_titles=len(train_titles))
 
 
 def encode_titles(tokenizer_path: str, titles: list[str]) -> tuple[torch.Tensor, int]:

@@ -55,11 +55,9 @@ def param_groups(model: nn.Module) -> dict[str, list[torch.nn.Parameter]]:
     """Which tensors get weight decay and which may use Muon: hidden (2-D weights in the blocks: Muon
     candidates, decayed), embed (token/position embeddings and the head) and other (norms, biases)."""
     groups: dict[str, list] = {"hidden": [], "embed": [], "other": []}
-    seen: set[int] = set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
+    for name, p in model.named_parameters():      # a tied tensor comes once, under its first name
+        if not p.requires_grad:
             continue
-        seen.add(id(p))
         name = re.sub(r"^members\.\d+\.", "", name)   # an Ensemble's member parameters group as a GPT's
         if name.startswith("blocks.") and p.ndim == 2:
             groups["hidden"].append(p)
