@@ -208,18 +208,6 @@ def _coerce(name: str, value: Any, typ: type) -> Any:
 _TYPES = {f.name: {"int": int, "float": float, "bool": bool, "str": str}[f.type] for f in fields(Config)}
 
 
-def _unit(v: float) -> bool:
-    return 0.0 <= v < 1.0
-
-
-def _positive(v: float) -> bool:
-    return math.isfinite(v) and v > 0
-
-
-def _nonnegative(v: float) -> bool:
-    return math.isfinite(v) and v >= 0
-
-
 # One-field rules: (fields, accepted(value), what is accepted), refused as "<name>=<value> must ...".
 RANGES: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
     (("num_titles", "epochs", "vocab_size", "n_layer", "n_head", "d_model", "block_size", "batch_size",
@@ -228,16 +216,17 @@ RANGES: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
     (("checkpoint_every",), lambda v: v >= 0, "must be >= 0 (0 = only at the end)"),
     (("vocab_size",), lambda v: v >= 260, "must be >= 260 (256 bytes plus special tokens)"),
     (("val_frac",), lambda v: 0.0 < v < 1.0, "must be strictly between 0 and 1"),
-    (("attn_dropout", "emb_dropout"), lambda v: v == -1.0 or _unit(v),
+    (("attn_dropout", "emb_dropout"), lambda v: v == -1.0 or 0.0 <= v < 1.0,
      "must be -1 (the same as dropout) or in [0, 1)"),
-    (("embed_lr", "head_lr"), lambda v: v == -1.0 or _positive(v),
+    (("embed_lr", "head_lr"), lambda v: v == -1.0 or (math.isfinite(v) and v > 0),
      "must be -1 (the same as lr) or a positive finite number"),
-    (("logit_softcap",), _nonnegative, "must be a finite number >= 0 (0 = off)"),
-    (("muon_momentum", "dropout", "drop_path", "warmup_frac", "ema", "beta1", "beta2"), _unit,
+    (("logit_softcap",), lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0 (0 = off)"),
+    (("muon_momentum", "dropout", "drop_path", "warmup_frac", "ema", "beta1", "beta2"), lambda v: 0.0 <= v < 1.0,
      "must be in [0, 1)"),
     (("min_lr_frac", "decay_frac"), lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
-    (("lr", "muon_lr"), _positive, "must be a positive finite number"),
-    (("weight_decay", "momentum", "grad_clip", "rdrop", "z_loss"), _nonnegative, "must be a finite number >= 0"),
+    (("lr", "muon_lr"), lambda v: math.isfinite(v) and v > 0, "must be a positive finite number"),
+    (("weight_decay", "momentum", "grad_clip", "rdrop", "z_loss"), lambda v: math.isfinite(v) and v >= 0,
+     "must be a finite number >= 0"),
 )
 
 
