@@ -52,10 +52,9 @@ def native_bf16(device: str) -> bool:
 
     if device == "cuda":
         return torch.cuda.is_bf16_supported()
-    try:
+    with contextlib.suppress(AttributeError, RuntimeError):
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    return False
 
 
 # A run with one of these statuses is done: asking for its config again returns it without training.
@@ -132,10 +131,9 @@ def find_run(root: Path, run_hash: str) -> Path | None:
 
 
 def read_json(path: Path) -> dict | None:
-    try:
+    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
         return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    return None
 
 
 def read_log(path: Path) -> list[dict]:
@@ -200,11 +198,10 @@ def _read_holder(fd: int) -> str:
 
 
 def _parse_holder(text: str) -> dict:
-    try:
+    with contextlib.suppress(json.JSONDecodeError):
         rec = json.loads(text)
         return rec if isinstance(rec, dict) else {}
-    except json.JSONDecodeError:
-        return {"pid": int(text)} if text.strip().isdigit() else {}
+    return {"pid": int(text)} if text.strip().isdigit() else {}
 
 
 def _legacy_holder(text: str) -> dict | None:
