@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Callable
 
 HUB_DATASET = "julien040/hacker-news-posts"
 # sha256 of ../shared/data/hn-stories-2016-2020.parquet, the offline stand-in for the hub dataset
@@ -38,39 +38,31 @@ class Config:
     epochs: int = 7                     # passes over the training tokens
     # --- tokenizer ---
     vocab_size: int = 16_000            # byte-level BPE vocabulary (trained on train+val titles, as the original)
-    tokenizer: str = "bpe"              # bpe (byte-level BPE, the original's) | unigram (byte-level Unigram LM);
-                                        # both lossless over bytes, so the per-character metric stays comparable
+    tokenizer: str = "bpe"              # bpe (the original's) | unigram (Unigram LM); both byte-level, lossless
     # --- model ---
     n_layer: int = 6
     n_head: int = 8
     d_model: int = 512
     block_size: int = 128               # training context; must be >= 128 (the official eval block)
     dropout: float = 0.1
-    attn_dropout: float = -1.0          # dropout on attention probabilities; -1 = dropout (the original). 0 lets
-                                        # SDPA take its fused CPU kernel instead of materialising T x T masks
-    rdrop: float = 0.0                  # R-Drop: two dropout passes per batch, their mean cross-entropy plus
-                                        # rdrop x their symmetric KL per token; 0 disables (needs dropout > 0).
-                                        # The paper sums the two cross-entropies: rdrop = its alpha / 2
+    attn_dropout: float = -1.0          # on attention probabilities; -1 = dropout; 0 lets SDPA use a fused kernel
+    rdrop: float = 0.0                  # R-Drop: two dropout passes, mean CE + rdrop x symmetric KL per token
+                                        # (= the paper's alpha / 2); 0 disables; needs dropout > 0
     norm: str = "layernorm"             # layernorm | rmsnorm
     pos: str = "learned"                # learned | rope
     init: str = "normal"                # normal (N(0, 0.02)) | scaled_residual (GPT-2) | kaiming (He)
     mlp: str = "gelu"                   # gelu (4d hidden) | swiglu (8d/3 hidden, rounded to 64) | relu2
     mlp_mult: int = 4                   # hidden width of the gelu and relu2 MLPs, in multiples of d_model
-                                        # (4d hidden, relu(x)^2 as in modded-nanogpt)
     emb_dropout: float = -1.0           # dropout on the embedding output; -1 = dropout (the original)
-    zero_proj: bool = False             # the layers writing into the residual stream (attention proj, MLP
-                                        # out) start at zero, so every block starts as the identity
-    logit_softcap: float = 0.0          # logits -> c * tanh(logits / c) (train and eval: part of the model); 0 = off
-    drop_path: float = 0.0              # stochastic depth: each block's attention and MLP branch is dropped per
-                                        # sequence with a rate rising linearly from 0 (first block) to this (last)
-    unet: bool = False                  # U-net skips (modded-nanogpt): the first n_layer // 2 blocks' outputs are
-                                        # added, each times a learned scalar (init 1), before the last n_layer // 2
-                                        # blocks in reverse order
-    ensemble: int = 1                   # k independently initialised models trained side by side on the same
-                                        # batches, each on its own cross-entropy; the model's prediction is the
-                                        # mean of their probabilities (log of it as logits). 1 = one model
-    value_embed: bool = False           # value embeddings (modded-nanogpt): a second token embedding added to every
-                                        # layer's attention values, times a learned per-layer scalar (init 0.5)
+    zero_proj: bool = False             # attn proj and MLP out start at zero: every block starts as the identity
+    logit_softcap: float = 0.0          # logits -> c * tanh(logits / c), in training and evaluation; 0 = off
+    drop_path: float = 0.0              # stochastic depth per sequence: rate from 0 (first block) to this (last)
+    unet: bool = False                  # U-net skips (modded-nanogpt): the first half's outputs, times learned
+                                        # scalars (init 1), are added before the last half's blocks in reverse
+    ensemble: int = 1                   # k models trained side by side on the same batches, each on its own CE;
+                                        # the prediction is the mean of their probabilities. 1 = one model
+    value_embed: bool = False           # value embeddings (modded-nanogpt): a second token embedding added to
+                                        # every layer's attention values, times a learned scalar (init 0.5)
     tie_embeddings: bool = True         # share token embedding and output head
     qk_norm: bool = False               # RMS-normalise queries and keys per head
     attn_mask: str = "causal"           # causal | title (causal and each title attends only to itself)
@@ -78,8 +70,7 @@ class Config:
     optimizer: str = "sgd"              # sgd | adamw | muon (Muon on hidden matrices, AdamW elsewhere)
     lr: float = 6e-3                    # peak learning rate (AdamW part for muon)
     muon_lr: float = 0.02               # Muon's learning rate for hidden matrices
-    muon_ns: str = "bf16"               # dtype of Muon's Newton-Schulz iteration: bf16 (torch's) | fp32
-                                        # (for CPUs without native bf16, where bf16 matmuls crawl)
+    muon_ns: str = "bf16"               # Muon's Newton-Schulz dtype: bf16 (torch's) | fp32 (CPUs without bf16)
     momentum: float = 0.0               # SGD momentum
     muon_momentum: float = 0.95         # Muon's momentum
     muon_nesterov: bool = True          # Nesterov momentum in Muon (torch's default)
@@ -97,17 +88,13 @@ class Config:
     warmup_frac: float = 0.0            # fraction of optimizer steps spent warming up linearly
     min_lr_frac: float = 0.0            # floor of the decay, as a fraction of peak
     decay_frac: float = 0.2             # wsd: fraction of steps in the final decay
-    decay_shape: str = "linear"         # wsd: shape of that decay: linear | sqrt (1 - sqrt(progress): Hagele et
-                                        # al. 2024's "1-sqrt" cooldown)
-    z_loss: float = 0.0                 # training objective + z_loss x mean(logsumexp(logits)^2) (PaLM's z-loss);
-                                        # the logged and evaluated losses stay plain cross-entropy
+    decay_shape: str = "linear"         # wsd decay: linear | sqrt (Hagele et al. 2024's "1-sqrt" cooldown)
+    z_loss: float = 0.0                 # PaLM's z-loss: objective + z_loss x mean(logsumexp^2); logs stay plain CE
     ema: float = 0.0                    # EMA decay of weights used for evaluation; 0 disables
-    eval_precision: str = "fp32"        # fp32 (the original's arithmetic) | bf16 (faster, not for headline numbers)
+    eval_precision: str = "fp32"        # fp32 (the original's arithmetic) | bf16 (faster, not for headlines)
     # --- execution ---
-    precision: str = "auto"             # auto | fp32 | bf16 (autocast); auto = bf16 where the hardware has
-                                        # native bf16 matmuls (CUDA, AVX512-BF16/AMX CPUs), else fp32. For
-                                        # ad-hoc runs only: studies pin it (sweep.EXECUTION). A run records
-                                        # and hashes the resolved value
+    precision: str = "auto"             # auto | fp32 | bf16 (autocast); auto = bf16 where matmuls have native
+                                        # bf16, else fp32; studies pin it; runs record and hash the resolved value
     device: str = "auto"                # auto | cpu | cuda; auto = cuda if torch sees one. Resolved like
                                         # precision, and part of the hash (see UNHASHED_EXECUTION)
     compile: bool = False               # torch.compile the model
@@ -116,19 +103,13 @@ class Config:
 
     # ------------------------------------------------------------------
     def hash_fields(self) -> dict[str, Any]:
-        """The fields that change a run's result (identity and bookkeeping removed).
-
-        Fields added after runs were recorded are left out while they hold their neutral
-        value, so older runs keep their hashes."""
+        """The fields that change a run's result; ones added later are left out while neutral (old hashes stay)."""
         d = dataclasses.asdict(self)
         if d["device"] == "auto" or d["precision"] == "auto":
             raise ValueError("a run hash needs the resolved device and precision (train.resolve_execution), "
                              f"not device={d['device']!r} precision={d['precision']!r}")
-        for k in NOT_HASHED:
-            d.pop(k)
-        for k, neutral in HASH_OMIT_IF.items():
-            if d[k] == neutral:
-                d.pop(k)
+        d = {k: v for k, v in d.items()
+             if k not in NOT_HASHED and not (k in HASH_OMIT_IF and HASH_OMIT_IF[k] == v)}
         if (d["device"], d["precision"]) in UNHASHED_EXECUTION:
             d.pop("device")
         return d
@@ -146,10 +127,8 @@ class Config:
 
 
 NOT_HASHED = ("name", "profile", "preset", "data", "checkpoint_every")
-# Device is part of what a run is: a bf16 run on a CPU and a bf16 run on a GPU are different runs. Before
-# device entered the hash, every run in the ledger was one of these two pairs (what `auto` gave on the
-# project's machines); for them the device is left out of the hash, so their hashes stay valid. Any other
-# pair (bf16 on a CPU, fp32 on a GPU) hashes its device.
+# A bf16 run on a CPU and one on a GPU are different runs, so the device is hashed, except for the two pairs
+# `auto` gave on the project's machines before device entered the hash (their hashes stay valid).
 UNHASHED_EXECUTION = {("cpu", "fp32"), ("cuda", "bf16")}
 HASH_OMIT_IF = {"train_seed": -1, "eval_precision": "fp32", "muon_ns": "bf16", "tokenizer": "bpe", "rdrop": 0.0,
                 "attn_dropout": -1.0, "emb_dropout": -1.0, "zero_proj": False, "logit_softcap": 0.0,
@@ -186,11 +165,19 @@ PROFILES: dict[str, dict[str, Any]] = {
                   epochs=1, batch_size=16, evals_per_epoch=1, checkpoint_every=0, device="cpu", precision="fp32"),
 }
 
-from .presets import LADDER, PRESETS  # noqa: E402,F401  (recipes live in presets.py; config.PRESETS stays)
+from .presets import PRESETS  # noqa: E402  (recipes live in presets.py; config.PRESETS stays)
 
 
 class ConfigError(ValueError):
     """A config value or name that is not accepted."""
+
+
+def _choose(name: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not accepted; choose one of: {', '.join(choices)}")
+
+
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def _coerce(name: str, value: Any, typ: type) -> Any:
@@ -198,61 +185,59 @@ def _coerce(name: str, value: Any, typ: type) -> Any:
     if typ is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, str) and value.lower() in _BOOLS:
+            return _BOOLS[value.lower()]
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise ConfigError(f"{name}={value!r} is not a boolean; accepted: true or false")
-    if typ is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name}={value!r} is not an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-        raise ConfigError(f"{name}={value!r} is not an integer")
-    if typ is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name}={value!r} is not a number")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{name}={value!r} is not a number")
-    if not isinstance(value, str):
-        raise ConfigError(f"{name}={value!r} is not a string")
-    return value
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}={value!r} is not a string")
+        return value
+    if isinstance(value, str):
+        try:
+            return typ(value.replace("_", "") if typ is int else value)
+        except ValueError:
+            pass
+    elif not isinstance(value, bool) and (isinstance(value, int) or (isinstance(value, float) and
+                                          (typ is float or value.is_integer()))):
+        return typ(value)
+    raise ConfigError(f"{name}={value!r} is not {'an integer' if typ is int else 'a number'}")
 
 
 _TYPES = {f.name: {"int": int, "float": float, "bool": bool, "str": str}[f.type] for f in fields(Config)}
 
 
+# One-field rules: (fields, accepted(value), what is accepted), refused as "<name>=<value> must ...".
+RANGES: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
+    (("num_titles", "epochs", "vocab_size", "n_layer", "n_head", "d_model", "block_size", "batch_size",
+      "grad_accum", "evals_per_epoch", "muon_ns_steps", "mlp_mult", "ensemble"),
+     lambda v: v >= 1, "must be a positive integer"),
+    (("checkpoint_every",), lambda v: v >= 0, "must be >= 0 (0 = only at the end)"),
+    (("vocab_size",), lambda v: v >= 260, "must be >= 260 (256 bytes plus special tokens)"),
+    (("val_frac",), lambda v: 0.0 < v < 1.0, "must be strictly between 0 and 1"),
+    (("attn_dropout", "emb_dropout"), lambda v: v == -1.0 or 0.0 <= v < 1.0,
+     "must be -1 (the same as dropout) or in [0, 1)"),
+    (("embed_lr", "head_lr"), lambda v: v == -1.0 or (math.isfinite(v) and v > 0),
+     "must be -1 (the same as lr) or a positive finite number"),
+    (("logit_softcap",), lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0 (0 = off)"),
+    (("muon_momentum", "dropout", "drop_path", "warmup_frac", "ema", "beta1", "beta2"), lambda v: 0.0 <= v < 1.0,
+     "must be in [0, 1)"),
+    (("min_lr_frac", "decay_frac"), lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    (("lr", "muon_lr"), lambda v: math.isfinite(v) and v > 0, "must be a positive finite number"),
+    (("weight_decay", "momentum", "grad_clip", "rdrop", "z_loss"), lambda v: math.isfinite(v) and v >= 0,
+     "must be a finite number >= 0"),
+)
+
+
 def validate(cfg: Config) -> Config:
     """Refuse values outside what the code supports, naming the value and what is accepted."""
-    for name, choices in CHOICES.items():
-        v = getattr(cfg, name)
-        if v not in choices:
-            raise ConfigError(f"{name}={v!r} is not accepted; choose one of: {', '.join(choices)}")
-    if cfg.preset not in PRESETS:
-        raise ConfigError(f"preset={cfg.preset!r} is not accepted; choose one of: {', '.join(PRESETS)}")
-    positive_ints = ("num_titles", "epochs", "vocab_size", "n_layer", "n_head", "d_model",
-                     "block_size", "batch_size", "grad_accum", "evals_per_epoch", "muon_ns_steps", "mlp_mult",
-                     "ensemble")
-    for name in positive_ints:
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name}={getattr(cfg, name)} must be a positive integer")
-    if cfg.checkpoint_every < 0:
-        raise ConfigError(f"checkpoint_every={cfg.checkpoint_every} must be >= 0 (0 = only at the end)")
-    if cfg.vocab_size < 260:
-        raise ConfigError(f"vocab_size={cfg.vocab_size} must be >= 260 (256 bytes plus special tokens)")
+    for name, choices in {**CHOICES, "preset": PRESETS}.items():
+        _choose(name, getattr(cfg, name), choices)
+    for names, ok, accepted in RANGES:
+        for name in names:
+            if not ok(getattr(cfg, name)):
+                raise ConfigError(f"{name}={getattr(cfg, name)} {accepted}")
     if cfg.d_model % cfg.n_head:
         raise ConfigError(f"d_model={cfg.d_model} must be divisible by n_head={cfg.n_head}")
     if cfg.pos == "rope" and (cfg.d_model // cfg.n_head) % 2:
@@ -260,37 +245,6 @@ def validate(cfg: Config) -> Config:
     if cfg.block_size < EVAL_BLOCK:
         raise ConfigError(f"block_size={cfg.block_size} must be >= {EVAL_BLOCK}: "
                           f"the official evaluation always runs at {EVAL_BATCH} x {EVAL_BLOCK}")
-    if not 0.0 < cfg.val_frac < 1.0:
-        raise ConfigError(f"val_frac={cfg.val_frac} must be strictly between 0 and 1")
-    for name in ("attn_dropout", "emb_dropout"):
-        v = getattr(cfg, name)
-        if not (v == -1.0 or 0.0 <= v < 1.0):
-            raise ConfigError(f"{name}={v} must be -1 (the same as dropout) or in [0, 1)")
-    for name in ("embed_lr", "head_lr"):
-        v = getattr(cfg, name)
-        if not (v == -1.0 or (math.isfinite(v) and v > 0)):
-            raise ConfigError(f"{name}={v} must be -1 (the same as lr) or a positive finite number")
-    if not (math.isfinite(cfg.logit_softcap) and cfg.logit_softcap >= 0):
-        raise ConfigError(f"logit_softcap={cfg.logit_softcap} must be a finite number >= 0 (0 = off)")
-    if not 0.0 <= cfg.muon_momentum < 1.0:
-        raise ConfigError(f"muon_momentum={cfg.muon_momentum} must be in [0, 1)")
-    for name in ("dropout", "drop_path", "warmup_frac", "min_lr_frac", "decay_frac", "ema"):
-        v = getattr(cfg, name)
-        top = 1.0 if name in ("min_lr_frac", "decay_frac") else None
-        if not (0.0 <= v < 1.0 or v == top):
-            raise ConfigError(f"{name}={v} must be in [0, 1]" if top else f"{name}={v} must be in [0, 1)")
-    for name in ("lr", "muon_lr"):
-        v = getattr(cfg, name)
-        if not (math.isfinite(v) and v > 0):
-            raise ConfigError(f"{name}={v} must be a positive finite number")
-    for name in ("weight_decay", "momentum", "grad_clip", "rdrop", "z_loss"):
-        v = getattr(cfg, name)
-        if not (math.isfinite(v) and v >= 0):
-            raise ConfigError(f"{name}={v} must be a finite number >= 0")
-    for name in ("beta1", "beta2"):
-        v = getattr(cfg, name)
-        if not 0.0 <= v < 1.0:
-            raise ConfigError(f"{name}={v} must be in [0, 1)")
     if cfg.rdrop > 0 and cfg.dropout == 0:
         raise ConfigError(f"rdrop={cfg.rdrop} needs dropout > 0 (without dropout both passes agree and the KL "
                           f"term is zero); set dropout or rdrop=0")
@@ -298,35 +252,32 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"ensemble={cfg.ensemble} trains each member on its own cross-entropy only; it does not "
                           f"combine with z_loss={cfg.z_loss} or rdrop={cfg.rdrop} (set both to 0, or ensemble=1)")
     if cfg.decay_shape != "linear" and cfg.schedule != "wsd":
-        raise ConfigError(f"decay_shape={cfg.decay_shape!r} shapes the wsd decay; schedule={cfg.schedule!r} has none "
-                          f"(use schedule=wsd, or decay_shape=linear)")
+        raise ConfigError(f"decay_shape={cfg.decay_shape!r} shapes the wsd decay; schedule={cfg.schedule!r} has "
+                          f"none (use schedule=wsd, or decay_shape=linear)")
     if cfg.schedule == "wsd" and cfg.warmup_frac + cfg.decay_frac > 1.0:
         raise ConfigError(f"warmup_frac + decay_frac = {cfg.warmup_frac + cfg.decay_frac} must be <= 1 for wsd")
     return cfg
 
 
-def make_config(profile: str = "full", preset: str = "baseline", **overrides: Any) -> Config:
-    """Profile defaults, then the preset, then explicit overrides, then validation."""
-    if profile not in PROFILES:
-        raise ConfigError(f"profile={profile!r} is not accepted; choose one of: {', '.join(PROFILES)}")
-    if preset not in PRESETS:
-        raise ConfigError(f"preset={preset!r} is not accepted; choose one of: {', '.join(PRESETS)}")
-    values: dict[str, Any] = {"profile": profile, "preset": preset}
-    values.update(PROFILES[profile])
-    values.update(PRESETS[preset])
-    unknown = sorted(set(overrides) - set(_TYPES))
+def _build(values: dict[str, Any]) -> Config:
+    """Refuse unknown names, coerce each value to its field's type, validate."""
+    unknown = sorted(set(values) - set(_TYPES))
     if unknown:
         raise ConfigError(f"unknown config name(s): {', '.join(unknown)}; accepted: {', '.join(_TYPES)}")
-    values.update(overrides)
-    coerced = {k: _coerce(k, v, _TYPES[k]) for k, v in values.items()}
-    return validate(Config(**coerced))
+    return validate(Config(**{k: _coerce(k, v, _TYPES[k]) for k, v in values.items()}))
+
+
+def make_config(profile: str = "full", preset: str = "baseline", **overrides: Any) -> Config:
+    """Profile defaults, then the preset, then explicit overrides, then validation."""
+    _choose("profile", profile, PROFILES)
+    _choose("preset", preset, PRESETS)
+    return _build({"profile": profile, "preset": preset, **PROFILES[profile], **PRESETS[preset], **overrides})
 
 
 def resolve_train(profile: str, train: bool | None) -> bool:
-    """A notebook's `train` parameter: None trains what is missing under quick and smoke (minutes) and
-    only reads the ledger under full (hours per run on 2 CPU cores); True or False decides it."""
-    if profile not in PROFILES:
-        raise ConfigError(f"profile={profile!r} is not accepted; choose one of: {', '.join(PROFILES)}")
+    """A notebook's `train` parameter: None trains what is missing under quick and smoke and only reads the
+    ledger under full (hours per run on 2 CPU cores); True or False decides it."""
+    _choose("profile", profile, PROFILES)
     if train is None:
         return profile != "full"
     if not isinstance(train, bool):
@@ -336,8 +287,7 @@ def resolve_train(profile: str, train: bool | None) -> bool:
 
 
 def cli_command(cfg: Config) -> str:
-    """The `python -m mainrun train` command that trains exactly this config (its profile and preset, then
-    every field that differs from them)."""
+    """The `python -m mainrun train` command for exactly this config: profile, preset, then what differs."""
     ref = make_config(cfg.profile, cfg.preset).to_dict()
     sets = [f"{k}={v}" for k, v in cfg.to_dict().items() if k not in ("profile", "preset") and ref[k] != v]
     return (f"python -m mainrun train --profile {cfg.profile} --preset {cfg.preset}"
@@ -346,10 +296,7 @@ def cli_command(cfg: Config) -> str:
 
 def from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a config saved by to_dict (no profile/preset defaults re-applied)."""
-    unknown = sorted(set(d) - set(_TYPES))
-    if unknown:
-        raise ConfigError(f"unknown config name(s): {', '.join(unknown)}; accepted: {', '.join(_TYPES)}")
-    return validate(Config(**{k: _coerce(k, v, _TYPES[k]) for k, v in d.items()}))
+    return _build(d)
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

@@ -1,9 +1,8 @@
 """Titles in, token ids out: loading, the seeded split, the BPE tokenizer, caches and batches.
 
-The split follows the original exactly: HF `datasets` shuffle(seed), first
-`num_titles` rows, strip, first (1 - val_frac) train, rest validation. Titles are
-joined with "<eos>" (and one trailing "<eos>"); the validation text's length in
-characters is the denominator of the official metric.
+The split follows the original exactly: HF `datasets` shuffle(seed), first `num_titles` rows, strip, first
+(1 - val_frac) train, rest validation. Titles are joined with "<eos>" (and one trailing "<eos>"); the
+validation text's length in characters is the denominator of the official metric.
 """
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import CHOICES, HUB_DATASET, Config
@@ -21,7 +21,6 @@ from .ledger import atomic_write_bytes, repo_root  # noqa: F401  (data.repo_root
 
 EOS = "<eos>"
 SPECIALS = ["<pad>", EOS, "<unk>"]  # the original's order: ids 0, 1, 2
-SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
 
 class DataError(RuntimeError):
@@ -48,57 +47,17 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class _Titles:
-    """The few `datasets.Dataset` methods the loader uses, over a pandas frame.
-
-    Only for machines without HF `datasets` (the lent GPU machines): `shuffle` draws the same
-    permutation as `datasets.Dataset.shuffle(seed=...)` (numpy's default_rng(seed)), which
-    tests/test_data.py checks against `datasets` on the stand-in corpus."""
-
-    def __init__(self, frame):
-        self._frame = frame.reset_index(drop=True)
-        self.column_names = list(frame.columns)
-
-    def __len__(self) -> int:
-        return len(self._frame)
-
-    def __getitem__(self, key):
-        if isinstance(key, slice):        # rows as a dict of columns, as datasets.Dataset[a:b]
-            return self._frame.iloc[key].to_dict(orient="list")
-        return self._frame[key].tolist()
-
-    def shuffle(self, seed: int) -> "_Titles":
-        import numpy as np
-        return _Titles(self._frame.iloc[np.random.default_rng(seed).permutation(len(self._frame))])
-
-    def select(self, indices) -> "_Titles":
-        return _Titles(self._frame.iloc[list(indices)])
-
-
-def _read_without_datasets(path: Path, kind: str) -> _Titles:
-    import pandas as pd
-    if kind == "parquet":
-        return _Titles(pd.read_parquet(path))
-    if kind == "json":
-        return _Titles(pd.read_json(path, lines=path.suffix.lower() == ".jsonl"))
-    return _Titles(pd.read_csv(path))
-
-
 def _load_dataset(source: str):
-    """A `datasets.Dataset` with a `title` column, from the hub or a local file."""
-    try:
-        import datasets
-        from datasets import load_dataset
-    except ImportError:  # a machine without HF datasets: local files only, read with pandas
-        datasets = load_dataset = None
-
-    hf_cache = str(cache_dir() / "hf")
-    if source == "hub" and datasets is None:
-        raise DataError("the hub dataset needs the `datasets` package, which is not installed here; "
-                        "pip install -r requirements.txt, or set MAINRUN_DATA=/path/to/titles.parquet")
+    """(table, record): the hub dataset as a `datasets.Dataset`, or a local file as a pandas frame."""
     if source == "hub":
         try:
-            return load_dataset(HUB_DATASET, split="train", cache_dir=hf_cache), {"kind": "hub", "dataset": HUB_DATASET}
+            from datasets import load_dataset
+        except ImportError:
+            raise DataError("the hub dataset needs the `datasets` package, which is not installed here; pip "
+                            "install -r requirements.txt, or set MAINRUN_DATA=/path/to/titles.parquet") from None
+        try:
+            return (load_dataset(HUB_DATASET, split="train", cache_dir=str(cache_dir() / "hf")),
+                    {"kind": "hub", "dataset": HUB_DATASET})
         except Exception as e:  # offline, hub down, auth...
             raise DataError(
                 f"could not load the hub dataset {HUB_DATASET} ({type(e).__name__}: {str(e)[:200]}). "
@@ -106,23 +65,33 @@ def _load_dataset(source: str):
                 "(or .jsonl/.csv with a 'title' column), or pass data=PATH "
                 "(CLI: --set data=PATH). On these machines: ../shared/data/hn-stories-2016-2020.parquet"
             ) from None
+    import pandas as pd
+
     path = Path(source).expanduser()
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist. Supply titles with MAINRUN_DATA=PATH or "
                         f"data=PATH (a .parquet, .jsonl or .csv file with a 'title' column), or data='hub'")
-    kind = SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"data file {str(path)!r} has suffix {path.suffix!r}; accepted: {', '.join(SUFFIXES)}")
+    readers = {".parquet": pd.read_parquet, ".jsonl": functools.partial(pd.read_json, lines=True),
+               ".json": pd.read_json, ".csv": pd.read_csv}
+    if path.suffix.lower() not in readers:
+        raise DataError(f"data file {str(path)!r} has suffix {path.suffix!r}; accepted: {', '.join(readers)}")
     try:
-        if datasets is None:
-            ds = _read_without_datasets(path, kind)
-        else:
-            ds = load_dataset(kind, data_files=str(path), split="train", cache_dir=hf_cache)
+        return readers[path.suffix.lower()](path), file_record(path)
     except Exception as e:
-        raise DataError(f"could not read {str(path)!r} as {kind}: {type(e).__name__}: {str(e)[:200]}") from None
-    if datasets is not None and isinstance(ds, datasets.DatasetDict):  # pragma: no cover - split="train" returns a Dataset
-        ds = ds["train"]
-    return ds, file_record(path)
+        raise DataError(f"could not read {str(path)!r} as {path.suffix.lower()[1:]}: {type(e).__name__}: "
+                        f"{str(e)[:200]}") from None
+
+
+def _titles(table, rows) -> list[str]:
+    """The stripped titles of `rows` (a range, or the split's permutation) of a table from _load_dataset."""
+    columns = list(table.column_names if hasattr(table, "column_names") else table.columns)
+    if "title" not in columns:
+        raise DataError(f"the data has no 'title' column (columns: {', '.join(columns)})")
+    if hasattr(table, "column_names"):    # a datasets.Dataset: one Arrow query for the rows
+        titles = table.select(rows)["title"]
+    else:                                 # a frame: a missing title is NaN in a csv, None in parquet
+        titles = table["title"].iloc[rows].fillna("").tolist()
+    return [(t or "").strip() for t in titles]
 
 
 def file_record(path: Path) -> dict:
@@ -130,59 +99,39 @@ def file_record(path: Path) -> dict:
     file lies inside it. Never an absolute path: records must read the same on every machine."""
     path = Path(path).resolve()
     rec = {"kind": "file", "name": path.name, "sha256": file_sha256(path)}
-    try:
+    if path.is_relative_to(repo_root().resolve()):
         rec["path"] = str(path.relative_to(repo_root().resolve()))
-    except ValueError:
-        pass
     return rec
 
 
 def load_titles(data: str, num_titles: int, seed: int, val_frac: float) -> tuple[list[str], list[str], dict]:
-    """The original's split: shuffle(seed), first num_titles, strip, train/val.
-
-    Kept in memory per file version (a notebook resolves dozens of configs on the same split)."""
-    source = resolve_source(data)
-    version = None
-    if source != "hub":
-        try:
-            st = Path(source).expanduser().stat()
-            version = (str(Path(source).expanduser().resolve()), st.st_size, st.st_mtime_ns)
-        except OSError:
-            pass                                   # _load_dataset gives the clear error
-    if version is None:
-        return _load_titles(source, num_titles, seed, val_frac)
-    train, val, rec = _load_titles_cached(version, num_titles, seed, val_frac)
+    """The original's split: HF datasets' shuffle(seed) (numpy default_rng(seed).permutation), first
+    num_titles, strip, train/val. Kept in memory per file version (a notebook resolves dozens of configs)."""
+    source, version = resolve_source(data), None
+    path = Path(source).expanduser()
+    if source != "hub" and path.is_file():
+        source, version = str(path.resolve()), (path.stat().st_size, path.stat().st_mtime_ns)
+    train, val, rec = _split(source, version, num_titles, seed, val_frac)
     return list(train), list(val), dict(rec)
 
 
 @functools.lru_cache(maxsize=8)
-def _load_titles_cached(version: tuple, num_titles: int, seed: int, val_frac: float):
-    return _load_titles(version[0], num_titles, seed, val_frac)
-
-
-def _load_titles(source: str, num_titles: int, seed: int, val_frac: float):
-    ds, source = _load_dataset(source)
-    if "title" not in ds.column_names:
-        raise DataError(f"the data has no 'title' column (columns: {', '.join(ds.column_names)})")
-    if len(ds) < num_titles:
-        raise DataError(f"the data has {len(ds):,} titles but num_titles={num_titles:,} were asked for")
-    ds = ds.shuffle(seed=seed)
-    # one slice of rows (a single Arrow query) rather than the column's lazy row-by-row iterator
-    titles = [(t or "").strip() for t in ds.select(range(num_titles))[:num_titles]["title"]]
+def _split(source: str, version: tuple | None, num_titles: int, seed: int, val_frac: float):
+    """load_titles for one version (size, mtime) of a file, or the hub (version None)."""
+    table, record = _load_dataset(source)
+    if len(table) < num_titles:
+        raise DataError(f"the data has {len(table):,} titles but num_titles={num_titles:,} were asked for")
+    titles = _titles(table, np.random.default_rng(seed).permutation(len(table))[:num_titles])
     n = int(num_titles * (1 - val_frac))
-    return titles[:n], titles[n:], source
+    return titles[:n], titles[n:], record
 
 
 def read_titles(data: str, limit: int = 0) -> list[str]:
     """All titles of a source in file order (the first `limit` if > 0), stripped; for held-out tests."""
-    ds, _ = _load_dataset(resolve_source(data))
-    if "title" not in ds.column_names:
-        raise DataError(f"the data has no 'title' column (columns: {', '.join(ds.column_names)})")
-    if limit:
-        if len(ds) < limit:
-            raise DataError(f"the data has {len(ds):,} titles but {limit:,} were asked for")
-        ds = ds.select(range(limit))
-    return [(t or "").strip() for t in ds["title"]]
+    table, _ = _load_dataset(resolve_source(data))
+    if limit and len(table) < limit:
+        raise DataError(f"the data has {len(table):,} titles but {limit:,} were asked for")
+    return _titles(table, range(limit or len(table)))
 
 
 @dataclass
@@ -197,7 +146,6 @@ class Corpus:
     source: dict              # kind/path/sha256 or hub dataset name
     tokenizer_path: str
     n_train_titles: int
-    n_val_titles: int
 
 
 def train_tokenizer(titles: list[str], vocab_size: int, kind: str = "bpe"):
@@ -212,7 +160,8 @@ def train_tokenizer(titles: list[str], vocab_size: int, kind: str = "bpe"):
     elif kind == "unigram":
         tok = Tokenizer(models.Unigram())
         trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, unk_token="<unk>",
-                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                          show_progress=False)
     else:
         raise ValueError(f"tokenizer={kind!r} is not accepted; choose one of: {', '.join(CHOICES['tokenizer'])}")
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
@@ -225,27 +174,33 @@ def join_titles(titles: list[str]) -> str:
     return EOS.join(titles) + EOS
 
 
-def _fingerprint(cfg: Config, train_titles: list[str], val_titles: list[str]) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps({"tokenizer": f"bytelevel-{cfg.tokenizer}", "vocab_size": cfg.vocab_size, "n_train": len(train_titles)}).encode())
-    for t in train_titles + val_titles:
+def titles_sha256(titles: list[str], header: str = "") -> str:
+    """sha256 of a header and the titles, one per line (of the text: a parquet file's bytes vary by writer)."""
+    h = hashlib.sha256(header.encode())
+    for t in titles:
         h.update(t.encode("utf-8", "surrogatepass") + b"\n")
     return h.hexdigest()
+
+
+def _split_and_fingerprint(cfg: Config) -> tuple[list[str], list[str], dict, str]:
+    train_titles, val_titles, source = load_titles(cfg.data, cfg.num_titles, cfg.seed, cfg.val_frac)
+    settings = {"tokenizer": f"bytelevel-{cfg.tokenizer}", "vocab_size": cfg.vocab_size,
+                "n_train": len(train_titles)}
+    return train_titles, val_titles, source, titles_sha256(train_titles + val_titles, json.dumps(settings))
 
 
 def fingerprint(cfg: Config) -> tuple[str, dict]:
     """(fingerprint, source) of the corpus a config trains on: its split's titles and tokenizer settings,
     hashed. Enough to name a run and find it in the ledger; no tokenizer is trained."""
-    train_titles, val_titles, source = load_titles(cfg.data, cfg.num_titles, cfg.seed, cfg.val_frac)
-    return _fingerprint(cfg, train_titles, val_titles), source
+    *_, source, fp = _split_and_fingerprint(cfg)
+    return fp, source
 
 
 def prepare(cfg: Config) -> Corpus:
     """Load, split, tokenize (cached by data fingerprint and tokenizer settings)."""
     from tokenizers import Tokenizer
 
-    train_titles, val_titles, source = load_titles(cfg.data, cfg.num_titles, cfg.seed, cfg.val_frac)
-    fp = _fingerprint(cfg, train_titles, val_titles)
+    train_titles, val_titles, source, fp = _split_and_fingerprint(cfg)
     d = cache_dir()
     tok_path = d / f"tokenizer-{fp[:16]}.json"
     ids_path = d / f"ids-{fp[:16]}.pt"
@@ -264,11 +219,12 @@ def prepare(cfg: Config) -> Corpus:
         unk = tok.token_to_id("<unk>")
         if bool((train_ids == unk).any() or (val_ids == unk).any()):
             # the metric divides by characters: a tokenizer that loses input would score text it never saw
-            raise RuntimeError(f"the {cfg.tokenizer} tokenizer mapped input to <unk>; refusing a lossy tokenization")
+            raise RuntimeError(f"the {cfg.tokenizer} tokenizer mapped input to <unk>; refusing a lossy "
+                               f"tokenization")
         atomic_write_bytes(ids_path, lambda p: torch.save({"train_ids": train_ids, "val_ids": val_ids}, p))
     return Corpus(train_ids=train_ids, val_ids=val_ids, val_chars=len(val_text), vocab_size=tok.get_vocab_size(),
                   eos_id=tok.token_to_id(EOS), fingerprint=fp, source=source, tokenizer_path=str(tok_path),
-                  n_train_titles=len(train_titles), n_val_titles=len(val_titles))
+                  n_train_titles=len(train_titles))
 
 
 def encode_titles(tokenizer_path: str, titles: list[str]) -> tuple[torch.Tensor, int]:

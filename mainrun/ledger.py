@@ -52,11 +52,9 @@ def native_bf16(device: str) -> bool:
 
     if device == "cuda":
         return torch.cuda.is_bf16_supported()
-    try:
+    with contextlib.suppress(AttributeError, RuntimeError):
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
+    return False
 
 
 # A run with one of these statuses is done: asking for its config again returns it without training.
@@ -91,8 +89,7 @@ def results_root(profile: str) -> Path:
 
 
 def checkpoints_root() -> Path:
-    """$MAINRUN_CHECKPOINTS, else ~/.cache/mainrun: outside the checkout, so a fresh clone on the same
-    machine (or JupyterLab without the Makefile's environment) finds and resumes the same runs."""
+    """$MAINRUN_CHECKPOINTS, else ~/.cache/mainrun: outside the checkout (a fresh clone resumes the same runs)."""
     return Path(os.environ.get("MAINRUN_CHECKPOINTS", Path.home() / ".cache" / "mainrun")).expanduser()
 
 
@@ -101,41 +98,31 @@ def display_path(path: str | Path) -> str:
     `$TMPDIR/...`, `~/...` or, failing both, the file name alone. Never a machine's absolute path."""
     p = Path(path).expanduser().resolve()
     for root, label in ((repo_root(), None), (Path(tempfile.gettempdir()), "$TMPDIR"), (Path.home(), "~")):
-        try:
+        if p.is_relative_to(Path(root).resolve()):
             rel = p.relative_to(Path(root).resolve())
-        except ValueError:
-            continue
-        return str(rel) if label is None else f"{label}/{rel}"
+            return str(rel) if label is None else f"{label}/{rel}"
     return p.name
 
 
 def shown_path(path: str | Path) -> str:
-    """A path as a message on the console shows it: relative to the checkout when inside it, else absolute
-    (display_path is for committed records, which never hold a machine's absolute path)."""
-    p = Path(path).expanduser().resolve()
-    try:
-        return str(p.relative_to(repo_root().resolve()))
-    except ValueError:
-        return str(p)
+    """A path as the console shows it: relative to the checkout when inside it, else absolute."""
+    p, root = Path(path).expanduser().resolve(), repo_root().resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Temp file in the same folder, then rename (data.atomic_write_bytes): readers never see half a file."""
+def atomic_write_json(path: Path, obj: Any, only_if_changed: bool = False) -> bool:
+    """Temp file in the same folder, then rename: readers never see half a file. only_if_changed leaves a
+    file that already holds exactly this content alone. Returns whether it wrote."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    if only_if_changed and Path(path).is_file() and Path(path).read_text() == text:
+        return False
     atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+    return True
 
 
 def write_json_if_changed(path: Path, obj: Any) -> bool:
-    """atomic_write_json unless the file already holds exactly this content (a study or ladder that a
-    notebook re-reads must not be rewritten). Returns whether it wrote."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
-    try:
-        if Path(path).read_text() == text:
-            return False
-    except FileNotFoundError:
-        pass
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
-    return True
+    """atomic_write_json unless the file holds exactly this content (a study a notebook re-reads stays put)."""
+    return atomic_write_json(path, obj, only_if_changed=True)
 
 
 def find_run(root: Path, run_hash: str) -> Path | None:
@@ -144,19 +131,15 @@ def find_run(root: Path, run_hash: str) -> Path | None:
 
 
 def read_json(path: Path) -> dict | None:
-    try:
+    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
         return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    return None
 
 
 def read_log(path: Path) -> list[dict]:
-    """Events of a JSONL log (ours or Mainrun's baseline.log); a torn last line is skipped.
-
-    The analysis reads each run's log from several places (table, pauses, curves, coverage); a log is
-    parsed once per version of the file (path, inode, size, modification time) and each caller gets its own
-    shallow copies of the events. A file changed in the last few seconds is parsed afresh every time (a
-    same-size rewrite within one tick of a coarse file-system clock would otherwise look unchanged)."""
+    """Events of a JSONL log (ours or Mainrun's baseline.log); a torn last line is skipped. Parsed once per
+    version of the file (path, inode, size, mtime), each caller getting its own copies; a file changed in the
+    last few seconds is parsed afresh (a coarse file-system clock could hide a same-size rewrite)."""
     st = os.stat(path)
     if time.time() - st.st_mtime < 5:
         return list(_parse_log.__wrapped__(str(path), st.st_ino, st.st_size, st.st_mtime_ns))
@@ -167,14 +150,9 @@ def read_log(path: Path) -> list[dict]:
 def _parse_log(path: str, inode: int, size: int, mtime_ns: int) -> tuple[dict, ...]:
     events = []
     with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
+        for line in filter(None, map(str.strip, f)):
+            with contextlib.suppress(json.JSONDecodeError):
                 events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
     return tuple(events)
 
 
@@ -185,8 +163,8 @@ def log_progress(path: Path) -> dict[str, Any]:
     steps = [e["step"] for e in events if e.get("event") == "training_step"]
     vals = [e for e in events if e.get("event") == "validation_step"]
     last = vals[-1] if vals else {}
-    return {"device": info.get("device"), "last_step": max(steps) if steps else None,
-            "max_steps": last.get("max_steps"), "last_val_step": last.get("step"), "last_val_loss": last.get("loss")}
+    return {"device": info.get("device"), "last_step": max(steps) if steps else None, "max_steps":
+            last.get("max_steps"), "last_val_step": last.get("step"), "last_val_loss": last.get("loss")}
 
 
 # ----------------------------------------------------------------------------- locks
@@ -199,29 +177,31 @@ class Busy(RuntimeError):
 
 
 def lock_record(purpose: str, ledger_dir: Path) -> dict:
-    """What a lock file says about its holder: who (pid, host), doing what, into which ledger folder, since when."""
+    """What a lock file says about its holder: pid, host, purpose, ledger folder, since when."""
     return {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
-            "ledger": str(Path(ledger_dir).resolve()), "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "ledger": str(Path(ledger_dir).resolve()),
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def describe_holder(holder: dict) -> str:
     """'process 123 on host h (training into /path, since ...)' from a lock record."""
     if not holder.get("pid"):
         return "a process that is still starting (its lock file is empty)"
-    out = f"process {holder['pid']}" + (f" on {holder['host']}" if holder.get("host") else "")
-    what = " ".join(x for x in (holder.get("purpose"), f"into {holder['ledger']}" if holder.get("ledger") else "")
-                    if x)
-    since = f"since {holder['since']}" if holder.get("since") else ""
-    details = ", ".join(x for x in (what, since) if x)
-    return out + (f" ({details})" if details else "")
+    what = " ".join(x for x in (holder.get("purpose"), holder.get("ledger") and f"into {holder['ledger']}") if x)
+    details = ", ".join(x for x in (what, holder.get("since") and f"since {holder['since']}") if x)
+    return (f"process {holder['pid']}" + (f" on {holder['host']}" if holder.get("host") else "")
+            + (f" ({details})" if details else ""))
+
+
+def _read_holder(fd: int) -> str:
+    return os.pread(fd, 65536, 0).decode(errors="replace")
 
 
 def _parse_holder(text: str) -> dict:
-    try:
+    with contextlib.suppress(json.JSONDecodeError):
         rec = json.loads(text)
         return rec if isinstance(rec, dict) else {}
-    except json.JSONDecodeError:
-        return {"pid": int(text)} if text.strip().isdigit() else {}
+    return {"pid": int(text)} if text.strip().isdigit() else {}
 
 
 def _legacy_holder(text: str) -> dict | None:
@@ -248,8 +228,8 @@ def lock_holder(path: Path) -> dict | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _parse_holder(os.pread(fd, 65536, 0).decode(errors="replace"))
-        text = os.pread(fd, 65536, 0).decode(errors="replace")
+            return _parse_holder(_read_holder(fd))
+        text = _read_holder(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return _legacy_holder(text)
     finally:
@@ -257,13 +237,9 @@ def lock_holder(path: Path) -> dict | None:
 
 
 class Lock:
-    """An exclusive lock on a file (flock): released by the kernel when its holder dies, however it dies,
-    so a lock left by a killed process is never mistaken for a live one. The file holds the holder's
-    lock_record, which a refused process names. Used for a run's folder in a ledger (train.run, a cluster
-    driver) and for its checkpoint folder (train.run), and as a context manager.
-
-    acquire(wait=False) raises Busy naming the holder; wait=True polls until the holder is gone, calling
-    on_wait(holder) once when it starts waiting."""
+    """An exclusive flock on a file, released by the kernel however its holder dies; the file holds the
+    holder's lock_record, which a refused process names. acquire(wait=False) raises Busy naming the holder;
+    wait=True polls until the holder is gone, calling on_wait(holder) once when it starts waiting."""
 
     def __init__(self, path: Path, record: dict):
         self.path, self.record, self.fd = Path(path), record, None
@@ -271,16 +247,14 @@ class Lock:
     def acquire(self, wait: bool = False, on_wait=None, poll: float = 0.5) -> "Lock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         announced = False
-        while True:
-            holder = self._try()
-            if holder is None:
-                return self
+        while (holder := self._try()) is not None:
             if not wait:
                 raise Busy(holder)
             if not announced and on_wait is not None:
                 on_wait(holder)
                 announced = True
             time.sleep(poll)
+        return self
 
     def _try(self) -> dict | None:
         """None once held by this object, else the holder's record."""
@@ -288,14 +262,14 @@ class Lock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            text = os.pread(fd, 65536, 0).decode(errors="replace")
+            text = _read_holder(fd)
             os.close(fd)
             return _parse_holder(text)
         try:                                # the file may have been removed by its last holder meanwhile
             same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
         except FileNotFoundError:
             same = False
-        legacy = _legacy_holder(os.pread(fd, 65536, 0).decode(errors="replace")) if same else None
+        legacy = _legacy_holder(_read_holder(fd)) if same else None
         if not same or legacy is not None:
             os.close(fd)
             return legacy or self._try()
@@ -308,11 +282,9 @@ class Lock:
     def release(self) -> None:
         if self.fd is None:
             return
-        try:
+        with contextlib.suppress(FileNotFoundError):
             if os.fstat(self.fd).st_ino == os.stat(self.path).st_ino:
                 self.path.unlink()
-        except FileNotFoundError:
-            pass
         os.close(self.fd)
         self.fd = None
 
@@ -325,27 +297,21 @@ class Lock:
 
 # ----------------------------------------------------------------------------- damaged runs
 class DamagedRun(RuntimeError):
-    """A run folder whose summary.json (or config.json) does not parse, or whose log shows a finished run
-    that has no summary: refused rather than read as unfinished (and retrained, or discarded)."""
+    """A summary.json (or config.json) that does not parse, or a missing one for a run whose log shows it ended."""
 
 
 def log_outcome(path: Path) -> str | None:
-    """How a run's log says it ended: finished (it has the full-coverage evaluation, logged only at a normal
-    end), diverged, pruned; None while it has none of these (still going, or cut off)."""
-    if not Path(path).exists():
-        return None
-    events = {e.get("event") for e in read_log(path)}
-    for event, outcome in (("full_coverage", "finished"), ("diverged", "diverged"), ("pruned", "pruned")):
-        if event in events:
-            return outcome
-    return None
+    """How a run's log says it ended: finished (the full-coverage evaluation, logged only at a normal end),
+    diverged, pruned; None while it has none of these (still going, or cut off)."""
+    events = {e.get("event") for e in read_log(path)} if Path(path).exists() else set()
+    return next((outcome for event, outcome in (("full_coverage", "finished"), ("diverged", "diverged"),
+                                                ("pruned", "pruned")) if event in events), None)
 
 
 def finished_summary(run_dir: Path) -> dict | None:
     """A run's summary if it ended (finished, diverged, pruned), else None (still going, cut off, not there).
-
-    Raises DamagedRun, saying what to do, for a summary.json that does not parse and for a run without
-    one whose log shows that it ended (a summary lost after the run finished): never read as unfinished."""
+    Raises DamagedRun, saying what to do, for a summary.json that does not parse or is missing while the
+    log shows the run ended: such a run is never read as unfinished."""
     path = Path(run_dir) / "summary.json"
     log = Path(run_dir) / "log.jsonl"
     repair = f"`python -m mainrun repair {Path(run_dir).name}` rebuilds it from the log and checks it against it"
@@ -354,7 +320,8 @@ def finished_summary(run_dir: Path) -> dict | None:
     except FileNotFoundError:
         outcome = log_outcome(log)
         if outcome and lock_holder(Path(run_dir) / ".lock") is None:
-            raise DamagedRun(f"{shown_path(path)} is missing, but the run's log.jsonl shows it {outcome}: {repair}")
+            raise DamagedRun(f"{shown_path(path)} is missing, but the run's log.jsonl shows it {outcome}: "
+                             f"{repair}")
         return None
     try:
         summary = json.loads(text)
@@ -376,10 +343,8 @@ def salvage(text: str) -> dict[str, Any]:
     """The top-level scalar fields still legible in a damaged summary.json (written with indent=2)."""
     out = {}
     for m in _TOP_LEVEL.finditer(text):
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             out[m["key"]] = json.loads(m["value"])
-        except json.JSONDecodeError:
-            continue
     return out
 
 
@@ -392,10 +357,9 @@ CHECKED = ("name", "hash", "status", "final_val_loss", "best_val_loss", "full_va
 
 
 def rebuild_summary(run_dir: Path, damaged_text: str = "") -> dict:
-    """summary.json as train.Trainer.finish writes it, rebuilt from config.json and a complete log.jsonl of
-    a run that ended. Refuses (DamagedRun) a log that is not complete (opening events, every training step
-    1..N once, the closing event) or that disagrees with config.json or with any field still legible in
-    `damaged_text` (the damaged summary)."""
+    """summary.json as train.Trainer.finish writes it, rebuilt from config.json and the complete log.jsonl of
+    a run that ended. Refuses (DamagedRun) an incomplete log (opening events, steps 1..N once, the closing
+    event) or one that disagrees with config.json or with a field still legible in `damaged_text`."""
     run_dir = Path(run_dir)
     meta = read_json(run_dir / "config.json")
     if meta is None:
@@ -464,22 +428,20 @@ def rebuild_summary(run_dir: Path, damaged_text: str = "") -> dict:
     if disagree:
         raise DamagedRun(f"{shown_path(run_dir / 'summary.json')} disagrees with the log, not rebuilt: "
                          + "; ".join(disagree))
-    kept = {k: old[k] for k in NOT_IN_LOG if old.get(k) is not None}
+    kept = {k: old[k] for k in (*NOT_IN_LOG, "wall_time_s") if old.get(k) is not None}
     summary.update(kept)
     summary["repaired"] = {
         "from": "log.jsonl and config.json", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "kept_from_damaged_file": sorted(kept) + (["wall_time_s"] if old.get("wall_time_s") is not None else []),
+        "kept_from_damaged_file": sorted(kept),
         "not_known": sorted(k for k in NOT_IN_LOG if summary.get(k) is None and k in summary),
-        "wall_time_s": "from the damaged file" if old.get("wall_time_s") is not None else
-                       "the elapsed time logged at the start of the last evaluation (the original adds that evaluation)"}
-    if old.get("wall_time_s") is not None:
-        summary["wall_time_s"] = old["wall_time_s"]
+        "wall_time_s": "from the damaged file" if "wall_time_s" in kept else "the elapsed time logged at the "
+                       "start of the last evaluation (the original adds that evaluation)"}
     return summary
 
 
 def load_runs(root: Path | None = None) -> list[dict]:
-    """Every run in a ledger: {'dir', 'config', 'summary' (None if unfinished), 'status'}; a run whose summary
-    is damaged (finished_summary) has status "damaged", summary None and 'damaged': what is wrong and what to do."""
+    """Every run in a ledger: {'dir', 'config', 'hash', 'summary' (None if unfinished), 'status'}; a damaged run
+    has status "damaged" and 'damaged': what is wrong and what to do."""
     root = Path(root) if root else results_root("full")
     runs = []
     for d in sorted((root / "runs").glob("*-*")):
@@ -499,17 +461,16 @@ def load_runs(root: Path | None = None) -> list[dict]:
 
 
 def git_state() -> dict[str, Any]:
-    root = repo_root()
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True, timeout=10)
+        return done.stdout.strip()
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "mainrun"], cwd=root,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-        if not commit:  # a copy of the tree without .git (a lent GPU machine): the caller may say which commit
-            return {"git_commit": os.environ.get("MAINRUN_GIT_COMMIT") or None, "git_dirty": None}
-        return {"git_commit": commit, "git_dirty": dirty}
+        commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--", "mainrun"))
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
+    if not commit:  # a copy of the tree without .git (a lent GPU machine): the caller may say which commit
+        return {"git_commit": os.environ.get("MAINRUN_GIT_COMMIT") or None, "git_dirty": None}
+    return {"git_commit": commit, "git_dirty": dirty}
 
 
 def hardware(device: str) -> dict[str, Any]:
@@ -518,14 +479,9 @@ def hardware(device: str) -> dict[str, Any]:
     info = {"device": device, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
             "python": platform.python_version()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        info["cpu"] = names[0] if names else info["cpu"]
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     else:   # which kind of CPU: bf16 matmuls native (AVX-512 BF16 / AMX) or emulated (AVX2 only)
@@ -535,10 +491,9 @@ def hardware(device: str) -> dict[str, Any]:
 
 def archive(root: Path, tarball: Path, run_glob: str, study_glob: str | None = None,
             extra_globs: tuple[str, ...] = ()) -> list[str]:
-    """Tar the finished runs under root/runs matching run_glob (a run still training changes under tar, so only
-    folders with a summary.json go in), the study records under root/studies matching study_glob, and any
-    extra globs under root; the ledger's lock files are left out. Returns the archived paths, relative to root.
-    This is how a device call brings its runs back (scripts/device_call.py)."""
+    """Tar the finished runs (with a summary.json) under root/runs matching run_glob, the study records matching
+    study_glob and any extra globs under root, without lock files; returns the paths, relative to root (how
+    scripts/device_call.py brings runs back)."""
     paths = [p for p in sorted((root / "runs").glob(run_glob)) if (p / "summary.json").exists()]
     paths += sorted((root / "studies").glob(study_glob)) if study_glob else []
     for g in extra_globs:
@@ -547,5 +502,6 @@ def archive(root: Path, tarball: Path, run_glob: str, study_glob: str | None = N
     if rel:  # tar's status 1 (a file changed while read) still leaves a readable archive; 2 is a failure
         done = subprocess.run(["tar", "czf", str(tarball), "--exclude=.lock", *rel], cwd=root)
         if done.returncode > 1:
-            raise RuntimeError(f"tar of {len(rel)} ledger paths into {tarball} failed with status {done.returncode}")
+            raise RuntimeError(f"tar of {len(rel)} ledger paths into {tarball} failed with status "
+                               f"{done.returncode}")
     return rel

@@ -1,8 +1,7 @@
 """Optimizers, parameter groups and learning-rate schedules.
 
-Schedules are pure functions of the optimizer step returning a multiplier of the
-peak LR; the trainer writes `peak * multiplier` into every param group before
-each step, so one schedule drives one or two optimizers (Muon + AdamW) alike.
+Schedules are pure functions of the optimizer step returning a multiplier of the peak LR; the trainer writes
+`peak * multiplier` into every param group before each step, so one schedule drives Muon + AdamW alike.
 """
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from .config import Config
-from .ledger import native_bf16  # noqa: F401  (the hardware probe lives with the hardware record; optim.native_bf16 stays)
+from .ledger import native_bf16  # noqa: F401  (the probe lives with the hardware record; optim.native_bf16 stays)
 
 REFERENCE_BATCH = 64  # the baseline's sequences per optimizer step, for linear LR scaling
 
@@ -53,18 +52,12 @@ def peak_lr(cfg: Config) -> float:
 
 # ----------------------------------------------------------------------------- param groups
 def param_groups(model: nn.Module) -> dict[str, list[torch.nn.Parameter]]:
-    """One explicit table: which tensors get weight decay and which may use Muon.
-
-    - hidden: 2-D weights inside the transformer blocks (Muon candidates; decayed)
-    - embed:  token/position embeddings and the (possibly tied) head (not decayed)
-    - other:  norms and biases (not decayed)
-    """
+    """Which tensors get weight decay and which may use Muon: hidden (2-D weights in the blocks: Muon
+    candidates, decayed), embed (token/position embeddings and the head) and other (norms, biases)."""
     groups: dict[str, list] = {"hidden": [], "embed": [], "other": []}
-    seen: set[int] = set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
+    for name, p in model.named_parameters():      # a tied tensor comes once, under its first name
+        if not p.requires_grad:
             continue
-        seen.add(id(p))
         name = re.sub(r"^members\.\d+\.", "", name)   # an Ensemble's member parameters group as a GPT's
         if name.startswith("blocks.") and p.ndim == 2:
             groups["hidden"].append(p)
@@ -76,18 +69,11 @@ def param_groups(model: nn.Module) -> dict[str, list[torch.nn.Parameter]]:
 
 
 def matmul_seconds(n: int, dtype: torch.dtype, reps: int = 3) -> float:
-    """The fastest of `reps` timed n x n x n matmuls in `dtype` on the CPU, after one untimed (a quick probe
-    of how a dtype runs on this host; train.warn_emulated_bf16)."""
-    import time
+    """The fastest of `reps` timed n x n CPU matmuls in `dtype`, after one untimed (train.warn_emulated_bf16)."""
+    import timeit
 
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return min(timeit.repeat(lambda: a @ b, number=1, repeat=reps + 1)[1:])
 
 
 def _newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,
@@ -106,20 +92,15 @@ def _newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple[float, float,
 
 
 class Fp32Muon(torch.optim.Muon):
-    """torch.optim.Muon with its Newton-Schulz iteration in fp32, for CPUs without native bf16.
-
-    torch's Muon casts the update to bf16 for the iteration; on an AVX2-only CPU bf16 matmuls run
-    at ~1.3 GFLOP/s (results/bench), so Muon's step took 4 of 7.6 s for a 4M-parameter model. Only
-    the dtype of that iteration changes; everything else is torch's Muon. Chosen by muon_ns=fp32."""
+    """torch.optim.Muon with its Newton-Schulz iteration in fp32 (muon_ns=fp32), for CPUs without native bf16:
+    there bf16 matmuls run at ~1.3 GFLOP/s (results/bench) and Muon's step took 4 of 7.6 s for a 4M model."""
 
     def step(self, closure=None):
         import torch.optim._muon as impl
-        original = impl._zeropower_via_newtonschulz
-        impl._zeropower_via_newtonschulz = _newton_schulz_fp32
-        try:
+        from unittest import mock   # swaps torch's bf16 iteration for the step only, restored however it ends
+
+        with mock.patch.object(impl, "_zeropower_via_newtonschulz", _newton_schulz_fp32):
             return super().step(closure)
-        finally:
-            impl._zeropower_via_newtonschulz = original
 
 
 def _adamw_rest(cfg: Config, model: nn.Module, g: dict[str, list], lr: float) -> list[dict]:
@@ -162,8 +143,7 @@ def build_optimizers(cfg: Config, model: nn.Module, device: str) -> list[torch.o
 
 
 def set_lr(opts: list[torch.optim.Optimizer], multiplier: float) -> float:
-    """Write peak * multiplier into every group; returns the last optimizer's first LR (AdamW's under
-    muon) for the log."""
+    """Write peak * multiplier into every group; returns the last optimizer's first LR (AdamW's under muon)."""
     for opt in opts:
         for group in opt.param_groups:
             group["lr"] = group["peak_lr"] * multiplier

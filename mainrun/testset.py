@@ -1,26 +1,17 @@
 """Test sets the model search never saw, drawn from the titles the Mainrun split leaves out.
 
-The split takes the first 100,000 titles after a seed-1337 shuffle; the offline corpus has 216,805, so about
-117k are never selected. From them (titles that are blank after strip, or equal to any title of the split,
-are dropped, and repeated titles kept once):
-
-- `late`: the LATE_TITLES most recent, in time order: a time-shift reading (the corpus ends 2020-11-16);
-- `random`: RANDOM_TITLES drawn from the rest with TEST_SEED, in the drawn order.
-
-The two are disjoint from each other and from the split by id and by exact title. They are built from the
-data file on demand and cached (git-ignored; the corpus and files derived from it are not committed):
-
-    python -m mainrun eval RUN --data test:random     # or test:late
-
-A test set is read once per candidate, at the end: every selection in this project was made on the
-validation loss, so the gap between the two ratios says how much of a gain is selection.
+From the titles the split (seed 1337, first 100,000) never selects, minus blank ones and any equal to a title
+of the split, each kept once: `late`, the LATE_TITLES most recent in time order (a time-shift reading), and
+`random`, RANDOM_TITLES drawn from the rest with TEST_SEED. Built from the data file on demand and cached
+(git-ignored): `python -m mainrun eval RUN --data test:random` (or test:late). Every selection in this project
+was made on the validation loss, so the gap between the two ratios says how much of a gain is selection.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from .data import DataError, atomic_write_bytes, cache_dir, file_sha256, resolve_source
+from .data import DataError, atomic_write_bytes, cache_dir, file_sha256, resolve_source, titles_sha256
 
 TEST_SEED = 2026
 RANDOM_TITLES = 10_000
@@ -29,9 +20,10 @@ SPLIT = dict(seed=1337, num_titles=100_000)   # the Mainrun split the test sets 
 KINDS = ("random", "late")
 
 
-def held_out(frame: pd.DataFrame, seed: int = SPLIT["seed"], num_titles: int = SPLIT["num_titles"]) -> pd.DataFrame:
+def held_out(frame: pd.DataFrame, seed: int = SPLIT["seed"],
+             num_titles: int = SPLIT["num_titles"]) -> pd.DataFrame:
     """Rows the split never selects, minus blank titles and titles equal to one in the split; one row per title.
-    The split's permutation is datasets.Dataset.shuffle(seed)'s (numpy default_rng(seed), as data._Titles)."""
+    The split's permutation is datasets.Dataset.shuffle(seed)'s (numpy default_rng(seed), as data.load_titles)."""
     perm = np.random.default_rng(seed).permutation(len(frame))
     split = frame.iloc[perm[:num_titles]]
     rest = frame.iloc[perm[num_titles:]].copy()
@@ -54,8 +46,7 @@ def build(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def test_file(kind: str, data: str = "") -> tuple[str, dict]:
-    """Path of the cached test set `kind` built from the data file (MAINRUN_DATA by default), and a record
-    of what it is (for the result JSON)."""
+    """Path of the cached test set `kind` built from the data file (MAINRUN_DATA by default), and its record."""
     if kind not in KINDS:
         raise DataError(f"test set {kind!r} is not accepted; choose one of: {', '.join(KINDS)}")
     source = resolve_source(data)
@@ -71,14 +62,5 @@ def test_file(kind: str, data: str = "") -> tuple[str, dict]:
     df = pd.read_parquet(path)
     rec = {"test_set": kind, "titles": len(df), "seed": TEST_SEED if kind == "random" else None,
            "from_time": int(df["time"].min()), "to_time": int(df["time"].max()),
-           "source_sha256": sha, "titles_sha256": _titles_sha(df)}
+           "source_sha256": sha, "titles_sha256": titles_sha256(df["title"])}
     return str(path), rec
-
-
-def _titles_sha(df: pd.DataFrame) -> str:
-    """sha256 of the titles in order (a parquet file's bytes depend on the writer's version)."""
-    import hashlib
-    h = hashlib.sha256()
-    for t in df["title"]:
-        h.update(t.encode("utf-8", "surrogatepass") + b"\n")
-    return h.hexdigest()

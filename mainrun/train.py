@@ -2,8 +2,8 @@
 
     summary = mainrun.run(make_config("full", optimizer="adamw", lr=3e-4))
 
-Asking for a run whose hash already has a finished summary returns it without
-training (unless force=True). A run whose checkpoint exists resumes from it.
+A run whose hash already has a finished summary is returned without training (unless force=True); a run
+whose checkpoint exists resumes from it.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import ledger
@@ -35,21 +36,13 @@ from .model import GPT, Ensemble, GPTConfig
 from .optim import build_optimizers, describe_groups, lr_multiplier, native_bf16, param_groups, set_lr
 
 
-# A run whose loss explodes without turning NaN stops and is recorded "diverged", with the step and the
-# rule that fired. Both rules are loose enough that no run in the committed ledger comes near them (the
-# highest training loss after warmup there is 1.01 x ln(vocab); no validation loss ever rose above step 1's):
-#  - "train_loss": after warmup, a training loss above EXPLODE_FACTOR x ln(vocab_size) (a uniform guess
-#    scores ln(vocab_size), so the model has become far worse than knowing nothing);
-#  - "val_above_step1": a validation loss above the one measured after the first step.
-# A NaN/inf loss stops the run at once ("nonfinite").
+# A run stops and is recorded "diverged" (with the step and the rule) on a NaN/inf loss ("nonfinite"), a
+# training loss after warmup above EXPLODE_FACTOR x ln(vocab_size), a uniform guess's loss ("train_loss"), or
+# a validation loss above step 1's ("val_above_step1"). No committed run comes near either limit.
 EXPLODE_FACTOR = 3.0
-
-
-
-# Training stability, recorded without changing a run's result (so without changing its hash): every
-# STABILITY_EVERY optimizer steps (and at step 1) the log gets a "stability" event with the gradient norm before
-# clipping and, per parameter group (optim.param_groups: hidden matrices, embeddings and head, norms and
-# biases), the gradient norm and the update-to-weight ratio |W_after - W_before| / |W_before| of that step.
+# Every STABILITY_EVERY optimizer steps (and at step 1) the log gets a "stability" event: the gradient norm
+# before clipping and, per optim.param_groups group, its gradient norm and update-to-weight ratio
+# |W_after - W_before| / |W_before|. It does not change the run's result (or hash).
 STABILITY_EVERY = 25
 
 
@@ -79,8 +72,7 @@ def stability_after(groups: dict[str, list[torch.nn.Parameter]], before: dict[st
 
 
 def resolve_device(device: str, check: bool = True) -> str:
-    """`auto` -> what this host has; check=False lets a pinned device=cuda through on a host without one
-    (enough to name a run and read it from the ledger, not to train it)."""
+    """`auto` -> what this host has; check=False lets device=cuda through without one (to read a run back)."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if check and device == "cuda" and not torch.cuda.is_available():
@@ -89,40 +81,28 @@ def resolve_device(device: str, check: bool = True) -> str:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """auto -> bf16 where matmuls have native bf16 support, else fp32 (measured: on an AVX2-only
-    CPU, bf16 matmuls run through a slow fallback at ~2 GFLOP/s against ~100 for fp32)."""
-    if precision != "auto":
-        return precision
-    return "bf16" if native_bf16(device) else "fp32"
+    """auto -> bf16 where matmuls have native bf16 support, else fp32 (emulated bf16 is ~50x slower)."""
+    return precision if precision != "auto" else "bf16" if native_bf16(device) else "fp32"
 
 
 def resolve_execution(cfg: Config, check: bool = True) -> Config:
-    """The config with `auto` device and precision replaced by what this host gives: the hash and the
-    record hold the device and precision actually used (studies pin both; see sweep.EXECUTION)."""
+    """The config with `auto` device and precision replaced by what this host gives (hashed and recorded)."""
     device = resolve_device(cfg.device, check)
     return dataclasses.replace(cfg, device=device, precision=resolve_precision(cfg.precision, device))
 
 
 def record_config(cfg: Config) -> dict[str, Any]:
-    """The config as a committed record holds it: a data file named as ledger.display_path shows it (relative
-    to the checkout, never a machine's absolute path; `data` is not hashed, the data's sha256 is recorded)."""
+    """The config as a committed record holds it: the data file as ledger.display_path (no absolute path)."""
     d = cfg.to_dict()
-    if d["data"] not in ("", "hub"):
-        d["data"] = ledger.display_path(d["data"])
-    return d
+    return {**d, "data": d["data"] if d["data"] in ("", "hub") else ledger.display_path(d["data"])}
 
 
 def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT | Ensemble:
-    """Seeded exactly as the original: torch.manual_seed(seed) then module construction (an ensemble's
-    members are built one after the other from that one seed, so each starts from different weights)."""
+    """Seeded as the original: torch.manual_seed(seed), then construction (ensemble members one by one)."""
     torch.manual_seed(cfg.rng_seed)
     random.seed(cfg.rng_seed)
-    gcfg = GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                     n_head=cfg.n_head, d_model=cfg.d_model, dropout=cfg.dropout, norm=cfg.norm,
-                     pos=cfg.pos, init=cfg.init, mlp=cfg.mlp, mlp_mult=cfg.mlp_mult,
-                     tie_embeddings=cfg.tie_embeddings, qk_norm=cfg.qk_norm, attn_dropout=cfg.attn_dropout,
-                     emb_dropout=cfg.emb_dropout, zero_proj=cfg.zero_proj, logit_softcap=cfg.logit_softcap,
-                     drop_path=cfg.drop_path, unet=cfg.unet, value_embed=cfg.value_embed)
+    # every GPTConfig field but vocab_size is the Config field of the same name
+    gcfg = GPTConfig(vocab_size, **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig)[1:]})
     model = GPT(gcfg) if cfg.ensemble == 1 else Ensemble([GPT(gcfg) for _ in range(cfg.ensemble)])
     if cfg.attn_mask == "title":
         model.eos_id = eos_id
@@ -130,11 +110,9 @@ def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT 
 
 
 class JsonlLog:
-    """Appends the original's events ({"event", "timestamp", **fields}) to log.jsonl.
-
-    The log is also kept in memory: checkpoints store what this process wrote, and if the file is
-    replaced or deleted under a running run (a `git stash` or checkout in the work tree), the next
-    event writes the whole log to the path again instead of appending to a file nobody can see."""
+    """Appends the original's events ({"event", "timestamp", **fields}) to log.jsonl, and keeps them in memory
+    (for checkpoints): if the file is replaced or deleted under the run (a `git stash`), the next event writes
+    the whole log to the path again instead of appending to a file nobody sees."""
 
     def __init__(self, path: Path, restore: str | None = None):
         """restore: the log as it was at a checkpoint (resume); None starts a new log."""
@@ -148,19 +126,14 @@ class JsonlLog:
         self.f.write(self.text())
         self.f.flush()
 
-    def _replaced(self) -> bool:
-        """Whether the path no longer names the file this process writes."""
-        try:
-            at_path = os.stat(self.path)
-        except FileNotFoundError:
-            return True
-        own = os.fstat(self.f.fileno())
-        return (at_path.st_dev, at_path.st_ino) != (own.st_dev, own.st_ino)
-
     def log(self, event: str, **fields: Any) -> None:
         line = json.dumps({"event": event, "timestamp": time.time(), **fields}, default=str) + "\n"
         self.lines.append(line)
-        if self._replaced():
+        try:                                      # does the path still name the file this process writes?
+            same = os.path.samestat(os.stat(self.path), os.fstat(self.f.fileno()))
+        except FileNotFoundError:
+            same = False
+        if not same:
             old = self.f
             try:
                 self._open()
@@ -180,25 +153,8 @@ class JsonlLog:
         self.f.close()
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# Fault injection, for tests only (tests/test_kill.py): with MAINRUN_CHECKPOINT_WRITE_DELAY_S=S set, every
-# checkpoint write (ckpt.pt and final.pt) puts the first half of its bytes into the temp file, flushes them,
-# says so on stderr, sleeps S seconds and only then writes the rest and renames the file into place: a test
-# can SIGKILL the process in the middle of a write. Unset or 0 (always, outside tests) it is a plain torch.save.
+# Fault injection for tests/test_kill.py: with this set to S, a checkpoint write puts half its bytes in the temp
+# file, says so on stderr and sleeps S seconds before the rest, so a test can kill the process mid-write.
 WRITE_DELAY_ENV = "MAINRUN_CHECKPOINT_WRITE_DELAY_S"
 
 
@@ -230,28 +186,19 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
         wait: bool = False, discard_finished: bool = False) -> dict:
     """Train `cfg` (or return its recorded result) and return its summary dict.
 
-    on_eval(step, official_val_loss) is called after every evaluation; returning True stops the run there
-    and records it "pruned" with that evaluation as its last (a search's pruner), never as finished.
-
-    train=False only reads the ledger: a finished or diverged run's summary, else a stub with
-    status "incomplete" (a log without a summary: training elsewhere or cut off) or "missing".
-
-    One process trains a run at a time: it holds the run's folder in the ledger and its checkpoint folder
-    (ledger.Lock; the checkpoint folder is shared by every ledger on the machine). Another process that
-    asks for the run refuses, naming the holder, or with wait=True waits for it and then returns the
-    result it recorded (or resumes the run, if the holder died). A run whose summary.json is damaged is
-    refused with what to do (ledger.finished_summary); force=True never discards a run whose log shows it
-    ended while its summary is damaged or missing, unless discard_finished=True."""
+    on_eval(step, official_val_loss) after every evaluation: True stops the run there, recorded "pruned".
+    train=False only reads the ledger: a summary, else a stub with status "incomplete" or "missing".
+    One process trains a run at a time (ledger.Lock on its run folder and its checkpoint folder): another
+    refuses, naming the holder, or with wait=True waits and returns its result (or resumes a dead holder's
+    run). force=True never discards a run whose log shows it ended, unless discard_finished=True."""
     cfg = resolve_execution(validate(cfg), check=False)   # a GPU run is read back on any host
     device = cfg.device
     h = run_hash(cfg, fingerprint(cfg)[0])          # names the run; a read-back trains no tokenizer
     root = ledger.results_root(cfg.profile)
     run_dir = ledger.find_run(root, h)
     ckpt_dir = ledger.checkpoints_root() / h
-    if run_dir is not None and not force:
-        summary = ledger.finished_summary(run_dir)
-        if summary is not None:
-            return summary
+    if run_dir is not None and not force and (summary := ledger.finished_summary(run_dir)) is not None:
+        return summary
     if not train:
         return not_trained(cfg, h, run_dir)
     resolve_device(device)                          # training needs the pinned device to exist
@@ -289,8 +236,7 @@ def _clear(folder: Path) -> None:
 
 
 def refuse_discarding(run_dir: Path) -> None:
-    """force=True would start a run over: refused where the log shows the run ended but its summary is damaged
-    or missing (the log holds every number of the run: rebuild the summary instead)."""
+    """force=True is refused where the log shows the run ended but its summary is damaged or missing."""
     try:
         if ledger.finished_summary(run_dir) is not None:
             return                                     # an intact summary: force retrains it, as asked
@@ -308,11 +254,9 @@ def refuse_discarding(run_dir: Path) -> None:
 def hold(path: Path, record: dict, wait: bool, refused: str, advice: str):
     """ledger.Lock on `path`: a held lock is refused as "<refused> <holder>; <advice>", or waited for."""
     lock = ledger.Lock(path, record)
-
-    def say(holder: dict) -> None:
-        print(f"{refused} {ledger.describe_holder(holder)}: waiting for it", file=sys.stderr, flush=True)
     try:
-        lock.acquire(wait=wait, on_wait=say)
+        lock.acquire(wait=wait, on_wait=lambda holder: print(
+            f"{refused} {ledger.describe_holder(holder)}: waiting for it", file=sys.stderr, flush=True))
     except ledger.Busy as busy:
         raise RuntimeError(f"{refused} {busy}; {advice}") from None
     try:
@@ -325,20 +269,17 @@ _BF16_WARNED: list[bool] = []
 
 
 def warn_emulated_bf16(device: str, precision: str) -> None:
-    """Once per process: precision=bf16 on a CPU whose matmuls have no native bf16 (optim.native_bf16) runs
-    through torch's emulation; say how much slower a matmul is here (measured now) and suggest fp32."""
+    """Once per process: precision=bf16 on a CPU without native bf16 is emulated; say how slow, suggest fp32."""
     from . import optim
 
     if device != "cpu" or precision != "bf16" or _BF16_WARNED or optim.native_bf16("cpu"):
         return
     _BF16_WARNED.append(True)
-    matmul_seconds = optim.matmul_seconds
-
     n = 256
-    fp32, bf16 = matmul_seconds(n, torch.float32), matmul_seconds(n, torch.bfloat16)
+    fp32, bf16 = optim.matmul_seconds(n, torch.float32), optim.matmul_seconds(n, torch.bfloat16)
     print(f"warning: precision=bf16 on a CPU without native bf16 (optim.native_bf16 is false: no AVX512-BF16 or "
-          f"AMX): bf16 matmuls are emulated, {bf16 / fp32:.0f}x slower than fp32 here (a {n}x{n} matmul timed just "
-          f"now: {bf16 * 1e3:.2f} ms against {fp32 * 1e3:.3f} ms), so training will be several times slower; "
+          f"AMX): bf16 matmuls are emulated, {bf16 / fp32:.0f}x slower than fp32 here (a {n}x{n} matmul timed "
+          f"just now: {bf16 * 1e3:.2f} ms against {fp32 * 1e3:.3f} ms), so training will be several times slower; "
           f"use precision=fp32 (or auto, which picks fp32 on this CPU)", file=sys.stderr, flush=True)
 
 
@@ -355,11 +296,8 @@ def not_trained(cfg: Config, h: str, run_dir: Path | None) -> dict:
 
 
 def check_resumable(run_dir: Path, ckpt_dir: Path, cfg: Config) -> None:
-    """Refuse to silently restart a run whose log is past a checkpoint that cannot be found here.
-
-    A log that ends exactly at the first checkpoint step was cut off while that checkpoint was being written
-    (the step is logged before the write, and nothing after it is logged until the write is done): no
-    checkpoint was ever there, and the run starts over."""
+    """Refuse to silently restart a run whose log is past a checkpoint that cannot be found here (a log that
+    ends at the first checkpoint step was cut off while writing it: no checkpoint was ever there)."""
     if (ckpt_dir / "ckpt.pt").exists() or not cfg.checkpoint_every or not (run_dir / "log.jsonl").exists():
         return
     last = ledger.log_progress(run_dir / "log.jsonl")["last_step"]
@@ -370,6 +308,8 @@ def check_resumable(run_dir: Path, ckpt_dir: Path, cfg: Config) -> None:
 
 
 class Trainer:
+    """One run's model, optimizers and loop: train() resumes from the checkpoint, logs, and writes the summary."""
+
     def __init__(self, cfg: Config, corpus: Corpus, device: str, run_dir: Path, ckpt_dir: Path, h: str,
                  official: bool, reasons: list[str]):
         self.cfg, self.corpus, self.device = cfg, corpus, device
@@ -380,14 +320,10 @@ class Trainer:
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         self.opts = build_optimizers(cfg, self.model, device)
-        self.ema = None
-        if cfg.ema > 0:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema > 0 else None
         self.step_fn = torch.compile(self.model) if cfg.compile else self.model
-        tokens_per_batch = cfg.block_size * cfg.batch_size
-        self.batches = len(corpus.train_ids) // tokens_per_batch      # micro-batches per epoch (original)
-        self.steps_per_epoch = self.batches // cfg.grad_accum           # optimizer steps per epoch
+        tokens_per_batch = cfg.block_size * cfg.batch_size    # micro-batches per epoch as the original, then steps
+        self.steps_per_epoch = len(corpus.train_ids) // tokens_per_batch // cfg.grad_accum
         if self.steps_per_epoch < 1:
             raise ValueError(f"the training split has {len(corpus.train_ids):,} tokens: fewer than one optimizer "
                              f"step of {tokens_per_batch * cfg.grad_accum:,}; lower batch_size or grad_accum")
@@ -404,12 +340,9 @@ class Trainer:
                              f"span of {EVAL_BATCH * EVAL_BLOCK + 1:,}; raise num_titles or val_frac")
 
     def objective(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cross-entropy to log, loss to minimise). With R-Drop the batch goes through the model twice
-        (two dropout masks): the logged loss is the two passes' mean cross-entropy, and the objective adds
-        rdrop x their symmetric KL divergence (the mean of both directions, summed over the vocabulary,
-        averaged over tokens). Liang et al. (2021) sum the two cross-entropies, so rdrop is their alpha / 2.
-        With z_loss > 0 the objective also adds z_loss x the mean squared log-partition of the (first pass's)
-        logits, which keeps them from drifting (PaLM)."""
+        """(cross-entropy to log, loss to minimise). R-Drop: two passes, their mean CE plus rdrop x their
+        symmetric KL (mean of both directions, summed over the vocabulary, averaged over tokens). z_loss adds
+        z_loss x the mean squared log-partition of the first pass's logits (PaLM)."""
         logits, loss = self.step_fn(xb, yb)
         if self.cfg.ensemble > 1:   # the loss is the members' mean CE: x k gives each member its own CE's gradient
             return loss, loss * self.cfg.ensemble
@@ -427,15 +360,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int, ptr: int, state: dict, log: JsonlLog) -> None:
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+               **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})}
         _atomic_save({"model": self.model.state_dict(), "opts": [o.state_dict() for o in self.opts],
                       "ema": self.ema.state_dict() if self.ema else None, "step": step, "ptr": ptr,
-                      "rng": _rng_state(), "log_text": log.text(), "state": state,
+                      "rng": rng, "log_text": log.text(), "state": state,
                       "config": self.cfg.to_dict()}, self.ckpt_dir / "ckpt.pt")
 
     def load_checkpoint(self) -> dict | None:
-        # A process killed while writing ckpt.pt or final.pt leaves the writer's temp file beside it
-        # (data.atomic_write_bytes: <name>.<random>.tmp); the file it was replacing is intact. This process
-        # holds the checkpoint folder's lock (run), so no live writer owns such a file: remove it.
+        # A writer killed mid-write leaves its temp file (<name>.<random>.tmp) beside an intact old file; this
+        # process holds the folder's lock, so no live writer owns it: remove it.
         for partial in self.ckpt_dir.glob("*.pt.*.tmp"):
             partial.unlink(missing_ok=True)
         path = self.ckpt_dir / "ckpt.pt"
@@ -448,20 +382,19 @@ class Trainer:
             o.load_state_dict(s)
         if self.ema and ck["ema"] is not None:
             self.ema.load_state_dict(ck["ema"])
-        _set_rng_state(ck["rng"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        random.setstate(ck["rng"]["python"])
+        np.random.set_state(ck["rng"]["numpy"])
+        if "cuda" in ck["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
         return ck
 
     # ------------------------------------------------------------------ the loop
-    def evaluate(self) -> float:
-        m = self.ema.module if self.ema else self.model
-        return evaluate(m, self.corpus.val_ids, self.corpus.val_chars, self.device, self.cfg.eval_precision)
-
     def train(self, on_step: Callable[[int], None] | None = None, progress: bool = True,
               on_eval: Callable[[int, float], bool] | None = None) -> dict:
         cfg, c = self.cfg, self.corpus
         ck = self.load_checkpoint()
-        log_path = self.run_dir / "log.jsonl"
-        log = JsonlLog(log_path, restore=ck["log_text"] if ck else None)
+        log = JsonlLog(self.run_dir / "log.jsonl", restore=ck["log_text"] if ck else None)
         state = ck["state"] if ck else {"elapsed": 0.0, "train_time": 0.0, "best": math.inf, "last_val": None,
                                         "final_val": None, "resumes": 0,
                                         "started_at": datetime.now(timezone.utc).isoformat()}
@@ -490,8 +423,7 @@ class Trainer:
         t_seg = time.time()         # start of the current stretch of training steps (evals excluded)
         try:
             while step < self.max_steps:
-                mult = lr_multiplier(cfg, step, self.max_steps)
-                lr = set_lr(self.opts, mult)
+                lr = set_lr(self.opts, lr_multiplier(cfg, step, self.max_steps))
                 loss_sum = torch.zeros((), device=self.device)
                 for _ in range(cfg.grad_accum):
                     xb, yb, ptr = get_batch(c.train_ids, ptr, cfg.block_size, cfg.batch_size)
@@ -505,19 +437,18 @@ class Trainer:
                 if cfg.grad_clip > 0:   # an ensemble's members are clipped one by one, as if trained alone
                     for part in (self.model.members if cfg.ensemble > 1 else [self.model]):
                         torch.nn.utils.clip_grad_norm_(part.parameters(), cfg.grad_clip)
-                for o in self.opts:
+                for o in self.opts:   # disjoint parameters: zeroing one's grads leaves the next one's step alone
                     o.step()
+                    o.zero_grad(set_to_none=True)
                 if before is not None:
                     log.log("stability", step=step + 1, **stability_after(self.groups, before))
-                for o in self.opts:
-                    o.zero_grad(set_to_none=True)
                 if self.ema:
                     self.ema.update_parameters(self.model)
                 step += 1
                 pending.append((step, loss_sum / cfg.grad_accum, time.time() - t_start, lr))
                 bar.update(1)
                 eval_due = step == 1 or step % self.eval_interval == 0 or step == self.max_steps
-                ckpt_due = bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0 and step < self.max_steps
+                ckpt_due = bool(cfg.checkpoint_every) and not step % cfg.checkpoint_every and step < self.max_steps
                 if len(pending) >= self.log_every or eval_due or ckpt_due:
                     bad = self.flush(pending, log, bar, state)      # the one host sync
                     now = time.time()
@@ -528,7 +459,8 @@ class Trainer:
                         break
                 if eval_due:
                     at = state["elapsed"]                     # as the original: time before the evaluation
-                    val = self.evaluate()
+                    val = evaluate(self.ema.module if self.ema else self.model, c.val_ids, c.val_chars,
+                                   self.device, cfg.eval_precision)
                     state["elapsed"] = time.time() - t_start
                     state["last_val"], state["final_val"] = round(val, 4), val
                     state["best"] = min(state["best"], val)
@@ -561,8 +493,7 @@ class Trainer:
         """Log the pending training steps; returns (step, rule) of the first step whose loss is not finite
         or has exploded (see EXPLODE_FACTOR), if any."""
         losses = torch.stack([p[1] for p in pending]).tolist()
-        pending_steps = list(pending)
-        pending.clear()
+        pending_steps, pending[:] = list(pending), []
         for (step, _, elapsed, lr), loss in zip(pending_steps, losses):
             log.log("training_step", step=step, max_steps=self.max_steps, loss=loss, elapsed_time=elapsed, lr=lr)
             rule = ("nonfinite" if not math.isfinite(loss)

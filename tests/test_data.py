@@ -98,15 +98,24 @@ def test_get_batch_wraps_like_the_original():
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv"])
-def test_split_without_datasets_matches_datasets(titles_file, tmp_path, monkeypatch, fmt):
-    """Machines without HF datasets (the lent GPU machines) read files with pandas and must draw the same split."""
+def test_split_is_the_datasets_shuffle(titles_file, tmp_path, monkeypatch, fmt):
+    """Files are read with pandas (the lent GPU machines have no HF datasets); the split must be the one
+    `datasets` draws (shuffle(seed), first num_titles), and a `datasets.Dataset` (the hub) splits the same."""
     import builtins
+
+    import datasets
+    import numpy as np
 
     df = pd.read_parquet(titles_file)
     path = tmp_path / f"t.{fmt}"
     {"parquet": lambda: df.to_parquet(path), "csv": lambda: df.to_csv(path, index=False),
      "jsonl": lambda: path.write_text("\n".join(json.dumps(r) for r in df.to_dict("records")))}[fmt]()
-    with_datasets = load_titles(str(path), 1000, 1337, 0.1)
+    ds = datasets.load_dataset(fmt.replace("jsonl", "json"), data_files=str(path), split="train",
+                               cache_dir=str(tmp_path / "hf"))
+    expected = [(t or "").strip() for t in ds.shuffle(seed=1337).select(range(1000))["title"]]
+    train, val, _ = load_titles(str(path), 1000, 1337, 0.1)
+    assert train + val == expected and len(val) == 100
+    assert data._titles(ds, np.random.default_rng(1337).permutation(len(ds))[:1000]) == expected
     real_import = builtins.__import__
 
     def no_datasets(name, *a, **k):
@@ -115,9 +124,7 @@ def test_split_without_datasets_matches_datasets(titles_file, tmp_path, monkeypa
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_datasets)
-    without = load_titles(str(path), 1000, 1337, 0.1)
-    assert without[0] == with_datasets[0] and without[1] == with_datasets[1]
-    assert without[2] == with_datasets[2]
+    assert load_titles(str(path), 1000, 7, 0.1)[0] != train         # files need no datasets
     with pytest.raises(DataError, match="needs the `datasets` package"):
         load_titles("hub", 10, 1337, 0.1)
 

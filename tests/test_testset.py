@@ -4,7 +4,7 @@ import pytest
 
 from conftest import STANDIN, have_standin
 from mainrun import testset
-from mainrun.data import load_titles
+from mainrun.data import load_titles, titles_sha256
 
 pytestmark = pytest.mark.skipif(not have_standin(), reason="needs the offline corpus (../shared/data)")
 
@@ -25,7 +25,7 @@ def test_test_sets_are_disjoint_from_the_split_and_fixed():
     assert sets["late"]["time"].min() >= sets["random"]["time"].max()   # the late slice is the most recent
     again = testset.build(frame)                                        # the same draw every time
     assert again["random"]["id"].tolist() == sets["random"]["id"].tolist()
-    assert paths["random"][1]["titles_sha256"] == testset._titles_sha(again["random"])
+    assert paths["random"][1]["titles_sha256"] == titles_sha256(again["random"]["title"])
     with pytest.raises(Exception, match="choose one of: random, late"):
         testset.test_file("oops", str(STANDIN))
 
