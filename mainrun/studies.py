@@ -1,19 +1,15 @@
 """Studies as data: a spec expanded into configs, study records and the ladder on disk, and the small
 choices made over a study's table. Nothing here trains (the runner is `sweep.run_sweep`).
 
-A spec is a plain dict (or the same thing loaded from YAML):
+    spec = {"base":   {"preset": "epic1"},                        # applied to every point
+            "points": {"base": {}, "rmsnorm": {"norm": "rmsnorm"}},   # named single changes
+            "axes":   {"lr": [1e-4, 3e-4, 5e-4]},                 # each axis varied alone from the base
+            "grid":   {"lr": [...], "dropout": [...]},            # every combination of these
+            "seeds":  [1337, 1338]}                               # every point repeated per seed
 
-    spec = {
-        "base":   {"preset": "epic1"},                  # applied to every point
-        "points": {"base": {}, "rmsnorm": {"norm": "rmsnorm"}},   # named single changes
-        "axes":   {"lr": [1e-4, 3e-4, 5e-4]},           # each axis varied alone from the base
-        "grid":   {"lr": [...], "dropout": [...]},      # every combination of these
-        "seeds":  [1337, 1338],                         # every point repeated per seed
-    }
-
-An axis value may be a dict of overrides (a compound change, e.g. grad_accum with its LR scaling); its
-plotted value is the entry named like the axis. A study record (<results>/studies/<profile>/<study>.json)
-holds the specs a study ran and one row per point; ladder.json beside it names the rungs.
+An axis value may be a dict of overrides (a compound change); its plotted value is the entry named like the
+axis. A study record (<results>/studies/<profile>/<study>.json) holds the specs a study ran and one row per
+point; ladder.json beside it names the rungs.
 """
 from __future__ import annotations
 
@@ -56,13 +52,6 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _axis_value(axis: str, v: Any) -> tuple[Any, dict]:
-    """An axis entry is a value or a dict of overrides holding the axis' value."""
-    if isinstance(v, dict):
-        return v.get(axis, _fmt(v)), dict(v)
-    return v, {axis: v}
-
-
 def expand(spec: dict) -> list[Point]:
     """The points of a spec, in order: named points, then each axis, then the grid; times seeds."""
     unknown = sorted(set(spec) - set(SPEC_KEYS))
@@ -70,17 +59,14 @@ def expand(spec: dict) -> list[Point]:
         raise ValueError(f"unknown sweep spec key(s): {', '.join(unknown)}; accepted: {', '.join(SPEC_KEYS)}")
     points = [Point(label, dict(ov)) for label, ov in spec.get("points", {}).items()]
     for axis, values in spec.get("axes", {}).items():
-        for v in values:
-            value, ov = _axis_value(axis, v)
+        for v in values:               # a value, or a dict of overrides holding the axis' value
+            value, ov = (v.get(axis, _fmt(v)), dict(v)) if isinstance(v, dict) else (v, {axis: v})
             points.append(Point(f"{axis}={_fmt(value)}", ov, axis, value))
     grid = spec.get("grid", {})
-    if grid:
-        names = list(grid)
-        for combo in itertools.product(*(grid[n] for n in names)):
-            ov = {n: v for n, v in zip(names, combo)}
-            points.append(Point(",".join(f"{n}={_fmt(v)}" for n, v in ov.items()), ov, "grid", None))
-    seeds = spec.get("seeds")
-    if seeds:
+    for combo in itertools.product(*grid.values()) if grid else []:
+        ov = dict(zip(grid, combo))
+        points.append(Point(",".join(f"{n}={_fmt(v)}" for n, v in ov.items()), ov, "grid", None))
+    if seeds := spec.get("seeds"):
         points = [Point(p.label, {**p.overrides, "train_seed": s}, p.axis, p.value, s) for p in points for s in seeds]
     labels = [(p.label, p.seed) for p in points]
     dupes = sorted({str(x) for x in labels if labels.count(x) > 1})
@@ -211,12 +197,6 @@ def by_point(df: pd.DataFrame) -> pd.DataFrame:
     return out.join(first)
 
 
-def best_per_axis(df: pd.DataFrame) -> dict[str, dict]:
-    """{axis: overrides of its lowest-loss point} over the axis points of a sweep."""
-    pts = by_point(df[df["axis"].notna() & (df["axis"] != "grid")])
-    return {axis: g.sort_values("loss_mean").iloc[0]["overrides"] for axis, g in pts.groupby("axis", sort=False)}
-
-
 def row(df: pd.DataFrame, label: str, seed: int | None = None) -> pd.Series:
     """The row of one point (its first seed unless `seed` is given)."""
     hits = df[(df["label"] == label) & ((df["seed"] == seed) if seed is not None else True)]
@@ -252,10 +232,11 @@ def combine(points: pd.DataFrame) -> dict[str, Any]:
 
 
 def joint_best(df: pd.DataFrame) -> dict[str, Any]:
-    """Every axis at its best value, together."""
+    """Every axis of a sweep at its lowest-loss value, together."""
+    pts = by_point(df[df["axis"].notna() & (df["axis"] != "grid")])
     merged: dict[str, Any] = {}
-    for ov in best_per_axis(df).values():
-        merged.update(ov)
+    for _, g in pts.groupby("axis", sort=False):
+        merged.update(g.sort_values("loss_mean").iloc[0]["overrides"])
     return merged
 
 
