@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import socket
 import sys
 import tempfile
@@ -66,9 +65,8 @@ def resolve_job(cfg: Config, local: bool = False, label: str = "", force: bool =
         cfg = resolve_execution(cfg)
     else:
         device = cfg.device if cfg.device != "auto" else resolve_device("auto")
-        precision = cfg.precision
-        if precision == "auto":
-            precision = "bf16" if device == "cuda" else resolve_precision("auto", device)
+        precision = cfg.precision if cfg.precision != "auto" else (
+            "bf16" if device == "cuda" else resolve_precision("auto", device))
         cfg = dataclasses.replace(cfg, device=device, precision=precision)
     corpus = prepare(cfg)
     h = run_hash(cfg, corpus.fingerprint)
@@ -190,10 +188,9 @@ def train_on_worker(cfg_dict: dict, expected_hash: str, data: tuple[str, str] | 
         worker = None
     base = Path(worker.local_directory if worker else tempfile.gettempdir())
     base.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="mainrun-ledger-", dir=base))
     t0 = time.time()
-    try:
-        with ledger.results_override(scratch):
+    with tempfile.TemporaryDirectory(prefix="mainrun-ledger-", dir=base, ignore_cleanup_errors=True) as scratch:
+        with ledger.results_override(Path(scratch)):
             hook = (lambda step: on_step(cfg, step)) if on_step is not None else None
             # wait=True: a run of the same config that another process on this machine trains holds the
             # checkpoint folder; wait for it, never race it
@@ -202,47 +199,10 @@ def train_on_worker(cfg_dict: dict, expected_hash: str, data: tuple[str, str] | 
         if summary["hash"] != expected_hash:
             raise RuntimeError(f"worker {socket.gethostname()} computed run hash {summary['hash']} for a point "
                                f"the driver hashed {expected_hash}: different code or data on the two machines")
-        run_dir = ledger.find_run(scratch, expected_hash)
+        run_dir = ledger.find_run(Path(scratch), expected_hash)
         files = {name: (run_dir / name).read_text() for name in ("config.json", "log.jsonl", "summary.json")}
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return {"hash": expected_hash, "files": files, "host": socket.gethostname(),
             "worker": worker.address if worker else None, "pid": os.getpid(), "seconds": time.time() - t0}
-
-
-# ----------------------------------------------------------------------------- the driver writes the ledger
-def install(job: Job, files: dict[str, str], held: bool = False) -> Path:
-    """Write a worker's run into the ledger while holding its folder's lock (held=True: the caller holds it):
-    the old summary goes first, summary.json comes last, each file atomically, so a reader never sees half a
-    run. The data is named as the driver's records name it (the worker trained on its cached copy)."""
-    def text(obj: Any) -> str:
-        return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"     # as ledger.atomic_write_json
-
-    meta, summary = json.loads(files["config.json"]), json.loads(files["summary.json"])
-    meta["config"]["data"] = job.cfg.data
-    meta["data_source"] = summary["data_source"] = job.source
-    lines = []
-    for line in files["log.jsonl"].splitlines(keepends=True):
-        if '"hyperparameters_configured"' in line:
-            event = json.loads(line)
-            if event.get("event") == "hyperparameters_configured":
-                event["data"] = job.cfg.data
-                line = json.dumps(event, default=str) + "\n"
-        lines.append(line)
-    out = {"config.json": text(meta), "log.jsonl": "".join(lines), "summary.json": text(summary)}
-    root = ledger.results_root(job.cfg.profile)
-    final = ledger.find_run(root, job.hash) or root / "runs" / f"{job.cfg.run_name}-{job.hash}"
-    final.mkdir(parents=True, exist_ok=True)
-    lock = ledger.Lock(final / ".lock", ledger.lock_record("installing", final))
-    try:
-        with contextlib.nullcontext() if held else lock:
-            (final / "summary.json").unlink(missing_ok=True)
-            for name, content in out.items():
-                ledger.atomic_write_bytes(final / name, lambda tmp, content=content: Path(tmp).write_text(content))
-    except ledger.Busy as busy:
-        raise RuntimeError(f"run {final.name} is being trained by {busy}; not replacing it with the cluster's "
-                           f"result") from None
-    return final
 
 
 # ----------------------------------------------------------------------------- clusters
@@ -367,8 +327,35 @@ class Engine:
                                   resources=self.resources)
 
     def collect(self, job: Job, payload: dict, held: bool = False) -> dict:
-        """Install a worker's result; the summary as the ledger now holds it (held: see install)."""
-        return ledger.read_json(install(job, payload["files"], held) / "summary.json")
+        """Install a worker's run in the ledger while holding its folder's lock (held=True: the caller holds it);
+        the old summary goes first, summary.json comes last, each file atomically, so a reader never sees half
+        a run. The data is named as the driver's records name it (the worker trained on its cached copy)."""
+        files = payload["files"]
+        meta, summary = json.loads(files["config.json"]), json.loads(files["summary.json"])
+        meta["config"]["data"] = job.cfg.data
+        meta["data_source"] = summary["data_source"] = job.source
+        lines = []
+        for line in files["log.jsonl"].splitlines(keepends=True):
+            if '"hyperparameters_configured"' in line:
+                event = json.loads(line)
+                if event.get("event") == "hyperparameters_configured":
+                    event["data"] = job.cfg.data
+                    line = json.dumps(event, default=str) + "\n"
+            lines.append(line)
+        root = ledger.results_root(job.cfg.profile)
+        final = ledger.find_run(root, job.hash) or root / "runs" / f"{job.cfg.run_name}-{job.hash}"
+        final.mkdir(parents=True, exist_ok=True)
+        lock = ledger.Lock(final / ".lock", ledger.lock_record("installing", final))
+        try:
+            with contextlib.nullcontext() if held else lock:
+                (final / "summary.json").unlink(missing_ok=True)
+                ledger.atomic_write_json(final / "config.json", meta)
+                ledger.atomic_write_bytes(final / "log.jsonl", lambda tmp: Path(tmp).write_text("".join(lines)))
+                ledger.atomic_write_json(final / "summary.json", summary)
+        except ledger.Busy as busy:
+            raise RuntimeError(f"run {final.name} is being trained by {busy}; not replacing it with the cluster's "
+                               f"result") from None
+        return ledger.read_json(final / "summary.json")
 
 
 def run_points(jobs: list[Job], client, data: dict[str, DataFile], study: str = "sweep", force: bool = False,

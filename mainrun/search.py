@@ -1,21 +1,15 @@
 """Adaptive search: Optuna's TPE over ranges of config fields, every trial an ordinary ledger run.
 
-    spec = {"search": {"space": {"lr": {"log_uniform": [1e-4, 3e-3]},
-                                 "dropout": {"uniform": [0.0, 0.2]},
-                                 "n_layer": {"choice": [2, 3]}},
+    spec = {"search": {"space": {"lr": {"log_uniform": [1e-4, 3e-3]}, "dropout": {"uniform": [0.0, 0.2]},
+                                 "n_layer": {"choice": [2, 3]}},     # also int, log_int; a choice may be a dict
                        "trials": 12, "parallel": 2, "sampler": "tpe", "seed": 1337, "prune": True},
             "base": {"preset": "epic1"}}
     df = sweep.run_sweep(spec, "quick", "search", cluster=2)      # or cluster=None: in this process
 
-Ranges: `log_uniform` / `uniform` [low, high], `int` / `log_int` [low, high], `choice` [values] (a value may be a
-dict of overrides). Trial n is the run `<profile>-<study>-t<n>` on top of the base, pinned like every study.
-
-Optuna's ask/tell: trial n is asked once trial n - parallel has been told, with the sampler seeded seed + n, so a
-search asks for the same trials here or on a cluster, in one go or resumed; a trial whose run is in the ledger
-(same hash) is told from it. The journal <results>/studies/<profile>/<study>.optuna.jsonl keeps the trials told;
-a trial left running is run again with its stored parameters. Pruning applies MedianPruner's rule on the worker
-(train.run's on_eval) with per-step medians frozen when the trial is asked (stored in its user attributes, so a
-search is reproducible); a pruned run is told PRUNED, a diverged one FAIL.
+Trial n (the run `<profile>-<study>-t<n>`) is asked once trial n - parallel has been told, with the sampler
+seeded seed + n: a search asks for the same trials here or on a cluster, in one go or resumed from its journal
+(<study>.optuna.jsonl beside the study record), and a trial whose run is in the ledger is told from it. Pruning
+applies MedianPruner's rule on the worker with per-step medians frozen when the trial is asked (reproducible).
 """
 from __future__ import annotations
 
@@ -170,16 +164,13 @@ def _sampler(s: SearchSpec, number: int):
 
 @contextlib.contextmanager
 def _quiet_optuna():
-    import warnings
-
+    """Optuna's INFO lines off for a while (the search prints its own), its level restored after."""
     import optuna
 
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            yield
+        yield
     finally:
         optuna.logging.set_verbosity(level)
 
@@ -193,11 +184,9 @@ def median_thresholds(ostudy, startup: int, warmup_steps: int) -> dict[int, floa
     if not done or len(done) < startup:
         return {}
     steps = sorted({st for t in done for st in t.intermediate_values if st >= warmup_steps})
-    out = {}
-    for st in steps:
-        vals = [t.intermediate_values[st] for t in done if st in t.intermediate_values]
-        out[st] = float(np.nanpercentile(np.array(vals, dtype=float), 50.0))
-    return out
+    return {st: float(np.nanpercentile(np.array([t.intermediate_values[st] for t in done
+                                                 if st in t.intermediate_values], dtype=float), 50.0))
+            for st in steps}
 
 
 # ----------------------------------------------------------------------------- the search
