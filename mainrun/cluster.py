@@ -1,12 +1,9 @@
 """Sweeps on a Dask cluster: workers train, the driver alone writes the ledger (README: Scale out, Reliability).
 
-The driver resolves every point's config and run hash (`resolve_job`) and sends out only the points without a
-finished run. A worker trains into a temporary ledger of its own and returns the run folder's files as text; the
-driver installs them (each file atomically, the summary last) while it holds the run folder's lock, which it took
-before sending the run, so a second sweep of the same spec waits for the point instead of training it again.
-Workers need no shared file system: the titles file travels as a worker plugin (`DataPlugin`), checked by sha256.
-A task that raises is retried (`retries`); a dead worker's task is rescheduled by Dask and resumes from its
-checkpoint if it lands on the same machine.
+The driver resolves every point's run hash (`resolve_job`) and sends out only those without a finished run,
+holding each run folder's lock until the worker's files are installed, so a second sweep of the same spec waits
+for the point instead of training it again. Workers need no shared file system: the titles file travels as a
+worker plugin (`DataPlugin`). A task that raises is retried; a dead worker's task is rescheduled by Dask.
 """
 from __future__ import annotations
 
@@ -211,10 +208,8 @@ _LOCAL: dict[tuple, Any] = {}    # (workers, runs_per_gpu) -> a Client of a loca
 
 def local_cluster(workers: int, runs_per_gpu: int | None = None, gpus: int | None = None,
                   env: dict[str, str] | None = None, silence_logs: int = 50):
-    """Worker processes on this machine, one thread each (one run at a time per process).
-
-    runs_per_gpu=K: K processes per GPU, each pinned to its GPU (CUDA_VISIBLE_DEVICES) and holding resource
-    GPU=1/K, so K runs share each GPU (`workers` is then K x GPUs). gpus defaults to torch's device count."""
+    """Worker processes on this machine, one thread each; with runs_per_gpu=K, K per GPU (gpus: torch's count),
+    each pinned to its GPU (CUDA_VISIBLE_DEVICES) and holding resource GPU=1/K, so K runs share each GPU."""
     import dask
     from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
 
@@ -363,10 +358,8 @@ def run_points(jobs: list[Job], client, data: dict[str, DataFile], study: str = 
                retries: int = RETRIES, timeout: float | None = None,
                on_step: Callable[[Config, int], None] | None = None) -> list[dict]:
     """Train the jobs without a finished run on the cluster, each hash once, installing each result as it
-    arrives; one summary per job, in order (`data`: data_files(jobs), read before). The driver holds a run's
-    folder lock from before it sends the run until it is installed; a run whose lock another process holds is
-    waited for and read back, or sent after all if that process ends without a result. A task that fails
-    after its retries is raised once the others are installed."""
+    arrives; one summary per job, in order. A run whose folder lock another process holds is waited for and
+    read back, or sent after all if that process ends without one. Failures are raised after the others."""
     from distributed import wait
 
     engine = Engine(client, data, threads_per_run, runs_per_gpu, retries, force, on_step)

@@ -100,7 +100,7 @@ SUMMARY_COLUMNS = ("status", "official", "final_val_loss", "full_val_bpc", "n_pa
 def load_spec_file(path: Path) -> tuple[str | None, list[dict]]:
     """A spec file (YAML, or JSON): (the profile it names or None, the specs of its calls). A record
     (records/<round>/<study>.yaml) may name its profile and list the specs of several calls under `specs`."""
-    import yaml   # only here: the rest of the module needs no YAML
+    import yaml
 
     expected = "a YAML or JSON mapping with the keys base, points, axes, grid, seeds (a sweep) or search, base"
     try:
@@ -171,10 +171,8 @@ def read_ladder(profile: str) -> list[dict]:
 
 
 def stage_overrides(profile: str, stage: str, fallback_preset: str = "baseline") -> dict[str, Any]:
-    """The config of a ladder stage as overrides of the profile's baseline (for the next study).
-
-    Falls back to a preset (with a printed note) when the stage has not been run yet,
-    so a notebook still runs alone in JupyterLab."""
+    """The config of a ladder stage as overrides of the profile's baseline (for the next study); a preset, with
+    a printed note, while the stage has not been run (so a notebook still runs alone in JupyterLab)."""
     stages = {s["stage"]: s for s in read_ladder(profile)}
     run_dir = ledger.find_run(ledger.results_root(profile), stages[stage]["hash"]) if stage in stages else None
     if run_dir is None:

@@ -21,13 +21,10 @@ from .studies import (EXECUTION, STUDY_PROFILE, SUMMARY_COLUMNS, Point, accum_ax
 def run_sweep(spec: dict, profile: str, study: str, progress: bool = True, force: bool = False,
               train: bool = True, cluster=None, threads_per_run: int | None = None,
               runs_per_gpu: int | None = None) -> pd.DataFrame:
-    """Run (or read back) every point of `spec`; record the study; one row per point.
-
-    train=False reads the ledger only: points without a finished run get status "missing" or "incomplete"
-    and are not recorded. cluster=None trains here, one point after another; else the missing points train on
-    a Dask cluster (a number of local worker processes, a scheduler address or a dask Client) with
-    threads_per_run torch threads each and runs_per_gpu runs sharing a GPU, and a sweep whose points are all
-    in the ledger starts no cluster. A point that another process is training is waited for and read back."""
+    """Run (or read back) every point of `spec`; record the study; one row per point. cluster: None (here, in
+    turn), a number of local Dask workers, a scheduler address or a Client (see cluster.connect); a sweep whose
+    points are all in the ledger starts none. train=False reads the ledger only (unfinished points: "missing"
+    or "incomplete", not recorded). A point another process is training is waited for and read back."""
     check_engine_args(cluster, threads_per_run, runs_per_gpu)
     if "search" in spec:
         from .search import run_search
