@@ -90,8 +90,9 @@ class DataFile:
 
     @classmethod
     def read(cls, path: str | Path) -> "DataFile":
-        blob = Path(path).expanduser().read_bytes()
-        return cls(Path(path).name, hashlib.sha256(blob).hexdigest(), blob)
+        path = Path(path).expanduser()
+        blob = path.read_bytes()
+        return cls(path.name, hashlib.sha256(blob).hexdigest(), blob)
 
 
 def store_data(data: DataFile) -> Path:

@@ -26,7 +26,7 @@ import pandas as pd
 
 from . import ledger
 from .config import Config
-from .studies import SUMMARY_COLUMNS, build_configs, record_study, studies_dir
+from .studies import SUMMARY_COLUMNS, build_configs, record_study, run_name, studies_dir
 
 SEARCH_KEYS = ("space", "trials", "parallel", "sampler", "seed", "prune", "startup_trials", "prune_startup",
                "prune_warmup_steps")
@@ -223,8 +223,8 @@ def run_search(spec: dict, profile: str, study: str, progress: bool = True, forc
 
     def schedule(ft, resumed: bool = False) -> _Pending:
         """Resolve a trial's run; from the ledger if it is there, else send it to train (when train)."""
-        [(_, cfg)] = build_configs({"base": s.base, "points": {f"t{ft.number}": overrides_of(ft.params, s.space)}},
-                                   profile, study)              # the run <profile>-<study>-t<n>
+        point = {**overrides_of(ft.params, s.space), "name": run_name(profile, study, f"t{ft.number}", None)}
+        [(_, cfg)] = build_configs({"base": s.base, "points": {"t": point}}, profile, study)
         job = resolve_job(cfg, local=cluster is None, force=force)
         job.label = f"t{ft.number}"
         trial = optuna.trial.Trial(ostudy, ft._trial_id)
