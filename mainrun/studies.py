@@ -67,7 +67,8 @@ def expand(spec: dict) -> list[Point]:
         ov = dict(zip(grid, combo))
         points.append(Point(",".join(f"{n}={_fmt(v)}" for n, v in ov.items()), ov, "grid", None))
     if seeds := spec.get("seeds"):
-        points = [Point(p.label, {**p.overrides, "train_seed": s}, p.axis, p.value, s) for p in points for s in seeds]
+        points = [Point(p.label, {**p.overrides, "train_seed": s}, p.axis, p.value, s)
+                  for p in points for s in seeds]
     labels = [(p.label, p.seed) for p in points]
     dupes = sorted({str(x) for x in labels if labels.count(x) > 1})
     if dupes:
@@ -139,7 +140,8 @@ def record_study(profile: str, study: str, spec: dict, rows: list[dict]) -> Path
     # rows keep their place (a re-read study writes nothing); new points go at the end
     merged = {(r["label"], r["seed"]): r for r in old["rows"]}
     for r in rows:
-        merged[(r["label"], r["seed"])] = {k: r[k] for k in ("label", "axis", "value", "seed", "hash", "overrides")}
+        merged[(r["label"], r["seed"])] = {k: r[k] for k in ("label", "axis", "value", "seed", "hash",
+                                                             "overrides")}
     merged = json.loads(json.dumps(list(merged.values()), default=str))
     spec = json.loads(json.dumps(spec, default=str))
     # a spec is kept when it added or changed a row: reading a study back (records/) writes nothing
@@ -191,7 +193,8 @@ def by_point(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"loss_mean": g.mean(), "loss_std": g.std(ddof=1), "seeds": g.size(),
                         "loss_min": g.min(), "loss_max": g.max()})
     first = ok.drop_duplicates("label").set_index("label")[["axis", "value", "overrides"]].copy()
-    first["overrides"] = [{k: v for k, v in ov.items() if k not in ("seed", "train_seed")} for ov in first["overrides"]]
+    first["overrides"] = [{k: v for k, v in ov.items() if k not in ("seed", "train_seed")}
+                          for ov in first["overrides"]]
     return out.join(first)
 
 
