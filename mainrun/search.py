@@ -1,37 +1,15 @@
 """Adaptive search: Optuna's TPE over ranges of config fields, every trial an ordinary ledger run.
 
-    spec = {"search": {"space": {"lr": {"log_uniform": [1e-4, 3e-3]},
-                                 "dropout": {"uniform": [0.0, 0.2]},
-                                 "n_layer": {"choice": [2, 3]}},
+    spec = {"search": {"space": {"lr": {"log_uniform": [1e-4, 3e-3]}, "dropout": {"uniform": [0.0, 0.2]},
+                                 "n_layer": {"choice": [2, 3]}},     # also int, log_int; a choice may be a dict
                        "trials": 12, "parallel": 2, "sampler": "tpe", "seed": 1337, "prune": True},
             "base": {"preset": "epic1"}}
     df = sweep.run_sweep(spec, "quick", "search", cluster=2)      # or cluster=None: in this process
 
-Ranges: `log_uniform` / `uniform` [low, high] (floats), `int` / `log_int` [low, high], `choice` [values]; a
-choice value may be a dict of overrides (a compound change, e.g. {"d_model": 96, "n_head": 3}). Trial n is the
-run `<profile>-<study>-t<n>` on top of the base (which may name a preset), pinned like every study
-(sweep.EXECUTION).
-
-How it runs. Optuna's ask/tell interface: the driver asks for a trial, resolves its config and run hash,
-and either reads it from the ledger (same hash: told from the ledger, not trained) or trains it, here or on
-the Dask cluster as one future (mainrun.cluster); results are told back in trial order, and trial n is
-asked once trial n - parallel has been told. With the sampler seeded per trial (seed + n), a search asks
-for the same trials whether it runs here or on a cluster, fast or slow, in one go or resumed.
-
-Storage: <results>/studies/<profile>/<study>.optuna.jsonl (Optuna's JournalStorage, file backend), beside
-the study record <study>.json. A search cut short and started again loads it: trials already told are not
-run again, and a trial left running is run again with its stored parameters (or told from the ledger if
-its run is there). The spec must be the same (trials and parallel may change: more trials continue it).
-
-Pruning (prune: true): Optuna's MedianPruner rule, applied on the worker through train.run's on_eval hook.
-When a trial is asked, the driver computes per evaluation step the median of the validation losses of the
-trials completed so far (none before `prune_startup` completed trials; no step before
-`prune_warmup_steps`, so the step-1 evaluation of the initial weights never prunes) and sends these
-thresholds with the trial; the run stops at the first evaluation where its best loss so far is above the
-threshold, and is recorded "pruned" in the ledger. Its intermediate losses are reported to the trial,
-which is told PRUNED. The thresholds are frozen at ask time (stored in the trial's user attributes), which
-keeps a search reproducible; Optuna's own pruner would also count trials completed while this one runs.
-A diverged run is told FAIL (it has no final loss) and recorded "diverged".
+Trial n (the run `<profile>-<study>-t<n>`) is asked once trial n - parallel has been told, with the sampler
+seeded seed + n: a search asks for the same trials here or on a cluster, in one go or resumed from its journal
+(<study>.optuna.jsonl beside the study record), and a trial whose run is in the ledger is told from it. Pruning
+applies MedianPruner's rule on the worker with per-step medians frozen when the trial is asked (reproducible).
 """
 from __future__ import annotations
 
@@ -47,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from . import ledger
-from .config import Config, make_config
-from .studies import EXECUTION, SUMMARY_COLUMNS, record_study, run_name, studies_dir
+from .config import Config
+from .studies import SUMMARY_COLUMNS, build_configs, record_study, run_name, studies_dir
 
 SEARCH_KEYS = ("space", "trials", "parallel", "sampler", "seed", "prune", "startup_trials", "prune_startup",
                "prune_warmup_steps")
@@ -106,24 +84,13 @@ def parse(spec: dict) -> SearchSpec:
             raise ValueError(f"search space entry {name}: {kind} needs [low, high] with low < high, not {arg!r}")
         if name in ("name", "profile", "preset", "data"):
             raise ValueError(f"search space entry {name}: not a field that changes a run (or the base's preset)")
-    for overrides in _corners(out):                 # every value a trial can take makes a valid config
-        make_config("smoke", out.base.get("preset", "baseline"),
-                    **{**{k: v for k, v in out.base.items() if k != "preset"}, **overrides})
+    # a cheap validity check: each range's ends and each choice, the other entries at their first value
+    values = {name: list(next(iter(dim.values()))) for name, dim in out.space.items()}
+    first = {name: _encode(vs[0]) for name, vs in values.items()}
+    points = {f"{name}-{i}": overrides_of({**first, name: _encode(v)}, out.space)
+              for name, vs in values.items() for i, v in enumerate(vs)}
+    build_configs({"base": out.base, "points": points}, "smoke")
     return out
-
-
-def _corners(s: SearchSpec) -> list[dict]:
-    """Each range's ends and each choice, the other fields at their first value (a cheap validity check)."""
-    first = {name: _encode(_values(dim)[0]) for name, dim in s.space.items()}
-    out = []
-    for name, dim in s.space.items():
-        for v in _values(dim):
-            out.append(overrides_of({**first, name: _encode(v)}, s.space))
-    return out
-
-
-def _values(dim: dict) -> list:
-    return list(next(iter(dim.values())))
 
 
 def _encode(v: Any) -> Any:
@@ -138,12 +105,11 @@ def distributions(space: dict[str, dict]) -> dict:
     out = {}
     for name, dim in space.items():
         kind, arg = next(iter(dim.items()))
-        if kind in ("log_uniform", "uniform"):
-            out[name] = FloatDistribution(float(arg[0]), float(arg[1]), log=kind == "log_uniform")
-        elif kind in ("int", "log_int"):
-            out[name] = IntDistribution(int(arg[0]), int(arg[1]), log=kind == "log_int")
-        else:
+        if kind == "choice":
             out[name] = CategoricalDistribution([_encode(v) for v in arg])
+        else:
+            cls, cast = (FloatDistribution, float) if kind.endswith("uniform") else (IntDistribution, int)
+            out[name] = cls(cast(arg[0]), cast(arg[1]), log=kind.startswith("log"))
     return out
 
 
@@ -152,18 +118,8 @@ def overrides_of(params: dict[str, Any], space: dict[str, dict]) -> dict[str, An
     out: dict[str, Any] = {}
     for name in space:
         v = params[name]
-        if isinstance(v, str) and v.startswith("{"):
-            out.update(json.loads(v))
-        else:
-            out[name] = v
+        out.update(json.loads(v) if isinstance(v, str) and v.startswith("{") else {name: v})
     return out
-
-
-def trial_config(s: SearchSpec, profile: str, study: str, number: int, params: dict) -> Config:
-    base = dict(s.base)
-    preset = base.pop("preset", "baseline")
-    return make_config(profile, preset, **{**EXECUTION, **base, **overrides_of(params, s.space),
-                                           "name": run_name(profile, study, f"t{number}", None)})
 
 
 # ----------------------------------------------------------------------------- storage
@@ -208,16 +164,13 @@ def _sampler(s: SearchSpec, number: int):
 
 @contextlib.contextmanager
 def _quiet_optuna():
-    import warnings
-
+    """Optuna's INFO lines off for a while (the search prints its own), its level restored after."""
     import optuna
 
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            yield
+        yield
     finally:
         optuna.logging.set_verbosity(level)
 
@@ -231,14 +184,12 @@ def median_thresholds(ostudy, startup: int, warmup_steps: int) -> dict[int, floa
     if not done or len(done) < startup:
         return {}
     steps = sorted({st for t in done for st in t.intermediate_values if st >= warmup_steps})
-    out = {}
-    for st in steps:
-        vals = [t.intermediate_values[st] for t in done if st in t.intermediate_values]
-        out[st] = float(np.nanpercentile(np.array(vals, dtype=float), 50.0))
-    return out
+    return {st: float(np.nanpercentile(np.array([t.intermediate_values[st] for t in done
+                                                 if st in t.intermediate_values], dtype=float), 50.0))
+            for st in steps}
 
 
-# ----------------------------------------------------------------------------- where trials train
+# ----------------------------------------------------------------------------- the search
 @dataclass
 class _Pending:
     number: int
@@ -249,176 +200,128 @@ class _Pending:
     summary: dict | None = None      # known without training (from the ledger)
 
 
-class _Runner:
-    """Trains trials here (cluster=None, when waited for) or on a Dask cluster (when submitted)."""
-
-    def __init__(self, cluster, threads_per_run, runs_per_gpu, force, progress, timeout, on_step, stack):
-        self.cluster, self.threads, self.runs_per_gpu = cluster, threads_per_run, runs_per_gpu
-        self.force, self.progress, self.on_step, self.stack = force, progress, on_step, stack
-        self.timeout = timeout
-        self.engine = None
-
-    def resolve(self, cfg: Config):
-        from .cluster import resolve_job
-        return resolve_job(cfg, local=self.cluster is None, force=self.force)
-
-    def submit(self, p: _Pending) -> None:
-        if self.cluster is None:
-            return                                       # trained when waited for
-        from .cluster import Engine, connect, data_files
-
-        if self.engine is None:
-            client = self.stack.enter_context(connect(self.cluster, self.runs_per_gpu))
-            self.engine = Engine(client, {}, self.threads, self.runs_per_gpu, force=self.force, on_step=self.on_step)
-        if p.job.source.get("sha256") not in self.engine.data:
-            self.engine.data.update(data_files([p.job]))
-        p.future = self.engine.submit(p.job, p.thresholds)
-
-    def wait(self, p: _Pending) -> dict:
-        if p.summary is not None:
-            return p.summary
-        if self.cluster is None:
-            from .cluster import pruner
-            from .train import run
-
-            hook = (lambda step: self.on_step(p.job.cfg, step)) if self.on_step else None
-            return run(p.job.cfg, force=self.force, progress=self.progress, on_eval=pruner(p.thresholds),
-                       on_step=hook, wait=True)
-        from .cluster import TIMEOUT
-
-        timeout = self.timeout if self.timeout is not None else TIMEOUT
-        summary = self.engine.collect(p.job, p.future.result(timeout=timeout))
-        summary.pop("_trained_on", None)
-        return summary
-
-    def cancel(self, pending) -> None:
-        futures = [p.future for p in pending if p.future is not None and not p.future.done()]
-        if futures and self.engine is not None:
-            self.engine.client.cancel(futures)
-
-
-# ----------------------------------------------------------------------------- the search
 def run_search(spec: dict, profile: str, study: str, progress: bool = True, force: bool = False,
                train: bool = True, cluster=None, threads_per_run: int | None = None,
                runs_per_gpu: int | None = None, timeout: float | None = None,
                on_trial: Callable[[int, dict], None] | None = None,
                on_step: Callable[[Config, int], None] | None = None) -> pd.DataFrame:
-    """Run (or resume, or read back) a search; record its study; one row per trial told.
+    """Run (or resume, or read back) a search; record its study; one row per trial told. Trials train here
+    (cluster=None) when waited for, or on a Dask cluster from when they are asked.
 
     train=False asks no new trial and trains nothing: trials left running are told only if their run is in
     the ledger. on_trial(number, summary) is called after each trial is told."""
+    import optuna
     from optuna.trial import TrialState
+
+    from .cluster import TIMEOUT, Engine, connect, pruner, resolve_job
+    from .train import run
 
     s = parse(spec)
     ostudy = open_study(profile, study, s)
     dists = distributions(s.space)
-    told = 0
+    engine = []                                      # the cluster's Engine, once the first trial is sent
+
+    def schedule(ft, resumed: bool = False) -> _Pending:
+        """Resolve a trial's run; from the ledger if it is there, else send it to train (when train)."""
+        point = {**overrides_of(ft.params, s.space), "name": run_name(profile, study, f"t{ft.number}", None)}
+        [(_, cfg)] = build_configs({"base": s.base, "points": {"t": point}}, profile, study)
+        job = resolve_job(cfg, local=cluster is None, force=force)
+        job.label = f"t{ft.number}"
+        trial = optuna.trial.Trial(ostudy, ft._trial_id)
+        if "prune_thresholds" in ft.user_attrs:
+            thresholds = {int(k): v for k, v in ft.user_attrs["prune_thresholds"].items()}
+        else:
+            thresholds = median_thresholds(ostudy, s.prune_startup, s.prune_warmup_steps) if s.prune else {}
+            trial.set_user_attr("prune_thresholds", {str(k): v for k, v in thresholds.items()})
+        if ft.user_attrs.get("hash") != job.hash:
+            trial.set_user_attr("hash", job.hash)
+        p = _Pending(ft.number, ft._trial_id, job, thresholds)
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ft.params.items())
+        head = f"[{study} t{ft.number}{' resumed' if resumed else ''}] {shown}"
+        if job.done and not force:
+            p.summary = job.summary
+            print(f"{head} -> in the ledger (run {job.summary['name']}-{job.hash})", flush=True)
+        elif not train:
+            print(f"{head} -> not in the ledger ({job.summary['status']}); not trained here (train=False)",
+                  flush=True)
+        else:
+            if cluster is not None:
+                if not engine:
+                    client = stack.enter_context(connect(cluster, runs_per_gpu))
+                    engine.append(Engine(client, {}, threads_per_run, runs_per_gpu, force=force, on_step=on_step))
+                p.future = engine[0].submit(job, thresholds)
+            print(f"{head} -> {'sent to the cluster' if cluster is not None else 'to train here, in turn'} "
+                  f"(run {job.hash}" + (f", pruning thresholds at {len(thresholds)} steps" if thresholds else "")
+                  + ")", flush=True)
+        return p
+
+    def wait(p: _Pending) -> dict:
+        """The trial's summary: from the ledger, trained here now, or installed from the cluster."""
+        if p.summary is not None:
+            return p.summary
+        if cluster is None:
+            hook = (lambda step: on_step(p.job.cfg, step)) if on_step else None
+            return run(p.job.cfg, force=force, progress=progress, on_eval=pruner(p.thresholds), on_step=hook,
+                       wait=True)
+        return engine[0].collect(p.job, p.future.result(timeout=timeout if timeout is not None else TIMEOUT))
+
+    def tell(p: _Pending, summary: dict) -> None:
+        """Report the run's evaluations to its trial and tell Optuna how it ended."""
+        trial = optuna.trial.Trial(ostudy, p.trial_id)
+        frozen = ostudy.get_trials(deepcopy=False)[p.number]
+        if frozen.state.is_finished():
+            return
+        run_dir = ledger.find_run(ledger.results_root(p.job.cfg.profile), summary["hash"])
+        log = run_dir / "log.jsonl" if run_dir else None
+        curve = [(int(e["step"]), float(e["loss"])) for e in (ledger.read_log(log) if log and log.exists() else [])
+                 if e.get("event") == "validation_step"]
+        with _quiet_optuna():
+            for step, loss in curve:
+                if step not in frozen.intermediate_values and math.isfinite(loss):
+                    trial.report(loss, step)
+            trial.set_user_attr("run", run_dir.name if run_dir else None)
+            trial.set_user_attr("status", summary["status"])
+            if summary["status"] == "finished":
+                ostudy.tell(p.number, summary["final_val_loss"])
+                said = f"official loss {summary['final_val_loss']:.6f}"
+            elif summary["status"] == "pruned":
+                ostudy.tell(p.number, state=TrialState.PRUNED)
+                said = f"pruned at step {summary.get('pruned_step')} (loss {summary.get('last_val_loss')})"
+            else:
+                ostudy.tell(p.number, state=TrialState.FAIL)
+                said = f"{summary['status']} (told FAIL)"
+        print(f"    t{p.number} -> {said}, run {summary['name']}-{summary['hash']}", flush=True)
+
     with contextlib.ExitStack() as stack:
-        runner = _Runner(cluster, threads_per_run, runs_per_gpu, force, progress, timeout, on_step, stack)
         window: deque[_Pending] = deque()
         try:
             for ft in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                window.append(_schedule(ostudy, s, profile, study, ft.number, ft._trial_id, ft.params, ft.user_attrs,
-                                        runner, train, resumed=True))
+                window.append(schedule(ft, resumed=True))
             while True:
                 while train and len(window) < s.parallel and len(ostudy.get_trials(deepcopy=False)) < s.trials:
-                    n = len(ostudy.get_trials(deepcopy=False))
-                    ostudy.sampler = _sampler(s, n)
+                    ostudy.sampler = _sampler(s, len(ostudy.get_trials(deepcopy=False)))
                     with _quiet_optuna():
-                        trial = ostudy.ask(dists)
-                    window.append(_schedule(ostudy, s, profile, study, trial.number, trial._trial_id, trial.params,
-                                            {}, runner, train))
+                        number = ostudy.ask(dists).number
+                    window.append(schedule(ostudy.get_trials(deepcopy=False)[number]))
                 if not window:
                     break
                 p = window.popleft()
                 if p.future is None and p.summary is None and not train:
                     continue                                   # not in the ledger, not trained here
-                summary = runner.wait(p)
-                _tell(ostudy, p, summary, study)
-                told += 1
+                summary = wait(p)
+                tell(p, summary)
                 if on_trial is not None:
                     on_trial(p.number, summary)
         finally:
-            runner.cancel(window)
+            futures = [p.future for p in window if p.future is not None and not p.future.done()]
+            if futures:
+                engine[0].client.cancel(futures)
     df = history(profile, study, s, ostudy)
-    if told or len(df):
-        rows = [{"label": r.label, "axis": "search", "value": r.trial, "seed": r.seed, "hash": r.hash,
-                 "overrides": r.overrides} for r in df.itertuples() if r.status in ledger.TERMINAL]
-        if rows:
-            record_study(profile, study, spec, rows)
+    rows = [{"label": r.label, "axis": "search", "value": r.trial, "seed": r.seed, "hash": r.hash,
+             "overrides": r.overrides} for r in df.itertuples() if r.status in ledger.TERMINAL]
+    if rows:
+        record_study(profile, study, spec, rows)
     return df
-
-
-def _schedule(ostudy, s: SearchSpec, profile: str, study: str, number: int, trial_id: int, params: dict,
-              attrs: dict, runner: _Runner, train: bool, resumed: bool = False) -> _Pending:
-    """Resolve a trial's run; from the ledger if it is there, else send it to train (when train)."""
-    import optuna
-
-    cfg = trial_config(s, profile, study, number, params)
-    job = runner.resolve(cfg)
-    job.label = f"t{number}"
-    trial = optuna.trial.Trial(ostudy, trial_id)
-    if "prune_thresholds" in attrs:
-        thresholds = {int(k): v for k, v in attrs["prune_thresholds"].items()}
-    else:
-        thresholds = median_thresholds(ostudy, s.prune_startup, s.prune_warmup_steps) if s.prune else {}
-        trial.set_user_attr("prune_thresholds", {str(k): v for k, v in thresholds.items()})
-    if attrs.get("hash") != job.hash:
-        trial.set_user_attr("hash", job.hash)
-    p = _Pending(number, trial_id, job, thresholds)
-    shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
-    head = f"[{study} t{number}{' resumed' if resumed else ''}] {shown}"
-    if job.done and not runner.force:
-        p.summary = job.summary
-        print(f"{head} -> in the ledger (run {job.summary['name']}-{job.hash})", flush=True)
-    elif not train:
-        print(f"{head} -> not in the ledger ({job.summary['status']}); not trained here (train=False)", flush=True)
-    else:
-        runner.submit(p)
-        where = "sent to the cluster" if runner.cluster is not None else "to train here, in turn"
-        print(f"{head} -> {where} (run {job.hash}"
-              + (f", pruning thresholds at {len(thresholds)} steps" if thresholds else "") + ")", flush=True)
-    return p
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _tell(ostudy, p: _Pending, summary: dict, study: str) -> None:
-    """Report the run's evaluations to its trial and tell Optuna how it ended."""
-    import optuna
-    from optuna.trial import TrialState
-
-    trial = optuna.trial.Trial(ostudy, p.trial_id)
-    frozen = ostudy.get_trials(deepcopy=False)[p.number]
-    if frozen.state.is_finished():
-        return
-    run_dir = ledger.find_run(ledger.results_root(p.job.cfg.profile), summary["hash"])
-    curve = _curve(run_dir)
-    with _quiet_optuna():
-        for step, loss in curve:
-            if step not in frozen.intermediate_values and math.isfinite(loss):
-                trial.report(loss, step)
-        trial.set_user_attr("run", run_dir.name if run_dir else None)
-        trial.set_user_attr("status", summary["status"])
-        if summary["status"] == "finished":
-            ostudy.tell(p.number, summary["final_val_loss"])
-            said = f"official loss {summary['final_val_loss']:.6f}"
-        elif summary["status"] == "pruned":
-            ostudy.tell(p.number, state=TrialState.PRUNED)
-            said = f"pruned at step {summary.get('pruned_step')} (loss {summary.get('last_val_loss')})"
-        else:
-            ostudy.tell(p.number, state=TrialState.FAIL)
-            said = f"{summary['status']} (told FAIL)"
-    print(f"    t{p.number} -> {said}, run {summary['name']}-{summary['hash']}", flush=True)
-
-
-def _curve(run_dir: Path | None) -> list[tuple[int, float]]:
-    if run_dir is None or not (run_dir / "log.jsonl").exists():
-        return []
-    return [(int(e["step"]), float(e["loss"])) for e in ledger.read_log(run_dir / "log.jsonl")
-            if e.get("event") == "validation_step"]
 
 
 # ----------------------------------------------------------------------------- reading a search back
@@ -437,10 +340,8 @@ def history(profile: str, study: str, s: SearchSpec | None = None, ostudy=None) 
         run_dir = ledger.find_run(root, h) if h else None
         summary = (ledger.read_json(run_dir / "summary.json") if run_dir else None) or {}
         cfg = ledger.read_json(run_dir / "config.json") if run_dir else None
-        seed = None
-        if cfg:
-            c = cfg["config"]
-            seed = c["train_seed"] if c.get("train_seed", -1) >= 0 else c["seed"]
+        c = cfg["config"] if cfg else None
+        seed = (c["train_seed"] if c.get("train_seed", -1) >= 0 else c["seed"]) if c else None
         overrides = overrides_of(t.params, space) if space else dict(t.params)
         last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
         rows.append({"study": study, "trial": t.number, "state": t.state.name, "value": t.value,
@@ -466,20 +367,3 @@ def importances(profile: str, study: str) -> pd.Series:
         print(f"no parameter importances yet: {e}")
         return pd.Series(dtype=float, name="importance")
     return pd.Series(imp, name="importance")
-
-
-def best(profile: str, study: str) -> dict:
-    """The best completed trial: number, value, params, run hash."""
-    ostudy = open_study(profile, study)
-    t = ostudy.best_trial
-    return {"trial": t.number, "value": t.value, "params": t.params, "hash": t.user_attrs.get("hash")}
-
-
-def trials_left(profile: str, study: str, trials: int) -> int:
-    """How many trials of a budget are not told yet (0: the search is complete and runs nothing)."""
-    if not storage_path(profile, study).exists():
-        return trials
-    ostudy = open_study(profile, study)
-    done = [t for t in ostudy.get_trials(deepcopy=False) if t.state.is_finished()]
-    return max(0, trials - len(done))
-

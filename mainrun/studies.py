@@ -1,19 +1,15 @@
 """Studies as data: a spec expanded into configs, study records and the ladder on disk, and the small
 choices made over a study's table. Nothing here trains (the runner is `sweep.run_sweep`).
 
-A spec is a plain dict (or the same thing loaded from YAML):
+    spec = {"base":   {"preset": "epic1"},                        # applied to every point
+            "points": {"base": {}, "rmsnorm": {"norm": "rmsnorm"}},   # named single changes
+            "axes":   {"lr": [1e-4, 3e-4, 5e-4]},                 # each axis varied alone from the base
+            "grid":   {"lr": [...], "dropout": [...]},            # every combination of these
+            "seeds":  [1337, 1338]}                               # every point repeated per seed
 
-    spec = {
-        "base":   {"preset": "epic1"},                  # applied to every point
-        "points": {"base": {}, "rmsnorm": {"norm": "rmsnorm"}},   # named single changes
-        "axes":   {"lr": [1e-4, 3e-4, 5e-4]},           # each axis varied alone from the base
-        "grid":   {"lr": [...], "dropout": [...]},      # every combination of these
-        "seeds":  [1337, 1338],                         # every point repeated per seed
-    }
-
-An axis value may be a dict of overrides (a compound change, e.g. grad_accum with its LR scaling); its
-plotted value is the entry named like the axis. A study record (<results>/studies/<profile>/<study>.json)
-holds the specs a study ran and one row per point; ladder.json beside it names the rungs.
+An axis value may be a dict of overrides (a compound change); its plotted value is the entry named like the
+axis. A study record (<results>/studies/<profile>/<study>.json) holds the specs a study ran and one row per
+point; ladder.json beside it names the rungs.
 """
 from __future__ import annotations
 
@@ -56,13 +52,6 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _axis_value(axis: str, v: Any) -> tuple[Any, dict]:
-    """An axis entry is a value or a dict of overrides holding the axis' value."""
-    if isinstance(v, dict):
-        return v.get(axis, _fmt(v)), dict(v)
-    return v, {axis: v}
-
-
 def expand(spec: dict) -> list[Point]:
     """The points of a spec, in order: named points, then each axis, then the grid; times seeds."""
     unknown = sorted(set(spec) - set(SPEC_KEYS))
@@ -70,18 +59,16 @@ def expand(spec: dict) -> list[Point]:
         raise ValueError(f"unknown sweep spec key(s): {', '.join(unknown)}; accepted: {', '.join(SPEC_KEYS)}")
     points = [Point(label, dict(ov)) for label, ov in spec.get("points", {}).items()]
     for axis, values in spec.get("axes", {}).items():
-        for v in values:
-            value, ov = _axis_value(axis, v)
+        for v in values:               # a value, or a dict of overrides holding the axis' value
+            value, ov = (v.get(axis, _fmt(v)), dict(v)) if isinstance(v, dict) else (v, {axis: v})
             points.append(Point(f"{axis}={_fmt(value)}", ov, axis, value))
     grid = spec.get("grid", {})
-    if grid:
-        names = list(grid)
-        for combo in itertools.product(*(grid[n] for n in names)):
-            ov = {n: v for n, v in zip(names, combo)}
-            points.append(Point(",".join(f"{n}={_fmt(v)}" for n, v in ov.items()), ov, "grid", None))
-    seeds = spec.get("seeds")
-    if seeds:
-        points = [Point(p.label, {**p.overrides, "train_seed": s}, p.axis, p.value, s) for p in points for s in seeds]
+    for combo in itertools.product(*grid.values()) if grid else []:
+        ov = dict(zip(grid, combo))
+        points.append(Point(",".join(f"{n}={_fmt(v)}" for n, v in ov.items()), ov, "grid", None))
+    if seeds := spec.get("seeds"):
+        points = [Point(p.label, {**p.overrides, "train_seed": s}, p.axis, p.value, s)
+                  for p in points for s in seeds]
     labels = [(p.label, p.seed) for p in points]
     dupes = sorted({str(x) for x in labels if labels.count(x) > 1})
     if dupes:
@@ -114,7 +101,7 @@ SUMMARY_COLUMNS = ("status", "official", "final_val_loss", "full_val_bpc", "n_pa
 def load_spec_file(path: Path) -> tuple[str | None, list[dict]]:
     """A spec file (YAML, or JSON): (the profile it names or None, the specs of its calls). A record
     (records/<round>/<study>.yaml) may name its profile and list the specs of several calls under `specs`."""
-    import yaml   # only here: the rest of the module needs no YAML
+    import yaml
 
     expected = "a YAML or JSON mapping with the keys base, points, axes, grid, seeds (a sweep) or search, base"
     try:
@@ -153,7 +140,8 @@ def record_study(profile: str, study: str, spec: dict, rows: list[dict]) -> Path
     # rows keep their place (a re-read study writes nothing); new points go at the end
     merged = {(r["label"], r["seed"]): r for r in old["rows"]}
     for r in rows:
-        merged[(r["label"], r["seed"])] = {k: r[k] for k in ("label", "axis", "value", "seed", "hash", "overrides")}
+        merged[(r["label"], r["seed"])] = {k: r[k] for k in ("label", "axis", "value", "seed", "hash",
+                                                             "overrides")}
     merged = json.loads(json.dumps(list(merged.values()), default=str))
     spec = json.loads(json.dumps(spec, default=str))
     # a spec is kept when it added or changed a row: reading a study back (records/) writes nothing
@@ -185,10 +173,8 @@ def read_ladder(profile: str) -> list[dict]:
 
 
 def stage_overrides(profile: str, stage: str, fallback_preset: str = "baseline") -> dict[str, Any]:
-    """The config of a ladder stage as overrides of the profile's baseline (for the next study).
-
-    Falls back to a preset (with a printed note) when the stage has not been run yet,
-    so a notebook still runs alone in JupyterLab."""
+    """The config of a ladder stage as overrides of the profile's baseline (for the next study); a preset, with
+    a printed note, while the stage has not been run (so a notebook still runs alone in JupyterLab)."""
     stages = {s["stage"]: s for s in read_ladder(profile)}
     run_dir = ledger.find_run(ledger.results_root(profile), stages[stage]["hash"]) if stage in stages else None
     if run_dir is None:
@@ -207,14 +193,9 @@ def by_point(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"loss_mean": g.mean(), "loss_std": g.std(ddof=1), "seeds": g.size(),
                         "loss_min": g.min(), "loss_max": g.max()})
     first = ok.drop_duplicates("label").set_index("label")[["axis", "value", "overrides"]].copy()
-    first["overrides"] = [{k: v for k, v in ov.items() if k not in ("seed", "train_seed")} for ov in first["overrides"]]
+    first["overrides"] = [{k: v for k, v in ov.items() if k not in ("seed", "train_seed")}
+                          for ov in first["overrides"]]
     return out.join(first)
-
-
-def best_per_axis(df: pd.DataFrame) -> dict[str, dict]:
-    """{axis: overrides of its lowest-loss point} over the axis points of a sweep."""
-    pts = by_point(df[df["axis"].notna() & (df["axis"] != "grid")])
-    return {axis: g.sort_values("loss_mean").iloc[0]["overrides"] for axis, g in pts.groupby("axis", sort=False)}
 
 
 def row(df: pd.DataFrame, label: str, seed: int | None = None) -> pd.Series:
@@ -252,10 +233,11 @@ def combine(points: pd.DataFrame) -> dict[str, Any]:
 
 
 def joint_best(df: pd.DataFrame) -> dict[str, Any]:
-    """Every axis at its best value, together."""
+    """Every axis of a sweep at its lowest-loss value, together."""
+    pts = by_point(df[df["axis"].notna() & (df["axis"] != "grid")])
     merged: dict[str, Any] = {}
-    for ov in best_per_axis(df).values():
-        merged.update(ov)
+    for _, g in pts.groupby("axis", sort=False):
+        merged.update(g.sort_values("loss_mean").iloc[0]["overrides"])
     return merged
 
 

@@ -1,9 +1,10 @@
-"""The study runner: every point of a spec trained (or read back from the ledger) here, one after another, or
-on the Dask engine (`mainrun.cluster`); the driver writes the ledger and the study record either way. A spec
-with a "search" key is an Optuna search (`mainrun.search`). Specs, study records and the choices made over a
-study's table are in `mainrun.studies` (re-exported here under their old names)."""
+"""The study runner: every point of a spec trained (or read back from the ledger) here, one after another, or on
+the Dask engine (`mainrun.cluster`); the driver writes the ledger and the study record either way. A spec with a
+"search" key is an Optuna search (`mainrun.search`). Specs, study records and the choices made over a study's
+table are in `mainrun.studies` (re-exported here under their old names)."""
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -12,28 +13,18 @@ import pandas as pd
 
 from . import ledger
 from .config import Config, cli_command
-from .studies import (EXECUTION, IDENTITY, SPEC_KEYS, STAGES, STUDY_PROFILE, SUMMARY_COLUMNS,  # noqa: F401
-                      Point, accum_axis, best_per_axis, best_row, build_configs, by_point, combine, expand,
-                      finished, helpful, joint_best, mark_stage, read_ladder, record_study, row, run_name,
-                      stage_overrides, studies_dir, widen)
+from .studies import (EXECUTION, STUDY_PROFILE, SUMMARY_COLUMNS, Point, accum_axis, best_row,  # noqa: F401
+                      build_configs, by_point, combine, expand, finished, helpful, joint_best, mark_stage,
+                      read_ladder, record_study, row, stage_overrides, studies_dir, widen)
 
 
 def run_sweep(spec: dict, profile: str, study: str, progress: bool = True, force: bool = False,
               train: bool = True, cluster=None, threads_per_run: int | None = None,
               runs_per_gpu: int | None = None) -> pd.DataFrame:
-    """Run (or read back) every point of `spec`; record the study; one row per point.
-
-    train=False reads the ledger only: points without a finished run get status "missing" or
-    "incomplete" and are not recorded in the study.
-
-    cluster=None trains here, one point after another. Otherwise the missing points train on a Dask
-    cluster (a number of local worker processes, a scheduler address or a dask Client; mainrun.cluster),
-    with threads_per_run torch threads each and runs_per_gpu runs sharing a GPU; the driver writes the
-    ledger and the study record exactly as here. A spec with a "search" key is an Optuna search
-    (mainrun.search), run the same two ways.
-
-    A point that another process is training (another sweep of the same spec, a `train`) is waited for
-    and read from the ledger, never trained twice at once."""
+    """Run (or read back) every point of `spec`; record the study; one row per point. cluster: None (here, in
+    turn), a number of local Dask workers, a scheduler address or a Client (see cluster.connect); a sweep whose
+    points are all in the ledger starts none. train=False reads the ledger only (unfinished points: "missing"
+    or "incomplete", not recorded). A point another process is training is waited for and read back."""
     check_engine_args(cluster, threads_per_run, runs_per_gpu)
     if "search" in spec:
         from .search import run_search
@@ -44,15 +35,18 @@ def run_sweep(spec: dict, profile: str, study: str, progress: bool = True, force
         rows = [_run_here(study, i, len(pairs), p, cfg, force, progress, train)
                 for i, (p, cfg) in enumerate(pairs, 1)]
     else:
-        from .cluster import run_sweep_on
-        summaries = run_sweep_on(pairs, study, cluster, force=force, train=train,
-                                 threads_per_run=threads_per_run, runs_per_gpu=runs_per_gpu)
+        from .cluster import connect, data_files, resolve_job, run_points
+        jobs = [resolve_job(cfg, label=p.label + (f" seed={p.seed}" if p.seed is not None else ""), force=force)
+                for p, cfg in pairs]
+        todo = [j for j in jobs if force or not j.done] if train else []
+        data = data_files(todo)            # read before anything is sent: the driver's file may go away
+        with connect(cluster, runs_per_gpu) if todo else contextlib.nullcontext() as client:
+            summaries = run_points(jobs, client, data, study, force, train, threads_per_run, runs_per_gpu)
         rows = [_row(study, p, cfg, summary) for (p, cfg), summary in zip(pairs, summaries)]
-    df = pd.DataFrame(rows)
     recorded = [r for r in rows if r["status"] in ledger.TERMINAL]
     if recorded:
         record_study(profile, study, spec, recorded)
-    return df
+    return pd.DataFrame(rows)
 
 
 def check_engine_args(cluster, threads_per_run: int | None, runs_per_gpu: int | None) -> None:

@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     new = [f"runs/{p.name}" for p in sorted((root / "runs").glob("*"))
            if p.name not in before and (p / "summary.json").exists()]
-    records = [f"studies/{profile}/{s}.json" for s in studies if (root / "studies" / profile / f"{s}.json").exists()]
+    records = [f"studies/{profile}/{s}.json" for s in studies
+               if (root / "studies" / profile / f"{s}.json").exists()]
     # only what this call trained (finished runs) and the studies it wrote
     paths = ledger.archive(root, args.out / "ledger.tgz", "<none>", None, tuple(new + records))
     print(f"[{time.time() - t0:.0f}s] packed {len(paths)} ledger paths into {args.out / 'ledger.tgz'}", flush=True)
