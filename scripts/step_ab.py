@@ -6,7 +6,7 @@
 Each variant is NAME=OVERRIDES (comma-separated NAME=VALUE config overrides, empty for the preset as is).
 The variants are built and warmed up first (a compiled one compiles then), then timed round-robin, one
 step of each per round, so a slow patch of a shared machine hits every variant alike. Reports the median
-s/step per variant and its ratio to the first. Steps on random tokens, as `mainrun bench`.
+s/step per variant and its ratio to the first. Steps on `mainrun bench`'s random batch.
 """
 from __future__ import annotations
 
@@ -19,17 +19,10 @@ from pathlib import Path
 
 import torch
 
-from mainrun.bench import train_step
+from mainrun.bench import random_batch, train_step
 from mainrun.config import make_config, parse_overrides
 from mainrun.ledger import hardware
 from mainrun.train import resolve_execution
-
-
-def make_step(cfg):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size), generator=g)
-    y = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size), generator=g)
-    return train_step(cfg, "cpu", cfg.precision, x, y)[0]
 
 
 def main() -> None:
@@ -45,7 +38,7 @@ def main() -> None:
         overrides = parse_overrides([s for s in ov.split(",") if s])
         cfg = resolve_execution(make_config("full", args.preset, device="cpu", **overrides))
         configs[name] = overrides
-        steps[name] = make_step(cfg)
+        steps[name] = train_step(cfg, "cpu", cfg.precision, *random_batch(cfg))[0]
         t = time.perf_counter()
         steps[name]()
         steps[name]()
