@@ -71,9 +71,8 @@ def flop_params(model: torch.nn.Module) -> int:
 def random_batch(cfg: Config, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed random batch (inputs, targets) of the config's shape that the timed steps train on."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size), generator=g)
-    y = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size), generator=g)
-    return x.to(device), y.to(device)
+    x, y = torch.randint(0, cfg.vocab_size, (2, cfg.batch_size, cfg.block_size), generator=g).to(device)
+    return x, y
 
 
 def train_step(cfg: Config, device: str, precision: str, x: torch.Tensor, y: torch.Tensor):
