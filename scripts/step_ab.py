@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
+import timeit
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,17 +39,12 @@ def main() -> None:
         cfg = resolve_execution(make_config("full", args.preset, device="cpu", **overrides))
         configs[name] = overrides
         steps[name] = train_step(cfg, "cpu", cfg.precision, *random_batch(cfg))[0]
-        t = time.perf_counter()
-        steps[name]()
-        steps[name]()
-        warm[name] = time.perf_counter() - t
+        warm[name] = timeit.timeit(steps[name], number=2)
         print(f"{name}: built and warmed up in {warm[name]:.1f} s", flush=True)
     times = {n: [] for n in steps}
     for _ in range(args.reps):
         for n, f in steps.items():
-            t = time.perf_counter()
-            f()
-            times[n].append(time.perf_counter() - t)
+            times[n].append(timeit.timeit(f, number=1))
     first = statistics.median(next(iter(times.values())))
     rows = {n: {"overrides": configs[n], "s_per_step": statistics.median(ts), "times": ts,
                 "vs_first": statistics.median(ts) / first, "warmup_s": warm[n]} for n, ts in times.items()}
