@@ -144,13 +144,6 @@ def profile_ops(cfg: Config, device: str, rows: int = 15) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
-def bench_dir(out_dir: Path | None = None) -> Path:
-    """Where the benchmarks write their JSON (results/bench unless given), created."""
-    out_dir = Path(out_dir or ledger.repo_root() / "results" / "bench")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
-
-
 def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: str | None = None,
               ops: bool = False, reference: bool = True) -> dict:
     """bench_config and the matmul ceiling, extrapolated to the config's whole run and set beside its committed
@@ -190,7 +183,8 @@ def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: st
     }
     if device == "cuda":
         out["mfu_vs_989_tflops"] = ours["gflops"] / 989e3
-    out_dir = bench_dir(out_dir)
+    out_dir = Path(out_dir or ledger.repo_root() / "results" / "bench")
+    out_dir.mkdir(parents=True, exist_ok=True)
     if ops:
         out["top_ops_file"] = f"{device}-{out['label']}-ops.txt"
         (out_dir / out["top_ops_file"]).write_text(profile_ops(cfg, device) + "\n")
@@ -329,7 +323,8 @@ def packing(kind: str, levels: list[tuple], n_runs: int, profile: str, preset: s
                                      f"{seeds[0]}..{seeds[-1]}), {where}",
            "host": ledger.hardware("cpu" if base["device"] == "cpu" else "cuda"), "levels": done,
            "losses": compare_losses(done), "measured_at": datetime.now(timezone.utc).isoformat()}
-    path = bench_dir(out_dir) / f"{name}.json"
+    path = Path(out_dir or ledger.repo_root() / "results" / "bench") / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, default=str) + "\n")
     out["path"] = ledger.display_path(path)
     return out
