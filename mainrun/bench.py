@@ -7,44 +7,48 @@ Measured in one process: (a) a reference step written like the original train.py
 attention, SGD without foreach), (b) our training step with the default fast settings, (c) large matmuls in
 fp32 and bf16. FLOPs follow the 6·N·T rule (N = parameters in matmuls: embedding lookups left out, a tied head
 counted once; T = tokens); attention-score FLOPs are not counted. Medians over timed steps after warm-up.
+
+    python -m mainrun bench --sweep              # runs per hour, GPU where torch sees one, else CPU
+
+--sweep packs runs onto a device (not sequence packing) through the engine, `sweep.run_sweep(...,
+runs_per_gpu=K)`: `gpu_packing` trains the same seeds at K = 1, 2, 4, 8 runs per GPU, `cpu_packing` one
+2-thread run at a time against two 1-thread runs at once. Per level: runs per hour, with startup timed apart,
+and each seed's final loss against the first level's beside the spread over seeds (packing must not move a
+result by more than the seed noise). JSON to results/bench/packing-<device>.json.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import re
 import resource
 import statistics
+import tempfile
 import time
+import timeit
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from . import ledger, tables
-from .config import EVAL_BATCH, EVAL_BLOCK, Config, make_config, parse_overrides, run_hash
-from .data import prepare
+from .config import EVAL_BATCH, EVAL_BLOCK, Config, from_dict, make_config, parse_overrides, run_hash
+from .data import prepare, resolve_source
 from .evaluate import autocast, evaluate
 from .optim import build_optimizers
 from .reference import RefGPT
 from .stats import time_to_quality
+from .sweep import run_sweep
 from .train import build_model, resolve_device, resolve_execution, resolve_precision
 
 TOKENS_PER_EPOCH = 1_155_847   # our corpus, 16k BPE (dataset_info of the baseline run)
 
 
 def _time(fn, device: str, warmup: int, reps: int) -> list[float]:
-    """Seconds of each of `reps` calls of fn after `warmup` calls (the device synchronised around each)."""
+    """Seconds of each of `reps` calls of fn after `warmup` calls, each call with the device synchronised."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        sync()
-        out.append(time.perf_counter() - t)
-    return out
+    return timeit.repeat(lambda: (fn(), sync()), number=1, repeat=warmup + reps)[warmup:]
 
 
 def matmul_rate(device: str, dtype: torch.dtype, n: int) -> float:
@@ -54,17 +58,21 @@ def matmul_rate(device: str, dtype: torch.dtype, n: int) -> float:
     return 2 * n**3 / statistics.median(_time(lambda: a @ b, device, 1, 3)) / 1e9
 
 
-# Tables that the models (model.GPT, reference.RefGPT) read by index as plain Parameters, not nn.Embedding
-LOOKUP_PARAMETERS = ("pos_emb",)
-
-
 def flop_params(model: torch.nn.Module) -> int:
     """Parameters that take part in matmuls: all, less the tables used only as lookups (the learned position
-    table, and the token table when the head is untied); a token table tied to the head counts once."""
+    table `pos_emb`, a plain Parameter in model.GPT and reference.RefGPT, and the token table when the head is
+    untied); a token table tied to the head counts once."""
     linear = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
     lookups = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)} - linear
-    lookups |= {id(p) for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in LOOKUP_PARAMETERS}
+    lookups |= {id(p) for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] == "pos_emb"}
     return sum(p.numel() for p in model.parameters() if id(p) not in lookups)
+
+
+def random_batch(cfg: Config, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed random batch (inputs, targets) of the config's shape that the timed steps train on."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, cfg.vocab_size, (2, cfg.batch_size, cfg.block_size), generator=g).to(device)
+    return x, y
 
 
 def train_step(cfg: Config, device: str, precision: str, x: torch.Tensor, y: torch.Tensor):
@@ -91,9 +99,7 @@ def bench_config(cfg: Config, device: str, reps: int = 3, warmup: int = 1, refer
     """The timed rows (the reference step where the config has the original's architecture, and ours) on one
     random batch, evaluation throughput and peak memory."""
     V, B, T = cfg.vocab_size, cfg.batch_size, cfg.block_size
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, V, (B, T), generator=g).to(device)
-    y = torch.randint(0, V, (B, T), generator=g).to(device)
+    x, y = random_batch(cfg, device)
     rows = {}
     if reference and cfg.d_model and cfg.norm == "layernorm" and cfg.mlp == "gelu":
         torch.manual_seed(cfg.rng_seed)
@@ -116,7 +122,7 @@ def bench_config(cfg: Config, device: str, reps: int = 3, warmup: int = 1, refer
     rows["ours"] = {"times": _time(our_step, device, warmup, reps), "precision": precision,
                     "n_params": model.num_params(), "n_flop_params": flop_params(model)}
     # evaluation throughput at the official shape: one full 64 x 128 span per call
-    val = torch.randint(0, V, (EVAL_BATCH * EVAL_BLOCK + 1,), generator=g)
+    val = torch.randint(0, V, (EVAL_BATCH * EVAL_BLOCK + 1,))
     eval_times = _time(lambda: evaluate(model, val, 1, device, precision), device, 1, 2)
     for r in rows.values():
         s = statistics.median(r["times"])
@@ -131,8 +137,7 @@ def profile_ops(cfg: Config, device: str, rows: int = 15) -> str:
     """torch.profiler's top ops (self time) for one of our training steps (train_step) after a warm-up."""
     from torch.profiler import profile
 
-    x = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size), device=device)
-    step, _ = train_step(cfg, device, resolve_precision(cfg.precision, device), x, x)
+    step, _ = train_step(cfg, device, resolve_precision(cfg.precision, device), *random_batch(cfg, device))
     step()
     with profile() as prof:
         step()
@@ -178,7 +183,7 @@ def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: st
     }
     if device == "cuda":
         out["mfu_vs_989_tflops"] = ours["gflops"] / 989e3
-    out_dir = out_dir or ledger.repo_root() / "results" / "bench"
+    out_dir = Path(out_dir or ledger.repo_root() / "results" / "bench")
     out_dir.mkdir(parents=True, exist_ok=True)
     if ops:
         out["top_ops_file"] = f"{device}-{out['label']}-ops.txt"
@@ -239,7 +244,130 @@ def format_table(r: dict) -> str:
     return "\n".join(line for line in lines if line)
 
 
+# ----------------------------------------------------------------------------- runs per hour (bench --sweep)
+def _warm(cfg_dict: dict, sha256: str | None, name: str | None) -> str:
+    """On each worker before the clock starts: the imports (this module's: torch, the model) and the data
+    preparation (caches)."""
+    from .cluster import cached_data
+
+    cfg = from_dict(cfg_dict)
+    if sha256:
+        cfg = dataclasses.replace(cfg, data=str(cached_data(sha256, name)))
+    prepare(cfg)
+    return "ok"
+
+
+def level(profile: str, preset: str, overrides: dict, seeds: list[int], workers: int, threads_per_run: int,
+          runs_per_gpu: int | None, gpus: int | None, tag: str, tmp: Path) -> dict:
+    """N runs (one per seed) through `run_sweep` on a fresh local cluster, into a temporary ledger; wall time
+    of the sweep (from resolving its points to the last result installed)."""
+    from distributed import Client
+
+    from .cluster import DataFile, DataPlugin, local_cluster
+
+    load_before = os.getloadavg()[0]           # other jobs on the machine skew every number here
+    env = {"MAINRUN_CHECKPOINTS": str(tmp / f"ckpt-{tag}"), "OMP_NUM_THREADS": str(threads_per_run)}
+    cfg = make_config(profile, preset, **overrides)
+    t0 = time.time()
+    cluster = local_cluster(workers, runs_per_gpu=runs_per_gpu, gpus=gpus, env=env)
+    try:
+        with Client(cluster) as client, ledger.results_override(tmp / f"results-{tag}"):
+            client.wait_for_workers(len(cluster.workers), timeout=120)
+            data = None if resolve_source(cfg.data) == "hub" else DataFile.read(resolve_source(cfg.data))
+            if data:                        # named as the engine names it, so the engine sends it not again
+                client.register_plugin(DataPlugin(data), name=f"mainrun-data-{data.sha256}-{data.name}")
+            client.run(_warm, cfg.to_dict(), data and data.sha256, data and data.name)
+            startup = time.time() - t0
+            t1 = time.time()
+            df = run_sweep({"base": {"preset": preset, **overrides}, "points": {"run": {}}, "seeds": list(seeds)},
+                           profile, f"packing-{tag}", progress=False, cluster=client,
+                           threads_per_run=threads_per_run, runs_per_gpu=runs_per_gpu)
+            wall = time.time() - t1
+            summaries = [ledger.read_json(ledger.find_run(ledger.results_root(profile), h) / "summary.json")
+                         for h in df["hash"]]
+        n_workers = len(cluster.workers)
+    finally:
+        cluster.close()
+    per_seed = {k: [s.get(k) for s in summaries]
+                for k in ("final_val_loss", "train_time_s", "tokens_per_s", "peak_cuda_mem_mb")}
+    return {"tag": tag, "workers": n_workers, "runs_per_gpu": runs_per_gpu, "threads_per_run": threads_per_run,
+            "runs": len(summaries), "startup_s": startup, "wall_s": wall,
+            "runs_per_hour": len(summaries) / wall * 3600,
+            "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
+            "statuses": [s["status"] for s in summaries], "seeds": list(seeds), **per_seed}
+
+
+def compare_losses(levels: list[dict]) -> dict:
+    """Each level's per-seed final losses against the first level's, beside the spread over seeds there."""
+    ref = levels[0]
+    ref_losses = [x for x in ref["final_val_loss"] if x is not None]
+    spread = statistics.stdev(ref_losses) if len(ref_losses) > 1 else None
+    out = {"reference": ref["tag"], "seed_std_reference": spread, "levels": {}}
+    for lv in levels:
+        worst = max((abs(a - b) for a, b in zip(lv["final_val_loss"], ref["final_val_loss"])
+                     if a is not None and b is not None), default=None)
+        losses = [x for x in lv["final_val_loss"] if x is not None]
+        within = worst <= spread if worst is not None and spread else None
+        out["levels"][lv["tag"]] = {"mean_loss": statistics.fmean(losses) if losses else None,
+                                    "max_abs_diff_vs_reference": worst, "within_seed_spread": within}
+    return out
+
+
+def packing(kind: str, levels: list[tuple], n_runs: int, profile: str, preset: str, base: dict, where: str,
+            out_dir: Path | None, name: str) -> dict:
+    """Each level (workers, threads per run, runs per GPU, GPUs, tag) measured on the same seeds; the JSON."""
+    seeds = [1337 + i for i in range(n_runs)]
+    with tempfile.TemporaryDirectory(prefix="mainrun-packing-") as tmp:
+        done = [level(profile, preset, base, seeds, *lv, Path(tmp)) for lv in levels]
+    out = {"kind": kind, "workload": f"{profile} profile, preset {preset}, {n_runs} runs (train_seed "
+                                     f"{seeds[0]}..{seeds[-1]}), {where}",
+           "host": ledger.hardware("cpu" if base["device"] == "cpu" else "cuda"), "levels": done,
+           "losses": compare_losses(done), "measured_at": datetime.now(timezone.utc).isoformat()}
+    path = Path(out_dir or ledger.repo_root() / "results" / "bench") / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    out["path"] = ledger.display_path(path)
+    return out
+
+
+def gpu_packing(ks: tuple[int, ...] = (1, 2, 4, 8), n_runs: int = 8, profile: str = "full", preset: str = "final",
+                device: str = "cuda", precision: str = "bf16", gpus: int | None = 1,
+                overrides: dict | None = None, out_dir: Path | None = None, name: str = "packing-cuda") -> dict:
+    """Runs per hour at K runs per GPU (K worker processes per GPU, each holding resource GPU=1/K). The test
+    suite runs this very path with smoke runs on the CPU (`device="cpu"`)."""
+    base = {"device": device, "precision": precision, "checkpoint_every": 0, **(overrides or {})}
+    return packing("gpu", [(k, 1, k, gpus, f"k{k}") for k in ks], n_runs, profile, preset, base,
+                   f"device={device}, precision={precision}", out_dir, name)
+
+
+def cpu_packing(n_runs: int = 2, profile: str = "quick", preset: str = "epic1", overrides: dict | None = None,
+                out_dir: Path | None = None, name: str = "packing-cpu") -> dict:
+    """1 run x 2 threads (one worker, runs in turn) against 2 runs x 1 thread (two workers, at once)."""
+    base = {"device": "cpu", "precision": "fp32", **(overrides or {})}
+    return packing("cpu", [(1, 2, None, None, "1x2threads"), (2, 1, None, None, "2x1thread")], n_runs, profile,
+                   preset, base, "cpu fp32", out_dir, name)
+
+
+def format_packing(r: dict) -> str:
+    fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"  # noqa: E731
+    lines = [f"packing benchmark ({r['kind']}): {r['workload']}",
+             f"{'level':<12}{'workers':>8}{'threads':>8}{'runs':>6}{'startup s':>10}{'wall s':>9}{'runs/h':>9}"
+             f"{'mean loss':>11}{'max |diff|':>11}"]
+    for lv in r["levels"]:
+        cmp = r["losses"]["levels"][lv["tag"]]
+        lines.append(f"{lv['tag']:<12}{lv['workers']:>8}{lv['threads_per_run']:>8}{lv['runs']:>6}"
+                     f"{lv['startup_s']:>10.1f}{lv['wall_s']:>9.1f}{lv['runs_per_hour']:>9.1f}"
+                     f"{fmt(cmp['mean_loss'], '.5f'):>11}{fmt(cmp['max_abs_diff_vs_reference'], '.2e'):>11}")
+    lines.append(f"seed spread (std of the final loss over seeds, {r['losses']['reference']}): "
+                 f"{fmt(r['losses']['seed_std_reference'], '.2e')}; JSON: {r['path']}")
+    return "\n".join(lines)
+
+
 def main(args) -> int:
+    if args.sweep:
+        r = gpu_packing() if torch.cuda.is_available() else cpu_packing()
+        print(format_packing(r))
+        return 0
     cfg = make_config(args.profile, args.preset, **parse_overrides(args.set or []))
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -69,11 +69,6 @@ def set_profile(nb_path: Path, profile: str) -> None:
     nb_path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
-def prompts(page) -> list[str]:
-    return page.eval_on_selector_all(f"{PANEL} .jp-CodeCell .jp-InputPrompt",
-                                     "els => els.map(e => e.textContent.trim())")
-
-
 def accept_dialog(page) -> None:
     """JupyterLab may ask which kernel to start; a person keeps the offered "Python 3 (ipykernel)"."""
     if page.query_selector(".jp-Dialog") is not None:
@@ -108,7 +103,8 @@ def run_notebook(page, base: str, token: str, name: str, shot: Path, timeout_s: 
         if time.time() - t0 > timeout_s:
             raise TimeoutError(f"{name}: still running after {timeout_s:.0f} s")
         accept_dialog(page)
-        marks = prompts(page)
+        marks = page.eval_on_selector_all(f"{PANEL} .jp-CodeCell .jp-InputPrompt",
+                                          "els => els.map(e => e.textContent.trim())")
         done = all(re.search(r"\d", m) for m in marks)
         if any("*" in m for m in marks) or not kernel_idle(api, name):
             idle_since = None
@@ -125,10 +121,9 @@ def run_notebook(page, base: str, token: str, name: str, shot: Path, timeout_s: 
                 clicks, idle_since = clicks + 1, None
         time.sleep(2)
     seconds = time.time() - t0
-    for label in ("No",):                                    # the "Jupyter news?" toast, out of the picture
-        toast = page.query_selector(f'.jp-toast-button:text-is("{label}")')
-        if toast:
-            toast.click()
+    toast = page.query_selector('.jp-toast-button:text-is("No")')    # "Jupyter news?", out of the picture
+    if toast:
+        toast.click()
     page.click('.lm-MenuBar-itemLabel:text-is("File")')
     page.click('.lm-Menu-itemLabel:text-is("Save Notebook")')
     page.wait_for_timeout(3000)
@@ -171,13 +166,11 @@ def main() -> int:
     port, token = free_port(), os.urandom(12).hex()
     lab_log = tmp / "jupyterlab.log"                   # kept in out/ only if the check fails
     lab = start_lab(tmp, port, token, lab_log)
+    said = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True).stdout.strip()  # noqa: E731
     record = {"profile": args.profile, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "git_commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                                           text=True).stdout.strip(),
-              "jupyterlab": subprocess.run([str(REPO / ".venv/bin/jupyter"), "lab", "--version"],
-                                           capture_output=True, text=True).stdout.strip(),
-              "browser": subprocess.run([args.chromium, "--version"], capture_output=True,
-                                        text=True).stdout.strip(),
+              "git_commit": said("git", "-C", str(REPO), "rev-parse", "HEAD"),
+              "jupyterlab": said(str(REPO / ".venv/bin/jupyter"), "lab", "--version"),
+              "browser": said(args.chromium, "--version"),
               "how": "JupyterLab in headless Chromium (playwright): open, Run > Run All Cells, File > Save, "
                      "then the saved notebook is read back", "notebooks": {}}
     ok = True

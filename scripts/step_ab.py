@@ -6,30 +6,23 @@
 Each variant is NAME=OVERRIDES (comma-separated NAME=VALUE config overrides, empty for the preset as is).
 The variants are built and warmed up first (a compiled one compiles then), then timed round-robin, one
 step of each per round, so a slow patch of a shared machine hits every variant alike. Reports the median
-s/step per variant and its ratio to the first. Steps on random tokens, as `mainrun bench`.
+s/step per variant and its ratio to the first. Steps on `mainrun bench`'s random batch.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-import time
+import timeit
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from mainrun.bench import train_step
+from mainrun.bench import random_batch, train_step
 from mainrun.config import make_config, parse_overrides
 from mainrun.ledger import hardware
 from mainrun.train import resolve_execution
-
-
-def make_step(cfg):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size), generator=g)
-    y = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size), generator=g)
-    return train_step(cfg, "cpu", cfg.precision, x, y)[0]
 
 
 def main() -> None:
@@ -45,18 +38,13 @@ def main() -> None:
         overrides = parse_overrides([s for s in ov.split(",") if s])
         cfg = resolve_execution(make_config("full", args.preset, device="cpu", **overrides))
         configs[name] = overrides
-        steps[name] = make_step(cfg)
-        t = time.perf_counter()
-        steps[name]()
-        steps[name]()
-        warm[name] = time.perf_counter() - t
+        steps[name] = train_step(cfg, "cpu", cfg.precision, *random_batch(cfg))[0]
+        warm[name] = timeit.timeit(steps[name], number=2)
         print(f"{name}: built and warmed up in {warm[name]:.1f} s", flush=True)
     times = {n: [] for n in steps}
     for _ in range(args.reps):
         for n, f in steps.items():
-            t = time.perf_counter()
-            f()
-            times[n].append(time.perf_counter() - t)
+            times[n].append(timeit.timeit(f, number=1))
     first = statistics.median(next(iter(times.values())))
     rows = {n: {"overrides": configs[n], "s_per_step": statistics.median(ts), "times": ts,
                 "vs_first": statistics.median(ts) / first, "warmup_s": warm[n]} for n, ts in times.items()}

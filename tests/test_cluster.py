@@ -1,5 +1,5 @@
 """The Dask engine (mainrun.cluster), the Optuna search (mainrun.search) and the packing benchmark
-(mainrun.runs_per_hour): CPU only, smoke profile, local clusters of worker processes, no network."""
+(mainrun.bench, bench --sweep): CPU only, smoke profile, local clusters of worker processes, no network."""
 import json
 import logging
 import os
@@ -15,7 +15,7 @@ from conftest import STANDIN, have_standin
 pytest.importorskip("distributed")
 optuna = pytest.importorskip("optuna")
 
-from mainrun import cluster, ledger, runs_per_hour as packing, search, sweep  # noqa: E402
+from mainrun import bench, cluster, ledger, search, sweep  # noqa: E402
 from mainrun.config import STANDIN_SHA256  # noqa: E402
 from mainrun.data import file_sha256  # noqa: E402
 from mainrun.train import run  # noqa: E402
@@ -223,7 +223,7 @@ def test_search_spec_is_checked():
 def test_gpu_packing_path_runs_on_cpu(tmp_path):
     """The GPU packing benchmark's code path (K worker processes per GPU holding GPU=1/K, tasks asking for
     it), with smoke runs on the CPU standing in for the device."""
-    r = packing.gpu_packing(ks=(2,), n_runs=2, profile="smoke", preset="baseline", device="cpu",
+    r = bench.gpu_packing(ks=(2,), n_runs=2, profile="smoke", preset="baseline", device="cpu",
                             precision="fp32", gpus=1, overrides={"batch_size": 32}, out_dir=tmp_path,
                             name="packing-test")
     [lv] = r["levels"]
@@ -231,13 +231,13 @@ def test_gpu_packing_path_runs_on_cpu(tmp_path):
     assert lv["statuses"] == ["finished", "finished"] and lv["runs_per_hour"] > 0
     assert r["losses"]["levels"]["k2"]["max_abs_diff_vs_reference"] == 0.0
     assert json.loads((tmp_path / "packing-test.json").read_text())["kind"] == "gpu"
-    assert "k2" in packing.format_table(r)
+    assert "k2" in bench.format_packing(r)
 
 
 def test_packing_losses_are_compared_with_the_seed_spread():
     k1 = {"tag": "k1", "final_val_loss": [1.50, 1.52, 1.54]}
     k4 = {"tag": "k4", "final_val_loss": [1.50, 1.53, None]}
-    out = packing.compare_losses([k1, k4])
+    out = bench.compare_losses([k1, k4])
     assert out["seed_std_reference"] == pytest.approx(0.02)
     assert out["levels"]["k4"]["max_abs_diff_vs_reference"] == pytest.approx(0.01)
     assert out["levels"]["k4"]["within_seed_spread"] is True
@@ -247,7 +247,7 @@ def test_packing_losses_are_compared_with_the_seed_spread():
                     reason="no CUDA device here: the GPU packing benchmark (K runs per GPU) needs one; its code "
                            "path runs on the CPU in test_gpu_packing_path_runs_on_cpu")
 def test_gpu_packing_on_cuda(tmp_path):
-    r = packing.gpu_packing(ks=(1, 2), n_runs=2, profile="smoke", preset="baseline", device="cuda",
+    r = bench.gpu_packing(ks=(1, 2), n_runs=2, profile="smoke", preset="baseline", device="cuda",
                             precision="bf16", out_dir=tmp_path, name="packing-cuda-test")
     assert all(lv["statuses"] == ["finished", "finished"] for lv in r["levels"])
 
