@@ -24,7 +24,7 @@ import yaml
 from . import ledger, plots, report_tables as rt
 from .data import repo_root
 from .formats import millions, is_nan, plain, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, md_table, rounded
-from .report_text import (CPU_BUDGET_S, code_versions_md, DEVICE_NAME, PROXY_NOTE, PUBLISHED_BASELINE, baselines_md, edges_md, findings_md, provisional_md,
+from .report_text import (CPU_BUDGET_S, code_versions_md, DEVICE_NAME, say, PUBLISHED_BASELINE, baselines_md, edges_md, findings_md, provisional_md,
                         setup_md, summary_md, changes_table, ladder_table, results_table)
 from .presets import LADDER
 from .stats import coverage_check, permutation_floor, permutation_p, time_to_quality
@@ -175,10 +175,8 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
     (out / "summary.md").write_text(summary_md(numbers, final, base) + provisional_md(numbers, results)
                                     + baselines_md(numbers, results))
     (out / "setup.md").write_text(setup_md(results, base, profile))
-    (out / "code-versions.md").write_text(code_versions_md(results) or "Every run ran at one clean commit.\n")
-    note = PROXY_NOTE[profile] or (f"Profile **full**: the Mainrun rules. The single-change studies and the sweeps "
-                                   f"ran on the {proxy} proxy; only the kept configurations trained at full scale.")
-    (out / "profile.md").write_text(note + "\n")
+    (out / "code-versions.md").write_text(code_versions_md(results))
+    (out / "profile.md").write_text(say(f"profile_note.{profile}", proxy=proxy) + "\n")
     for name, what in FIGURES.items():   # every figure the report shows exists, if only to say it has no data
         if not (out / name).exists():
             plots.save(plots.placeholder(what), out / name, close=True)
