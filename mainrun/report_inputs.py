@@ -24,13 +24,14 @@ import yaml
 from . import ledger, plots, report_tables as rt
 from .data import repo_root
 from .formats import millions, is_nan, plain, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, md_table, rounded
-from .report_text import (CPU_BUDGET_S, code_versions_md, DEVICE_NAME, say, PUBLISHED_BASELINE, baselines_md, edges_md, findings_md, provisional_md,
-                        setup_md, summary_md, changes_table, ladder_table, results_table)
+from .report_text import (CPU_BUDGET_S, DEVICE_NAME, PUBLISHED_BASELINE, baselines_md, changes_table,
+                          code_versions_md, edges_md, findings_md, ladder_table, provisional_md, results_table, say,
+                          setup_md, summary_md, vs_previous)
 from .presets import LADDER
-from .stats import coverage_check, permutation_floor, permutation_p, time_to_quality
+from .stats import coverage_check, deltas, permutation_floor, permutation_p, time_to_quality
 from .studies import STUDY_PROFILE, by_point
-from .tables import (analysis_dir, best_of_curve, points_of, read_stability, ladder_frame, load_results, pending_baseline, read_curve, read_lr, read_studies,
-                     read_tests, study_frame)
+from .tables import (analysis_dir, best_of_curve, ladder_frame, load_results, pending_baseline, points_of, read_curve,
+                     read_lr, read_stability, read_studies, read_tests, study_frame)
 
 
 # The figures write_report_inputs makes, and what each needs from the ledger (a placeholder says so where the
@@ -237,33 +238,30 @@ def _run_numbers(row: pd.Series) -> dict[str, Any]:
 
 
 def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
-    """seeds.md (per candidate: mean, std, range) and the permutation p-value between them."""
+    """seeds.md (per candidate: mean, std, range) and seeds_test.md: the permutation p between the first two
+    candidates, and each full-scale rung ("final<N> (<profile> scale)") against the one before it."""
     if seeds is None or seeds.empty:
-        (out / "seeds.md").write_text("No seed study has been recorded for this profile.\n")
+        (out / "seeds.md").write_text(say("seeds.none"))
         (out / "seeds_test.md").write_text("\n")
         return {}
     st = by_point(seeds)
-    table = pd.DataFrame({"candidate": st.index, "seeds": st["seeds"].astype(int),
-                          "mean loss": st["loss_mean"].map(fmt_loss), "std": st["loss_std"].map(fmt_loss),
-                          "min": st["loss_min"].map(fmt_loss), "max": st["loss_max"].map(fmt_loss)})
+    (out / "seeds.md").write_text(md_table(pd.DataFrame({
+        "candidate": st.index, "seeds": st["seeds"].astype(int), "mean loss": st["loss_mean"].map(fmt_loss),
+        "std": st["loss_std"].map(fmt_loss), "min": st["loss_min"].map(fmt_loss),
+        "max": st["loss_max"].map(fmt_loss)})))
     info: dict[str, Any] = {k: {"n": int(r["seeds"]), "mean": plain(r["loss_mean"]), "std": plain(r["loss_std"])}
                             for k, r in st.iterrows()}
-    text = md_table(table)
-    note = "There are fewer than two candidates with two or more seeds: no test.\n"
-    labels = list(st.index)
-    if len(labels) >= 2:
-        ok = seeds[seeds["status"] == "finished"]
-        a = ok.loc[ok["label"] == labels[0], "final_val_loss"].tolist()
-        b = ok.loc[ok["label"] == labels[1], "final_val_loss"].tolist()
-        p = permutation_p(a, b)
-        info["p_value"] = p
-        if p is not None:
-            note = (f"Exact permutation test of the difference of mean losses, {labels[1]} against {labels[0]} "
-                    f"over their seeds: two-sided p = {p:.2f}.\n")
-    rungs = [k for k in labels if re.fullmatch(r"final\d* \(.+ scale\)", k)]   # final, final2, ... at full scale
     ok = seeds[seeds["status"] == "finished"]
+    losses = {k: ok.loc[ok["label"] == k, "final_val_loss"].tolist() for k in st.index}
+    labels = list(st.index)
+    note = say("seeds.no_test")
+    if len(labels) >= 2:
+        info["p_value"] = p = permutation_p(losses[labels[0]], losses[labels[1]])
+        if p is not None:
+            note = say("seeds.test", a=labels[0], b=labels[1], p=p)
+    rungs = [k for k in labels if re.fullmatch(r"final\d* \(.+ scale\)", k)]   # final, final2, ... at full scale
     for before, after in zip(rungs, rungs[1:]):  # each later rung against the one before it
-        a, b = (ok.loc[ok["label"] == k, "final_val_loss"].tolist() for k in (before, after))
+        a, b = losses[before], losses[after]
         p = permutation_p(b, a)
         d = sum(b) / len(b) - sum(a) / len(a)
         info[f"{after.split()[0]}_vs_{before.split()[0]}"] = {"delta": d, "p": p, "n": [len(a), len(b)]}
@@ -271,11 +269,9 @@ def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
         each = "; ".join(f"{k}: {len(xs)} seed{'s' if len(xs) > 1 else ''}"
                          + (f", std {st.loc[k, 'loss_std']:.4f}" if len(xs) > 1 else "")
                          for k, xs in ((after, b), (before, a)))
-        note += (f"\n{after} against {before}: difference of mean losses {d:+.4f} ({each}); "
-                 + (f"exact permutation p = {p:.2f} (with {len(b)} against {len(a)} seeds it "
-                 f"cannot go below {permutation_floor(len(b), len(a)):.2f}).\n" if p is not None
-                 else "too few seeds for a permutation test.\n"))
-    (out / "seeds.md").write_text(text)
+        note += say("seeds.rung", after=after, before=before, delta=d, each=each) + (
+            say("seeds.rung_p", p=p, n_after=len(b), n_before=len(a), floor=permutation_floor(len(b), len(a)))
+            if p is not None else say("seeds.rung_no_p"))
     (out / "seeds_test.md").write_text(note)
     return info
 
@@ -288,33 +284,28 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
     gpu = results[(results.get("device") == "cuda") & (results["status"] == "finished")] if len(results) else results
     recs = {k: v for k, v in read_studies(profile).items() if k in g.get("studies", [])}
     if gpu.empty or not recs:
-        return "No run of this profile trained on a GPU.\n"
+        return say("gpu.none")
     frames = {k: study_frame(v, results) for k, v in recs.items()}
-    hw = sorted(set(gpu["hardware"].dropna()))
+    dirs = results.drop_duplicates("hash").set_index("hash")["dir"]
     base = gpu[gpu["is_baseline"]]
     base_loss = base["final_val_loss"].iloc[0] if len(base) else float("nan")
-    parts = [f"These runs follow the Mainrun rules (100,000 titles, 7 epochs, the 64 x 128 official evaluation in "
-             f"fp32) but trained with bf16 autocast on {'; '.join(hw)}, so they are reported apart from the CPU "
-             f"runs: ratios in this section are to the baseline trained on that GPU "
-             f"(official loss {fmt_loss(base_loss)}).\n"]
+    parts = [say("gpu.intro", hardware="; ".join(sorted(set(gpu["hardware"].dropna()))), loss=fmt_loss(base_loss))]
+    shown = {}   # the curves of fig-gpu-curves.png: name -> run hash
     lad = frames.get(g.get("ladder"))
     if lad is not None and len(lad):
         lad = lad[lad["status"] == "finished"].drop_duplicates("label")
-        best = [best_of_curve(d) for d in lad["hash"].map(lambda h: results.loc[results["hash"] == h, "dir"].iloc[0])]
-        prev = lad["final_val_loss"].shift(1)
+        best = [best_of_curve(dirs[h]) for h in lad["hash"]]
         t = pd.DataFrame({
             "rung": lad["label"], "official loss": lad["final_val_loss"].map(fmt_loss),
-            "vs previous": ["" if is_nan(p) else f"{x / p - 1:+.1%}" for x, p in zip(lad["final_val_loss"], prev)],
+            "vs previous": vs_previous(lad["final_val_loss"]),
             "ratio": lad["ratio_to_baseline"].map(fmt_ratio), "full bits/char": lad["full_val_bpc"].map(fmt_bpc),
             "lowest loss (step)": [f"{b:.4f} ({st})" for b, st in best], "params": lad["n_params"].map(fmt_int),
             "tokens/s": lad["tokens_per_s"].map(fmt_int)})
         sizes = lad["n_params"].map(millions)
         other = [f"{r} {m}" for r, m in zip(lad["label"], sizes) if m != sizes.iloc[0]]
         parts += [md_table(t, "llrrrrrr"),
-                  f": The seed plan at the original width and depth on the GPU ({sizes.iloc[0]} parameters"
-                  + (f"; {', '.join(other)}" if other else "") + "), each rung the quick "
-                  "proxy's kept configuration. The lowest loss column shows where a run was best before its end. "
-                  "{#tbl-gpu-ladder}\n"]
+                  say("gpu.ladder", size=sizes.iloc[0], others=f"; {', '.join(other)}" if other else "")]
+        shown.update({f"{r.label} ({millions(r.n_params)})": r.hash for r in lad.itertuples()})
     pts = points_of(profile, results, g.get("small", []))
     if len(pts):
         stats = pts.groupby("label", sort=False).agg(
@@ -322,17 +313,13 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
             bpc=("full_val_bpc", "mean"), params=("n_params", "first"), ratio=("ratio_to_baseline", "mean"))
         stats = stats.sort_values("loss")
         t = pd.DataFrame({
-            "model": stats.index,
-            "official loss": stats["loss"].map(fmt_loss),
+            "model": stats.index, "official loss": stats["loss"].map(fmt_loss),
             "seed std": [("" if n < 2 else f"{sd:.4f}") for sd, n in zip(stats["std"], stats["seeds"])],
             "seeds": stats["seeds"].astype(int), "ratio": stats["ratio"].map(fmt_ratio),
             "full bits/char": stats["bpc"].map(fmt_bpc), "params": stats["params"].map(fmt_int)})
-        parts += [md_table(t, "lrrrrrr"),
-                  ": Small models at full scale on the GPU (d = width, L = layers, v = vocabulary), mean over "
-                  "their seeds. All use the beyond recipe (Epic 3's settings plus Muon, WSD, QK-norm, title mask, "
-                  "untied embeddings; dropout 0.05, or none where marked drop0); the shapes were chosen to fit "
-                  "60 minutes on 2 CPU cores. Across vocabularies read the full bits/char column: the official "
-                  "spans score a different share of the validation text under each tokenizer. {#tbl-gpu-small}\n"]
+        parts += [md_table(t, "lrrrrrr"), say("gpu.small")]
+        top = pts[pts["label"] == stats.index[0]].iloc[0]
+        shown[f"small model {top['label']} ({millions(top['n_params'])})"] = top["hash"]
     abl = frames.get(g.get("ablation"))
     if abl is not None and len(abl):
         abl = abl[abl["status"] == "finished"].drop_duplicates("label")
@@ -340,40 +327,23 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
         t = pd.DataFrame({"change": abl["label"], "official loss": abl["final_val_loss"].map(fmt_loss),
                           f"vs {ref['label']}": [f"{x / ref['final_val_loss'] - 1:+.2%}" for x in abl["final_val_loss"]],
                           "full bits/char": abl["full_val_bpc"].map(fmt_bpc), "params": abl["n_params"].map(fmt_int)})
-        parts += [md_table(t, "lrrrr"),
-                  ": One change at a time against the best small model on the GPU. {#tbl-gpu-ablate}\n"]
+        parts += [md_table(t, "lrrrr"), say("gpu.ablate")]
     held = proxy_vs_full(profile, results, proxy_results, roles)
     if len(held):
         t = pd.DataFrame({"change": held["change"], "proxy": held["proxy"].map(lambda x: f"{x:+.1%}"),
                           "full scale": held["full"].map(lambda x: f"{x:+.1%}"), "where": held["where"],
                           "holds": held["holds"].map({True: "yes", False: "no"})})
-        parts += [md_table(t, "lrrll"),
-                  ": Does the quick proxy's ranking hold at full scale? Each change's effect on the official "
-                  "loss on the proxy and at full scale (the ladder's rungs against the previous rung; an ablation "
-                  "of the final configuration read as the change it takes back). It holds where both have the "
-                  "same sign. {#tbl-proxy-vs-full}\n"]
+        parts += [md_table(t, "lrrll"), say("gpu.proxy_vs_full")]
         if not held["holds"].all():
-            parts.append("Where @tbl-proxy-vs-full says no, a change that helped on the quick proxy did not help at "
-                         "full scale" + (": the lowest-loss column of @tbl-gpu-ladder shows which of those runs were "
-                                         "better before their end than at it (overfitting over 7 epochs)."
-                                         if lad is not None and len(lad) else ".") + "\n")
-    curves = {}
-    if lad is not None and len(lad):
-        for r in lad.itertuples():
-            curves[f"{r.label} ({millions(r.n_params)})"] = read_curve(results.loc[results["hash"] == r.hash, "dir"].iloc[0])
-    if len(pts):
-        top = pts[pts["label"] == stats.index[0]].iloc[0]
-        curves[f"small model {top['label']} ({millions(top['n_params'])})"] = read_curve(
-            results.loc[results["hash"] == top["hash"], "dir"].iloc[0])
-    if curves:
+            parts.append(say("gpu.not_held") + (say("gpu.not_held_ladder") if lad is not None and len(lad) else ".")
+                         + "\n")
+    if shown:
+        curves = {k: read_curve(dirs[h]) for k, h in shown.items()}
         plots.save(plots.validation_curves(curves, title="full scale on the GPU", baseline_loss=base_loss),
                    out / "fig-gpu-curves.png", close=True)
-        train = {k: read_curve(results.loc[results["hash"] == h, "dir"].iloc[0], train=True)
-                 for k, h in zip(curves, list(lad["hash"] if lad is not None and len(lad) else [])
-                                 + ([top["hash"]] if len(pts) else []))}
-        plots.save(plots.train_vs_validation(curves, train), out / "fig-overfit.png", close=True)
-        parts.append("![Validation curves of the GPU runs: the seed plan's ladder at the original size and the best small model, against "
-                     "training tokens and wall time.](_generated/fig-gpu-curves.png){#fig-gpu-curves width=100%}\n")
+        plots.save(plots.train_vs_validation(curves, {k: read_curve(dirs[h], train=True) for k, h in shown.items()}),
+                   out / "fig-overfit.png", close=True)
+        parts.append(say("gpu.curves"))
     return "\n".join(parts)
 
 
@@ -392,45 +362,58 @@ def search_section(proxy: str, studies: dict[str, pd.DataFrame], out: Path, refe
     plots.save(plots.search_history(hist, title=f"{proxy}: TPE search"), out / "fig-search.png", close=True)
     ref = studies.get((reference or {}).get("study"))
     label = (reference or {}).get("label")
-    epic3 = by_point(ref).loc[label, "loss_mean"] if ref is not None and label in set(ref["label"]) else None
-    params = [c for c in hist.columns if c.startswith("param_")]
+    ref_loss = by_point(ref).loc[label, "loss_mean"] if ref is not None and label in set(ref["label"]) else None
+    params = {c: c[len("param_"):] for c in hist.columns if c.startswith("param_")}
     top = done.head(5)
     t = pd.DataFrame({"trial": top["label"], "official loss": top["value"].map(fmt_loss),
-                      **{c[len("param_"):]: top[c].map(lambda v: f"{v:.3g}" if isinstance(v, float) else str(v))
-                         for c in params}})
+                      **{p: top[c].map(lambda v: f"{v:.3g}" if isinstance(v, float) else str(v))
+                         for c, p in params.items()}})
     n = hist["state"].value_counts()
-    text = (f"A seeded TPE search (Optuna, ask/tell; `{name}`, notebook 04) varied {', '.join(c[len('param_'):] for c in params)} "
-            f"together on the {proxy} proxy: {len(hist)} trials, {int(n.get('COMPLETE', 0))} completed and "
-            f"{int(n.get('PRUNED', 0))} pruned at an evaluation by the median rule. The best, "
-            f"{top['label'].iloc[0]}, reached {fmt_loss(top['value'].iloc[0])}"
-            + (f" against {fmt_loss(epic3)} for {label} on the same proxy ({top['value'].iloc[0] / epic3 - 1:+.1%})"
-               if epic3 else "") + ". Each trial changes several settings at once, so the search is reported here and "
-            "not among the one-change findings; it is a proxy result, not yet tried at full scale.\n")
-    return "\n".join([text, md_table(t), ": The five best completed trials of the proxy search (official loss). "
-                       "{#tbl-search}\n", f"![The proxy search: each trial's official loss and the best so far.]"
-                       f"(_generated/fig-search.png){{#fig-search width=80%}}\n"])
+    best = top["value"].iloc[0]
+    text = (say("search.text", name=name, params=", ".join(params.values()), proxy=proxy, trials=len(hist),
+                completed=int(n.get("COMPLETE", 0)), pruned=int(n.get("PRUNED", 0)), best=top["label"].iloc[0],
+                loss=fmt_loss(best))
+            + (say("search.against", ref_loss=fmt_loss(ref_loss), label=label, delta=best / ref_loss - 1)
+               if ref_loss else "") + say("search.end"))
+    return "\n".join([text, md_table(t), say("search.caption"), say("search.figure")])
 
 
 def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFrame | None = None,
                   roles: dict[str, Any] | None = None) -> pd.DataFrame:
-    """report_tables.proxy_vs_full over this ledger: the proxy ladder against the GPU ladder (roles["gpu"]),
-    and the full-scale ablations of roles["proxy_vs_full"] (default roles: report/studies.yml)."""
+    """Each change measured on the proxy and at full scale, with its relative effect on the official loss in
+    each: the proxy ladder's rungs against the GPU ladder's (roles["gpu"]["ladder"]), each rung against the one
+    before, and the full-scale ablations of roles["proxy_vs_full"] ({study, reference, ablations: {label:
+    {study, change}}}) read as the proxy change they take back. `holds`: both have the same sign."""
     roles = read_study_roles() if roles is None else roles
     proxy = STUDY_PROFILE[profile]
     proxy_results = load_results(proxy) if proxy_results is None and proxy != profile else proxy_results
-    if proxy == profile or proxy_results is None or proxy_results.empty:
-        return pd.DataFrame(columns=["change", "proxy", "full", "where", "holds"])
-    plad = ladder_frame(proxy, proxy_results).dropna(subset=["final_val_loss"]).set_index("stage")["final_val_loss"]
-    recs = read_studies(profile)
-    lad = recs.get((roles.get("gpu") or {}).get("ladder"))
-    gpu_ladder = study_frame(lad, results) if lad is not None else None
-    spec = roles.get("proxy_vs_full") or {}
-    rec = recs.get(spec.get("study"))
-    ablation = None
-    if rec is not None:
-        a = study_frame(rec, results)
-        ablation = a[a["status"] == "finished"].drop_duplicates("label").set_index("label")["final_val_loss"]
-    return rt.proxy_vs_full(plad, gpu_ladder, ablation, read_studies(proxy), proxy_results, spec)
+    rows: list[dict[str, Any]] = []
+    if proxy != profile and proxy_results is not None and not proxy_results.empty:
+        plad = ladder_frame(proxy, proxy_results).dropna(subset=["final_val_loss"]).set_index("stage")["final_val_loss"]
+        recs, proxy_recs = read_studies(profile), read_studies(proxy)
+        lad = recs.get((roles.get("gpu") or {}).get("ladder"))
+        if lad is not None:
+            g = study_frame(lad, results)
+            g = g[g["status"] == "finished"].drop_duplicates("label").set_index("label")
+            names = [n for n in g.index if n in plad.index]
+            rows += [{"change": f"{cur} (rung)", "proxy": plad[cur] / plad[prev] - 1,
+                      "full": g.loc[cur, "final_val_loss"] / g.loc[prev, "final_val_loss"] - 1,
+                      "where": f"GPU, {g.loc[cur, 'n_params'] / 1e6:.1f}M"} for prev, cur in zip(names, names[1:])]
+        spec = roles.get("proxy_vs_full") or {}
+        ref, rec = spec.get("reference"), recs.get(spec.get("study"))
+        if rec is not None:
+            a = study_frame(rec, results)
+            ablation = a[a["status"] == "finished"].drop_duplicates("label").set_index("label")["final_val_loss"]
+            for label, src in (spec.get("ablations") or {}).items():
+                if label not in ablation.index or ref not in ablation.index or src["study"] not in proxy_recs:
+                    continue
+                f = study_frame(proxy_recs[src["study"]], proxy_results)
+                d, mean, _ = deltas(f, [src["change"]], f["label"].iloc[0])
+                if src["change"] in d:
+                    rows.append({"change": f"{src['change']} ({ref} vs {label})", "proxy": d[src["change"]] / mean,
+                                 "full": ablation[ref] / ablation[label] - 1, "where": f"CPU, {ref}"})
+    out = pd.DataFrame(rows, columns=["change", "proxy", "full", "where"])
+    return out.assign(holds=[(a > 0) == (b > 0) for a, b in zip(out["proxy"], out["full"])])
 
 
 def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataFrame, out: Path,

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .config import make_config
 from .formats import is_nan, fmt_loss, fmt_ratio, md_table
-from .stats import (agreement, deltas, fold_seed_labels, permutation_p, relative_cost, study_effects,
+from .stats import (agreement, fold_seed_labels, permutation_p, relative_cost, study_effects,
                     truncation_agreement)
 from .tables import points_of, read_curve, study_frame
 
@@ -226,34 +226,6 @@ def truncation_table(screen: pd.DataFrame, results: pd.DataFrame, ref: str, skip
     numbers = {k: v for k, v in s.items() if k not in ("deltas", "clear")}
     numbers["table"] = table.to_dict(orient="records")
     return md_table(t, "rrrrrr"), numbers
-
-
-def proxy_vs_full(proxy_ladder: pd.Series, gpu_ladder: pd.DataFrame | None, ablation: pd.Series | None,
-                  proxy_recs: dict[str, dict], proxy_results: pd.DataFrame, spec: dict) -> pd.DataFrame:
-    """Each change measured on the proxy and at full scale, with its relative effect on the official loss in
-    each: the ladder's rungs (proxy ladder `proxy_ladder`, stage -> loss, against the full-scale ladder study
-    frame `gpu_ladder`, each rung against the previous one) and full-scale ablations read as the proxy change
-    they take back (spec: {reference, ablations: {label: {study, change}}}; `ablation`: label -> loss)."""
-    rows = []
-    if gpu_ladder is not None and len(gpu_ladder):
-        g = gpu_ladder[gpu_ladder["status"] == "finished"].drop_duplicates("label").set_index("label")
-        names = [n for n in g.index if n in proxy_ladder.index]
-        for prev, cur in zip(names, names[1:]):
-            rows.append({"change": f"{cur} (rung)", "proxy": proxy_ladder[cur] / proxy_ladder[prev] - 1,
-                         "full": g.loc[cur, "final_val_loss"] / g.loc[prev, "final_val_loss"] - 1,
-                         "where": f"GPU, {g.loc[cur, 'n_params'] / 1e6:.1f}M"})
-    ref = spec.get("reference")
-    for label, src in (spec.get("ablations") or {}).items():
-        if ablation is None or label not in ablation.index or ref not in ablation.index or src["study"] not in proxy_recs:
-            continue
-        f = study_frame(proxy_recs[src["study"]], proxy_results)
-        d, mean, _ = deltas(f, [src["change"]], f["label"].iloc[0])
-        if src["change"] in d:
-            rows.append({"change": f"{src['change']} ({ref} vs {label})", "proxy": d[src["change"]] / mean,
-                         "full": ablation[ref] / ablation[label] - 1, "where": f"CPU, {ref}"})
-    out = pd.DataFrame(rows, columns=["change", "proxy", "full", "where"])
-    out["holds"] = [(a > 0) == (b > 0) for a, b in zip(out["proxy"], out["full"])]
-    return out
 
 
 def seed_std(profile: str, results: pd.DataFrame, studies: list[str]) -> float | None:
