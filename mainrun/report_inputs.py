@@ -1,15 +1,8 @@
-"""The report's inputs, written to disk: figures, markdown tables, numbers and variables.
-
-`write_report_inputs(profile)` is what 05_analysis calls: from the ledger (`tables`), the statistics (`stats`,
-`report_tables`) and the text helpers (`report_text`) it writes <results>/analysis/<profile>/ (`analysis_dir`):
-
-    fig-*.png                                          the report's figures
-    summary.md ladder.md seeds.md findings.md ...      markdown tables and short generated paragraphs
-    screen-*.md agreement.md truncation.md tests.md   the one-change screens' tables (neutral captions)
-    numbers.json                                       every number, for tests and readers
-    variables.yml                                      the numbers report.qmd quotes in its prose
-
-Which studies are which is data: report/studies.yml (`read_study_roles`). Nothing here trains.
+"""The report's inputs, written by `write_report_inputs(profile)` (notebook 05) to <results>/analysis/<profile>/
+(`analysis_dir`) from the ledger (`tables`), the statistics (`stats`, `report_tables`) and the text
+(`report_text`): the figures (fig-*.png), markdown tables and short paragraphs (*.md), numbers.json (every
+number, for tests and readers) and variables.yml (the numbers report.qmd quotes in its prose). Which studies
+are which is data: report/studies.yml (`read_study_roles`). Nothing here trains.
 """
 from __future__ import annotations
 
@@ -56,52 +49,43 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
     roles = read_study_roles() if roles is None else roles
     out = analysis_dir(profile)
     out.mkdir(parents=True, exist_ok=True)
+    save = lambda fig, name: plots.save(fig, out / name, close=True)   # noqa: E731
     results = load_results(profile)
     if results.empty or not results["is_baseline"].any():
         raise RuntimeError(f"the {profile} ledger ({ledger.results_root(profile)}) has no finished baseline run; "
                            f"run notebooks/01_baseline.ipynb first")
     ladder = ladder_frame(profile, results)
-    # the sweeps ran on the study profile (the quick proxy under full; see studies.STUDY_PROFILE)
-    proxy = STUDY_PROFILE[profile]
+    proxy = STUDY_PROFILE[profile]   # the sweeps ran on the study profile (the quick proxy under full)
     proxy_results = results if proxy == profile else load_results(proxy)
-    studies = ({k: study_frame(v, proxy_results) for k, v in read_studies(proxy).items()}
-               if len(proxy_results) else {})
+    studies = {k: study_frame(v, proxy_results) for k, v in read_studies(proxy).items()} if len(proxy_results) else {}
+    recs = read_studies(profile)
     done = ladder.dropna(subset=["final_val_loss"])
-    final_device = done.iloc[-1]["device"] if len(done) else "cpu"
     bases = results[results["is_baseline"]]
-    same = bases[bases["device"] == final_device]
-    base = (same if len(same) else bases).iloc[0]
+    same = bases[bases["device"] == (done.iloc[-1]["device"] if len(done) else "cpu")]
+    base = (same if len(same) else bases).iloc[0]   # the baseline on the final run's device, if it has one
     final = done.iloc[-1] if len(done) else base
     provisional = base["device"] != final["device"]
     proxy_roles = roles.get("proxy") or {}
 
-    # figures
-    curves = {s.stage: read_curve(s.dir) for s in ladder.dropna(subset=["dir"]).itertuples()}
-    plots.save(plots.validation_curves(curves, budget_min=CPU_BUDGET_S / 60 if profile == "full" else None,
-                                       baseline_loss=base["final_val_loss"]), out / "fig-curves.png", close=True)
-    lrs = {s.stage: read_lr(s.dir) for s in ladder.dropna(subset=["dir"]).itertuples()}
-    plots.save(plots.lr_schedules(lrs), out / "fig-lr.png", close=True)
-    sweep = studies.get(proxy_roles.get("sweep"))
+    staged = ladder.dropna(subset=["dir"])
+    save(plots.validation_curves({s.stage: read_curve(s.dir) for s in staged.itertuples()},
+                                 budget_min=CPU_BUDGET_S / 60 if profile == "full" else None,
+                                 baseline_loss=base["final_val_loss"]), "fig-curves.png")
+    save(plots.lr_schedules({s.stage: read_lr(s.dir) for s in staged.itertuples()}), "fig-lr.png")
+    sweep, seeds = studies.get(proxy_roles.get("sweep")), studies.get(proxy_roles.get("seeds"))
     (out / "sweep_edges.md").write_text(edges_md(sweep))
-    seeds = studies.get(proxy_roles.get("seeds"))
-    seed_table = seeds
-    recs = read_studies(profile) if proxy != profile else {}
-    full_seeds = []  # the rungs' seeds at full scale, beside the proxy's candidates
-    for r in LADDER:  # a rung's study may also hold the rung before as its reference point
+    full_seeds = []   # the rungs' seeds at full scale, beside the proxy's candidates
+    for r in LADDER if proxy != profile else []:   # a rung's study may also hold the rung before as its reference
         if r["study"] in recs:
-            f2 = study_frame(recs[r["study"]], results)
-            full_seeds.append(f2[f2["label"] == r["rung"]].assign(label=f"{r['rung']} ({profile} scale)"))
-    if full_seeds:
-        seed_table = pd.concat(([seeds] if seeds is not None else []) + full_seeds, ignore_index=True)
-    band = None
-    if seeds is not None:
-        st = by_point(seeds)
-        if "base" in st.index and st.loc["base", "seeds"] > 1:
-            band = (st.loc["base", "loss_mean"], st.loc["base", "loss_std"])
-    fig = plots.sensitivity(sweep if sweep is not None else pd.DataFrame(), band, seeds, proxy=proxy)
-    plots.save(fig, out / "fig-sensitivity.png", close=True)
+            f = study_frame(recs[r["study"]], results)
+            full_seeds.append(f[f["label"] == r["rung"]].assign(label=f"{r['rung']} ({profile} scale)"))
+    seed_table = pd.concat(([] if seeds is None else [seeds]) + full_seeds, ignore_index=True) if full_seeds else seeds
+    band = None   # the proxy's base candidate over its seeds: the sensitivity figure's noise band
+    if seeds is not None and "base" in (st := by_point(seeds)).index and st.loc["base", "seeds"] > 1:
+        band = (st.loc["base", "loss_mean"], st.loc["base", "loss_std"])
+    save(plots.sensitivity(sweep if sweep is not None else pd.DataFrame(), band, seeds, proxy=proxy),
+         "fig-sensitivity.png")
 
-    # tables and paragraphs
     (out / "results.md").write_text(md_table(results_table(results, profile), "lrrrrrrl"))
     (out / "ladder.md").write_text(md_table(ladder_table(ladder), "llrrrrrrr"))
     (out / "changes.md").write_text(md_table(changes_table(ladder, profile), "ll", min_dashes=40))
@@ -112,42 +96,20 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         "step-1 loss": cov["step1_loss"].map(fmt_loss), "uniform expectation": cov["uniform_loss"].map(fmt_loss),
         "ratio": cov["ratio"].map(lambda x: f"{x:.3f}")})))
     seed_info = _seeds_section(seed_table, out)
-    if seed_table is not None and len(full_seeds):
-        plots.save(plots.seed_spread(seed_table[seed_table["label"].str.endswith("scale)")]),
-                   out / "fig-seeds.png", close=True)
-    gpu_roles = roles.get("gpu") or {}
+    if full_seeds:
+        save(plots.seed_spread(seed_table[seed_table["label"].str.endswith("scale)")]), "fig-seeds.png")
     (out / "gpu.md").write_text(gpu_section(profile, results, out, proxy_results, roles))
     (out / "search.md").write_text(search_section(proxy, studies, out, proxy_roles.get("search_reference")))
     screens = screens_section(profile, results, proxy_results, out, roles)
-    # each finding is judged against the seed spread of its own scale: its screen's reference seeds, else the
-    # last CPU rung's seeds or the GPU's small models' seeds at full scale, or the proxy's base candidate
-    found = rt.findings(recs if proxy != profile else read_studies(profile), results, roles)
-    if proxy != profile:
-        noise = {"cpu": (seed_info.get(f"final ({profile} scale)") or {}).get("std"),
-                 "cuda": ((screens.get("candidates") or {}).get("final") or {}).get("std")
-                 or rt.seed_std(profile, results, gpu_roles.get("small", []))}
-        found["scale"] = [f"at {profile} scale on the {DEVICE_NAME.get(d, d)}" if d else f"at {profile} scale"
-                          for d in found["device"]]
-        found["noise"] = [n if n is not None and not is_nan(n) else noise.get(d)
-                          for n, d in zip(found["noise"], found["device"])]
-        found = found.sort_values("scale", kind="stable", key=lambda s: s.astype(str).str.contains("CPU"))  # GPU first
-        if len(proxy_results):
-            proxy_found = rt.findings(read_studies(proxy), proxy_results, roles)
-            proxy_found["scale"] = f"on the {proxy} proxy"
-            proxy_found["noise"] = (seed_info.get("base") or {}).get("std")
-            found = pd.concat([found, proxy_found], ignore_index=True)
-    else:
-        found["noise"] = (seed_info.get("base") or {}).get("std")
+    found = _findings(profile, proxy, results, proxy_results, recs, roles, seed_info, screens)
     (out / "findings.md").write_text(findings_md(found))
     full_scale = found[~found["scale"].astype(str).str.startswith("on the")] if "scale" in found else found
     if len(full_scale):
-        plots.save(plots.forest(full_scale.assign(scale=full_scale.get("scale", "every scale"))),
-                   out / "fig-forest.png", close=True)
-
-    numbers_stability = stability_section(out, roles)
+        save(plots.forest(full_scale.assign(scale=full_scale.get("scale", "every scale"))), "fig-forest.png")
+    stability = stability_section(out, roles)
     steps = _story_steps(profile, results, done, base, roles)
     if len(steps) > 1:
-        plots.save(plots.story(steps), out / "fig-story.png", close=True)
+        save(plots.story(steps), "fig-story.png")
 
     numbers = {
         "profile": profile, "n_runs": int((results["status"] == "finished").sum()),
@@ -158,7 +120,7 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         # the same ratio on the loss that scores every validation token (the official spans score a
         # different share of the text under different tokenizers)
         "ratio_full_coverage": plain(pd.to_numeric(final.get("full_val_bpc"), errors="coerce")
-                                   / pd.to_numeric(base.get("full_val_bpc"), errors="coerce")),
+                                     / pd.to_numeric(base.get("full_val_bpc"), errors="coerce")),
         "ratio_provisional": bool(provisional),
         "baseline_device": base["device"], "final_device": final["device"],
         "pending_baseline": pending_baseline(results, final["device"]) if provisional else None,
@@ -168,7 +130,7 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         "best_single": _best_rung(done, base, single=True),
         "best_in_budget": _best_rung(done, base, budget_s=CPU_BUDGET_S),
         "screens": screens,
-        "stability": numbers_stability,
+        "stability": stability,
         "formatted": {"baseline_loss": fmt_loss(base["final_val_loss"]), "final_loss": fmt_loss(final["final_val_loss"]),
                       "ratio": fmt_ratio(final["final_val_loss"] / base["final_val_loss"]),
                       "baseline_bpc": fmt_bpc(base["full_val_bpc"]), "final_bpc": fmt_bpc(final["full_val_bpc"])},
@@ -180,11 +142,35 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
     (out / "profile.md").write_text(say(f"profile_note.{profile}", proxy=proxy) + "\n")
     for name, what in FIGURES.items():   # every figure the report shows exists, if only to say it has no data
         if not (out / name).exists():
-            plots.save(plots.placeholder(what), out / name, close=True)
+            save(plots.placeholder(what), name)
     (out / "variables.yml").write_text(yaml.safe_dump({"v": report_variables(numbers)}, sort_keys=True, width=1000))
     # rounded: the file must come out byte-identical on every host (see formats.SIG_DIGITS)
     (out / "numbers.json").write_text(json.dumps(rounded(numbers), indent=2, default=str) + "\n")
     return numbers
+
+
+def _findings(profile: str, proxy: str, results: pd.DataFrame, proxy_results: pd.DataFrame, recs: dict,
+              roles: dict[str, Any], seed_info: dict, screens: dict) -> pd.DataFrame:
+    """Every one-change finding, with its scale and the seed spread it is judged against: its screen's
+    reference seeds, else the last CPU rung's seeds or the GPU's small models' seeds at full scale, or the
+    proxy's base candidate; the full-scale findings (GPU first), then the proxy's."""
+    found = rt.findings(recs, results, roles)
+    proxy_noise = (seed_info.get("base") or {}).get("std")
+    if proxy == profile:
+        return found.assign(noise=proxy_noise)
+    noise = {"cpu": (seed_info.get(f"final ({profile} scale)") or {}).get("std"),
+             "cuda": ((screens.get("candidates") or {}).get("final") or {}).get("std")
+             or rt.seed_std(profile, results, (roles.get("gpu") or {}).get("small", []))}
+    found["scale"] = [f"at {profile} scale on the {DEVICE_NAME.get(d, d)}" if d else f"at {profile} scale"
+                      for d in found["device"]]
+    found["noise"] = [n if n is not None and not is_nan(n) else noise.get(d)
+                      for n, d in zip(found["noise"], found["device"])]
+    found = found.sort_values("scale", kind="stable", key=lambda s: s.astype(str).str.contains("CPU"))  # GPU first
+    if len(proxy_results):
+        proxy_found = rt.findings(read_studies(proxy), proxy_results, roles).assign(
+            scale=f"on the {proxy} proxy", noise=proxy_noise)
+        found = pd.concat([found, proxy_found], ignore_index=True)
+    return found
 
 
 def _stage_seeds(seeds: pd.DataFrame | None, final: pd.Series, base: pd.Series, results: pd.DataFrame,
