@@ -262,6 +262,27 @@ def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
     return info
 
 
+def gpu_ladder(profile: str, results: pd.DataFrame, roles: dict[str, Any]) -> pd.DataFrame | None:
+    """The seed plan's ladder at full scale on the GPU (roles["gpu"]["ladder"]): one finished run a rung."""
+    rec = read_studies(profile).get((roles.get("gpu") or {}).get("ladder"))
+    if rec is None:
+        return None
+    lad = study_frame(rec, results)
+    return lad[lad["status"] == "finished"].drop_duplicates("label")
+
+
+def small_models(profile: str, results: pd.DataFrame, roles: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The small models at full scale on the GPU (roles["gpu"]["small"]): their runs, and per model the mean
+    over its seeds (loss, std, seeds, bpc, params, ratio), best first."""
+    pts = points_of(profile, results, (roles.get("gpu") or {}).get("small", []))
+    if pts.empty:
+        return pts, pd.DataFrame()
+    stats = pts.groupby("label", sort=False).agg(
+        loss=("final_val_loss", "mean"), std=("final_val_loss", "std"), seeds=("final_val_loss", "size"),
+        bpc=("full_val_bpc", "mean"), params=("n_params", "first"), ratio=("ratio_to_baseline", "mean"))
+    return pts, stats.sort_values("loss")
+
+
 def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: pd.DataFrame | None,
                 roles: dict[str, Any]) -> str:
     """The full-scale studies run on a lent GPU (roles["gpu"]: their names): markdown, plus fig-gpu-curves.png
@@ -271,15 +292,13 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
     recs = {k: v for k, v in read_studies(profile).items() if k in g.get("studies", [])}
     if gpu.empty or not recs:
         return say("gpu.none")
-    frames = {k: study_frame(v, results) for k, v in recs.items()}
     dirs = results.drop_duplicates("hash").set_index("hash")["dir"]
     base = gpu[gpu["is_baseline"]]
     base_loss = base["final_val_loss"].iloc[0] if len(base) else float("nan")
     parts = [say("gpu.intro", hardware="; ".join(sorted(set(gpu["hardware"].dropna()))), loss=fmt_loss(base_loss))]
     shown = {}   # the curves of fig-gpu-curves.png: name -> run hash
-    lad = frames.get(g.get("ladder"))
+    lad = gpu_ladder(profile, results, roles)
     if lad is not None and len(lad):
-        lad = lad[lad["status"] == "finished"].drop_duplicates("label")
         best = [best_of_curve(dirs[h]) for h in lad["hash"]]
         t = pd.DataFrame({
             "rung": lad["label"], "official loss": lad["final_val_loss"].map(fmt_loss),
@@ -292,12 +311,8 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
         parts += [md_table(t, "llrrrrrr"),
                   say("gpu.ladder", size=sizes.iloc[0], others=f"; {', '.join(other)}" if other else "")]
         shown.update({f"{r.label} ({millions(r.n_params)})": r.hash for r in lad.itertuples()})
-    pts = points_of(profile, results, g.get("small", []))
+    pts, stats = small_models(profile, results, roles)
     if len(pts):
-        stats = pts.groupby("label", sort=False).agg(
-            loss=("final_val_loss", "mean"), std=("final_val_loss", "std"), seeds=("final_val_loss", "size"),
-            bpc=("full_val_bpc", "mean"), params=("n_params", "first"), ratio=("ratio_to_baseline", "mean"))
-        stats = stats.sort_values("loss")
         t = pd.DataFrame({
             "model": stats.index, "official loss": stats["loss"].map(fmt_loss),
             "seed std": [("" if n < 2 else f"{sd:.4f}") for sd, n in zip(stats["std"], stats["seeds"])],
@@ -306,7 +321,7 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
         parts += [md_table(t, "lrrrrrr"), say("gpu.small")]
         top = pts[pts["label"] == stats.index[0]].iloc[0]
         shown[f"small model {top['label']} ({millions(top['n_params'])})"] = top["hash"]
-    abl = frames.get(g.get("ablation"))
+    abl = study_frame(recs[g["ablation"]], results) if g.get("ablation") in recs else None
     if abl is not None and len(abl):
         abl = abl[abl["status"] == "finished"].drop_duplicates("label")
         ref = abl.iloc[0]
@@ -377,10 +392,9 @@ def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFra
     if proxy != profile and proxy_results is not None and not proxy_results.empty:
         plad = ladder_frame(proxy, proxy_results).dropna(subset=["final_val_loss"]).set_index("stage")["final_val_loss"]
         recs, proxy_recs = read_studies(profile), read_studies(proxy)
-        lad = recs.get((roles.get("gpu") or {}).get("ladder"))
+        lad = gpu_ladder(profile, results, roles)
         if lad is not None:
-            g = study_frame(lad, results)
-            g = g[g["status"] == "finished"].drop_duplicates("label").set_index("label")
+            g = lad.set_index("label")
             names = [n for n in g.index if n in plad.index]
             rows += [{"change": f"{cur} (rung)", "proxy": plad[cur] / plad[prev] - 1,
                       "full": g.loc[cur, "final_val_loss"] / g.loc[prev, "final_val_loss"] - 1,
@@ -482,21 +496,17 @@ def _story_steps(profile: str, results: pd.DataFrame, done: pd.DataFrame, base: 
     """The project's steps in order, each as a ratio to the baseline of its own device: the seed plan's rungs at
     full scale on the GPU (roles["gpu"]["ladder"]), the best small model on the GPU, then the CPU ladder past
     the baseline (LADDER's rungs, each described by its `what`)."""
-    g = roles.get("gpu") or {}
     rows = []
-    rec = read_studies(profile).get(g.get("ladder"))
-    if rec is not None:
-        lad = study_frame(rec, results)
-        lad = lad[lad["status"] == "finished"].drop_duplicates("label")
+    lad = gpu_ladder(profile, results, roles)
+    if lad is not None:
         rows += [{"step": f"{r.label} (GPU, {millions(r.n_params)})", "ratio": float(r.ratio_to_baseline),
                   "device": "GPU", "loss": float(r.final_val_loss)} for r in lad.itertuples()]
-        small = points_of(profile, results, g.get("small", []))
+        small, stats = small_models(profile, results, roles)
         if len(small):
-            best = small.groupby("label")["final_val_loss"].mean().sort_values()
-            top = small[small["label"] == best.index[0]].iloc[0]
+            top = small[small["label"] == stats.index[0]].iloc[0]
             rows.append({"step": f"small model (GPU, {millions(top['n_params'])})",
-                         "ratio": float(best.iloc[0] / top["final_val_loss"] * top["ratio_to_baseline"]),
-                         "device": "GPU", "loss": float(best.iloc[0])})
+                         "ratio": float(stats["loss"].iloc[0] / top["final_val_loss"] * top["ratio_to_baseline"]),
+                         "device": "GPU", "loss": float(stats["loss"].iloc[0])})
     cpu = done[done["device"] == base["device"]]
     ensembles = {r["rung"] for r in LADDER if not r["single"]}
     rows += [{"step": f"{r.stage} ({'CPU' if r.device == 'cpu' else r.device}"
@@ -563,9 +573,10 @@ def stability_section(out: Path, roles: dict[str, Any]) -> dict[str, Any]:
     rec = read_studies(spec.get("profile", "quick")).get(spec.get("study"))
     if rec is None:
         return {}
-    f = study_frame(rec, load_results(spec.get("profile", "quick")))
+    res = load_results(spec.get("profile", "quick"))
+    f = study_frame(rec, res)
     runs = {r.label: read_stability(r.dir) for r in f[f["status"] == "finished"].merge(
-        load_results(spec.get("profile", "quick"))[["hash", "dir"]], on="hash").itertuples()}
+        res[["hash", "dir"]], on="hash").itertuples()}
     runs = {k: v for k, v in runs.items() if len(v)}
     if not runs:
         return {}
