@@ -88,19 +88,18 @@ def test_table(results: pd.DataFrame, tests: pd.DataFrame, base: pd.Series, grou
     def loss_of(hashes: list[str], kind: str, col: str = "official") -> float:
         t = tests[(tests["hash"].isin(hashes)) & (tests["test_set"] == kind)]
         return float(t[col].mean()) if len(hashes) and len(t) == len(hashes) else float("nan")
-    b = [base["hash"]]
+
+    def ratio(hashes: list[str], kind: str, col: str = "official") -> str:   # "" where either side is missing
+        x, xb = loss_of(hashes, kind, col), loss_of([base["hash"]], kind, col)
+        return "" if is_nan(x) or is_nan(xb) else fmt_ratio(x / xb)
     rows = []
     for label, hashes in groups.items():
         val = results.loc[results["hash"].isin(hashes), "final_val_loss"].mean()
-        row = {"candidate": label, "runs": str(len(hashes)), "validation": fmt_loss(val),
-               "val ratio": fmt_ratio(val / base["final_val_loss"])}
-        for kind in ("random", "late"):
-            x, xb = loss_of(hashes, kind), loss_of(b, kind)
-            row[f"test:{kind}"] = fmt_loss(x)
-            row[f"{kind} ratio"] = fmt_ratio(x / xb) if not (is_nan(x) or is_nan(xb)) else ""
-        xf, xbf = loss_of(hashes, "random", "full"), loss_of(b, "random", "full")
-        row["random ratio, full coverage"] = fmt_ratio(xf / xbf) if not (is_nan(xf) or is_nan(xbf)) else ""
-        rows.append(row)
+        rows.append({"candidate": label, "runs": str(len(hashes)), "validation": fmt_loss(val),
+                     "val ratio": fmt_ratio(val / base["final_val_loss"]),
+                     "test:random": fmt_loss(loss_of(hashes, "random")), "random ratio": ratio(hashes, "random"),
+                     "test:late": fmt_loss(loss_of(hashes, "late")), "late ratio": ratio(hashes, "late"),
+                     "random ratio, full coverage": ratio(hashes, "random", "full")})
     return pd.DataFrame(rows)
 
 
@@ -196,11 +195,11 @@ def agreement_table(screen: pd.DataFrame, proxies: dict[str, pd.DataFrame], ref:
         table, s = agreement(screen, frame, changes, ref)
         if table.empty:
             continue
-        numbers[name] = {k: v for k, v in s.items()}
+        numbers[name] = dict(s)
         t = table.set_index("change")
         if out is None:
             out = pd.DataFrame({"change": table["change"], "full scale": table["full"].map(lambda x: f"{x:+.4f}")})
-            clear = table.set_index("change")["full_clear"]
+            clear = t["full_clear"]
         out[name] = [f"{t.loc[c, 'quick']:+.4f}" if c in t.index else "" for c in out["change"]]
         out[f"same sign ({name})"] = [sign[bool(t.loc[c, "same_sign"])] if c in t.index else "" for c in out["change"]]
     if out is None:
