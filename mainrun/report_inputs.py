@@ -18,7 +18,7 @@ from . import ledger, plots, report_tables as rt
 from .data import repo_root
 from .formats import millions, is_nan, plain, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, md_table, rounded
 from .report_text import (CPU_BUDGET_S, DEVICE_NAME, PUBLISHED_BASELINE, baselines_md, changes_table,
-                          code_versions_md, edges_md, findings_md, ladder_table, provisional_md, results_table, say,
+                          TEXT, code_versions_md, edges_md, findings_md, formatted, ladder_table, provisional_md, results_table, say,
                           setup_md, summary_md, vs_previous)
 from .presets import LADDER
 from .stats import coverage_check, deltas, permutation_floor, permutation_p, time_to_quality
@@ -27,14 +27,7 @@ from .tables import (analysis_dir, best_of_curve, ladder_frame, load_results, pe
                      read_lr, read_stability, read_studies, read_tests, study_frame)
 
 
-# The figures write_report_inputs makes, and what each needs from the ledger (a placeholder says so where the
-# ledger lacks it, e.g. under the smoke profile).
-FIGURES = {"fig-story.png": "a ladder of two or more rungs", "fig-curves.png": "a ladder", "fig-lr.png": "a ladder",
-           "fig-overfit.png": "full-scale GPU runs", "fig-gpu-curves.png": "full-scale GPU runs",
-           "fig-seeds.png": "full-scale rungs over seeds", "fig-cost.png": "screens that change the compute",
-           "fig-proxy.png": "a screen made again on a proxy", "fig-forest.png": "one-change studies",
-           "fig-sensitivity.png": "a sweep", "fig-search.png": "a search",
-           "fig-stability.png": "a study of training stability"}
+FIGURES = TEXT["figures"]   # the figures the report shows: name -> what its placeholder says it needs
 
 
 def read_study_roles(path: Path | None = None) -> dict[str, Any]:
@@ -300,12 +293,10 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
     lad = gpu_ladder(profile, results, roles)
     if lad is not None and len(lad):
         best = [best_of_curve(dirs[h]) for h in lad["hash"]]
-        t = pd.DataFrame({
-            "rung": lad["label"], "official loss": lad["final_val_loss"].map(fmt_loss),
-            "vs previous": vs_previous(lad["final_val_loss"]),
-            "ratio": lad["ratio_to_baseline"].map(fmt_ratio), "full bits/char": lad["full_val_bpc"].map(fmt_bpc),
-            "lowest loss (step)": [f"{b:.4f} ({st})" for b, st in best], "params": lad["n_params"].map(fmt_int),
-            "tokens/s": lad["tokens_per_s"].map(fmt_int)})
+        t = pd.DataFrame({"rung": lad["label"], **formatted(lad, "official loss"),
+                          "vs previous": vs_previous(lad["final_val_loss"]), **formatted(lad, "ratio", "full bits/char"),
+                          "lowest loss (step)": [f"{b:.4f} ({st})" for b, st in best],
+                          **formatted(lad, "params", "tokens/s")})
         sizes = lad["n_params"].map(millions)
         other = [f"{r} {m}" for r, m in zip(lad["label"], sizes) if m != sizes.iloc[0]]
         parts += [md_table(t, "llrrrrrr"),
@@ -325,9 +316,9 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
     if abl is not None and len(abl):
         abl = abl[abl["status"] == "finished"].drop_duplicates("label")
         ref = abl.iloc[0]
-        t = pd.DataFrame({"change": abl["label"], "official loss": abl["final_val_loss"].map(fmt_loss),
+        t = pd.DataFrame({"change": abl["label"], **formatted(abl, "official loss"),
                           f"vs {ref['label']}": [f"{x / ref['final_val_loss'] - 1:+.2%}" for x in abl["final_val_loss"]],
-                          "full bits/char": abl["full_val_bpc"].map(fmt_bpc), "params": abl["n_params"].map(fmt_int)})
+                          **formatted(abl, "full bits/char", "params")})
         parts += [md_table(t, "lrrrr"), say("gpu.ablate")]
     held = proxy_vs_full(profile, results, proxy_results, roles)
     if len(held):
@@ -444,13 +435,11 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
     tests = read_tests(ledger.results_root(profile))
     groups = {"baseline (GPU)": [base["hash"]]}
     for row, (study, label) in (roles.get("tests") or {}).items():
-        if study in screens:
-            f = frames[study]
-        elif study in recs:
+        f = frames.get(study)
+        if f is None and study in recs:
             f = rt.fold_seed_labels(study_frame(recs[study], results))
-        else:
-            continue
-        groups[row] = f.loc[(f["label"] == label) & (f["status"] == "finished"), "hash"].tolist()
+        if f is not None:
+            groups[row] = f.loc[(f["label"] == label) & (f["status"] == "finished"), "hash"].tolist()
     cpu_tested = results[results["hash"].isin(tests["hash"]) & (results["device"] == "cpu")]
     groups.update(rt.cpu_groups(cpu_tested))
     groups = {k: v for k, v in groups.items() if v and tests["hash"].isin(v).any()}

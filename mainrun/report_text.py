@@ -41,18 +41,23 @@ def _short(run: str, profile: str) -> str:
     return run[len(profile) + 1:] if run.startswith(profile + "-") else run
 
 
+# the ledger's columns as the tables print them: header -> (column, format)
+COLUMNS = {"official loss": ("final_val_loss", fmt_loss), "full bits/char": ("full_val_bpc", fmt_bpc),
+           "ratio": ("ratio_to_baseline", fmt_ratio), "params": ("n_params", fmt_int),
+           "wall time": ("wall_time_s", fmt_time), "tokens/s": ("tokens_per_s", fmt_int)}
+
+
+def formatted(frame: pd.DataFrame, *headers: str) -> dict[str, pd.Series]:
+    """The COLUMNS named by `headers`, read from `frame` and formatted as the tables print them."""
+    return {h: frame[COLUMNS[h][0]].map(COLUMNS[h][1]) for h in headers}
+
+
 def results_table(results: pd.DataFrame, profile: str) -> pd.DataFrame:
     done = results[results["status"] == "finished"].sort_values("final_val_loss")
-    return pd.DataFrame({
-        "run": [_short(r, profile) for r in done["run"]],
-        "official loss": done["final_val_loss"].map(fmt_loss),
-        "full bits/char": done["full_val_bpc"].map(fmt_bpc),
-        "ratio": done["ratio_to_baseline"].map(fmt_ratio),
-        "params": done["n_params"].map(fmt_int),
-        "wall time": done["wall_time_s"].map(fmt_time),
-        "tokens/s": done["tokens_per_s"].map(fmt_int),
-        "official": done["official"].map(lambda o: "yes" if o else "no"),
-    })
+    return pd.DataFrame({"run": [_short(r, profile) for r in done["run"]],
+                         **formatted(done, "official loss", "full bits/char", "ratio", "params", "wall time",
+                                     "tokens/s"),
+                         "official": done["official"].map(lambda o: "yes" if o else "no")})
 
 
 def _loss_or_progress(row: pd.Series) -> str:
@@ -70,16 +75,10 @@ def vs_previous(losses: pd.Series) -> list[str]:
 
 
 def ladder_table(ladder: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "stage": ladder["stage"], "run": ladder["label"],
-        "official loss": [_loss_or_progress(r) for _, r in ladder.iterrows()],
-        "vs previous": vs_previous(ladder["final_val_loss"]),
-        "ratio": ladder["ratio_to_baseline"].map(fmt_ratio),
-        "full bits/char": ladder["full_val_bpc"].map(fmt_bpc),
-        "params": ladder["n_params"].map(fmt_int),
-        "wall time": ladder["wall_time_s"].map(fmt_time),
-        "tokens/s": ladder["tokens_per_s"].map(fmt_int),
-    })
+    return pd.DataFrame({"stage": ladder["stage"], "run": ladder["label"],
+                         "official loss": [_loss_or_progress(r) for _, r in ladder.iterrows()],
+                         "vs previous": vs_previous(ladder["final_val_loss"]),
+                         **formatted(ladder, "ratio", "full bits/char", "params", "wall time", "tokens/s")})
 
 
 BASELINE_FIELDS = ("optimizer", "lr", "schedule", "n_layer", "n_head", "d_model", "vocab_size", "norm", "pos",
