@@ -17,8 +17,8 @@ import yaml
 from . import ledger, plots, report_tables as rt
 from .data import repo_root
 from .formats import millions, is_nan, plain, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, md_table, rounded
-from .report_text import (CPU_BUDGET_S, DEVICE_NAME, PUBLISHED_BASELINE, baselines_md, changes_table,
-                          TEXT, code_versions_md, edges_md, findings_md, formatted, ladder_table, provisional_md, results_table, say,
+from .report_text import (CPU_BUDGET_S, DEVICE_NAME, PUBLISHED_BASELINE, TEXT, baselines_md, changes_table,
+                          code_versions_md, edges_md, findings_md, formatted, ladder_table, results_table, say,
                           setup_md, summary_md, vs_previous)
 from .presets import LADDER
 from .stats import coverage_check, deltas, permutation_floor, permutation_p, time_to_quality
@@ -128,8 +128,7 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
                       "ratio": fmt_ratio(final["final_val_loss"] / base["final_val_loss"]),
                       "baseline_bpc": fmt_bpc(base["full_val_bpc"]), "final_bpc": fmt_bpc(final["full_val_bpc"])},
     }
-    (out / "summary.md").write_text(summary_md(numbers, final, base) + provisional_md(numbers, results)
-                                    + baselines_md(numbers, results))
+    (out / "summary.md").write_text(summary_md(numbers, final, base) + baselines_md(numbers, results))
     (out / "setup.md").write_text(setup_md(results, base, profile))
     (out / "code-versions.md").write_text(code_versions_md(results))
     (out / "profile.md").write_text(say(f"profile_note.{profile}", proxy=proxy) + "\n")

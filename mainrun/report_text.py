@@ -231,41 +231,33 @@ def code_versions_md(results: pd.DataFrame) -> str:
     return say("setup.code_versions", groups="; ".join(parts))
 
 
-def _device(row: pd.Series) -> str:
-    return f"{DEVICE_NAME.get(row['device'], row['device'])} ({row['precision']})"
-
-
 def baselines_md(n: dict, results: pd.DataFrame) -> str:
-    """Where the baseline was reproduced on two kinds of device: how far apart the two runs are (and
-    n["baseline_agreement"], their curves' agreement)."""
+    """The baselines of two kinds of device. Where the final run's device has no finished baseline yet the
+    ratio is provisional: how far that baseline has come (its curve against the one used: n["curve_agreement"]).
+    Where both finished: how far apart they are (n["baseline_agreement"])."""
+    dev = lambda d: DEVICE_NAME.get(d, d)   # noqa: E731
+    run_dir = lambda h: results.loc[results["hash"] == h, "dir"].iloc[0]   # noqa: E731  (local paths)
+    base = n["baseline"]
+    if n["ratio_provisional"]:
+        pend, fin, other = n["pending_baseline"], dev(n["final_device"]), DEVICE_NAME.get(n["baseline_device"], "?")
+        s = [say("summary.provisional", final=fin, other=other, run=base["run"], loss=fmt_loss(base["final_val_loss"]))]
+        if pend:
+            agree = curve_agreement(run_dir(pend["hash"]), run_dir(base["hash"]))
+            s.append(say("summary.pending", final=fin, run=pend["run"], last_step=pend["last_step"],
+                         max_steps=pend["max_steps"], loss=fmt_loss(pend["last_val_loss"]), step=pend["last_val_step"]))
+            if agree:
+                n["curve_agreement"] = agree
+                s.append(say("summary.pending_agrees", **agree, final=fin))
+        return "\n" + " ".join(s) + "\n"
     bases = results[results["is_baseline"]]
-    if n["ratio_provisional"] or len(bases) < 2:
+    if len(bases) < 2:
         return ""
-    ref = bases[bases["hash"] == n["baseline"]["hash"]].iloc[0]
-    other = bases[bases["hash"] != ref["hash"]].iloc[0]
-    s = [say("summary.two_baselines", ref=_device(ref), other=_device(other), loss=fmt_loss(other["final_val_loss"]),
+    ref, other = bases[bases["hash"] == base["hash"]].iloc[0], bases[bases["hash"] != base["hash"]].iloc[0]
+    s = [say("summary.two_baselines", ref=f"{dev(ref['device'])} ({ref['precision']})",
+             other=f"{dev(other['device'])} ({other['precision']})", loss=fmt_loss(other["final_val_loss"]),
              delta=other["final_val_loss"] / ref["final_val_loss"] - 1)]
     agree = curve_agreement(ref["dir"], other["dir"])
     if agree:
         n["baseline_agreement"] = agree
         s.append(say("summary.two_baselines_agree", **agree))
     return "\n" + " ".join(s + [say("summary.two_baselines_end")]) + "\n"
-
-
-def provisional_md(n: dict, results: pd.DataFrame) -> str:
-    """Where the final run's device has no finished baseline yet: the ratio is provisional, and how far the
-    pending baseline has come (and n["curve_agreement"], its curve against the baseline used)."""
-    if not n["ratio_provisional"]:
-        return ""
-    pend, base = n["pending_baseline"], n["baseline"]
-    fin, other = DEVICE_NAME.get(n["final_device"], n["final_device"]), DEVICE_NAME.get(n["baseline_device"], "?")
-    s = [say("summary.provisional", final=fin, other=other, run=base["run"], loss=fmt_loss(base["final_val_loss"]))]
-    if pend:
-        run_dir = lambda h: results.loc[results["hash"] == h, "dir"].iloc[0]   # noqa: E731  (local paths)
-        agree = curve_agreement(run_dir(pend["hash"]), run_dir(base["hash"]))
-        s.append(say("summary.pending", final=fin, run=pend["run"], last_step=pend["last_step"],
-                     max_steps=pend["max_steps"], loss=fmt_loss(pend["last_val_loss"]), step=pend["last_val_step"]))
-        if agree:
-            n["curve_agreement"] = agree
-            s.append(say("summary.pending_agrees", **agree, final=fin))
-    return "\n" + " ".join(s) + "\n"
