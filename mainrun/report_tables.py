@@ -30,12 +30,6 @@ def screen_frame(recs: dict[str, dict], results: pd.DataFrame, studies: list[str
     return fold_seed_labels(f).drop_duplicates("hash").reset_index(drop=True)
 
 
-def reference_std(frame: pd.DataFrame, ref: str) -> float | None:
-    """The seed std of the reference point of a (folded) study frame; None with fewer than two seeds."""
-    x = frame.loc[(frame["label"] == ref) & (frame["status"] == "finished"), "final_val_loss"]
-    return float(x.std()) if len(x) > 1 else None
-
-
 def findings(recs: dict[str, dict], results: pd.DataFrame, spec: dict) -> pd.DataFrame:
     """Every single change against its study's reference point: each recorded study that is not a screen,
     a search or listed in spec["not_findings"] against its first point; each screen of spec["screens"]
@@ -50,8 +44,9 @@ def findings(recs: dict[str, dict], results: pd.DataFrame, spec: dict) -> pd.Dat
         rows += [dict(r, noise=None) for r in study_effects(name, study_frame(rec, results), ref, results)]
     for sc in spec.get("screens", []):
         f = screen_frame(recs, results, sc["studies"], sc.get("leave_out_prefix"))
-        if len(f):
-            sd = reference_std(f, sc["reference"])
+        if len(f):   # noise: the reference's own seed spread, where it has seeds
+            ref = f.loc[(f["label"] == sc["reference"]) & (f["status"] == "finished"), "final_val_loss"]
+            sd = float(ref.std()) if len(ref) > 1 else None
             rows += [dict(r, noise=sd) for r in study_effects(sc["name"], f, sc["reference"], results)]
     cols = ["study", "change", "reference", "loss", "reference_loss", "delta", "seeds", "verdict", "device",
             "full_delta", "coverage", "reference_coverage", "judged_on", "judged_delta", "noise"]
