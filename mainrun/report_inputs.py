@@ -23,8 +23,8 @@ from .report_text import (CPU_BUDGET_S, DEVICE_NAME, PUBLISHED_BASELINE, TEXT, b
 from .presets import LADDER
 from .stats import coverage_check, deltas, permutation_floor, permutation_p, time_to_quality
 from .studies import STUDY_PROFILE, by_point
-from .tables import (analysis_dir, best_of_curve, ladder_frame, load_results, pending_baseline, points_of, read_curve,
-                     read_lr, read_stability, read_studies, read_tests, study_frame)
+from .tables import (analysis_dir, best_of_curve, ladder_frame, load_results, pending_baseline, points_of,
+                     read_curve, read_lr, read_stability, read_studies, read_tests, study_frame)
 
 
 FIGURES = TEXT["figures"]   # the figures the report shows: name -> what its placeholder says it needs
@@ -50,7 +50,8 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
     ladder = ladder_frame(profile, results)
     proxy = STUDY_PROFILE[profile]   # the sweeps ran on the study profile (the quick proxy under full)
     proxy_results = results if proxy == profile else load_results(proxy)
-    studies = {k: study_frame(v, proxy_results) for k, v in read_studies(proxy).items()} if len(proxy_results) else {}
+    studies = ({k: study_frame(v, proxy_results) for k, v in read_studies(proxy).items()}
+               if len(proxy_results) else {})
     recs = read_studies(profile)
     done = ladder.dropna(subset=["final_val_loss"])
     bases = results[results["is_baseline"]]
@@ -72,7 +73,8 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         if r["study"] in recs:
             f = study_frame(recs[r["study"]], results)
             full_seeds.append(f[f["label"] == r["rung"]].assign(label=f"{r['rung']} ({profile} scale)"))
-    seed_table = pd.concat(([] if seeds is None else [seeds]) + full_seeds, ignore_index=True) if full_seeds else seeds
+    seed_table = (pd.concat(([] if seeds is None else [seeds]) + full_seeds, ignore_index=True) if full_seeds
+                  else seeds)
     band = None   # the proxy's base candidate over its seeds: the sensitivity figure's noise band
     if seeds is not None and "base" in (st := by_point(seeds)).index and st.loc["base", "seeds"] > 1:
         band = (st.loc["base", "loss_mean"], st.loc["base", "loss_std"])
@@ -124,7 +126,8 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         "best_in_budget": _best_rung(done, base, budget_s=CPU_BUDGET_S),
         "screens": screens,
         "stability": stability,
-        "formatted": {"baseline_loss": fmt_loss(base["final_val_loss"]), "final_loss": fmt_loss(final["final_val_loss"]),
+        "formatted": {"baseline_loss": fmt_loss(base["final_val_loss"]),
+                      "final_loss": fmt_loss(final["final_val_loss"]),
                       "ratio": fmt_ratio(final["final_val_loss"] / base["final_val_loss"]),
                       "baseline_bpc": fmt_bpc(base["full_val_bpc"]), "final_bpc": fmt_bpc(final["full_val_bpc"])},
     }
@@ -135,7 +138,8 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
     for name, what in FIGURES.items():   # every figure the report shows exists, if only to say it has no data
         if not (out / name).exists():
             save(plots.placeholder(what), name)
-    (out / "variables.yml").write_text(yaml.safe_dump({"v": report_variables(numbers)}, sort_keys=True, width=1000))
+    (out / "variables.yml").write_text(yaml.safe_dump({"v": report_variables(numbers)}, sort_keys=True,
+                                                      width=1000))
     # rounded: the file must come out byte-identical on every host (see formats.SIG_DIGITS)
     (out / "numbers.json").write_text(json.dumps(rounded(numbers), indent=2, default=str) + "\n")
     return numbers
@@ -280,7 +284,8 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
     """The full-scale studies run on a lent GPU (roles["gpu"]: their names): markdown, plus fig-gpu-curves.png
     and fig-overfit.png."""
     g = roles.get("gpu") or {}
-    gpu = results[(results.get("device") == "cuda") & (results["status"] == "finished")] if len(results) else results
+    gpu = (results[(results.get("device") == "cuda") & (results["status"] == "finished")] if len(results)
+           else results)
     recs = {k: v for k, v in read_studies(profile).items() if k in g.get("studies", [])}
     if gpu.empty or not recs:
         return say("gpu.none")
@@ -293,7 +298,8 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
     if lad is not None and len(lad):
         best = [best_of_curve(dirs[h]) for h in lad["hash"]]
         t = pd.DataFrame({"rung": lad["label"], **formatted(lad, "official loss"),
-                          "vs previous": vs_previous(lad["final_val_loss"]), **formatted(lad, "ratio", "full bits/char"),
+                          "vs previous": vs_previous(lad["final_val_loss"]),
+                          **formatted(lad, "ratio", "full bits/char"),
                           "lowest loss (step)": [f"{b:.4f} ({st})" for b, st in best],
                           **formatted(lad, "params", "tokens/s")})
         sizes = lad["n_params"].map(millions)
@@ -316,7 +322,8 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
         abl = abl[abl["status"] == "finished"].drop_duplicates("label")
         ref = abl.iloc[0]
         t = pd.DataFrame({"change": abl["label"], **formatted(abl, "official loss"),
-                          f"vs {ref['label']}": [f"{x / ref['final_val_loss'] - 1:+.2%}" for x in abl["final_val_loss"]],
+                          f"vs {ref['label']}": [f"{x / ref['final_val_loss'] - 1:+.2%}"
+                                                 for x in abl["final_val_loss"]],
                           **formatted(abl, "full bits/char", "params")})
         parts += [md_table(t, "lrrrr"), say("gpu.ablate")]
     held = proxy_vs_full(profile, results, proxy_results, roles)
@@ -326,14 +333,14 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
                           "holds": held["holds"].map({True: "yes", False: "no"})})
         parts += [md_table(t, "lrrll"), say("gpu.proxy_vs_full")]
         if not held["holds"].all():
-            parts.append(say("gpu.not_held") + (say("gpu.not_held_ladder") if lad is not None and len(lad) else ".")
-                         + "\n")
+            why = say("gpu.not_held_ladder") if lad is not None and len(lad) else "."
+            parts.append(say("gpu.not_held") + why + "\n")
     if shown:
         curves = {k: read_curve(dirs[h]) for k, h in shown.items()}
         plots.save(plots.validation_curves(curves, title="full scale on the GPU", baseline_loss=base_loss),
                    out / "fig-gpu-curves.png", close=True)
-        plots.save(plots.train_vs_validation(curves, {k: read_curve(dirs[h], train=True) for k, h in shown.items()}),
-                   out / "fig-overfit.png", close=True)
+        train = {k: read_curve(dirs[h], train=True) for k, h in shown.items()}
+        plots.save(plots.train_vs_validation(curves, train), out / "fig-overfit.png", close=True)
         parts.append(say("gpu.curves"))
     return "\n".join(parts)
 
@@ -380,7 +387,8 @@ def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFra
     proxy_results = load_results(proxy) if proxy_results is None and proxy != profile else proxy_results
     rows: list[dict[str, Any]] = []
     if proxy != profile and proxy_results is not None and not proxy_results.empty:
-        plad = ladder_frame(proxy, proxy_results).dropna(subset=["final_val_loss"]).set_index("stage")["final_val_loss"]
+        plad = ladder_frame(proxy, proxy_results).dropna(subset=["final_val_loss"])
+        plad = plad.set_index("stage")["final_val_loss"]
         recs, proxy_recs = read_studies(profile), read_studies(proxy)
         lad = gpu_ladder(profile, results, roles)
         if lad is not None:
@@ -451,8 +459,8 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
     numbers["by_cost"] = {}
     for bc in roles.get("by_cost", []):
         if bc["study"] in recs:
-            md, numbers["by_cost"][bc["study"]] = rt.by_cost(recs[bc["study"]], results, base_loss, bc["reference"])
-            files[f"cost-{bc['study']}.md"] = md
+            files[f"cost-{bc['study']}.md"], numbers["by_cost"][bc["study"]] = rt.by_cost(
+                recs[bc["study"]], results, base_loss, bc["reference"])
     if numbers["by_cost"]:
         plots.save(plots.cost_vs_loss(numbers["by_cost"]), out / "fig-cost.png", close=True)
     ag = roles.get("agreement") or {}
@@ -499,7 +507,8 @@ def _story_steps(profile: str, results: pd.DataFrame, done: pd.DataFrame, base: 
     ensembles = {r["rung"] for r in LADDER if not r["single"]}
     rows += [{"step": f"{r.stage} ({'CPU' if r.device == 'cpu' else r.device}"
                       + (", ensemble)" if r.stage in ensembles else ")"),
-              "ratio": float(r.final_val_loss / base["final_val_loss"]), "device": "CPU" if r.device == "cpu" else "GPU",
+              "ratio": float(r.final_val_loss / base["final_val_loss"]),
+              "device": "CPU" if r.device == "cpu" else "GPU",
               "loss": float(r.final_val_loss)} for r in cpu.itertuples()]
     return pd.DataFrame(rows, columns=["step", "ratio", "device", "loss"])
 
@@ -521,7 +530,8 @@ def report_variables(n: dict[str, Any]) -> dict[str, Any]:
         b = n.get(key)
         if b:
             v[key] = {"rung": b["rung"], "loss": fmt_loss(b["loss"]), "ratio": fmt_ratio(b["ratio"]),
-                      "min": f"{b['wall_time_s'] / 60:.1f}", "hardware": b["hardware"], "precision": b["precision"]}
+                      "min": f"{b['wall_time_s'] / 60:.1f}", "hardware": b["hardware"],
+                      "precision": b["precision"]}
     story = pd.DataFrame(n.get("story") or [])
     if len(story):
         gpu = story[story["device"] == "GPU"].reset_index(drop=True)
@@ -539,7 +549,8 @@ def report_variables(n: dict[str, Any]) -> dict[str, Any]:
     st = sc.get("stack")
     if st:
         v["stack"] = {"delta": f"{st['delta']:+.4f}", "p": f"{st['p']:.2f}"}
-    v["cost"] = {study: {label: {"mean": fmt_loss(x["mean"]), "ratio": fmt_ratio(x["ratio"]), "seeds": str(x["seeds"]),
+    v["cost"] = {study: {label: {"mean": fmt_loss(x["mean"]), "ratio": fmt_ratio(x["ratio"]),
+                                 "seeds": str(x["seeds"]),
                                  "delta": f"{x['delta']:+.4f}", "cost": f"{x['cost']:.0f}"}
                          for label, x in (bc.get("points") or {}).items()}
                  for study, bc in (sc.get("by_cost") or {}).items()}

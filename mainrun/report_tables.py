@@ -77,7 +77,8 @@ def seed_table(screen: pd.DataFrame, ref: str, labels: list[str], base_loss: flo
     return md, info
 
 
-def test_table(results: pd.DataFrame, tests: pd.DataFrame, base: pd.Series, groups: dict[str, list[str]]) -> pd.DataFrame:
+def test_table(results: pd.DataFrame, tests: pd.DataFrame, base: pd.Series,
+               groups: dict[str, list[str]]) -> pd.DataFrame:
     """Per candidate (mean over its seeds' runs): validation ratio, and test ratio on each set, all to the
     same baseline run's loss on the same text; the gap says how much of the validation gain is selection."""
     def loss_of(hashes: list[str], kind: str, col: str = "official") -> float:
@@ -123,7 +124,8 @@ def stack_table(recs: dict[str, dict], results: pd.DataFrame, spec: dict, base_l
         return "", {}
     r, k = pd.Series(ref), pd.Series(stack)
     p = permutation_p(stack, ref)
-    members = {kk: v for kk, v in st.loc[st["label"] == spec["label"], "overrides"].iloc[0].items() if kk != "train_seed"}
+    members = {kk: v for kk, v in st.loc[st["label"] == spec["label"], "overrides"].iloc[0].items()
+               if kk != "train_seed"}
     rows = [{"runs": ref_spec["label"], "seeds": str(len(r)), "loss": fmt_loss(r.mean()), "std": fmt_loss(r.std()),
              "against": "", "difference": "", "same seed": "", "p": "", "ratio": fmt_ratio(r.mean() / base_loss)},
             {"runs": spec["label"], "seeds": str(len(k)), "loss": fmt_loss(k.mean()), "std": fmt_loss(k.std()),
@@ -196,7 +198,8 @@ def agreement_table(screen: pd.DataFrame, proxies: dict[str, pd.DataFrame], ref:
             out = pd.DataFrame({"change": table["change"], "full scale": table["full"].map(lambda x: f"{x:+.4f}")})
             clear = t["full_clear"]
         out[name] = [f"{t.loc[c, 'quick']:+.4f}" if c in t.index else "" for c in out["change"]]
-        out[f"same sign ({name})"] = [sign[bool(t.loc[c, "same_sign"])] if c in t.index else "" for c in out["change"]]
+        out[f"same sign ({name})"] = [sign[bool(t.loc[c, "same_sign"])] if c in t.index else ""
+                                      for c in out["change"]]
     if out is None:
         return "", {}
     out["beyond 2 std at full scale"] = [sign[bool(clear[c])] for c in out["change"]]
@@ -214,8 +217,10 @@ def truncation_table(screen: pd.DataFrame, results: pd.DataFrame, ref: str, skip
         return "", {}
     t = pd.DataFrame({"epoch": table["epoch"].map(lambda x: f"{x:g}"),
                       "share of the run": table["fraction"].map(lambda x: f"{x:.0%}"),
-                      "pairs": table["pairs"].astype(str), "same sign": table["sign_agreement"].map(lambda x: f"{x:.0%}"),
-                      "same sign, clear": table["clear_sign_agreement"].map(lambda x: "" if is_nan(x) else f"{x:.0%}"),
+                      "pairs": table["pairs"].astype(str),
+                      "same sign": table["sign_agreement"].map(lambda x: f"{x:.0%}"),
+                      "same sign, clear": table["clear_sign_agreement"].map(
+                          lambda x: "" if is_nan(x) else f"{x:.0%}"),
                       "Spearman": table["spearman"].map(lambda x: f"{x:.2f}")})
     numbers = {k: v for k, v in s.items() if k not in ("deltas", "clear")}
     numbers["table"] = table.to_dict(orient="records")

@@ -64,7 +64,8 @@ def _loss_or_progress(row: pd.Series) -> str:
     """The official loss, or for a run still training its last logged one."""
     if row.get("final_val_loss") is not None and not is_nan(row.get("final_val_loss")):
         return fmt_loss(row["final_val_loss"])
-    if row.get("status") == "incomplete" and row.get("last_val_loss") is not None and not is_nan(row["last_val_loss"]):
+    last = row.get("last_val_loss")
+    if row.get("status") == "incomplete" and last is not None and not is_nan(last):
         return f"training: {fmt_loss(row['last_val_loss'])} at step {int(row['last_val_step'])}"
     return "n/a"
 
@@ -114,8 +115,10 @@ def findings_md(found: pd.DataFrame) -> str:
         for r in sub.itertuples():
             verdict = r.verdict
             if r.judged_on == "full coverage":
-                verdict += say("findings.full_coverage", coverage=r.coverage, reference_coverage=r.reference_coverage)
-            elif getattr(r, "noise", None) and not is_nan(r.noise) and abs(r.loss - r.reference_loss) < 2 * r.noise:
+                verdict += say("findings.full_coverage", coverage=r.coverage,
+                               reference_coverage=r.reference_coverage)
+            elif (getattr(r, "noise", None) and not is_nan(r.noise)
+                  and abs(r.loss - r.reference_loss) < 2 * r.noise):
                 verdict = say("findings.noise")   # not called "helped" or "did not help"
             rows.append({"change": r.change, "study": r.study, "against": r.reference,
                          "official": f"{fmt_loss(r.loss)} vs {fmt_loss(r.reference_loss)}",
@@ -164,17 +167,19 @@ def summary_md(n: dict, final: pd.Series, base: pd.Series) -> str:
     what = {r["rung"]: r["what"] for r in LADDER}.get(n["final_stage"])
     over = (n.get("final_device") == "cpu" and prof == "full"
             and (n["final"].get("wall_time_s") or 0) > CPU_BUDGET_S)
-    notes = [x for x in (_machine_note(final, base), over and say("summary.over_budget", budget=CPU_BUDGET_S // 60))
-             if x]
+    notes = [_machine_note(final, base), say("summary.over_budget", budget=CPU_BUDGET_S // 60) if over else ""]
+    notes = [x for x in notes if x]
     s = [say("summary.published", published=PUBLISHED_BASELINE)] if prof == "full" else []
     s.append(say("summary.main", **f, profile=prof, scale=TEXT["summary"]["scale"][prof], n_runs=n["n_runs"],
-                 where=f" (on the {DEVICE_NAME.get(n['baseline_device'], '?')})" if n.get("ratio_provisional") else "",
+                 where=(f" (on the {DEVICE_NAME.get(n['baseline_device'], '?')})" if n.get("ratio_provisional")
+                        else ""),
                  final_stage=n["final_stage"], what=f", {what}," if what else "",
                  wall=fmt_time(n["final"]["wall_time_s"]), device=DEVICE_NAME.get(n.get("final_device"), "?"),
                  notes=f" ({'; '.join(notes)})" if notes else ""))
     if fs:
         text = say("summary.seeds", n=fs["n"], mean=fmt_loss(fs["mean"]), std=fmt_loss(fs["std"]),
-                   ratio=fmt_ratio(fs["ratio"]), fastest=fmt_time(fs["wall_min_s"]), slowest=fmt_time(fs["wall_max_s"]))
+                   ratio=fmt_ratio(fs["ratio"]), fastest=fmt_time(fs["wall_min_s"]),
+                   slowest=fmt_time(fs["wall_max_s"]))
         if fs["over_budget"] and n.get("final_device") == "cpu":
             text += say("summary.seeds_over_budget", **fs)
             if fs.get("tps_min") is not None:   # the same steps at different speeds: the machine, not the recipe
@@ -239,12 +244,14 @@ def baselines_md(n: dict, results: pd.DataFrame) -> str:
     run_dir = lambda h: results.loc[results["hash"] == h, "dir"].iloc[0]   # noqa: E731  (local paths)
     base = n["baseline"]
     if n["ratio_provisional"]:
-        pend, fin, other = n["pending_baseline"], dev(n["final_device"]), DEVICE_NAME.get(n["baseline_device"], "?")
-        s = [say("summary.provisional", final=fin, other=other, run=base["run"], loss=fmt_loss(base["final_val_loss"]))]
+        pend, fin = n["pending_baseline"], dev(n["final_device"])
+        s = [say("summary.provisional", final=fin, other=DEVICE_NAME.get(n["baseline_device"], "?"),
+                 run=base["run"], loss=fmt_loss(base["final_val_loss"]))]
         if pend:
             agree = curve_agreement(run_dir(pend["hash"]), run_dir(base["hash"]))
             s.append(say("summary.pending", final=fin, run=pend["run"], last_step=pend["last_step"],
-                         max_steps=pend["max_steps"], loss=fmt_loss(pend["last_val_loss"]), step=pend["last_val_step"]))
+                         max_steps=pend["max_steps"], loss=fmt_loss(pend["last_val_loss"]),
+                         step=pend["last_val_step"]))
             if agree:
                 n["curve_agreement"] = agree
                 s.append(say("summary.pending_agrees", **agree, final=fin))
