@@ -37,10 +37,6 @@ def say(key: str, **values) -> str:
 
 
 # ----------------------------------------------------------------------------- tables
-def _short(run: str, profile: str) -> str:
-    return run[len(profile) + 1:] if run.startswith(profile + "-") else run
-
-
 # the ledger's columns as the tables print them: header -> (column, format)
 COLUMNS = {"official loss": ("final_val_loss", fmt_loss), "full bits/char": ("full_val_bpc", fmt_bpc),
            "ratio": ("ratio_to_baseline", fmt_ratio), "params": ("n_params", fmt_int),
@@ -54,7 +50,7 @@ def formatted(frame: pd.DataFrame, *headers: str) -> dict[str, pd.Series]:
 
 def results_table(results: pd.DataFrame, profile: str) -> pd.DataFrame:
     done = results[results["status"] == "finished"].sort_values("final_val_loss")
-    return pd.DataFrame({"run": [_short(r, profile) for r in done["run"]],
+    return pd.DataFrame({"run": done["run"].str.removeprefix(profile + "-"),
                          **formatted(done, "official loss", "full bits/char", "ratio", "params", "wall time",
                                      "tokens/s"),
                          "official": done["official"].map(lambda o: "yes" if o else "no")})
