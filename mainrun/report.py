@@ -3,11 +3,9 @@
     python -m mainrun report --profile full      # -> mainrun/report.pdf (where Mainrun expects it)
     python -m mainrun report --profile quick     # -> <results>/report-quick.pdf
 
-Two paths render the same sources: `quarto render` (Quarto's typst format) when
-quarto is on PATH, else pandoc (pypandoc-binary) to typst and the `typst` wheel
-to PDF. The sources keep to what both understand: `{{< include >}}` of the
-generated snippets on their own line, figures and tables with `#fig-`/`#tbl-`
-labels, `@fig-` cross-references, a typst header file.
+With quarto on PATH, `quarto render` (its typst format); else pandoc (pypandoc-binary) to typst and the `typst`
+wheel to PDF. The sources keep to what both understand: `{{< include >}}` of a generated snippet on its own
+line, `#fig-`/`#tbl-` labels, `@fig-` cross-references, a typst header file.
 """
 from __future__ import annotations
 
@@ -15,7 +13,10 @@ import os
 import re
 import shutil
 import subprocess
+from datetime import datetime
 from pathlib import Path
+
+import yaml
 
 from . import ledger
 from .tables import analysis_dir
@@ -24,8 +25,8 @@ from .data import repo_root
 INCLUDE = re.compile(r"^\{\{<\s*include\s+(\S+)\s*>\}\}[ \t]*$", re.M)
 # a number in the prose: {{< meta v.KEY.SUBKEY >}}, from _generated/variables.yml (Quarto reads the same file
 # through the document's metadata-files; the pandoc path substitutes it here)
-PRIME = re.compile(r"(?<=[0-9])'(?=s\b)")
 META = re.compile(r"\{\{<\s*meta\s+v\.([\w.-]+)\s*>\}\}")
+PRIME = re.compile(r"(?<=[0-9])'(?=s\b)")   # final4's: an apostrophe, which typst's smart quotes set as a prime
 # pandoc writes a cross-reference to a figure/table label as a citation; typst wants @label
 CITE_REF = re.compile(r'#cite\(<((?:fig|tbl)-[^>]+)>, form: "prose"\)')
 
@@ -98,8 +99,6 @@ def dangling_refs(typ: str, strict: bool) -> str:
 def ledger_timestamp(profile: str) -> int | None:
     """The PDF's creation date: the newest `finished_at` of the profile's runs (SOURCE_DATE_EPOCH wins if
     set), so rendering the same ledger twice gives the same bytes on any machine."""
-    from datetime import datetime
-
     if os.environ.get("SOURCE_DATE_EPOCH"):
         return int(os.environ["SOURCE_DATE_EPOCH"])
     stamps = [r["summary"]["finished_at"] for r in ledger.load_runs(ledger.results_root(profile))
@@ -111,15 +110,13 @@ def render_pandoc_typst(qmd: Path, pdf: Path, timestamp: int | None = None, stri
     import pypandoc
     import typst
 
-    import yaml
-
     md = expand_includes(qmd.read_text(), qmd.parent)
     variables = qmd.parent / "_generated" / "variables.yml"
     md = expand_variables(md, yaml.safe_load(variables.read_text())["v"] if variables.exists() else {}, strict)
     typ = pypandoc.convert_text(md, "typst", format="markdown", extra_args=[
         "--standalone", f"--include-in-header={qmd.parent / 'header.typ'}", "--columns=200"])
     typ = CITE_REF.sub(r"@\1", typ)
-    typ = PRIME.sub("\u2019", typ)   # final4's: an apostrophe, which typst's smart quotes would set as a prime
+    typ = PRIME.sub("\u2019", typ)
     typ = dangling_refs(typ, strict)
     typ_path = qmd.with_suffix(".typ")
     typ_path.write_text(typ)

@@ -1,15 +1,8 @@
-"""The report's inputs, written to disk: figures, markdown tables, numbers and variables.
-
-`write_report_inputs(profile)` is what 05_analysis calls: from the ledger (`tables`), the statistics (`stats`,
-`report_tables`) and the text helpers (`report_text`) it writes <results>/analysis/<profile>/ (`analysis_dir`):
-
-    fig-*.png                                          the report's figures
-    summary.md ladder.md seeds.md findings.md ...      markdown tables and short generated paragraphs
-    screen-*.md agreement.md truncation.md tests.md   the one-change screens' tables (neutral captions)
-    numbers.json                                       every number, for tests and readers
-    variables.yml                                      the numbers report.qmd quotes in its prose
-
-Which studies are which is data: report/studies.yml (`read_study_roles`). Nothing here trains.
+"""The report's inputs, written by `write_report_inputs(profile)` (notebook 05) to <results>/analysis/<profile>/
+(`analysis_dir`) from the ledger (`tables`), the statistics (`stats`, `report_tables`) and the text
+(`report_text`): the figures (fig-*.png), markdown tables and short paragraphs (*.md), numbers.json (every
+number, for tests and readers) and variables.yml (the numbers report.qmd quotes in its prose). Which studies
+are which is data: report/studies.yml (`read_study_roles`). Nothing here trains.
 """
 from __future__ import annotations
 
@@ -24,23 +17,17 @@ import yaml
 from . import ledger, plots, report_tables as rt
 from .data import repo_root
 from .formats import millions, is_nan, plain, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, md_table, rounded
-from .report_text import (CPU_BUDGET_S, code_versions_md, DEVICE_NAME, PROXY_NOTE, PUBLISHED_BASELINE, baselines_md, edges_md, findings_md, provisional_md,
-                        setup_md, summary_md, changes_table, ladder_table, results_table)
+from .report_text import (CPU_BUDGET_S, DEVICE_NAME, PUBLISHED_BASELINE, TEXT, baselines_md, changes_table,
+                          code_versions_md, edges_md, findings_md, formatted, ladder_table, results_table, say,
+                          setup_md, summary_md, vs_previous)
 from .presets import LADDER
-from .stats import coverage_check, permutation_floor, permutation_p, time_to_quality
+from .stats import coverage_check, deltas, permutation_floor, permutation_p, time_to_quality
 from .studies import STUDY_PROFILE, by_point
-from .tables import (analysis_dir, best_of_curve, points_of, read_stability, ladder_frame, load_results, pending_baseline, read_curve, read_lr, read_studies,
-                     read_tests, study_frame)
+from .tables import (analysis_dir, best_of_curve, ladder_frame, load_results, pending_baseline, points_of,
+                     read_curve, read_lr, read_stability, read_studies, read_tests, study_frame)
 
 
-# The figures write_report_inputs makes, and what each needs from the ledger (a placeholder says so where the
-# ledger lacks it, e.g. under the smoke profile).
-FIGURES = {"fig-story.png": "a ladder of two or more rungs", "fig-curves.png": "a ladder", "fig-lr.png": "a ladder",
-           "fig-overfit.png": "full-scale GPU runs", "fig-gpu-curves.png": "full-scale GPU runs",
-           "fig-seeds.png": "full-scale rungs over seeds", "fig-cost.png": "screens that change the compute",
-           "fig-proxy.png": "a screen made again on a proxy", "fig-forest.png": "one-change studies",
-           "fig-sensitivity.png": "a sweep", "fig-search.png": "a search",
-           "fig-stability.png": "a study of training stability"}
+FIGURES = TEXT["figures"]   # the figures the report shows: name -> what its placeholder says it needs
 
 
 def read_study_roles(path: Path | None = None) -> dict[str, Any]:
@@ -55,52 +42,45 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
     roles = read_study_roles() if roles is None else roles
     out = analysis_dir(profile)
     out.mkdir(parents=True, exist_ok=True)
+    save = lambda fig, name: plots.save(fig, out / name, close=True)   # noqa: E731
     results = load_results(profile)
     if results.empty or not results["is_baseline"].any():
         raise RuntimeError(f"the {profile} ledger ({ledger.results_root(profile)}) has no finished baseline run; "
                            f"run notebooks/01_baseline.ipynb first")
     ladder = ladder_frame(profile, results)
-    # the sweeps ran on the study profile (the quick proxy under full; see studies.STUDY_PROFILE)
-    proxy = STUDY_PROFILE[profile]
+    proxy = STUDY_PROFILE[profile]   # the sweeps ran on the study profile (the quick proxy under full)
     proxy_results = results if proxy == profile else load_results(proxy)
     studies = ({k: study_frame(v, proxy_results) for k, v in read_studies(proxy).items()}
                if len(proxy_results) else {})
+    recs = read_studies(profile)
     done = ladder.dropna(subset=["final_val_loss"])
-    final_device = done.iloc[-1]["device"] if len(done) else "cpu"
     bases = results[results["is_baseline"]]
-    same = bases[bases["device"] == final_device]
-    base = (same if len(same) else bases).iloc[0]
+    same = bases[bases["device"] == (done.iloc[-1]["device"] if len(done) else "cpu")]
+    base = (same if len(same) else bases).iloc[0]   # the baseline on the final run's device, if it has one
     final = done.iloc[-1] if len(done) else base
     provisional = base["device"] != final["device"]
     proxy_roles = roles.get("proxy") or {}
 
-    # figures
-    curves = {s.stage: read_curve(s.dir) for s in ladder.dropna(subset=["dir"]).itertuples()}
-    plots.save(plots.validation_curves(curves, budget_min=CPU_BUDGET_S / 60 if profile == "full" else None,
-                                       baseline_loss=base["final_val_loss"]), out / "fig-curves.png", close=True)
-    lrs = {s.stage: read_lr(s.dir) for s in ladder.dropna(subset=["dir"]).itertuples()}
-    plots.save(plots.lr_schedules(lrs), out / "fig-lr.png", close=True)
-    sweep = studies.get(proxy_roles.get("sweep"))
+    staged = ladder.dropna(subset=["dir"])
+    save(plots.validation_curves({s.stage: read_curve(s.dir) for s in staged.itertuples()},
+                                 budget_min=CPU_BUDGET_S / 60 if profile == "full" else None,
+                                 baseline_loss=base["final_val_loss"]), "fig-curves.png")
+    save(plots.lr_schedules({s.stage: read_lr(s.dir) for s in staged.itertuples()}), "fig-lr.png")
+    sweep, seeds = studies.get(proxy_roles.get("sweep")), studies.get(proxy_roles.get("seeds"))
     (out / "sweep_edges.md").write_text(edges_md(sweep))
-    seeds = studies.get(proxy_roles.get("seeds"))
-    seed_table = seeds
-    recs = read_studies(profile) if proxy != profile else {}
-    full_seeds = []  # the rungs' seeds at full scale, beside the proxy's candidates
-    for r in LADDER:  # a rung's study may also hold the rung before as its reference point
+    full_seeds = []   # the rungs' seeds at full scale, beside the proxy's candidates
+    for r in LADDER if proxy != profile else []:   # a rung's study may also hold the rung before as its reference
         if r["study"] in recs:
-            f2 = study_frame(recs[r["study"]], results)
-            full_seeds.append(f2[f2["label"] == r["rung"]].assign(label=f"{r['rung']} ({profile} scale)"))
-    if full_seeds:
-        seed_table = pd.concat(([seeds] if seeds is not None else []) + full_seeds, ignore_index=True)
-    band = None
-    if seeds is not None:
-        st = by_point(seeds)
-        if "base" in st.index and st.loc["base", "seeds"] > 1:
-            band = (st.loc["base", "loss_mean"], st.loc["base", "loss_std"])
-    fig = plots.sensitivity(sweep if sweep is not None else pd.DataFrame(), band, seeds, proxy=proxy)
-    plots.save(fig, out / "fig-sensitivity.png", close=True)
+            f = study_frame(recs[r["study"]], results)
+            full_seeds.append(f[f["label"] == r["rung"]].assign(label=f"{r['rung']} ({profile} scale)"))
+    seed_table = (pd.concat(([] if seeds is None else [seeds]) + full_seeds, ignore_index=True) if full_seeds
+                  else seeds)
+    band = None   # the proxy's base candidate over its seeds: the sensitivity figure's noise band
+    if seeds is not None and "base" in (st := by_point(seeds)).index and st.loc["base", "seeds"] > 1:
+        band = (st.loc["base", "loss_mean"], st.loc["base", "loss_std"])
+    save(plots.sensitivity(sweep if sweep is not None else pd.DataFrame(), band, seeds, proxy=proxy),
+         "fig-sensitivity.png")
 
-    # tables and paragraphs
     (out / "results.md").write_text(md_table(results_table(results, profile), "lrrrrrrl"))
     (out / "ladder.md").write_text(md_table(ladder_table(ladder), "llrrrrrrr"))
     (out / "changes.md").write_text(md_table(changes_table(ladder, profile), "ll", min_dashes=40))
@@ -111,42 +91,20 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         "step-1 loss": cov["step1_loss"].map(fmt_loss), "uniform expectation": cov["uniform_loss"].map(fmt_loss),
         "ratio": cov["ratio"].map(lambda x: f"{x:.3f}")})))
     seed_info = _seeds_section(seed_table, out)
-    if seed_table is not None and len(full_seeds):
-        plots.save(plots.seed_spread(seed_table[seed_table["label"].str.endswith("scale)")]),
-                   out / "fig-seeds.png", close=True)
-    gpu_roles = roles.get("gpu") or {}
+    if full_seeds:
+        save(plots.seed_spread(seed_table[seed_table["label"].str.endswith("scale)")]), "fig-seeds.png")
     (out / "gpu.md").write_text(gpu_section(profile, results, out, proxy_results, roles))
     (out / "search.md").write_text(search_section(proxy, studies, out, proxy_roles.get("search_reference")))
     screens = screens_section(profile, results, proxy_results, out, roles)
-    # each finding is judged against the seed spread of its own scale: its screen's reference seeds, else the
-    # last CPU rung's seeds or the GPU's small models' seeds at full scale, or the proxy's base candidate
-    found = rt.findings(recs if proxy != profile else read_studies(profile), results, roles)
-    if proxy != profile:
-        noise = {"cpu": (seed_info.get(f"final ({profile} scale)") or {}).get("std"),
-                 "cuda": ((screens.get("candidates") or {}).get("final") or {}).get("std")
-                 or rt.seed_std(profile, results, gpu_roles.get("small", []))}
-        found["scale"] = [f"at {profile} scale on the {DEVICE_NAME.get(d, d)}" if d else f"at {profile} scale"
-                          for d in found["device"]]
-        found["noise"] = [n if n is not None and not is_nan(n) else noise.get(d)
-                          for n, d in zip(found["noise"], found["device"])]
-        found = found.sort_values("scale", kind="stable", key=lambda s: s.astype(str).str.contains("CPU"))  # GPU first
-        if len(proxy_results):
-            proxy_found = rt.findings(read_studies(proxy), proxy_results, roles)
-            proxy_found["scale"] = f"on the {proxy} proxy"
-            proxy_found["noise"] = (seed_info.get("base") or {}).get("std")
-            found = pd.concat([found, proxy_found], ignore_index=True)
-    else:
-        found["noise"] = (seed_info.get("base") or {}).get("std")
+    found = _findings(profile, proxy, results, proxy_results, recs, roles, seed_info, screens)
     (out / "findings.md").write_text(findings_md(found))
     full_scale = found[~found["scale"].astype(str).str.startswith("on the")] if "scale" in found else found
     if len(full_scale):
-        plots.save(plots.forest(full_scale.assign(scale=full_scale.get("scale", "every scale"))),
-                   out / "fig-forest.png", close=True)
-
-    numbers_stability = stability_section(out, roles)
+        save(plots.forest(full_scale.assign(scale=full_scale.get("scale", "every scale"))), "fig-forest.png")
+    stability = stability_section(out, roles)
     steps = _story_steps(profile, results, done, base, roles)
     if len(steps) > 1:
-        plots.save(plots.story(steps), out / "fig-story.png", close=True)
+        save(plots.story(steps), "fig-story.png")
 
     numbers = {
         "profile": profile, "n_runs": int((results["status"] == "finished").sum()),
@@ -157,7 +115,7 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         # the same ratio on the loss that scores every validation token (the official spans score a
         # different share of the text under different tokenizers)
         "ratio_full_coverage": plain(pd.to_numeric(final.get("full_val_bpc"), errors="coerce")
-                                   / pd.to_numeric(base.get("full_val_bpc"), errors="coerce")),
+                                     / pd.to_numeric(base.get("full_val_bpc"), errors="coerce")),
         "ratio_provisional": bool(provisional),
         "baseline_device": base["device"], "final_device": final["device"],
         "pending_baseline": pending_baseline(results, final["device"]) if provisional else None,
@@ -167,25 +125,48 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         "best_single": _best_rung(done, base, single=True),
         "best_in_budget": _best_rung(done, base, budget_s=CPU_BUDGET_S),
         "screens": screens,
-        "stability": numbers_stability,
-        "formatted": {"baseline_loss": fmt_loss(base["final_val_loss"]), "final_loss": fmt_loss(final["final_val_loss"]),
+        "stability": stability,
+        "formatted": {"baseline_loss": fmt_loss(base["final_val_loss"]),
+                      "final_loss": fmt_loss(final["final_val_loss"]),
                       "ratio": fmt_ratio(final["final_val_loss"] / base["final_val_loss"]),
                       "baseline_bpc": fmt_bpc(base["full_val_bpc"]), "final_bpc": fmt_bpc(final["full_val_bpc"])},
     }
-    (out / "summary.md").write_text(summary_md(numbers, final, base) + provisional_md(numbers, results)
-                                    + baselines_md(numbers, results))
+    (out / "summary.md").write_text(summary_md(numbers, final, base) + baselines_md(numbers, results))
     (out / "setup.md").write_text(setup_md(results, base, profile))
-    (out / "code-versions.md").write_text(code_versions_md(results) or "Every run ran at one clean commit.\n")
-    note = PROXY_NOTE[profile] or (f"Profile **full**: the Mainrun rules. The single-change studies and the sweeps "
-                                   f"ran on the {proxy} proxy; only the kept configurations trained at full scale.")
-    (out / "profile.md").write_text(note + "\n")
+    (out / "code-versions.md").write_text(code_versions_md(results))
+    (out / "profile.md").write_text(say(f"profile_note.{profile}", proxy=proxy) + "\n")
     for name, what in FIGURES.items():   # every figure the report shows exists, if only to say it has no data
         if not (out / name).exists():
-            plots.save(plots.placeholder(what), out / name, close=True)
-    (out / "variables.yml").write_text(yaml.safe_dump({"v": report_variables(numbers)}, sort_keys=True, width=1000))
+            save(plots.placeholder(what), name)
+    (out / "variables.yml").write_text(yaml.safe_dump({"v": report_variables(numbers)}, sort_keys=True,
+                                                      width=1000))
     # rounded: the file must come out byte-identical on every host (see formats.SIG_DIGITS)
     (out / "numbers.json").write_text(json.dumps(rounded(numbers), indent=2, default=str) + "\n")
     return numbers
+
+
+def _findings(profile: str, proxy: str, results: pd.DataFrame, proxy_results: pd.DataFrame, recs: dict,
+              roles: dict[str, Any], seed_info: dict, screens: dict) -> pd.DataFrame:
+    """Every one-change finding, with its scale and the seed spread it is judged against: its screen's
+    reference seeds, else the last CPU rung's seeds or the GPU's small models' seeds at full scale, or the
+    proxy's base candidate; the full-scale findings (GPU first), then the proxy's."""
+    found = rt.findings(recs, results, roles)
+    proxy_noise = (seed_info.get("base") or {}).get("std")
+    if proxy == profile:
+        return found.assign(noise=proxy_noise)
+    noise = {"cpu": (seed_info.get(f"final ({profile} scale)") or {}).get("std"),
+             "cuda": ((screens.get("candidates") or {}).get("final") or {}).get("std")
+             or rt.seed_std(profile, results, (roles.get("gpu") or {}).get("small", []))}
+    found["scale"] = [f"at {profile} scale on the {DEVICE_NAME.get(d, d)}" if d else f"at {profile} scale"
+                      for d in found["device"]]
+    found["noise"] = [n if n is not None and not is_nan(n) else noise.get(d)
+                      for n, d in zip(found["noise"], found["device"])]
+    found = found.sort_values("scale", kind="stable", key=lambda s: s.astype(str).str.contains("CPU"))  # GPU first
+    if len(proxy_results):
+        proxy_found = rt.findings(read_studies(proxy), proxy_results, roles).assign(
+            scale=f"on the {proxy} proxy", noise=proxy_noise)
+        found = pd.concat([found, proxy_found], ignore_index=True)
+    return found
 
 
 def _stage_seeds(seeds: pd.DataFrame | None, final: pd.Series, base: pd.Series, results: pd.DataFrame,
@@ -239,33 +220,30 @@ def _run_numbers(row: pd.Series) -> dict[str, Any]:
 
 
 def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
-    """seeds.md (per candidate: mean, std, range) and the permutation p-value between them."""
+    """seeds.md (per candidate: mean, std, range) and seeds_test.md: the permutation p between the first two
+    candidates, and each full-scale rung ("final<N> (<profile> scale)") against the one before it."""
     if seeds is None or seeds.empty:
-        (out / "seeds.md").write_text("No seed study has been recorded for this profile.\n")
+        (out / "seeds.md").write_text(say("seeds.none"))
         (out / "seeds_test.md").write_text("\n")
         return {}
     st = by_point(seeds)
-    table = pd.DataFrame({"candidate": st.index, "seeds": st["seeds"].astype(int),
-                          "mean loss": st["loss_mean"].map(fmt_loss), "std": st["loss_std"].map(fmt_loss),
-                          "min": st["loss_min"].map(fmt_loss), "max": st["loss_max"].map(fmt_loss)})
+    (out / "seeds.md").write_text(md_table(pd.DataFrame({
+        "candidate": st.index, "seeds": st["seeds"].astype(int), "mean loss": st["loss_mean"].map(fmt_loss),
+        "std": st["loss_std"].map(fmt_loss), "min": st["loss_min"].map(fmt_loss),
+        "max": st["loss_max"].map(fmt_loss)})))
     info: dict[str, Any] = {k: {"n": int(r["seeds"]), "mean": plain(r["loss_mean"]), "std": plain(r["loss_std"])}
                             for k, r in st.iterrows()}
-    text = md_table(table)
-    note = "There are fewer than two candidates with two or more seeds: no test.\n"
-    labels = list(st.index)
-    if len(labels) >= 2:
-        ok = seeds[seeds["status"] == "finished"]
-        a = ok.loc[ok["label"] == labels[0], "final_val_loss"].tolist()
-        b = ok.loc[ok["label"] == labels[1], "final_val_loss"].tolist()
-        p = permutation_p(a, b)
-        info["p_value"] = p
-        if p is not None:
-            note = (f"Exact permutation test of the difference of mean losses, {labels[1]} against {labels[0]} "
-                    f"over their seeds: two-sided p = {p:.2f}.\n")
-    rungs = [k for k in labels if re.fullmatch(r"final\d* \(.+ scale\)", k)]   # final, final2, ... at full scale
     ok = seeds[seeds["status"] == "finished"]
+    losses = {k: ok.loc[ok["label"] == k, "final_val_loss"].tolist() for k in st.index}
+    labels = list(st.index)
+    note = say("seeds.no_test")
+    if len(labels) >= 2:
+        info["p_value"] = p = permutation_p(losses[labels[0]], losses[labels[1]])
+        if p is not None:
+            note = say("seeds.test", a=labels[0], b=labels[1], p=p)
+    rungs = [k for k in labels if re.fullmatch(r"final\d* \(.+ scale\)", k)]   # final, final2, ... at full scale
     for before, after in zip(rungs, rungs[1:]):  # each later rung against the one before it
-        a, b = (ok.loc[ok["label"] == k, "final_val_loss"].tolist() for k in (before, after))
+        a, b = losses[before], losses[after]
         p = permutation_p(b, a)
         d = sum(b) / len(b) - sum(a) / len(a)
         info[f"{after.split()[0]}_vs_{before.split()[0]}"] = {"delta": d, "p": p, "n": [len(a), len(b)]}
@@ -273,13 +251,32 @@ def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
         each = "; ".join(f"{k}: {len(xs)} seed{'s' if len(xs) > 1 else ''}"
                          + (f", std {st.loc[k, 'loss_std']:.4f}" if len(xs) > 1 else "")
                          for k, xs in ((after, b), (before, a)))
-        note += (f"\n{after} against {before}: difference of mean losses {d:+.4f} ({each}); "
-                 + (f"exact permutation p = {p:.2f} (with {len(b)} against {len(a)} seeds it "
-                 f"cannot go below {permutation_floor(len(b), len(a)):.2f}).\n" if p is not None
-                 else "too few seeds for a permutation test.\n"))
-    (out / "seeds.md").write_text(text)
+        note += say("seeds.rung", after=after, before=before, delta=d, each=each) + (
+            say("seeds.rung_p", p=p, n_after=len(b), n_before=len(a), floor=permutation_floor(len(b), len(a)))
+            if p is not None else say("seeds.rung_no_p"))
     (out / "seeds_test.md").write_text(note)
     return info
+
+
+def gpu_ladder(profile: str, results: pd.DataFrame, roles: dict[str, Any]) -> pd.DataFrame | None:
+    """The seed plan's ladder at full scale on the GPU (roles["gpu"]["ladder"]): one finished run a rung."""
+    rec = read_studies(profile).get((roles.get("gpu") or {}).get("ladder"))
+    if rec is None:
+        return None
+    lad = study_frame(rec, results)
+    return lad[lad["status"] == "finished"].drop_duplicates("label")
+
+
+def small_models(profile: str, results: pd.DataFrame, roles: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The small models at full scale on the GPU (roles["gpu"]["small"]): their runs, and per model the mean
+    over its seeds (loss, std, seeds, bpc, params, ratio), best first."""
+    pts = points_of(profile, results, (roles.get("gpu") or {}).get("small", []))
+    if pts.empty:
+        return pts, pd.DataFrame()
+    stats = pts.groupby("label", sort=False).agg(
+        loss=("final_val_loss", "mean"), std=("final_val_loss", "std"), seeds=("final_val_loss", "size"),
+        bpc=("full_val_bpc", "mean"), params=("n_params", "first"), ratio=("ratio_to_baseline", "mean"))
+    return pts, stats.sort_values("loss")
 
 
 def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: pd.DataFrame | None,
@@ -287,95 +284,64 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
     """The full-scale studies run on a lent GPU (roles["gpu"]: their names): markdown, plus fig-gpu-curves.png
     and fig-overfit.png."""
     g = roles.get("gpu") or {}
-    gpu = results[(results.get("device") == "cuda") & (results["status"] == "finished")] if len(results) else results
+    gpu = (results[(results.get("device") == "cuda") & (results["status"] == "finished")] if len(results)
+           else results)
     recs = {k: v for k, v in read_studies(profile).items() if k in g.get("studies", [])}
     if gpu.empty or not recs:
-        return "No run of this profile trained on a GPU.\n"
-    frames = {k: study_frame(v, results) for k, v in recs.items()}
-    hw = sorted(set(gpu["hardware"].dropna()))
+        return say("gpu.none")
+    dirs = results.drop_duplicates("hash").set_index("hash")["dir"]
     base = gpu[gpu["is_baseline"]]
     base_loss = base["final_val_loss"].iloc[0] if len(base) else float("nan")
-    parts = [f"These runs follow the Mainrun rules (100,000 titles, 7 epochs, the 64 x 128 official evaluation in "
-             f"fp32) but trained with bf16 autocast on {'; '.join(hw)}, so they are reported apart from the CPU "
-             f"runs: ratios in this section are to the baseline trained on that GPU "
-             f"(official loss {fmt_loss(base_loss)}).\n"]
-    lad = frames.get(g.get("ladder"))
+    parts = [say("gpu.intro", hardware="; ".join(sorted(set(gpu["hardware"].dropna()))), loss=fmt_loss(base_loss))]
+    shown = {}   # the curves of fig-gpu-curves.png: name -> run hash
+    lad = gpu_ladder(profile, results, roles)
     if lad is not None and len(lad):
-        lad = lad[lad["status"] == "finished"].drop_duplicates("label")
-        best = [best_of_curve(d) for d in lad["hash"].map(lambda h: results.loc[results["hash"] == h, "dir"].iloc[0])]
-        prev = lad["final_val_loss"].shift(1)
-        t = pd.DataFrame({
-            "rung": lad["label"], "official loss": lad["final_val_loss"].map(fmt_loss),
-            "vs previous": ["" if is_nan(p) else f"{x / p - 1:+.1%}" for x, p in zip(lad["final_val_loss"], prev)],
-            "ratio": lad["ratio_to_baseline"].map(fmt_ratio), "full bits/char": lad["full_val_bpc"].map(fmt_bpc),
-            "lowest loss (step)": [f"{b:.4f} ({st})" for b, st in best], "params": lad["n_params"].map(fmt_int),
-            "tokens/s": lad["tokens_per_s"].map(fmt_int)})
+        best = [best_of_curve(dirs[h]) for h in lad["hash"]]
+        t = pd.DataFrame({"rung": lad["label"], **formatted(lad, "official loss"),
+                          "vs previous": vs_previous(lad["final_val_loss"]),
+                          **formatted(lad, "ratio", "full bits/char"),
+                          "lowest loss (step)": [f"{b:.4f} ({st})" for b, st in best],
+                          **formatted(lad, "params", "tokens/s")})
         sizes = lad["n_params"].map(millions)
         other = [f"{r} {m}" for r, m in zip(lad["label"], sizes) if m != sizes.iloc[0]]
         parts += [md_table(t, "llrrrrrr"),
-                  f": The seed plan at the original width and depth on the GPU ({sizes.iloc[0]} parameters"
-                  + (f"; {', '.join(other)}" if other else "") + "), each rung the quick "
-                  "proxy's kept configuration. The lowest loss column shows where a run was best before its end. "
-                  "{#tbl-gpu-ladder}\n"]
-    pts = points_of(profile, results, g.get("small", []))
+                  say("gpu.ladder", size=sizes.iloc[0], others=f"; {', '.join(other)}" if other else "")]
+        shown.update({f"{r.label} ({millions(r.n_params)})": r.hash for r in lad.itertuples()})
+    pts, stats = small_models(profile, results, roles)
     if len(pts):
-        stats = pts.groupby("label", sort=False).agg(
-            loss=("final_val_loss", "mean"), std=("final_val_loss", "std"), seeds=("final_val_loss", "size"),
-            bpc=("full_val_bpc", "mean"), params=("n_params", "first"), ratio=("ratio_to_baseline", "mean"))
-        stats = stats.sort_values("loss")
         t = pd.DataFrame({
-            "model": stats.index,
-            "official loss": stats["loss"].map(fmt_loss),
+            "model": stats.index, "official loss": stats["loss"].map(fmt_loss),
             "seed std": [("" if n < 2 else f"{sd:.4f}") for sd, n in zip(stats["std"], stats["seeds"])],
             "seeds": stats["seeds"].astype(int), "ratio": stats["ratio"].map(fmt_ratio),
             "full bits/char": stats["bpc"].map(fmt_bpc), "params": stats["params"].map(fmt_int)})
-        parts += [md_table(t, "lrrrrrr"),
-                  ": Small models at full scale on the GPU (d = width, L = layers, v = vocabulary), mean over "
-                  "their seeds. All use the beyond recipe (Epic 3's settings plus Muon, WSD, QK-norm, title mask, "
-                  "untied embeddings; dropout 0.05, or none where marked drop0); the shapes were chosen to fit "
-                  "60 minutes on 2 CPU cores. Across vocabularies read the full bits/char column: the official "
-                  "spans score a different share of the validation text under each tokenizer. {#tbl-gpu-small}\n"]
-    abl = frames.get(g.get("ablation"))
+        parts += [md_table(t, "lrrrrrr"), say("gpu.small")]
+        top = pts[pts["label"] == stats.index[0]].iloc[0]
+        shown[f"small model {top['label']} ({millions(top['n_params'])})"] = top["hash"]
+    abl = study_frame(recs[g["ablation"]], results) if g.get("ablation") in recs else None
     if abl is not None and len(abl):
         abl = abl[abl["status"] == "finished"].drop_duplicates("label")
         ref = abl.iloc[0]
-        t = pd.DataFrame({"change": abl["label"], "official loss": abl["final_val_loss"].map(fmt_loss),
-                          f"vs {ref['label']}": [f"{x / ref['final_val_loss'] - 1:+.2%}" for x in abl["final_val_loss"]],
-                          "full bits/char": abl["full_val_bpc"].map(fmt_bpc), "params": abl["n_params"].map(fmt_int)})
-        parts += [md_table(t, "lrrrr"),
-                  ": One change at a time against the best small model on the GPU. {#tbl-gpu-ablate}\n"]
+        t = pd.DataFrame({"change": abl["label"], **formatted(abl, "official loss"),
+                          f"vs {ref['label']}": [f"{x / ref['final_val_loss'] - 1:+.2%}"
+                                                 for x in abl["final_val_loss"]],
+                          **formatted(abl, "full bits/char", "params")})
+        parts += [md_table(t, "lrrrr"), say("gpu.ablate")]
     held = proxy_vs_full(profile, results, proxy_results, roles)
     if len(held):
         t = pd.DataFrame({"change": held["change"], "proxy": held["proxy"].map(lambda x: f"{x:+.1%}"),
                           "full scale": held["full"].map(lambda x: f"{x:+.1%}"), "where": held["where"],
                           "holds": held["holds"].map({True: "yes", False: "no"})})
-        parts += [md_table(t, "lrrll"),
-                  ": Does the quick proxy's ranking hold at full scale? Each change's effect on the official "
-                  "loss on the proxy and at full scale (the ladder's rungs against the previous rung; an ablation "
-                  "of the final configuration read as the change it takes back). It holds where both have the "
-                  "same sign. {#tbl-proxy-vs-full}\n"]
+        parts += [md_table(t, "lrrll"), say("gpu.proxy_vs_full")]
         if not held["holds"].all():
-            parts.append("Where @tbl-proxy-vs-full says no, a change that helped on the quick proxy did not help at "
-                         "full scale" + (": the lowest-loss column of @tbl-gpu-ladder shows which of those runs were "
-                                         "better before their end than at it (overfitting over 7 epochs)."
-                                         if lad is not None and len(lad) else ".") + "\n")
-    curves = {}
-    if lad is not None and len(lad):
-        for r in lad.itertuples():
-            curves[f"{r.label} ({millions(r.n_params)})"] = read_curve(results.loc[results["hash"] == r.hash, "dir"].iloc[0])
-    if len(pts):
-        top = pts[pts["label"] == stats.index[0]].iloc[0]
-        curves[f"small model {top['label']} ({millions(top['n_params'])})"] = read_curve(
-            results.loc[results["hash"] == top["hash"], "dir"].iloc[0])
-    if curves:
+            why = say("gpu.not_held_ladder") if lad is not None and len(lad) else "."
+            parts.append(say("gpu.not_held") + why + "\n")
+    if shown:
+        curves = {k: read_curve(dirs[h]) for k, h in shown.items()}
         plots.save(plots.validation_curves(curves, title="full scale on the GPU", baseline_loss=base_loss),
                    out / "fig-gpu-curves.png", close=True)
-        train = {k: read_curve(results.loc[results["hash"] == h, "dir"].iloc[0], train=True)
-                 for k, h in zip(curves, list(lad["hash"] if lad is not None and len(lad) else [])
-                                 + ([top["hash"]] if len(pts) else []))}
+        train = {k: read_curve(dirs[h], train=True) for k, h in shown.items()}
         plots.save(plots.train_vs_validation(curves, train), out / "fig-overfit.png", close=True)
-        parts.append("![Validation curves of the GPU runs: the seed plan's ladder at the original size and the best small model, against "
-                     "training tokens and wall time.](_generated/fig-gpu-curves.png){#fig-gpu-curves width=100%}\n")
+        parts.append(say("gpu.curves"))
     return "\n".join(parts)
 
 
@@ -394,45 +360,58 @@ def search_section(proxy: str, studies: dict[str, pd.DataFrame], out: Path, refe
     plots.save(plots.search_history(hist, title=f"{proxy}: TPE search"), out / "fig-search.png", close=True)
     ref = studies.get((reference or {}).get("study"))
     label = (reference or {}).get("label")
-    epic3 = by_point(ref).loc[label, "loss_mean"] if ref is not None and label in set(ref["label"]) else None
-    params = [c for c in hist.columns if c.startswith("param_")]
+    ref_loss = by_point(ref).loc[label, "loss_mean"] if ref is not None and label in set(ref["label"]) else None
+    params = {c: c[len("param_"):] for c in hist.columns if c.startswith("param_")}
     top = done.head(5)
     t = pd.DataFrame({"trial": top["label"], "official loss": top["value"].map(fmt_loss),
-                      **{c[len("param_"):]: top[c].map(lambda v: f"{v:.3g}" if isinstance(v, float) else str(v))
-                         for c in params}})
+                      **{p: top[c].map(lambda v: f"{v:.3g}" if isinstance(v, float) else str(v))
+                         for c, p in params.items()}})
     n = hist["state"].value_counts()
-    text = (f"A seeded TPE search (Optuna, ask/tell; `{name}`, notebook 04) varied {', '.join(c[len('param_'):] for c in params)} "
-            f"together on the {proxy} proxy: {len(hist)} trials, {int(n.get('COMPLETE', 0))} completed and "
-            f"{int(n.get('PRUNED', 0))} pruned at an evaluation by the median rule. The best, "
-            f"{top['label'].iloc[0]}, reached {fmt_loss(top['value'].iloc[0])}"
-            + (f" against {fmt_loss(epic3)} for {label} on the same proxy ({top['value'].iloc[0] / epic3 - 1:+.1%})"
-               if epic3 else "") + ". Each trial changes several settings at once, so the search is reported here and "
-            "not among the one-change findings; it is a proxy result, not yet tried at full scale.\n")
-    return "\n".join([text, md_table(t), ": The five best completed trials of the proxy search (official loss). "
-                       "{#tbl-search}\n", f"![The proxy search: each trial's official loss and the best so far.]"
-                       f"(_generated/fig-search.png){{#fig-search width=80%}}\n"])
+    best = top["value"].iloc[0]
+    text = (say("search.text", name=name, params=", ".join(params.values()), proxy=proxy, trials=len(hist),
+                completed=int(n.get("COMPLETE", 0)), pruned=int(n.get("PRUNED", 0)), best=top["label"].iloc[0],
+                loss=fmt_loss(best))
+            + (say("search.against", ref_loss=fmt_loss(ref_loss), label=label, delta=best / ref_loss - 1)
+               if ref_loss else "") + say("search.end"))
+    return "\n".join([text, md_table(t), say("search.caption"), say("search.figure")])
 
 
 def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFrame | None = None,
                   roles: dict[str, Any] | None = None) -> pd.DataFrame:
-    """report_tables.proxy_vs_full over this ledger: the proxy ladder against the GPU ladder (roles["gpu"]),
-    and the full-scale ablations of roles["proxy_vs_full"] (default roles: report/studies.yml)."""
+    """Each change measured on the proxy and at full scale, with its relative effect on the official loss in
+    each: the proxy ladder's rungs against the GPU ladder's (roles["gpu"]["ladder"]), each rung against the one
+    before, and the full-scale ablations of roles["proxy_vs_full"] ({study, reference, ablations: {label:
+    {study, change}}}) read as the proxy change they take back. `holds`: both have the same sign."""
     roles = read_study_roles() if roles is None else roles
     proxy = STUDY_PROFILE[profile]
     proxy_results = load_results(proxy) if proxy_results is None and proxy != profile else proxy_results
-    if proxy == profile or proxy_results is None or proxy_results.empty:
-        return pd.DataFrame(columns=["change", "proxy", "full", "where", "holds"])
-    plad = ladder_frame(proxy, proxy_results).dropna(subset=["final_val_loss"]).set_index("stage")["final_val_loss"]
-    recs = read_studies(profile)
-    lad = recs.get((roles.get("gpu") or {}).get("ladder"))
-    gpu_ladder = study_frame(lad, results) if lad is not None else None
-    spec = roles.get("proxy_vs_full") or {}
-    rec = recs.get(spec.get("study"))
-    ablation = None
-    if rec is not None:
-        a = study_frame(rec, results)
-        ablation = a[a["status"] == "finished"].drop_duplicates("label").set_index("label")["final_val_loss"]
-    return rt.proxy_vs_full(plad, gpu_ladder, ablation, read_studies(proxy), proxy_results, spec)
+    rows: list[dict[str, Any]] = []
+    if proxy != profile and proxy_results is not None and not proxy_results.empty:
+        plad = ladder_frame(proxy, proxy_results).dropna(subset=["final_val_loss"])
+        plad = plad.set_index("stage")["final_val_loss"]
+        recs, proxy_recs = read_studies(profile), read_studies(proxy)
+        lad = gpu_ladder(profile, results, roles)
+        if lad is not None:
+            g = lad.set_index("label")
+            names = [n for n in g.index if n in plad.index]
+            rows += [{"change": f"{cur} (rung)", "proxy": plad[cur] / plad[prev] - 1,
+                      "full": g.loc[cur, "final_val_loss"] / g.loc[prev, "final_val_loss"] - 1,
+                      "where": f"GPU, {g.loc[cur, 'n_params'] / 1e6:.1f}M"} for prev, cur in zip(names, names[1:])]
+        spec = roles.get("proxy_vs_full") or {}
+        ref, rec = spec.get("reference"), recs.get(spec.get("study"))
+        if rec is not None:
+            a = study_frame(rec, results)
+            ablation = a[a["status"] == "finished"].drop_duplicates("label").set_index("label")["final_val_loss"]
+            for label, src in (spec.get("ablations") or {}).items():
+                if label not in ablation.index or ref not in ablation.index or src["study"] not in proxy_recs:
+                    continue
+                f = study_frame(proxy_recs[src["study"]], proxy_results)
+                d, mean, _ = deltas(f, [src["change"]], f["label"].iloc[0])
+                if src["change"] in d:
+                    rows.append({"change": f"{src['change']} ({ref} vs {label})", "proxy": d[src["change"]] / mean,
+                                 "full": ablation[ref] / ablation[label] - 1, "where": f"CPU, {ref}"})
+    out = pd.DataFrame(rows, columns=["change", "proxy", "full", "where"])
+    return out.assign(holds=[(a > 0) == (b > 0) for a, b in zip(out["proxy"], out["full"])])
 
 
 def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataFrame, out: Path,
@@ -463,13 +442,11 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
     tests = read_tests(ledger.results_root(profile))
     groups = {"baseline (GPU)": [base["hash"]]}
     for row, (study, label) in (roles.get("tests") or {}).items():
-        if study in screens:
-            f = frames[study]
-        elif study in recs:
+        f = frames.get(study)
+        if f is None and study in recs:
             f = rt.fold_seed_labels(study_frame(recs[study], results))
-        else:
-            continue
-        groups[row] = f.loc[(f["label"] == label) & (f["status"] == "finished"), "hash"].tolist()
+        if f is not None:
+            groups[row] = f.loc[(f["label"] == label) & (f["status"] == "finished"), "hash"].tolist()
     cpu_tested = results[results["hash"].isin(tests["hash"]) & (results["device"] == "cpu")]
     groups.update(rt.cpu_groups(cpu_tested))
     groups = {k: v for k, v in groups.items() if v and tests["hash"].isin(v).any()}
@@ -482,8 +459,8 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
     numbers["by_cost"] = {}
     for bc in roles.get("by_cost", []):
         if bc["study"] in recs:
-            md, numbers["by_cost"][bc["study"]] = rt.by_cost(recs[bc["study"]], results, base_loss, bc["reference"])
-            files[f"cost-{bc['study']}.md"] = md
+            files[f"cost-{bc['study']}.md"], numbers["by_cost"][bc["study"]] = rt.by_cost(
+                recs[bc["study"]], results, base_loss, bc["reference"])
     if numbers["by_cost"]:
         plots.save(plots.cost_vs_loss(numbers["by_cost"]), out / "fig-cost.png", close=True)
     ag = roles.get("agreement") or {}
@@ -515,26 +492,23 @@ def _story_steps(profile: str, results: pd.DataFrame, done: pd.DataFrame, base: 
     """The project's steps in order, each as a ratio to the baseline of its own device: the seed plan's rungs at
     full scale on the GPU (roles["gpu"]["ladder"]), the best small model on the GPU, then the CPU ladder past
     the baseline (LADDER's rungs, each described by its `what`)."""
-    g = roles.get("gpu") or {}
     rows = []
-    rec = read_studies(profile).get(g.get("ladder"))
-    if rec is not None:
-        lad = study_frame(rec, results)
-        lad = lad[lad["status"] == "finished"].drop_duplicates("label")
+    lad = gpu_ladder(profile, results, roles)
+    if lad is not None:
         rows += [{"step": f"{r.label} (GPU, {millions(r.n_params)})", "ratio": float(r.ratio_to_baseline),
                   "device": "GPU", "loss": float(r.final_val_loss)} for r in lad.itertuples()]
-        small = points_of(profile, results, g.get("small", []))
+        small, stats = small_models(profile, results, roles)
         if len(small):
-            best = small.groupby("label")["final_val_loss"].mean().sort_values()
-            top = small[small["label"] == best.index[0]].iloc[0]
+            top = small[small["label"] == stats.index[0]].iloc[0]
             rows.append({"step": f"small model (GPU, {millions(top['n_params'])})",
-                         "ratio": float(best.iloc[0] / top["final_val_loss"] * top["ratio_to_baseline"]),
-                         "device": "GPU", "loss": float(best.iloc[0])})
+                         "ratio": float(stats["loss"].iloc[0] / top["final_val_loss"] * top["ratio_to_baseline"]),
+                         "device": "GPU", "loss": float(stats["loss"].iloc[0])})
     cpu = done[done["device"] == base["device"]]
     ensembles = {r["rung"] for r in LADDER if not r["single"]}
     rows += [{"step": f"{r.stage} ({'CPU' if r.device == 'cpu' else r.device}"
                       + (", ensemble)" if r.stage in ensembles else ")"),
-              "ratio": float(r.final_val_loss / base["final_val_loss"]), "device": "CPU" if r.device == "cpu" else "GPU",
+              "ratio": float(r.final_val_loss / base["final_val_loss"]),
+              "device": "CPU" if r.device == "cpu" else "GPU",
               "loss": float(r.final_val_loss)} for r in cpu.itertuples()]
     return pd.DataFrame(rows, columns=["step", "ratio", "device", "loss"])
 
@@ -556,7 +530,8 @@ def report_variables(n: dict[str, Any]) -> dict[str, Any]:
         b = n.get(key)
         if b:
             v[key] = {"rung": b["rung"], "loss": fmt_loss(b["loss"]), "ratio": fmt_ratio(b["ratio"]),
-                      "min": f"{b['wall_time_s'] / 60:.1f}", "hardware": b["hardware"], "precision": b["precision"]}
+                      "min": f"{b['wall_time_s'] / 60:.1f}", "hardware": b["hardware"],
+                      "precision": b["precision"]}
     story = pd.DataFrame(n.get("story") or [])
     if len(story):
         gpu = story[story["device"] == "GPU"].reset_index(drop=True)
@@ -574,7 +549,8 @@ def report_variables(n: dict[str, Any]) -> dict[str, Any]:
     st = sc.get("stack")
     if st:
         v["stack"] = {"delta": f"{st['delta']:+.4f}", "p": f"{st['p']:.2f}"}
-    v["cost"] = {study: {label: {"mean": fmt_loss(x["mean"]), "ratio": fmt_ratio(x["ratio"]), "seeds": str(x["seeds"]),
+    v["cost"] = {study: {label: {"mean": fmt_loss(x["mean"]), "ratio": fmt_ratio(x["ratio"]),
+                                 "seeds": str(x["seeds"]),
                                  "delta": f"{x['delta']:+.4f}", "cost": f"{x['cost']:.0f}"}
                          for label, x in (bc.get("points") or {}).items()}
                  for study, bc in (sc.get("by_cost") or {}).items()}
@@ -596,9 +572,10 @@ def stability_section(out: Path, roles: dict[str, Any]) -> dict[str, Any]:
     rec = read_studies(spec.get("profile", "quick")).get(spec.get("study"))
     if rec is None:
         return {}
-    f = study_frame(rec, load_results(spec.get("profile", "quick")))
+    res = load_results(spec.get("profile", "quick"))
+    f = study_frame(rec, res)
     runs = {r.label: read_stability(r.dir) for r in f[f["status"] == "finished"].merge(
-        load_results(spec.get("profile", "quick"))[["hash", "dir"]], on="hash").itertuples()}
+        res[["hash", "dir"]], on="hash").itertuples()}
     runs = {k: v for k, v in runs.items() if len(v)}
     if not runs:
         return {}

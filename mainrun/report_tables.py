@@ -12,7 +12,7 @@ import pandas as pd
 
 from .config import make_config
 from .formats import is_nan, fmt_loss, fmt_ratio, md_table
-from .stats import (agreement, deltas, fold_seed_labels, permutation_p, relative_cost, study_effects,
+from .stats import (agreement, fold_seed_labels, permutation_p, relative_cost, study_effects,
                     truncation_agreement)
 from .tables import points_of, read_curve, study_frame
 
@@ -30,12 +30,6 @@ def screen_frame(recs: dict[str, dict], results: pd.DataFrame, studies: list[str
     return fold_seed_labels(f).drop_duplicates("hash").reset_index(drop=True)
 
 
-def reference_std(frame: pd.DataFrame, ref: str) -> float | None:
-    """The seed std of the reference point of a (folded) study frame; None with fewer than two seeds."""
-    x = frame.loc[(frame["label"] == ref) & (frame["status"] == "finished"), "final_val_loss"]
-    return float(x.std()) if len(x) > 1 else None
-
-
 def findings(recs: dict[str, dict], results: pd.DataFrame, spec: dict) -> pd.DataFrame:
     """Every single change against its study's reference point: each recorded study that is not a screen,
     a search or listed in spec["not_findings"] against its first point; each screen of spec["screens"]
@@ -50,8 +44,9 @@ def findings(recs: dict[str, dict], results: pd.DataFrame, spec: dict) -> pd.Dat
         rows += [dict(r, noise=None) for r in study_effects(name, study_frame(rec, results), ref, results)]
     for sc in spec.get("screens", []):
         f = screen_frame(recs, results, sc["studies"], sc.get("leave_out_prefix"))
-        if len(f):
-            sd = reference_std(f, sc["reference"])
+        if len(f):   # noise: the reference's own seed spread, where it has seeds
+            ref = f.loc[(f["label"] == sc["reference"]) & (f["status"] == "finished"), "final_val_loss"]
+            sd = float(ref.std()) if len(ref) > 1 else None
             rows += [dict(r, noise=sd) for r in study_effects(sc["name"], f, sc["reference"], results)]
     cols = ["study", "change", "reference", "loss", "reference_loss", "delta", "seeds", "verdict", "device",
             "full_delta", "coverage", "reference_coverage", "judged_on", "judged_delta", "noise"]
@@ -82,25 +77,25 @@ def seed_table(screen: pd.DataFrame, ref: str, labels: list[str], base_loss: flo
     return md, info
 
 
-def test_table(results: pd.DataFrame, tests: pd.DataFrame, base: pd.Series, groups: dict[str, list[str]]) -> pd.DataFrame:
+def test_table(results: pd.DataFrame, tests: pd.DataFrame, base: pd.Series,
+               groups: dict[str, list[str]]) -> pd.DataFrame:
     """Per candidate (mean over its seeds' runs): validation ratio, and test ratio on each set, all to the
     same baseline run's loss on the same text; the gap says how much of the validation gain is selection."""
     def loss_of(hashes: list[str], kind: str, col: str = "official") -> float:
         t = tests[(tests["hash"].isin(hashes)) & (tests["test_set"] == kind)]
         return float(t[col].mean()) if len(hashes) and len(t) == len(hashes) else float("nan")
-    b = [base["hash"]]
+
+    def ratio(hashes: list[str], kind: str, col: str = "official") -> str:   # "" where either side is missing
+        x, xb = loss_of(hashes, kind, col), loss_of([base["hash"]], kind, col)
+        return "" if is_nan(x) or is_nan(xb) else fmt_ratio(x / xb)
     rows = []
     for label, hashes in groups.items():
         val = results.loc[results["hash"].isin(hashes), "final_val_loss"].mean()
-        row = {"candidate": label, "runs": str(len(hashes)), "validation": fmt_loss(val),
-               "val ratio": fmt_ratio(val / base["final_val_loss"])}
-        for kind in ("random", "late"):
-            x, xb = loss_of(hashes, kind), loss_of(b, kind)
-            row[f"test:{kind}"] = fmt_loss(x)
-            row[f"{kind} ratio"] = fmt_ratio(x / xb) if not (is_nan(x) or is_nan(xb)) else ""
-        xf, xbf = loss_of(hashes, "random", "full"), loss_of(b, "random", "full")
-        row["random ratio, full coverage"] = fmt_ratio(xf / xbf) if not (is_nan(xf) or is_nan(xbf)) else ""
-        rows.append(row)
+        rows.append({"candidate": label, "runs": str(len(hashes)), "validation": fmt_loss(val),
+                     "val ratio": fmt_ratio(val / base["final_val_loss"]),
+                     "test:random": fmt_loss(loss_of(hashes, "random")), "random ratio": ratio(hashes, "random"),
+                     "test:late": fmt_loss(loss_of(hashes, "late")), "late ratio": ratio(hashes, "late"),
+                     "random ratio, full coverage": ratio(hashes, "random", "full")})
     return pd.DataFrame(rows)
 
 
@@ -129,7 +124,8 @@ def stack_table(recs: dict[str, dict], results: pd.DataFrame, spec: dict, base_l
         return "", {}
     r, k = pd.Series(ref), pd.Series(stack)
     p = permutation_p(stack, ref)
-    members = {kk: v for kk, v in st.loc[st["label"] == spec["label"], "overrides"].iloc[0].items() if kk != "train_seed"}
+    members = {kk: v for kk, v in st.loc[st["label"] == spec["label"], "overrides"].iloc[0].items()
+               if kk != "train_seed"}
     rows = [{"runs": ref_spec["label"], "seeds": str(len(r)), "loss": fmt_loss(r.mean()), "std": fmt_loss(r.std()),
              "against": "", "difference": "", "same seed": "", "p": "", "ratio": fmt_ratio(r.mean() / base_loss)},
             {"runs": spec["label"], "seeds": str(len(k)), "loss": fmt_loss(k.mean()), "std": fmt_loss(k.std()),
@@ -196,13 +192,14 @@ def agreement_table(screen: pd.DataFrame, proxies: dict[str, pd.DataFrame], ref:
         table, s = agreement(screen, frame, changes, ref)
         if table.empty:
             continue
-        numbers[name] = {k: v for k, v in s.items()}
+        numbers[name] = dict(s)
         t = table.set_index("change")
         if out is None:
             out = pd.DataFrame({"change": table["change"], "full scale": table["full"].map(lambda x: f"{x:+.4f}")})
-            clear = table.set_index("change")["full_clear"]
+            clear = t["full_clear"]
         out[name] = [f"{t.loc[c, 'quick']:+.4f}" if c in t.index else "" for c in out["change"]]
-        out[f"same sign ({name})"] = [sign[bool(t.loc[c, "same_sign"])] if c in t.index else "" for c in out["change"]]
+        out[f"same sign ({name})"] = [sign[bool(t.loc[c, "same_sign"])] if c in t.index else ""
+                                      for c in out["change"]]
     if out is None:
         return "", {}
     out["beyond 2 std at full scale"] = [sign[bool(clear[c])] for c in out["change"]]
@@ -220,40 +217,14 @@ def truncation_table(screen: pd.DataFrame, results: pd.DataFrame, ref: str, skip
         return "", {}
     t = pd.DataFrame({"epoch": table["epoch"].map(lambda x: f"{x:g}"),
                       "share of the run": table["fraction"].map(lambda x: f"{x:.0%}"),
-                      "pairs": table["pairs"].astype(str), "same sign": table["sign_agreement"].map(lambda x: f"{x:.0%}"),
-                      "same sign, clear": table["clear_sign_agreement"].map(lambda x: "" if is_nan(x) else f"{x:.0%}"),
+                      "pairs": table["pairs"].astype(str),
+                      "same sign": table["sign_agreement"].map(lambda x: f"{x:.0%}"),
+                      "same sign, clear": table["clear_sign_agreement"].map(
+                          lambda x: "" if is_nan(x) else f"{x:.0%}"),
                       "Spearman": table["spearman"].map(lambda x: f"{x:.2f}")})
     numbers = {k: v for k, v in s.items() if k not in ("deltas", "clear")}
     numbers["table"] = table.to_dict(orient="records")
     return md_table(t, "rrrrrr"), numbers
-
-
-def proxy_vs_full(proxy_ladder: pd.Series, gpu_ladder: pd.DataFrame | None, ablation: pd.Series | None,
-                  proxy_recs: dict[str, dict], proxy_results: pd.DataFrame, spec: dict) -> pd.DataFrame:
-    """Each change measured on the proxy and at full scale, with its relative effect on the official loss in
-    each: the ladder's rungs (proxy ladder `proxy_ladder`, stage -> loss, against the full-scale ladder study
-    frame `gpu_ladder`, each rung against the previous one) and full-scale ablations read as the proxy change
-    they take back (spec: {reference, ablations: {label: {study, change}}}; `ablation`: label -> loss)."""
-    rows = []
-    if gpu_ladder is not None and len(gpu_ladder):
-        g = gpu_ladder[gpu_ladder["status"] == "finished"].drop_duplicates("label").set_index("label")
-        names = [n for n in g.index if n in proxy_ladder.index]
-        for prev, cur in zip(names, names[1:]):
-            rows.append({"change": f"{cur} (rung)", "proxy": proxy_ladder[cur] / proxy_ladder[prev] - 1,
-                         "full": g.loc[cur, "final_val_loss"] / g.loc[prev, "final_val_loss"] - 1,
-                         "where": f"GPU, {g.loc[cur, 'n_params'] / 1e6:.1f}M"})
-    ref = spec.get("reference")
-    for label, src in (spec.get("ablations") or {}).items():
-        if ablation is None or label not in ablation.index or ref not in ablation.index or src["study"] not in proxy_recs:
-            continue
-        f = study_frame(proxy_recs[src["study"]], proxy_results)
-        d, mean, _ = deltas(f, [src["change"]], f["label"].iloc[0])
-        if src["change"] in d:
-            rows.append({"change": f"{src['change']} ({ref} vs {label})", "proxy": d[src["change"]] / mean,
-                         "full": ablation[ref] / ablation[label] - 1, "where": f"CPU, {ref}"})
-    out = pd.DataFrame(rows, columns=["change", "proxy", "full", "where"])
-    out["holds"] = [(a > 0) == (b > 0) for a, b in zip(out["proxy"], out["full"])]
-    return out
 
 
 def seed_std(profile: str, results: pd.DataFrame, studies: list[str]) -> float | None:

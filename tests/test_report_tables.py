@@ -295,3 +295,24 @@ def test_seeds_section_names_each_rungs_spread_beside_it(tmp_path):
     _seeds_section(seeds, tmp_path)
     note = (tmp_path / "seeds_test.md").read_text()
     assert "(final2 (full scale): 4 seeds, std 0.0001; final (full scale): 3 seeds, std 0.0040)" in note
+
+
+def test_every_sentence_the_report_modules_ask_for_is_in_text_yml():
+    """report/text.yml holds every text `say` is asked for (a missing one would fail only under the ledger
+    that needs that sentence); a key built at run time ("setup.{kind}") needs its group."""
+    import re
+    from pathlib import Path
+    from mainrun.report_text import TEXT
+    src = "".join(p.read_text() for p in (Path(__file__).resolve().parents[1] / "mainrun").glob("report*.py"))
+    keys = set(re.findall(r'say\(f?"([\w.{}\[\]]+)"', src))
+    assert len(keys) > 30
+    for key in keys:
+        node = TEXT
+        for part in key.split("."):
+            if "{" in part:
+                assert isinstance(node, dict) and node, key
+                break
+            assert part in node, key
+            node = node[part]
+        else:
+            assert isinstance(node, str), key
