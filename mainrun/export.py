@@ -91,23 +91,11 @@ def resolve_recipe(spec: str) -> Recipe:
         run = min(hits, default=None, key=lambda r: (not r["summary"].get("official"),
                                                      r["config"]["device"] != "cpu", r["dir"].name))
     else:
-        is_prefix = len(spec) >= 4 and all(c in "0123456789abcdef" for c in spec)
-        for match in (lambda r: r["dir"].name == spec, lambda r: r["hash"] == spec,
-                      lambda r: r["dir"].name.removesuffix("-" + r["hash"]) == spec,
-                      lambda r: is_prefix and r["hash"].startswith(spec)):
-            hits = [r for r in runs if match(r)]
-            if hits:
-                break
-        if len(hits) > 1:
-            names = ", ".join(r["dir"].name for r in hits)
-            raise ExportError(f"recipe {spec!r} names {len(hits)} runs ({names}); name one by its folder name "
-                              f"or hash")
-        if not hits:
-            raise ExportError(f"recipe {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a finished run in "
-                              f"{ledger.display_path(ledger.results_root('full'))} (its name, folder name "
-                              f"<name>-<hash>, hash or a 4+ character hash prefix; `python -m mainrun list` "
-                              f"lists them)")
-        run = hits[0]
+        try:
+            run = ledger.match_run(spec, runs, ledger.display_path(ledger.results_root("full")))
+        except ledger.NoSuchRun as e:
+            raise ExportError(f"recipe {spec!r} is neither a preset ({', '.join(PRESETS)}) nor one finished run "
+                              f"(`python -m mainrun list` lists them): {e}") from None
         cfg, label = configs[id(run)], f"ledger run `{run['dir'].name}`"
     seeds = [] if run is None else sorted(
         (r for r in runs if _same_recipe(configs[id(run)], configs[id(r)], ignore=("train_seed",))),

@@ -7,7 +7,6 @@ whose checkpoint exists resumes from it.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
@@ -208,13 +207,13 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
     corpus = prepare(cfg)
     run_dir = run_dir or root / "runs" / f"{cfg.run_name}-{h}"
     record = ledger.lock_record("training", run_dir)
-    with hold(run_dir / ".lock", record, wait, f"run {run_dir.name} is being trained by",
-              "wait for it (its result goes into this ledger), or stop it and start again to resume"):
+    with ledger.hold(run_dir / ".lock", record, f"run {run_dir.name} is being trained by",
+                     "wait for it (its result goes into this ledger), or stop it and start again to resume", wait):
         if not force and (summary := ledger.finished_summary(run_dir)) is not None:
             return summary                                   # the process waited for has finished it
-        with hold(ckpt_dir / ".lock", record, wait, f"the checkpoints of run {run_dir.name} ({ckpt_dir}) are "
-                  f"being written by", "wait for it to end and run this again, or give this run a checkpoint "
-                  "folder of its own (MAINRUN_CHECKPOINTS)"):
+        with ledger.hold(ckpt_dir / ".lock", record, f"the checkpoints of run {run_dir.name} ({ckpt_dir}) are "
+                         f"being written by", "wait for it to end and run this again, or give this run a "
+                         "checkpoint folder of its own (MAINRUN_CHECKPOINTS)", wait):
             if force:
                 _clear(run_dir)
                 _clear(ckpt_dir)
@@ -248,21 +247,6 @@ def refuse_discarding(run_dir: Path) -> None:
             f"run {run_dir.name} has no readable summary.json but its log.jsonl shows it {outcome}: --force would "
             f"discard it. Rebuild its summary with `python -m mainrun repair {run_dir.name}`, or add "
             f"--discard-finished (discard_finished=True) to start it over")
-
-
-@contextlib.contextmanager
-def hold(path: Path, record: dict, wait: bool, refused: str, advice: str):
-    """ledger.Lock on `path`: a held lock is refused as "<refused> <holder>; <advice>", or waited for."""
-    lock = ledger.Lock(path, record)
-    try:
-        lock.acquire(wait=wait, on_wait=lambda holder: print(
-            f"{refused} {ledger.describe_holder(holder)}: waiting for it", file=sys.stderr, flush=True))
-    except ledger.Busy as busy:
-        raise RuntimeError(f"{refused} {busy}; {advice}") from None
-    try:
-        yield lock
-    finally:
-        lock.release()
 
 
 _BF16_WARNED: list[bool] = []
@@ -418,7 +402,7 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=self.max_steps, initial=step, desc=cfg.run_name, disable=not progress,
                    dynamic_ncols=True, mininterval=1.0)
-        status, diverged_step, rule = "finished", None, None
+        status, rule = "finished", None
         pending: list[tuple] = []   # (step, loss on the device, elapsed, lr) not yet read by the host
         t_seg = time.time()         # start of the current stretch of training steps (evals excluded)
         try:
@@ -455,7 +439,7 @@ class Trainer:
                     state["train_time"] += now - t_seg
                     state["elapsed"], t_seg = now - t_start, now
                     if bad is not None:
-                        status, (diverged_step, rule), step = "diverged", bad, bad[0]
+                        status, (step, rule) = "diverged", bad
                         break
                 if eval_due:
                     at = state["elapsed"]                     # as the original: time before the evaluation
@@ -472,7 +456,7 @@ class Trainer:
                     rule = ("nonfinite" if not math.isfinite(val)
                             else "val_above_step1" if val > state["first_val"] else None)
                     if rule is not None:
-                        status, diverged_step = "diverged", step
+                        status = "diverged"
                         log.log("diverged", step=step, loss=str(val), rule=rule)
                         break
                     if on_eval is not None and on_eval(step, val):
@@ -487,7 +471,7 @@ class Trainer:
                     on_step(step)
         finally:
             bar.close()
-        return self.finish(status, diverged_step, step, state, log, rule)
+        return self.finish(status, step, state, log, rule)
 
     def flush(self, pending: list[tuple], log: JsonlLog, bar, state: dict) -> tuple[int, str] | None:
         """Log the pending training steps; returns (step, rule) of the first step whose loss is not finite
@@ -505,8 +489,7 @@ class Trainer:
         bar.set_postfix(loss=f"{losses[-1]:.4f}", val=state["last_val"], refresh=False)
         return None
 
-    def finish(self, status: str, diverged_step: int | None, step: int, state: dict, log: JsonlLog,
-               rule: str | None = None) -> dict:
+    def finish(self, status: str, step: int, state: dict, log: JsonlLog, rule: str | None = None) -> dict:
         cfg, c = self.cfg, self.corpus
         m = self.ema.module if self.ema else self.model
         extra: dict[str, Any] = {}
@@ -517,17 +500,13 @@ class Trainer:
                           "eos_id": c.eos_id, "tokenizer_path": c.tokenizer_path}, self.ckpt_dir / "final.pt")
         log.close()
         train_tokens = step * cfg.grad_accum * cfg.batch_size * cfg.block_size
-        best = state["best"] if math.isfinite(state["best"]) else None
-        final_val = state["final_val"] if status == "finished" else None  # a diverged run has no final loss
-        pruned = {"pruned_step": step, "last_val_loss": state["final_val"]} if status == "pruned" else {}
         summary = {
-            "name": cfg.run_name, "hash": self.hash, "status": status, "diverged_step": diverged_step,
-            "diverged_rule": rule, **pruned,
+            "name": cfg.run_name, "hash": self.hash,
+            **ledger.outcome_fields(status, step, rule, state["final_val"], extra),
             "official": self.official, "official_reasons": self.reasons,
-            "final_val_loss": final_val, "best_val_loss": best,
-            "full_val_loss": extra.get("full_loss"), "full_val_bpc": extra.get("full_bpc"),
+            "best_val_loss": state["best"] if math.isfinite(state["best"]) else None,
             "official_coverage": self.coverage, "val_chars": c.val_chars, "val_tokens": len(c.val_ids),
-            "steps": step, "max_steps": self.max_steps, "n_params": self.n_params,
+            "max_steps": self.max_steps, "n_params": self.n_params,
             "wall_time_s": state["elapsed"], "train_time_s": state["train_time"],
             "tokens_per_s": train_tokens / state["train_time"] if state["train_time"] else None,
             "peak_rss_process_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
