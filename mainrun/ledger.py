@@ -351,10 +351,17 @@ CHECKED = ("name", "hash", "status", "final_val_loss", "best_val_loss", "full_va
            "pruned_step", "official")
 
 
-def outcome_fields(status: str, step: int, rule: str | None, last_val: float | None, full: dict) -> dict:
-    """The fields of summary.json that say how a run ended (train.Trainer.finish and rebuild_summary)."""
-    return {"status": status, "steps": step, "diverged_step": step if status == "diverged" else None,
-            "diverged_rule": rule if status == "diverged" else None,
+def summary_fields(meta: dict, status: str, step: int, rule: str | None, last_val: float | None,
+                   full: dict) -> dict:
+    """The fields of summary.json that the run's config.json (`meta`) and its end give: how it ended at `step`,
+    by `rule` if it diverged, `last_val` its last validation loss, `full` the full-coverage evaluation's
+    result (train.Trainer.finish and rebuild_summary)."""
+    cfg, diverged = meta["config"], status == "diverged"
+    return {"name": cfg.get("name") or f"{cfg['profile']}-{cfg['preset']}", "hash": meta["hash"],
+            "official": meta.get("official"), "official_reasons": meta.get("official_reasons"),
+            "precision": cfg.get("precision"), "data_fingerprint": meta.get("data_fingerprint"),
+            "data_source": meta.get("data_source"), "status": status, "steps": step,
+            "diverged_step": step if diverged else None, "diverged_rule": rule if diverged else None,
             **({"pruned_step": step, "last_val_loss": last_val} if status == "pruned" else {}),
             "final_val_loss": last_val if status == "finished" else None,
             "full_val_loss": full.get("full_loss"), "full_val_bpc": full.get("full_bpc")}
@@ -396,24 +403,20 @@ def rebuild_summary(run_dir: Path, damaged_text: str = "") -> dict:
         problems.append("it shows a full-coverage evaluation but not the last step and its validation")
     if problems:
         raise DamagedRun(f"{shown_path(log)} cannot rebuild the summary: " + "; ".join(problems))
-    cfg = meta["config"]
     losses = [float(e["loss"]) for e in vals if isinstance(e.get("loss"), (int, float))]
     finite = [v for v in losses if v == v and abs(v) != float("inf")]
     resumed = [e for e in events if e.get("event") == "resumed"]
     stamp = lambda e: datetime.fromtimestamp(e["timestamp"], timezone.utc).isoformat()  # noqa: E731
     code_keys = ("git_commit", "git_dirty", "torch_version", "device")
     summary = {
-        "name": cfg.get("name") or f"{cfg['profile']}-{cfg['preset']}", "hash": meta["hash"],
-        **outcome_fields(outcome, end.get("step") if outcome in ("diverged", "pruned") else steps[-1],
+        **summary_fields(meta, outcome, end.get("step") if outcome in ("diverged", "pruned") else steps[-1],
                          end.get("rule"), losses[-1] if outcome == "finished" else end.get("loss"),
                          end if outcome == "finished" else {}),
-        "official": meta.get("official"), "official_reasons": meta.get("official_reasons"),
         "best_val_loss": min(finite) if finite else None, "official_coverage": data.get("official_coverage"),
         "val_chars": data.get("val_chars"), "val_tokens": data.get("val_tokens"), "max_steps": max_steps,
         "n_params": model.get("parameters_count"),
         "wall_time_s": vals[-1].get("elapsed_time") if vals else None,
-        "precision": cfg.get("precision"), "resumes": len(resumed),
-        "data_fingerprint": meta.get("data_fingerprint"), "data_source": meta.get("data_source"),
+        "resumes": len(resumed),
         "started_at": stamp(events[0]), "finished_at": stamp(end),
         "hardware": {k: v for k, v in device.items() if k not in ("event", "timestamp")},
         "torch_version": device.get("torch_version"), "device": device.get("device"),

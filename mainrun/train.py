@@ -218,13 +218,12 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
                 _clear(run_dir)
                 _clear(ckpt_dir)
             official, reasons = rules_check(cfg, corpus.source)
-            ledger.atomic_write_json(run_dir / "config.json", {
-                "config": record_config(cfg), "hash": h, "data_fingerprint": corpus.fingerprint,
-                "data_source": corpus.source, "official": official, "official_reasons": reasons,
-                "eval_shape": [EVAL_BATCH, EVAL_BLOCK]})
+            meta = {"config": record_config(cfg), "hash": h, "data_fingerprint": corpus.fingerprint,
+                    "data_source": corpus.source, "official": official, "official_reasons": reasons,
+                    "eval_shape": [EVAL_BATCH, EVAL_BLOCK]}
+            ledger.atomic_write_json(run_dir / "config.json", meta)
             check_resumable(run_dir, ckpt_dir, cfg)
-            return Trainer(cfg, corpus, device, run_dir, ckpt_dir, h, official, reasons).train(on_step, progress,
-                                                                                               on_eval)
+            return Trainer(cfg, corpus, device, run_dir, ckpt_dir, meta).train(on_step, progress, on_eval)
 
 
 def _clear(folder: Path) -> None:
@@ -294,11 +293,10 @@ def check_resumable(run_dir: Path, ckpt_dir: Path, cfg: Config) -> None:
 class Trainer:
     """One run's model, optimizers and loop: train() resumes from the checkpoint, logs, and writes the summary."""
 
-    def __init__(self, cfg: Config, corpus: Corpus, device: str, run_dir: Path, ckpt_dir: Path, h: str,
-                 official: bool, reasons: list[str]):
+    def __init__(self, cfg: Config, corpus: Corpus, device: str, run_dir: Path, ckpt_dir: Path, meta: dict):
+        """meta: the run's config.json (its config as recorded, hash, data, whether it is official)."""
         self.cfg, self.corpus, self.device = cfg, corpus, device
-        self.run_dir, self.ckpt_dir, self.hash = run_dir, ckpt_dir, h
-        self.official, self.reasons = official, reasons
+        self.run_dir, self.ckpt_dir, self.meta = run_dir, ckpt_dir, meta
         self.model = build_model(cfg, corpus.vocab_size, corpus.eos_id).to(device)
         self.n_params = self.model.num_params()
         if device == "cuda":
@@ -391,7 +389,7 @@ class Trainer:
             log.log("resumed", step=step, resumes=state["resumes"], **code)
         else:
             state["code"] = [code]
-            log.log("hyperparameters_configured", **record_config(cfg), run_hash=self.hash)
+            log.log("hyperparameters_configured", **self.meta["config"], run_hash=self.meta["hash"])
             log.log("device_info", **ledger.hardware(self.device))
             log.log("dataset_info", titles_count=c.n_train_titles, epochs=cfg.epochs,
                     batches_per_epoch=self.steps_per_epoch, tokens_per_epoch=len(c.train_ids),
@@ -501,17 +499,14 @@ class Trainer:
         log.close()
         train_tokens = step * cfg.grad_accum * cfg.batch_size * cfg.block_size
         summary = {
-            "name": cfg.run_name, "hash": self.hash,
-            **ledger.outcome_fields(status, step, rule, state["final_val"], extra),
-            "official": self.official, "official_reasons": self.reasons,
+            **ledger.summary_fields(self.meta, status, step, rule, state["final_val"], extra),
             "best_val_loss": state["best"] if math.isfinite(state["best"]) else None,
             "official_coverage": self.coverage, "val_chars": c.val_chars, "val_tokens": len(c.val_ids),
             "max_steps": self.max_steps, "n_params": self.n_params,
             "wall_time_s": state["elapsed"], "train_time_s": state["train_time"],
             "tokens_per_s": train_tokens / state["train_time"] if state["train_time"] else None,
             "peak_rss_process_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "precision": cfg.precision, "resumes": state["resumes"],
-            "data_fingerprint": c.fingerprint, "data_source": c.source,
+            "resumes": state["resumes"],
             "started_at": state["started_at"], "finished_at": datetime.now(timezone.utc).isoformat(),
             "hardware": ledger.hardware(self.device), **state["code"][0], "code_history": state["code"],
         }

@@ -225,7 +225,7 @@ def test_rdrop_adds_a_kl_term_and_logs_the_cross_entropy(isolated):
     from mainrun.data import get_batch, prepare
     cfg = make_config("smoke", dropout=0.3, rdrop=2.0, **SMOKE)
     corpus = prepare(cfg)
-    t = train_mod.Trainer(cfg, corpus, "cpu", isolated / "run", isolated / "ck", "h", False, [])
+    t = train_mod.Trainer(cfg, corpus, "cpu", isolated / "run", isolated / "ck", {"hash": "h"})
     xb, yb, _ = get_batch(corpus.train_ids, 0, cfg.block_size, cfg.batch_size)
     torch.manual_seed(0)
     ce, objective = t.objective(xb, yb)
