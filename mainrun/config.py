@@ -183,11 +183,9 @@ _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no"
 def _coerce(name: str, value: Any, typ: type) -> Any:
     """Turn strings (from the CLI) into the field's type; refuse mismatches clearly."""
     if typ is bool:
-        if isinstance(value, bool):
-            return value
         if isinstance(value, str) and value.lower() in _BOOLS:
             return _BOOLS[value.lower()]
-        if isinstance(value, int) and value in (0, 1):
+        if isinstance(value, int) and value in (0, 1):        # a bool is an int
             return bool(value)
         raise ConfigError(f"{name}={value!r} is not a boolean; accepted: true or false")
     if typ is str:

@@ -353,9 +353,8 @@ CHECKED = ("name", "hash", "status", "final_val_loss", "best_val_loss", "full_va
 
 def summary_fields(meta: dict, status: str, step: int, rule: str | None, last_val: float | None,
                    full: dict) -> dict:
-    """The fields of summary.json that the run's config.json (`meta`) and its end give: how it ended at `step`,
-    by `rule` if it diverged, `last_val` its last validation loss, `full` the full-coverage evaluation's
-    result (train.Trainer.finish and rebuild_summary)."""
+    """The summary fields that config.json (`meta`) and the run's end give: its status at `step` (by `rule` if
+    diverged), its last validation loss and full-coverage result (train.Trainer.finish and rebuild_summary)."""
     cfg, diverged = meta["config"], status == "diverged"
     return {"name": cfg.get("name") or f"{cfg['profile']}-{cfg['preset']}", "hash": meta["hash"],
             "official": meta.get("official"), "official_reasons": meta.get("official_reasons"),
@@ -500,8 +499,7 @@ class NoSuchRun(LookupError):
 def match_run(spec: str, runs: list[dict], where: str) -> dict:
     """The one run of `runs` (load_runs records from `where`) that `spec` names: by (in this order) its folder
     name `<name>-<hash>`, hash, name (`--set name=...`, else profile-preset) or a hash prefix (4+ characters).
-    The first kind that matches decides; several runs found by it, or none, raise NoSuchRun naming them, or the
-    close names."""
+    The first kind that matches decides; several runs by it, or none, raise NoSuchRun naming them or close names."""
     keyed = []  # (run, folder name, name, hash)
     for r in runs:
         h = r["hash"] or r["dir"].name.rsplit("-", 1)[1]

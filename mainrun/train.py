@@ -90,12 +90,6 @@ def resolve_execution(cfg: Config, check: bool = True) -> Config:
     return dataclasses.replace(cfg, device=device, precision=resolve_precision(cfg.precision, device))
 
 
-def record_config(cfg: Config) -> dict[str, Any]:
-    """The config as a committed record holds it: the data file as ledger.display_path (no absolute path)."""
-    d = cfg.to_dict()
-    return {**d, "data": d["data"] if d["data"] in ("", "hub") else ledger.display_path(d["data"])}
-
-
 def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT | Ensemble:
     """Seeded as the original: torch.manual_seed(seed), then construction (ensemble members one by one)."""
     torch.manual_seed(cfg.rng_seed)
@@ -218,7 +212,8 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
                 _clear(run_dir)
                 _clear(ckpt_dir)
             official, reasons = rules_check(cfg, corpus.source)
-            meta = {"config": record_config(cfg), "hash": h, "data_fingerprint": corpus.fingerprint,
+            data = cfg.data if cfg.data in ("", "hub") else ledger.display_path(cfg.data)   # no absolute path
+            meta = {"config": {**cfg.to_dict(), "data": data}, "hash": h, "data_fingerprint": corpus.fingerprint,
                     "data_source": corpus.source, "official": official, "official_reasons": reasons,
                     "eval_shape": [EVAL_BATCH, EVAL_BLOCK]}
             ledger.atomic_write_json(run_dir / "config.json", meta)
