@@ -499,7 +499,8 @@ class NoSuchRun(LookupError):
 def match_run(spec: str, runs: list[dict], where: str) -> dict:
     """The one run of `runs` (load_runs records from `where`) that `spec` names: by (in this order) its folder
     name `<name>-<hash>`, hash, name (`--set name=...`, else profile-preset) or a hash prefix (4+ characters).
-    The first kind that matches decides; several runs by it, or none, raise NoSuchRun naming them or close names."""
+    The first kind that matches decides; several runs by it, or none, raise NoSuchRun (naming them, or close
+    names)."""
     keyed = []  # (run, folder name, name, hash)
     for r in runs:
         h = r["hash"] or r["dir"].name.rsplit("-", 1)[1]
