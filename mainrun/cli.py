@@ -21,47 +21,18 @@ from .config import PRESETS, PROFILES, ConfigError, make_config, parse_overrides
 from .data import DataError
 
 
-MIN_HASH_PREFIX = 4  # shorter hex strings are not taken as hash prefixes
-
-
 def _find_run_dir(spec: str) -> Path:
-    """A run folder in any profile's ledger, by (in this order) its folder path, folder name `<name>-<hash>`,
-    hash, name (`--set name=...`, else profile-preset) or a unique hash prefix (4+ characters). The first kind
-    that matches decides; several runs found by it are an error that lists them, none at all lists close names."""
-    import difflib
-
+    """A run folder in any profile's ledger: by its folder's path, else as ledger.match_run finds it."""
     p = Path(spec).expanduser()
     if (p / "config.json").exists():
         return p
     roots = list(dict.fromkeys(ledger.results_root(profile) for profile in PROFILES))
-    runs = []  # (folder, name, hash)
-    for root in roots:
-        for d in sorted((root / "runs").glob("*-*")):
-            meta = ledger.read_json(d / "config.json")
-            if meta is None:
-                continue
-            h = meta.get("hash") or d.name.rsplit("-", 1)[1]
-            name = d.name[: -len(h) - 1] if d.name.endswith("-" + h) else d.name
-            runs.append((d, name, h))
-    is_prefix = len(spec) >= MIN_HASH_PREFIX and all(ch in "0123456789abcdef" for ch in spec.lower())
-    for kind, match in (("folder name", lambda d, n, h: d.name == spec),
-                        ("hash", lambda d, n, h: h == spec),
-                        ("name", lambda d, n, h: n == spec),
-                        ("hash prefix", lambda d, n, h: is_prefix and h.startswith(spec.lower()))):
-        hits = [d for d, n, h in runs if match(d, n, h)]
-        if len(hits) == 1:
-            return hits[0]
-        if hits:
-            listed = "\n".join(f"  {d.name}    ({ledger.display_path(d)})" for d in hits)
-            raise SystemExit(f"error: {len(hits)} runs have the {kind} {spec!r}:\n{listed}\n"
-                             f"name one of them by its folder name or hash")
-    names = sorted({d.name for d, _, _ in runs} | {n for _, n, _ in runs})
-    close = difflib.get_close_matches(spec, names, n=5, cutoff=0.6)
-    where = ", ".join(str(Path(r).resolve()) for r in roots)
-    raise SystemExit(f"error: no run matches {spec!r} (a run's name, its folder name <name>-<hash>, its hash or "
-                     f"a prefix of {MIN_HASH_PREFIX}+ characters, or a folder path) in {where}"
-                     + (f"\nclose matches: {', '.join(close)}" if close else "")
-                     + "\nlist the runs with `python -m mainrun list` (add `--profile smoke` for smoke runs)")
+    try:
+        return ledger.match_run(spec, [r for root in roots for r in ledger.load_runs(root)],
+                                ", ".join(str(Path(r).resolve()) for r in roots))["dir"]
+    except ledger.NoSuchRun as e:
+        raise SystemExit(f"error: {e}\na run may also be named by its folder's path; list the runs with "
+                         f"`python -m mainrun list` (add `--profile smoke` for smoke runs)") from None
 
 
 def cmd_train(args) -> int:
@@ -135,42 +106,10 @@ def cmd_list(args) -> int:
 
 
 def cmd_repair(args) -> int:
-    """Rebuild a run's summary.json from its log (ledger.rebuild_summary), or check an intact one against it."""
-    run_dir = _find_run_dir(args.run)
-    path = run_dir / "summary.json"
-    lock = ledger.Lock(run_dir / ".lock", ledger.lock_record("repairing", run_dir))
-    try:
-        lock.acquire()
-    except ledger.Busy as busy:
-        raise RuntimeError(f"run {run_dir.name} is being trained by {busy}; repair it once that ends") from None
-    with lock:
-        text = path.read_text() if path.exists() else ""
-        try:
-            intact = json.loads(text) if text else None
-        except json.JSONDecodeError:
-            intact = None
-        if isinstance(intact, dict) and "status" in intact:
-            rebuilt = ledger.rebuild_summary(run_dir)
-            differ = [f"{k}: {intact.get(k)!r} in summary.json, {rebuilt[k]!r} in the log" for k in ledger.CHECKED
-                      if k in rebuilt and intact.get(k) != rebuilt[k]]
-            if differ:
-                print(f"{ledger.shown_path(path)} disagrees with its log:\n  " + "\n  ".join(differ))
-                return 1
-            print(f"{ledger.shown_path(path)} is intact and agrees with its log ({', '.join(ledger.CHECKED)}); "
-                  f"nothing to repair")
-            return 0
-        summary = ledger.rebuild_summary(run_dir, text)
-        aside = run_dir / "summary.json.damaged"
-        if text:
-            ledger.atomic_write_bytes(aside, lambda tmp: Path(tmp).write_text(text))
-        ledger.atomic_write_json(path, summary)
-    unknown = summary["repaired"]["not_known"]
-    print(f"rebuilt {ledger.shown_path(path)} from its log.jsonl: {summary['status']}, official loss "
-          f"{summary['final_val_loss']}, {summary['steps']}/{summary['max_steps']} steps; checked against the log"
-          + (f" and the fields still legible in the damaged file; the damaged file is kept as "
-             f"{ledger.shown_path(aside)}" if text else "")
-          + (f"; not in the log, so unknown: {', '.join(unknown)}" if unknown else ""))
-    return 0
+    """Rebuild a run's summary.json from its log, or check an intact one against it (ledger.repair)."""
+    ok, report = ledger.repair(_find_run_dir(args.run))
+    print(report)
+    return 0 if ok else 1
 
 
 def cmd_bench(args) -> int:

@@ -183,11 +183,9 @@ _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no"
 def _coerce(name: str, value: Any, typ: type) -> Any:
     """Turn strings (from the CLI) into the field's type; refuse mismatches clearly."""
     if typ is bool:
-        if isinstance(value, bool):
-            return value
         if isinstance(value, str) and value.lower() in _BOOLS:
             return _BOOLS[value.lower()]
-        if isinstance(value, int) and value in (0, 1):
+        if isinstance(value, int) and value in (0, 1):        # a bool is an int
             return bool(value)
         raise ConfigError(f"{name}={value!r} is not a boolean; accepted: true or false")
     if typ is str:
@@ -259,8 +257,9 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def _build(values: dict[str, Any]) -> Config:
-    """Refuse unknown names, coerce each value to its field's type, validate."""
+def from_dict(values: dict[str, Any]) -> Config:
+    """A config from field values (one saved by to_dict, or make_config's): unknown names refused, each value
+    coerced to its field's type, then validated (no profile/preset defaults re-applied)."""
     unknown = sorted(set(values) - set(_TYPES))
     if unknown:
         raise ConfigError(f"unknown config name(s): {', '.join(unknown)}; accepted: {', '.join(_TYPES)}")
@@ -271,7 +270,7 @@ def make_config(profile: str = "full", preset: str = "baseline", **overrides: An
     """Profile defaults, then the preset, then explicit overrides, then validation."""
     _choose("profile", profile, PROFILES)
     _choose("preset", preset, PRESETS)
-    return _build({"profile": profile, "preset": preset, **PROFILES[profile], **PRESETS[preset], **overrides})
+    return from_dict({"profile": profile, "preset": preset, **PROFILES[profile], **PRESETS[preset], **overrides})
 
 
 def resolve_train(profile: str, train: bool | None) -> bool:
@@ -292,11 +291,6 @@ def cli_command(cfg: Config) -> str:
     sets = [f"{k}={v}" for k, v in cfg.to_dict().items() if k not in ("profile", "preset") and ref[k] != v]
     return (f"python -m mainrun train --profile {cfg.profile} --preset {cfg.preset}"
             + (f" --set {' '.join(sets)}" if sets else ""))
-
-
-def from_dict(d: dict[str, Any]) -> Config:
-    """Rebuild a config saved by to_dict (no profile/preset defaults re-applied)."""
-    return _build(d)
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

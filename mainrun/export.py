@@ -64,25 +64,17 @@ class Recipe:
 
 
 # ----------------------------------------------------------------------------- recipes
-def _ledger_runs() -> list[dict]:
-    return [r for r in ledger.load_runs(ledger.results_root("full")) if r["status"] == "finished"]
-
-
 def _same_recipe(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> bool:
     """Equal in everything that changes a run's numbers; an `auto` device or precision matches any."""
     da, db = a.to_dict(), b.to_dict()
-    for k in (*BOOKKEEPING, *ignore):
-        da.pop(k), db.pop(k)
-    for k in ("device", "precision"):
-        if "auto" in (da[k], db[k]):
-            da.pop(k), db.pop(k)
-    return da == db
+    skip = {*BOOKKEEPING, *ignore, *(k for k in ("device", "precision") if "auto" in (da[k], db[k]))}
+    return all(da[k] == db[k] for k in da if k not in skip)
 
 
 def resolve_recipe(spec: str) -> Recipe:
     """A preset name, or a finished run of the full ledger (its name, folder name, hash or a 4+ character hash
     prefix), as a config plus the ledger run it reproduces."""
-    runs = _ledger_runs()
+    runs = [r for r in ledger.load_runs(ledger.results_root("full")) if r["status"] == "finished"]
     configs = {id(r): from_dict(r["config"]) for r in runs}
     if spec in PRESETS:
         cfg, label = make_config("full", spec), f"preset `{spec}`"
@@ -91,23 +83,11 @@ def resolve_recipe(spec: str) -> Recipe:
         run = min(hits, default=None, key=lambda r: (not r["summary"].get("official"),
                                                      r["config"]["device"] != "cpu", r["dir"].name))
     else:
-        is_prefix = len(spec) >= 4 and all(c in "0123456789abcdef" for c in spec)
-        for match in (lambda r: r["dir"].name == spec, lambda r: r["hash"] == spec,
-                      lambda r: r["dir"].name.removesuffix("-" + r["hash"]) == spec,
-                      lambda r: is_prefix and r["hash"].startswith(spec)):
-            hits = [r for r in runs if match(r)]
-            if hits:
-                break
-        if len(hits) > 1:
-            names = ", ".join(r["dir"].name for r in hits)
-            raise ExportError(f"recipe {spec!r} names {len(hits)} runs ({names}); name one by its folder name "
-                              f"or hash")
-        if not hits:
-            raise ExportError(f"recipe {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a finished run in "
-                              f"{ledger.display_path(ledger.results_root('full'))} (its name, folder name "
-                              f"<name>-<hash>, hash or a 4+ character hash prefix; `python -m mainrun list` "
-                              f"lists them)")
-        run = hits[0]
+        try:
+            run = ledger.match_run(spec, runs, ledger.display_path(ledger.results_root("full")))
+        except ledger.NoSuchRun as e:
+            raise ExportError(f"recipe {spec!r} is neither a preset ({', '.join(PRESETS)}) nor one finished run "
+                              f"(`python -m mainrun list` lists them): {e}") from None
         cfg, label = configs[id(run)], f"ledger run `{run['dir'].name}`"
     seeds = [] if run is None else sorted(
         (r for r in runs if _same_recipe(configs[id(run)], configs[id(r)], ignore=("train_seed",))),
@@ -313,12 +293,6 @@ def our_pins() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- SUBMISSION.md
-def _baseline_run() -> dict | None:
-    base = make_config("full")
-    return min((r for r in _ledger_runs() if _same_recipe(base, from_dict(r["config"]))),
-               key=lambda r: r["dir"].name, default=None)
-
-
 def submission_md(recipe: Recipe, mode: str, report: bool = True, req: Path | None = None,
                   added: list[str] = ()) -> str:
     """SUBMISSION.md (mainrun/submission/SUBMISSION.md): what the script reproduces, what it changes against
@@ -330,7 +304,7 @@ def submission_md(recipe: Recipe, mode: str, report: bool = True, req: Path | No
                needs=SCRIPT_NEEDS, pins=list(our_pins().values()), req=req, added=added)
     if recipe.run is not None:
         s = recipe.run["summary"]
-        base = _baseline_run()
+        base = resolve_recipe("baseline").run              # the baseline's ledger run, picked as a preset's
         seeds = [(from_dict(r["config"]).rng_seed, r["summary"]["final_val_loss"]) for r in recipe.seeds]
         ctx.update(s=s, hw=s.get("hardware", {}), commit=(s.get("git_commit") or "")[:12] or "not recorded",
                    src=(ledger.read_json(recipe.run["dir"] / "config.json") or {}).get("data_source", {}),

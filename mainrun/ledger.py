@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
 import fcntl
 import functools
 import json
@@ -20,6 +21,7 @@ import platform
 import re
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -193,29 +195,12 @@ def describe_holder(holder: dict) -> str:
             + (f" ({details})" if details else ""))
 
 
-def _read_holder(fd: int) -> str:
-    return os.pread(fd, 65536, 0).decode(errors="replace")
-
-
-def _parse_holder(text: str) -> dict:
+def _holder(fd: int) -> dict:
+    """The lock record in an open lock file; {} while its holder has not written it yet."""
     with contextlib.suppress(json.JSONDecodeError):
-        rec = json.loads(text)
+        rec = json.loads(os.pread(fd, 65536, 0).decode(errors="replace"))
         return rec if isinstance(rec, dict) else {}
-    return {"pid": int(text)} if text.strip().isdigit() else {}
-
-
-def _legacy_holder(text: str) -> dict | None:
-    """A lock file from before locks were flock()ed held only a pid: held while that process is alive."""
-    if not text.strip().isdigit():
-        return None
-    pid = int(text)
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        pass                                     # alive, another user's
-    except OSError:
-        return None
-    return {"pid": pid, "host": socket.gethostname()}
+    return {}
 
 
 def lock_holder(path: Path) -> dict | None:
@@ -225,15 +210,12 @@ def lock_holder(path: Path) -> dict | None:
     except FileNotFoundError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _parse_holder(_read_holder(fd))
-        text = _read_holder(fd)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return _legacy_holder(text)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)     # closing the file releases it
+    except BlockingIOError:
+        return _holder(fd)
     finally:
         os.close(fd)
+    return None
 
 
 class Lock:
@@ -262,17 +244,16 @@ class Lock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            text = _read_holder(fd)
+            holder = _holder(fd)
             os.close(fd)
-            return _parse_holder(text)
+            return holder
         try:                                # the file may have been removed by its last holder meanwhile
             same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
         except FileNotFoundError:
             same = False
-        legacy = _legacy_holder(_read_holder(fd)) if same else None
-        if not same or legacy is not None:
+        if not same:
             os.close(fd)
-            return legacy or self._try()
+            return self._try()
         data = json.dumps(self.record).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, data, 0)
@@ -293,6 +274,20 @@ class Lock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def hold(path: Path, record: dict, refused: str, advice: str, wait: bool = False):
+    """A Lock on `path` for the block: a held lock is refused as "<refused> <holder>; <advice>" (RuntimeError),
+    or with wait=True waited for, saying so once on stderr."""
+    lock = Lock(path, record)
+    try:
+        lock.acquire(wait=wait, on_wait=lambda holder: print(
+            f"{refused} {describe_holder(holder)}: waiting for it", file=sys.stderr, flush=True))
+    except Busy as busy:
+        raise RuntimeError(f"{refused} {busy}; {advice}") from None
+    with lock:
+        yield lock
 
 
 # ----------------------------------------------------------------------------- damaged runs
@@ -356,6 +351,21 @@ CHECKED = ("name", "hash", "status", "final_val_loss", "best_val_loss", "full_va
            "pruned_step", "official")
 
 
+def summary_fields(meta: dict, status: str, step: int, rule: str | None, last_val: float | None,
+                   full: dict) -> dict:
+    """The summary fields that config.json (`meta`) and the run's end give: its status at `step` (by `rule` if
+    diverged), its last validation loss and full-coverage result (train.Trainer.finish and rebuild_summary)."""
+    cfg, diverged = meta["config"], status == "diverged"
+    return {"name": cfg.get("name") or f"{cfg['profile']}-{cfg['preset']}", "hash": meta["hash"],
+            "official": meta.get("official"), "official_reasons": meta.get("official_reasons"),
+            "precision": cfg.get("precision"), "data_fingerprint": meta.get("data_fingerprint"),
+            "data_source": meta.get("data_source"), "status": status, "steps": step,
+            "diverged_step": step if diverged else None, "diverged_rule": rule if diverged else None,
+            **({"pruned_step": step, "last_val_loss": last_val} if status == "pruned" else {}),
+            "final_val_loss": last_val if status == "finished" else None,
+            "full_val_loss": full.get("full_loss"), "full_val_bpc": full.get("full_bpc")}
+
+
 def rebuild_summary(run_dir: Path, damaged_text: str = "") -> dict:
     """summary.json as train.Trainer.finish writes it, rebuilt from config.json and the complete log.jsonl of
     a run that ended. Refuses (DamagedRun) an incomplete log (opening events, steps 1..N once, the closing
@@ -392,29 +402,20 @@ def rebuild_summary(run_dir: Path, damaged_text: str = "") -> dict:
         problems.append("it shows a full-coverage evaluation but not the last step and its validation")
     if problems:
         raise DamagedRun(f"{shown_path(log)} cannot rebuild the summary: " + "; ".join(problems))
-    cfg = meta["config"]
     losses = [float(e["loss"]) for e in vals if isinstance(e.get("loss"), (int, float))]
     finite = [v for v in losses if v == v and abs(v) != float("inf")]
     resumed = [e for e in events if e.get("event") == "resumed"]
     stamp = lambda e: datetime.fromtimestamp(e["timestamp"], timezone.utc).isoformat()  # noqa: E731
     code_keys = ("git_commit", "git_dirty", "torch_version", "device")
     summary = {
-        "name": cfg.get("name") or f"{cfg['profile']}-{cfg['preset']}", "hash": meta["hash"], "status": outcome,
-        "diverged_step": end.get("step") if outcome == "diverged" else None,
-        "diverged_rule": end.get("rule") if outcome == "diverged" else None,
-        **({"pruned_step": end["step"], "last_val_loss": end.get("loss")} if outcome == "pruned" else {}),
-        "official": meta.get("official"), "official_reasons": meta.get("official_reasons"),
-        "final_val_loss": losses[-1] if outcome == "finished" else None,
-        "best_val_loss": min(finite) if finite else None,
-        "full_val_loss": end.get("full_loss") if outcome == "finished" else None,
-        "full_val_bpc": end.get("full_bpc") if outcome == "finished" else None,
-        "official_coverage": data.get("official_coverage"), "val_chars": data.get("val_chars"),
-        "val_tokens": data.get("val_tokens"),
-        "steps": end.get("step") if outcome in ("diverged", "pruned") else steps[-1], "max_steps": max_steps,
+        **summary_fields(meta, outcome, end.get("step") if outcome in ("diverged", "pruned") else steps[-1],
+                         end.get("rule"), losses[-1] if outcome == "finished" else end.get("loss"),
+                         end if outcome == "finished" else {}),
+        "best_val_loss": min(finite) if finite else None, "official_coverage": data.get("official_coverage"),
+        "val_chars": data.get("val_chars"), "val_tokens": data.get("val_tokens"), "max_steps": max_steps,
         "n_params": model.get("parameters_count"),
         "wall_time_s": vals[-1].get("elapsed_time") if vals else None,
-        "precision": cfg.get("precision"), "resumes": len(resumed),
-        "data_fingerprint": meta.get("data_fingerprint"), "data_source": meta.get("data_source"),
+        "resumes": len(resumed),
         "started_at": stamp(events[0]), "finished_at": stamp(end),
         "hardware": {k: v for k, v in device.items() if k not in ("event", "timestamp")},
         "torch_version": device.get("torch_version"), "device": device.get("device"),
@@ -458,6 +459,67 @@ def load_runs(root: Path | None = None) -> list[dict]:
                      "status": "damaged" if damaged else summ["status"] if summ else "incomplete",
                      **({"damaged": damaged} if damaged else {})})
     return runs
+
+
+def repair(run_dir: Path) -> tuple[bool, str]:
+    """Under the run's lock: check an intact summary.json against the log (rebuild_summary), or rebuild a damaged
+    or missing one from it, keeping the damaged file as summary.json.damaged. Returns (ok, what it did)."""
+    run_dir = Path(run_dir)
+    path, aside = run_dir / "summary.json", run_dir / "summary.json.damaged"
+    with hold(run_dir / ".lock", lock_record("repairing", run_dir), f"run {run_dir.name} is being trained by",
+              "repair it once that ends"):
+        text, intact = path.read_text() if path.exists() else "", read_json(path)
+        if isinstance(intact, dict) and "status" in intact:
+            rebuilt = rebuild_summary(run_dir)
+            differ = [f"{k}: {intact.get(k)!r} in summary.json, {rebuilt[k]!r} in the log" for k in CHECKED
+                      if k in rebuilt and intact.get(k) != rebuilt[k]]
+            if differ:
+                return False, f"{shown_path(path)} disagrees with its log:\n  " + "\n  ".join(differ)
+            return True, (f"{shown_path(path)} is intact and agrees with its log ({', '.join(CHECKED)}); "
+                          f"nothing to repair")
+        summary = rebuild_summary(run_dir, text)
+        if text:
+            atomic_write_bytes(aside, lambda tmp: Path(tmp).write_text(text))
+        atomic_write_json(path, summary)
+    unknown = summary["repaired"]["not_known"]
+    return True, (f"rebuilt {shown_path(path)} from its log.jsonl: {summary['status']}, official loss "
+                  f"{summary['final_val_loss']}, {summary['steps']}/{summary['max_steps']} steps; checked against "
+                  f"the log" + (f" and the fields still legible in the damaged file; the damaged file is kept as "
+                                f"{shown_path(aside)}" if text else "")
+                  + (f"; not in the log, so unknown: {', '.join(unknown)}" if unknown else ""))
+
+
+MIN_HASH_PREFIX = 4  # shorter hex strings are not taken as hash prefixes
+
+
+class NoSuchRun(LookupError):
+    """No run, or several, answer to a name (match_run); the message lists them, or the close names."""
+
+
+def match_run(spec: str, runs: list[dict], where: str) -> dict:
+    """The one run of `runs` (load_runs records from `where`) that `spec` names: by (in this order) its folder
+    name `<name>-<hash>`, hash, name (`--set name=...`, else profile-preset) or a hash prefix (4+ characters).
+    The first kind that matches decides; several runs by it, or none, raise NoSuchRun (naming them, or close
+    names)."""
+    keyed = []  # (run, folder name, name, hash)
+    for r in runs:
+        h = r["hash"] or r["dir"].name.rsplit("-", 1)[1]
+        keyed.append((r, r["dir"].name, r["dir"].name.removesuffix("-" + h), h))
+    is_prefix = len(spec) >= MIN_HASH_PREFIX and all(ch in "0123456789abcdef" for ch in spec.lower())
+    for kind, match in (("folder name", lambda d, n, h: d == spec), ("hash", lambda d, n, h: h == spec),
+                        ("name", lambda d, n, h: n == spec),
+                        ("hash prefix", lambda d, n, h: is_prefix and h.startswith(spec.lower()))):
+        hits = [r for r, *key in keyed if match(*key)]
+        if len(hits) == 1:
+            return hits[0]
+        if hits:
+            listed = "\n".join(f"  {r['dir'].name}    ({display_path(r['dir'])})" for r in hits)
+            raise NoSuchRun(f"{len(hits)} runs have the {kind} {spec!r}:\n{listed}\n"
+                            f"name one of them by its folder name or hash")
+    close = difflib.get_close_matches(spec, sorted({k[1] for k in keyed} | {k[2] for k in keyed}), n=5, cutoff=0.6)
+    raise NoSuchRun(f"no run matches {spec!r} (a run's name, its folder name <name>-<hash>, its hash or a prefix "
+                    f"of {MIN_HASH_PREFIX}+ characters) in {where}"
+                    + (f"\nclose matches: {', '.join(close)}" if close else ""))
 
 
 def git_state() -> dict[str, Any]:

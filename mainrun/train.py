@@ -7,7 +7,6 @@ whose checkpoint exists resumes from it.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
@@ -89,12 +88,6 @@ def resolve_execution(cfg: Config, check: bool = True) -> Config:
     """The config with `auto` device and precision replaced by what this host gives (hashed and recorded)."""
     device = resolve_device(cfg.device, check)
     return dataclasses.replace(cfg, device=device, precision=resolve_precision(cfg.precision, device))
-
-
-def record_config(cfg: Config) -> dict[str, Any]:
-    """The config as a committed record holds it: the data file as ledger.display_path (no absolute path)."""
-    d = cfg.to_dict()
-    return {**d, "data": d["data"] if d["data"] in ("", "hub") else ledger.display_path(d["data"])}
 
 
 def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT | Ensemble:
@@ -208,24 +201,24 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
     corpus = prepare(cfg)
     run_dir = run_dir or root / "runs" / f"{cfg.run_name}-{h}"
     record = ledger.lock_record("training", run_dir)
-    with hold(run_dir / ".lock", record, wait, f"run {run_dir.name} is being trained by",
-              "wait for it (its result goes into this ledger), or stop it and start again to resume"):
+    with ledger.hold(run_dir / ".lock", record, f"run {run_dir.name} is being trained by",
+                     "wait for it (its result goes into this ledger), or stop it and start again to resume", wait):
         if not force and (summary := ledger.finished_summary(run_dir)) is not None:
             return summary                                   # the process waited for has finished it
-        with hold(ckpt_dir / ".lock", record, wait, f"the checkpoints of run {run_dir.name} ({ckpt_dir}) are "
-                  f"being written by", "wait for it to end and run this again, or give this run a checkpoint "
-                  "folder of its own (MAINRUN_CHECKPOINTS)"):
+        with ledger.hold(ckpt_dir / ".lock", record, f"the checkpoints of run {run_dir.name} ({ckpt_dir}) are "
+                         f"being written by", "wait for it to end and run this again, or give this run a "
+                         "checkpoint folder of its own (MAINRUN_CHECKPOINTS)", wait):
             if force:
                 _clear(run_dir)
                 _clear(ckpt_dir)
             official, reasons = rules_check(cfg, corpus.source)
-            ledger.atomic_write_json(run_dir / "config.json", {
-                "config": record_config(cfg), "hash": h, "data_fingerprint": corpus.fingerprint,
-                "data_source": corpus.source, "official": official, "official_reasons": reasons,
-                "eval_shape": [EVAL_BATCH, EVAL_BLOCK]})
+            data = cfg.data if cfg.data in ("", "hub") else ledger.display_path(cfg.data)   # no absolute path
+            meta = {"config": {**cfg.to_dict(), "data": data}, "hash": h, "data_fingerprint": corpus.fingerprint,
+                    "data_source": corpus.source, "official": official, "official_reasons": reasons,
+                    "eval_shape": [EVAL_BATCH, EVAL_BLOCK]}
+            ledger.atomic_write_json(run_dir / "config.json", meta)
             check_resumable(run_dir, ckpt_dir, cfg)
-            return Trainer(cfg, corpus, device, run_dir, ckpt_dir, h, official, reasons).train(on_step, progress,
-                                                                                               on_eval)
+            return Trainer(cfg, corpus, device, run_dir, ckpt_dir, meta).train(on_step, progress, on_eval)
 
 
 def _clear(folder: Path) -> None:
@@ -248,21 +241,6 @@ def refuse_discarding(run_dir: Path) -> None:
             f"run {run_dir.name} has no readable summary.json but its log.jsonl shows it {outcome}: --force would "
             f"discard it. Rebuild its summary with `python -m mainrun repair {run_dir.name}`, or add "
             f"--discard-finished (discard_finished=True) to start it over")
-
-
-@contextlib.contextmanager
-def hold(path: Path, record: dict, wait: bool, refused: str, advice: str):
-    """ledger.Lock on `path`: a held lock is refused as "<refused> <holder>; <advice>", or waited for."""
-    lock = ledger.Lock(path, record)
-    try:
-        lock.acquire(wait=wait, on_wait=lambda holder: print(
-            f"{refused} {ledger.describe_holder(holder)}: waiting for it", file=sys.stderr, flush=True))
-    except ledger.Busy as busy:
-        raise RuntimeError(f"{refused} {busy}; {advice}") from None
-    try:
-        yield lock
-    finally:
-        lock.release()
 
 
 _BF16_WARNED: list[bool] = []
@@ -310,11 +288,10 @@ def check_resumable(run_dir: Path, ckpt_dir: Path, cfg: Config) -> None:
 class Trainer:
     """One run's model, optimizers and loop: train() resumes from the checkpoint, logs, and writes the summary."""
 
-    def __init__(self, cfg: Config, corpus: Corpus, device: str, run_dir: Path, ckpt_dir: Path, h: str,
-                 official: bool, reasons: list[str]):
+    def __init__(self, cfg: Config, corpus: Corpus, device: str, run_dir: Path, ckpt_dir: Path, meta: dict):
+        """meta: the run's config.json (its config as recorded, hash, data, whether it is official)."""
         self.cfg, self.corpus, self.device = cfg, corpus, device
-        self.run_dir, self.ckpt_dir, self.hash = run_dir, ckpt_dir, h
-        self.official, self.reasons = official, reasons
+        self.run_dir, self.ckpt_dir, self.meta = run_dir, ckpt_dir, meta
         self.model = build_model(cfg, corpus.vocab_size, corpus.eos_id).to(device)
         self.n_params = self.model.num_params()
         if device == "cuda":
@@ -407,7 +384,7 @@ class Trainer:
             log.log("resumed", step=step, resumes=state["resumes"], **code)
         else:
             state["code"] = [code]
-            log.log("hyperparameters_configured", **record_config(cfg), run_hash=self.hash)
+            log.log("hyperparameters_configured", **self.meta["config"], run_hash=self.meta["hash"])
             log.log("device_info", **ledger.hardware(self.device))
             log.log("dataset_info", titles_count=c.n_train_titles, epochs=cfg.epochs,
                     batches_per_epoch=self.steps_per_epoch, tokens_per_epoch=len(c.train_ids),
@@ -418,7 +395,7 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=self.max_steps, initial=step, desc=cfg.run_name, disable=not progress,
                    dynamic_ncols=True, mininterval=1.0)
-        status, diverged_step, rule = "finished", None, None
+        status, rule = "finished", None
         pending: list[tuple] = []   # (step, loss on the device, elapsed, lr) not yet read by the host
         t_seg = time.time()         # start of the current stretch of training steps (evals excluded)
         try:
@@ -455,7 +432,7 @@ class Trainer:
                     state["train_time"] += now - t_seg
                     state["elapsed"], t_seg = now - t_start, now
                     if bad is not None:
-                        status, (diverged_step, rule), step = "diverged", bad, bad[0]
+                        status, (step, rule) = "diverged", bad
                         break
                 if eval_due:
                     at = state["elapsed"]                     # as the original: time before the evaluation
@@ -472,7 +449,7 @@ class Trainer:
                     rule = ("nonfinite" if not math.isfinite(val)
                             else "val_above_step1" if val > state["first_val"] else None)
                     if rule is not None:
-                        status, diverged_step = "diverged", step
+                        status = "diverged"
                         log.log("diverged", step=step, loss=str(val), rule=rule)
                         break
                     if on_eval is not None and on_eval(step, val):
@@ -487,7 +464,7 @@ class Trainer:
                     on_step(step)
         finally:
             bar.close()
-        return self.finish(status, diverged_step, step, state, log, rule)
+        return self.finish(status, step, state, log, rule)
 
     def flush(self, pending: list[tuple], log: JsonlLog, bar, state: dict) -> tuple[int, str] | None:
         """Log the pending training steps; returns (step, rule) of the first step whose loss is not finite
@@ -505,8 +482,7 @@ class Trainer:
         bar.set_postfix(loss=f"{losses[-1]:.4f}", val=state["last_val"], refresh=False)
         return None
 
-    def finish(self, status: str, diverged_step: int | None, step: int, state: dict, log: JsonlLog,
-               rule: str | None = None) -> dict:
+    def finish(self, status: str, step: int, state: dict, log: JsonlLog, rule: str | None = None) -> dict:
         cfg, c = self.cfg, self.corpus
         m = self.ema.module if self.ema else self.model
         extra: dict[str, Any] = {}
@@ -517,22 +493,15 @@ class Trainer:
                           "eos_id": c.eos_id, "tokenizer_path": c.tokenizer_path}, self.ckpt_dir / "final.pt")
         log.close()
         train_tokens = step * cfg.grad_accum * cfg.batch_size * cfg.block_size
-        best = state["best"] if math.isfinite(state["best"]) else None
-        final_val = state["final_val"] if status == "finished" else None  # a diverged run has no final loss
-        pruned = {"pruned_step": step, "last_val_loss": state["final_val"]} if status == "pruned" else {}
         summary = {
-            "name": cfg.run_name, "hash": self.hash, "status": status, "diverged_step": diverged_step,
-            "diverged_rule": rule, **pruned,
-            "official": self.official, "official_reasons": self.reasons,
-            "final_val_loss": final_val, "best_val_loss": best,
-            "full_val_loss": extra.get("full_loss"), "full_val_bpc": extra.get("full_bpc"),
+            **ledger.summary_fields(self.meta, status, step, rule, state["final_val"], extra),
+            "best_val_loss": state["best"] if math.isfinite(state["best"]) else None,
             "official_coverage": self.coverage, "val_chars": c.val_chars, "val_tokens": len(c.val_ids),
-            "steps": step, "max_steps": self.max_steps, "n_params": self.n_params,
+            "max_steps": self.max_steps, "n_params": self.n_params,
             "wall_time_s": state["elapsed"], "train_time_s": state["train_time"],
             "tokens_per_s": train_tokens / state["train_time"] if state["train_time"] else None,
             "peak_rss_process_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "precision": cfg.precision, "resumes": state["resumes"],
-            "data_fingerprint": c.fingerprint, "data_source": c.source,
+            "resumes": state["resumes"],
             "started_at": state["started_at"], "finished_at": datetime.now(timezone.utc).isoformat(),
             "hardware": ledger.hardware(self.device), **state["code"][0], "code_history": state["code"],
         }

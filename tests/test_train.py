@@ -168,10 +168,11 @@ def test_one_process_per_run_and_no_silent_restart(isolated, monkeypatch):
         mainrun.run(cfg, on_step=stop_at_7, progress=False)
     (d,) = run_dirs(isolated)
     assert not (d / ".lock").exists()                         # released on the way out
-    (d / ".lock").write_text(str(os.getpid()))                # a live process holds the run
-    with pytest.raises(RuntimeError, match="being trained by process"):
+    holder = ledger.Lock(d / ".lock", ledger.lock_record("training", d)).acquire()   # a live holder
+    with pytest.raises(RuntimeError, match=f"being trained by process {os.getpid()}"):
         mainrun.run(cfg, progress=False)
-    (d / ".lock").write_text("999999999")                     # a dead one: stale, taken over
+    holder.release()
+    (d / ".lock").write_text(json.dumps({"pid": 999999999}))  # a dead one's (no flock): stale, taken over
     monkeypatch.setenv("MAINRUN_CHECKPOINTS", str(isolated / "elsewhere"))
     with pytest.raises(RuntimeError, match="no checkpoint is under"):   # the log is past a checkpoint we cannot see
         mainrun.run(cfg, progress=False)
@@ -224,7 +225,7 @@ def test_rdrop_adds_a_kl_term_and_logs_the_cross_entropy(isolated):
     from mainrun.data import get_batch, prepare
     cfg = make_config("smoke", dropout=0.3, rdrop=2.0, **SMOKE)
     corpus = prepare(cfg)
-    t = train_mod.Trainer(cfg, corpus, "cpu", isolated / "run", isolated / "ck", "h", False, [])
+    t = train_mod.Trainer(cfg, corpus, "cpu", isolated / "run", isolated / "ck", {"hash": "h"})
     xb, yb, _ = get_batch(corpus.train_ids, 0, cfg.block_size, cfg.batch_size)
     torch.manual_seed(0)
     ce, objective = t.objective(xb, yb)
