@@ -11,7 +11,7 @@ counted once; T = tokens); attention-score FLOPs are not counted. Medians over t
     python -m mainrun bench --sweep              # runs per hour, GPU where torch sees one, else CPU
 
 --sweep packs runs onto a device (not sequence packing) through the engine, `sweep.run_sweep(...,
-runs_per_gpu=K)`: `gpu_packing` trains the same seeds at K = 1, 2, 4, 8 runs per GPU, `cpu_packing` one
+runs_per_gpu=K)`: `gpu_packing` trains the same seeds at K = 1, 2, 4, 8, 12 runs per GPU, `cpu_packing` one
 2-thread run at a time against two 1-thread runs at once. Per level: runs per hour, with startup timed apart,
 and each seed's final loss against the first level's beside the spread over seeds (packing must not move a
 result by more than the seed noise). JSON to results/bench/packing-<device>.json.
@@ -330,8 +330,8 @@ def packing(kind: str, levels: list[tuple], n_runs: int, profile: str, preset: s
     return out
 
 
-def gpu_packing(ks: tuple[int, ...] = (1, 2, 4, 8), n_runs: int = 8, profile: str = "full", preset: str = "final",
-                device: str = "cuda", precision: str = "bf16", gpus: int | None = 1,
+def gpu_packing(ks: tuple[int, ...] = (1, 2, 4, 8, 12), n_runs: int = 12, profile: str = "full",
+                preset: str = "final", device: str = "cuda", precision: str = "bf16", gpus: int | None = 1,
                 overrides: dict | None = None, out_dir: Path | None = None, name: str = "packing-cuda") -> dict:
     """Runs per hour at K runs per GPU (K worker processes per GPU, each holding resource GPU=1/K). The test
     suite runs this very path with smoke runs on the CPU (`device="cpu"`)."""

@@ -113,10 +113,8 @@ def cmd_repair(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    if args.sweep:
-        from .runs_per_hour import main
-    else:
-        from .bench import main
+    from .bench import main
+
     return main(args)
 
 
@@ -219,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--no-reference", action="store_true", help="skip the original-style reference step")
     b.add_argument("--sweep", action="store_true", help="packing benchmark through the Dask engine instead: runs "
                    "per hour with K runs per GPU, or 1 run x 2 threads against 2 runs x 1 thread on the CPU "
-                   "(mainrun.runs_per_hour)")
+                   "(mainrun.bench: gpu_packing, cpu_packing)")
     b.set_defaults(fn=cmd_bench)
     r = sub.add_parser("report", help="render the report PDF from the analysis outputs")
     r.add_argument("--profile", default="full", choices=list(PROFILES))
