@@ -112,16 +112,16 @@ def perturb_losses(root: Path, rel: float) -> int:
     return n
 
 
-def regenerated_analysis(root: Path, monkeypatch) -> list[str]:
+def regenerated_analysis(root: Path, monkeypatch, profile: str = "full") -> list[str]:
     """write_report_inputs over the ledger at `root` (on a faked bf16 host); returns the names of the
     text files (.md, .json) that differ from the committed analysis. Figures are not compared (matplotlib
     versions may differ)."""
     from mainrun import analysis
     fake_host(monkeypatch, bf16=True, cuda=False)
-    out = root / "analysis" / "full"
+    out = root / "analysis" / profile
     shutil.rmtree(out)
-    analysis.write_report_inputs("full")
-    ref = ROOT / "results" / "analysis" / "full"
+    analysis.write_report_inputs(profile)
+    ref = ROOT / "results" / "analysis" / profile
     texts = sorted(p.name for p in ref.iterdir() if p.suffix in (".md", ".json", ".yml"))
     assert texts and "numbers.json" in texts
     assert str(ROOT) not in "".join((out / t).read_text() for t in texts)
@@ -132,6 +132,11 @@ def regenerated_analysis(root: Path, monkeypatch) -> list[str]:
 def test_the_committed_analysis_is_what_the_ledger_gives(committed_ledger, monkeypatch):
     """The committed numbers and tables, byte for byte, from the committed ledger."""
     assert regenerated_analysis(committed_ledger, monkeypatch) == []
+
+
+def test_the_committed_quick_analysis_is_what_the_quick_ledger_gives(committed_ledger, monkeypatch):
+    """The proxy profile's committed analysis too (`make run PROFILE=quick` writes it): no stale file."""
+    assert regenerated_analysis(committed_ledger, monkeypatch, "quick") == []
 
 
 def test_the_analysis_carries_no_host_noise(committed_ledger, monkeypatch):
