@@ -36,7 +36,7 @@ from . import ledger, tables
 from .config import EVAL_BATCH, EVAL_BLOCK, Config, from_dict, make_config, parse_overrides, run_hash
 from .data import prepare, resolve_source
 from .evaluate import autocast, evaluate
-from .optim import build_optimizers
+from .optim import build_optimizers, matmul_seconds
 from .reference import RefGPT
 from .stats import time_to_quality
 from .sweep import run_sweep
@@ -49,13 +49,6 @@ def _time(fn, device: str, warmup: int, reps: int) -> list[float]:
     """Seconds of each of `reps` calls of fn after `warmup` calls, each call with the device synchronised."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     return timeit.repeat(lambda: (fn(), sync()), number=1, repeat=warmup + reps)[warmup:]
-
-
-def matmul_rate(device: str, dtype: torch.dtype, n: int) -> float:
-    """GFLOP/s of an n x n x n matmul (random data; median of 3 after one warm-up)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / statistics.median(_time(lambda: a @ b, device, 1, 3)) / 1e9
 
 
 def flop_params(model: torch.nn.Module) -> int:
@@ -149,8 +142,11 @@ def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: st
     """bench_config and the matmul ceiling, extrapolated to the config's whole run and set beside its committed
     run (if the ledger has one); written to results/bench/<device>-<label>.json (and -ops.txt with ops)."""
     device = resolve_device(cfg.device)
-    ceil = {"fp32": matmul_rate(device, torch.float32, 8192 if device == "cuda" else 2048),
-            "bf16": matmul_rate(device, torch.bfloat16, 8192 if device == "cuda" else 512)}
+    # GFLOP/s of an n x n x n matmul (random data; median of 3 after one warm-up)
+    sizes = {"fp32": (torch.float32, 8192 if device == "cuda" else 2048),
+             "bf16": (torch.bfloat16, 8192 if device == "cuda" else 512)}
+    ceil = {k: 2 * n**3 / statistics.median(matmul_seconds(n, dtype, device)) / 1e9
+            for k, (dtype, n) in sizes.items()}
     res = bench_config(cfg, device, reps=reps, reference=reference)
     rows, ours = res["rows"], res["rows"]["ours"]
     try:  # the real token counts of this config's tokenizer (a smaller vocabulary means more steps)
