@@ -10,11 +10,10 @@ counted once; T = tokens); attention-score FLOPs are not counted. Medians over t
 
     python -m mainrun bench --sweep              # runs per hour, GPU where torch sees one, else CPU
 
---sweep packs runs onto a device (not sequence packing) through the engine, `sweep.run_sweep(...,
-runs_per_gpu=K)`: `gpu_packing` trains the same seeds at K = 1, 2, 4, 8, 12 runs per GPU, `cpu_packing` one
-2-thread run at a time against two 1-thread runs at once. Per level: runs per hour, with startup timed apart,
-and each seed's final loss against the first level's beside the spread over seeds (packing must not move a
-result by more than the seed noise). JSON to results/bench/packing-<device>.json.
+--sweep packs runs onto a device through the engine (`run_sweep(..., runs_per_gpu=K)`): the same seeds at
+K = 1, 2, 4, 8, 12 runs per GPU (`gpu_packing`), or 1 run x 2 threads against 2 runs x 1 thread (`cpu_packing`).
+Per level: runs per hour (startup apart) and each seed's final loss against the first level's, beside the seed
+spread (packing must not move a result by more than seed noise). JSON to results/bench/packing-<device>.json.
 """
 from __future__ import annotations
 
