@@ -25,7 +25,6 @@ import resource
 import statistics
 import tempfile
 import time
-import timeit
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,19 +34,13 @@ from . import ledger, tables
 from .config import EVAL_BATCH, EVAL_BLOCK, Config, from_dict, make_config, parse_overrides, run_hash
 from .data import prepare, resolve_source
 from .evaluate import autocast, evaluate
-from .optim import build_optimizers, matmul_seconds
+from .optim import build_optimizers, matmul_seconds, timed
 from .reference import RefGPT
 from .stats import time_to_quality
 from .sweep import run_sweep
 from .train import build_model, resolve_device, resolve_execution, resolve_precision
 
 TOKENS_PER_EPOCH = 1_155_847   # our corpus, 16k BPE (dataset_info of the baseline run)
-
-
-def _time(fn, device: str, warmup: int, reps: int) -> list[float]:
-    """Seconds of each of `reps` calls of fn after `warmup` calls, each call with the device synchronised."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    return timeit.repeat(lambda: (fn(), sync()), number=1, repeat=warmup + reps)[warmup:]
 
 
 def flop_params(model: torch.nn.Module) -> int:
@@ -105,17 +98,17 @@ def bench_config(cfg: Config, device: str, reps: int = 3, warmup: int = 1, refer
             torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0, foreach=False)
             ref_opt.step()
             loss.item()
-        rows["reference"] = {"times": _time(ref_step, device, warmup, reps), "precision": "fp32",
+        rows["reference"] = {"times": timed(ref_step, device, warmup, reps), "precision": "fp32",
                              "n_params": sum(p.numel() for p in ref.parameters()),
                              "n_flop_params": flop_params(ref)}
         del ref, ref_opt
     precision = resolve_precision(cfg.precision, device)
     our_step, model = train_step(cfg, device, precision, x, y)
-    rows["ours"] = {"times": _time(our_step, device, warmup, reps), "precision": precision,
+    rows["ours"] = {"times": timed(our_step, device, warmup, reps), "precision": precision,
                     "n_params": model.num_params(), "n_flop_params": flop_params(model)}
     # evaluation throughput at the official shape: one full 64 x 128 span per call
     val = torch.randint(0, V, (EVAL_BATCH * EVAL_BLOCK + 1,))
-    eval_times = _time(lambda: evaluate(model, val, 1, device, precision), device, 1, 2)
+    eval_times = timed(lambda: evaluate(model, val, 1, device, precision), device, 1, 2)
     for r in rows.values():
         s = statistics.median(r["times"])
         r.update(s_per_step=s, tokens_per_s=B * T / s, gflops=6 * r["n_flop_params"] * B * T / s / 1e9)

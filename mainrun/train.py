@@ -8,6 +8,7 @@ whose checkpoint exists resumes from it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -242,16 +243,13 @@ def refuse_discarding(run_dir: Path) -> None:
             f"--discard-finished (discard_finished=True) to start it over")
 
 
-_BF16_WARNED: list[bool] = []
-
-
+@functools.cache                                    # once per process
 def warn_emulated_bf16(device: str, precision: str) -> None:
-    """Once per process: precision=bf16 on a CPU without native bf16 is emulated; say how slow, suggest fp32."""
+    """precision=bf16 on a CPU without native bf16 is emulated: say how slow, suggest fp32."""
     from . import optim
 
-    if device != "cpu" or precision != "bf16" or _BF16_WARNED or optim.native_bf16("cpu"):
+    if device != "cpu" or precision != "bf16" or optim.native_bf16("cpu"):
         return
-    _BF16_WARNED.append(True)
     n = 256
     fp32, bf16 = (min(optim.matmul_seconds(n, dtype)) for dtype in (torch.float32, torch.bfloat16))
     print(f"warning: precision=bf16 on a CPU without native bf16 (optim.native_bf16 is false: no AVX512-BF16 or "
