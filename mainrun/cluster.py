@@ -241,7 +241,7 @@ def local_cluster(workers: int, runs_per_gpu: int | None = None, gpus: int | Non
 
 def reach_scheduler(address: str, runs_per_gpu: int | None = None, timeout: float | None = None):
     """A Client of the scheduler at `address` once it answers and has a worker (offering the resource GPU, for
-    runs_per_gpu); each wait bounded by SCHEDULER_TIMEOUT, then a short error naming the address."""
+    runs_per_gpu); each wait bounded by `timeout` (or SCHEDULER_TIMEOUT), then an error naming the address."""
     from distributed import Client
 
     timeout = SCHEDULER_TIMEOUT if timeout is None else timeout
@@ -269,9 +269,10 @@ def reach_scheduler(address: str, runs_per_gpu: int | None = None, timeout: floa
 
 
 @contextlib.contextmanager
-def connect(cluster: Any, runs_per_gpu: int | None = None):
+def connect(cluster: Any, runs_per_gpu: int | None = None, timeout: float | None = None):
     """`cluster` as a dask Client: an int starts (or reuses, within this process) a local cluster of that many
-    worker processes; a string is a scheduler address; a Client is used as is; a Cluster gets a Client."""
+    worker processes; a string is a scheduler address (reach_scheduler(cluster, runs_per_gpu, timeout)); a
+    Client is used as is; a Cluster gets a Client."""
     from distributed import Client
 
     if isinstance(cluster, Client):
@@ -285,7 +286,8 @@ def connect(cluster: Any, runs_per_gpu: int | None = None):
             atexit.register(_LOCAL[key].close)
         yield _LOCAL[key]
     elif isinstance(cluster, str) or hasattr(cluster, "scheduler_address"):     # an address, a dask Cluster
-        with (reach_scheduler(cluster, runs_per_gpu) if isinstance(cluster, str) else Client(cluster)) as client:
+        client = reach_scheduler(cluster, runs_per_gpu, timeout) if isinstance(cluster, str) else Client(cluster)
+        with client:
             yield client
     else:
         raise ValueError(f"cluster={cluster!r} is not accepted: None (sequential, in this process), a number >= 1 "
