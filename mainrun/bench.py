@@ -10,11 +10,10 @@ counted once; T = tokens); attention-score FLOPs are not counted. Medians over t
 
     python -m mainrun bench --sweep              # runs per hour, GPU where torch sees one, else CPU
 
---sweep packs runs onto a device (not sequence packing) through the engine, `sweep.run_sweep(...,
-runs_per_gpu=K)`: `gpu_packing` trains the same seeds at K = 1, 2, 4, 8, 12 runs per GPU, `cpu_packing` one
-2-thread run at a time against two 1-thread runs at once. Per level: runs per hour, with startup timed apart,
-and each seed's final loss against the first level's beside the spread over seeds (packing must not move a
-result by more than the seed noise). JSON to results/bench/packing-<device>.json.
+--sweep packs runs onto a device through the engine (`run_sweep(..., runs_per_gpu=K)`): the same seeds at
+K = 1, 2, 4, 8, 12 runs per GPU (`gpu_packing`), or 1 run x 2 threads against 2 runs x 1 thread (`cpu_packing`).
+Per level: runs per hour (startup apart) and each seed's final loss against the first level's, beside the seed
+spread (packing must not move a result by more than seed noise). JSON to results/bench/packing-<device>.json.
 """
 from __future__ import annotations
 
@@ -26,7 +25,6 @@ import resource
 import statistics
 import tempfile
 import time
-import timeit
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,26 +34,13 @@ from . import ledger, tables
 from .config import EVAL_BATCH, EVAL_BLOCK, Config, from_dict, make_config, parse_overrides, run_hash
 from .data import prepare, resolve_source
 from .evaluate import autocast, evaluate
-from .optim import build_optimizers
+from .optim import build_optimizers, matmul_seconds, timed
 from .reference import RefGPT
 from .stats import time_to_quality
 from .sweep import run_sweep
 from .train import build_model, resolve_device, resolve_execution, resolve_precision
 
 TOKENS_PER_EPOCH = 1_155_847   # our corpus, 16k BPE (dataset_info of the baseline run)
-
-
-def _time(fn, device: str, warmup: int, reps: int) -> list[float]:
-    """Seconds of each of `reps` calls of fn after `warmup` calls, each call with the device synchronised."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    return timeit.repeat(lambda: (fn(), sync()), number=1, repeat=warmup + reps)[warmup:]
-
-
-def matmul_rate(device: str, dtype: torch.dtype, n: int) -> float:
-    """GFLOP/s of an n x n x n matmul (random data; median of 3 after one warm-up)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / statistics.median(_time(lambda: a @ b, device, 1, 3)) / 1e9
 
 
 def flop_params(model: torch.nn.Module) -> int:
@@ -113,17 +98,17 @@ def bench_config(cfg: Config, device: str, reps: int = 3, warmup: int = 1, refer
             torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0, foreach=False)
             ref_opt.step()
             loss.item()
-        rows["reference"] = {"times": _time(ref_step, device, warmup, reps), "precision": "fp32",
+        rows["reference"] = {"times": timed(ref_step, device, warmup, reps), "precision": "fp32",
                              "n_params": sum(p.numel() for p in ref.parameters()),
                              "n_flop_params": flop_params(ref)}
         del ref, ref_opt
     precision = resolve_precision(cfg.precision, device)
     our_step, model = train_step(cfg, device, precision, x, y)
-    rows["ours"] = {"times": _time(our_step, device, warmup, reps), "precision": precision,
+    rows["ours"] = {"times": timed(our_step, device, warmup, reps), "precision": precision,
                     "n_params": model.num_params(), "n_flop_params": flop_params(model)}
     # evaluation throughput at the official shape: one full 64 x 128 span per call
     val = torch.randint(0, V, (EVAL_BATCH * EVAL_BLOCK + 1,))
-    eval_times = _time(lambda: evaluate(model, val, 1, device, precision), device, 1, 2)
+    eval_times = timed(lambda: evaluate(model, val, 1, device, precision), device, 1, 2)
     for r in rows.values():
         s = statistics.median(r["times"])
         r.update(s_per_step=s, tokens_per_s=B * T / s, gflops=6 * r["n_flop_params"] * B * T / s / 1e9)
@@ -149,8 +134,11 @@ def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: st
     """bench_config and the matmul ceiling, extrapolated to the config's whole run and set beside its committed
     run (if the ledger has one); written to results/bench/<device>-<label>.json (and -ops.txt with ops)."""
     device = resolve_device(cfg.device)
-    ceil = {"fp32": matmul_rate(device, torch.float32, 8192 if device == "cuda" else 2048),
-            "bf16": matmul_rate(device, torch.bfloat16, 8192 if device == "cuda" else 512)}
+    # GFLOP/s of an n x n x n matmul (random data; median of 3 after one warm-up)
+    sizes = {"fp32": (torch.float32, 8192 if device == "cuda" else 2048),
+             "bf16": (torch.bfloat16, 8192 if device == "cuda" else 512)}
+    ceil = {k: 2 * n**3 / statistics.median(matmul_seconds(n, dtype, device)) / 1e9
+            for k, (dtype, n) in sizes.items()}
     res = bench_config(cfg, device, reps=reps, reference=reference)
     rows, ours = res["rows"], res["rows"]["ours"]
     try:  # the real token counts of this config's tokenizer (a smaller vocabulary means more steps)

@@ -132,7 +132,6 @@ def cmd_sweep(args) -> int:
 
     import pandas as pd
 
-    from . import cluster as engine
     from .studies import load_spec_file
     from .sweep import run_sweep, studies_dir
 
@@ -142,11 +141,11 @@ def cmd_sweep(args) -> int:
                          f"(leave --profile out, or pass --profile {named})")
     args.profile = args.profile or named or "quick"
     args.study = args.study or Path(args.spec).stem
-    engine.SCHEDULER_TIMEOUT = args.scheduler_timeout
     t0 = time.time()
     df = pd.concat([run_sweep(call, args.profile, args.study, progress=not args.quiet, force=args.force,
                               cluster=args.scheduler or args.workers or (1 if args.runs_per_gpu else None),
-                              threads_per_run=args.threads_per_run, runs_per_gpu=args.runs_per_gpu)
+                              threads_per_run=args.threads_per_run, runs_per_gpu=args.runs_per_gpu,
+                              scheduler_timeout=args.scheduler_timeout)
                     for call in calls], ignore_index=True)
     cols = [c for c in ("label", "seed", "hash", "status", "final_val_loss", "full_val_bpc", "wall_time_s")
             if c in df.columns]

@@ -241,7 +241,7 @@ def local_cluster(workers: int, runs_per_gpu: int | None = None, gpus: int | Non
 
 def reach_scheduler(address: str, runs_per_gpu: int | None = None, timeout: float | None = None):
     """A Client of the scheduler at `address` once it answers and has a worker (offering the resource GPU, for
-    runs_per_gpu); each wait bounded by SCHEDULER_TIMEOUT, then a short error naming the address."""
+    runs_per_gpu); each wait bounded by `timeout` (or SCHEDULER_TIMEOUT), then an error naming the address."""
     from distributed import Client
 
     timeout = SCHEDULER_TIMEOUT if timeout is None else timeout
@@ -254,25 +254,25 @@ def reach_scheduler(address: str, runs_per_gpu: int | None = None, timeout: floa
                            f"wait") from None
     try:
         client.wait_for_workers(1, timeout=timeout)
-        error = None
     except (OSError, TimeoutError):
-        error = (f"the Dask scheduler at {address} has no workers after {timeout:g} s: start them with "
-                 f"`dask worker {address}` (on each machine that trains), or wait longer with --scheduler-timeout")
-    if error is None and runs_per_gpu:
-        offered = [w.get("resources", {}) for w in client.scheduler_info()["workers"].values()]
-        if not any("GPU" in r for r in offered):
-            error = (f"no worker of the Dask scheduler at {address} offers the resource GPU that --runs-per-gpu "
-                     f"asks for: start the workers with `dask worker {address} --resources GPU=1`")
-    if error is not None:
         client.close()
-        raise RuntimeError(error)
+        raise RuntimeError(f"the Dask scheduler at {address} has no workers after {timeout:g} s: start them with "
+                           f"`dask worker {address}` (on each machine that trains), or wait longer with "
+                           f"--scheduler-timeout") from None
+    workers = client.scheduler_info()["workers"].values() if runs_per_gpu else ()
+    if runs_per_gpu and not any("GPU" in w.get("resources", {}) for w in workers):
+        client.close()
+        raise RuntimeError(f"no worker of the Dask scheduler at {address} offers the resource GPU that "
+                           f"--runs-per-gpu asks for: start the workers with `dask worker {address} "
+                           f"--resources GPU=1`")
     return client
 
 
 @contextlib.contextmanager
-def connect(cluster: Any, runs_per_gpu: int | None = None):
+def connect(cluster: Any, runs_per_gpu: int | None = None, timeout: float | None = None):
     """`cluster` as a dask Client: an int starts (or reuses, within this process) a local cluster of that many
-    worker processes; a string is a scheduler address; a Client is used as is; a Cluster gets a Client."""
+    worker processes; a string is a scheduler address (reach_scheduler(cluster, runs_per_gpu, timeout)); a
+    Client is used as is; a Cluster gets a Client."""
     from distributed import Client
 
     if isinstance(cluster, Client):
@@ -286,7 +286,8 @@ def connect(cluster: Any, runs_per_gpu: int | None = None):
             atexit.register(_LOCAL[key].close)
         yield _LOCAL[key]
     elif isinstance(cluster, str) or hasattr(cluster, "scheduler_address"):     # an address, a dask Cluster
-        with (reach_scheduler(cluster, runs_per_gpu) if isinstance(cluster, str) else Client(cluster)) as client:
+        client = reach_scheduler(cluster, runs_per_gpu, timeout) if isinstance(cluster, str) else Client(cluster)
+        with client:
             yield client
     else:
         raise ValueError(f"cluster={cluster!r} is not accepted: None (sequential, in this process), a number >= 1 "
@@ -341,16 +342,13 @@ class Engine:
         root = ledger.results_root(job.cfg.profile)
         final = ledger.find_run(root, job.hash) or root / "runs" / f"{job.cfg.run_name}-{job.hash}"
         final.mkdir(parents=True, exist_ok=True)
-        lock = ledger.Lock(final / ".lock", ledger.lock_record("installing", final))
-        try:
-            with contextlib.nullcontext() if held else lock:
-                (final / "summary.json").unlink(missing_ok=True)
-                ledger.atomic_write_json(final / "config.json", meta)
-                ledger.atomic_write_bytes(final / "log.jsonl", lambda tmp: Path(tmp).write_text("".join(lines)))
-                ledger.atomic_write_json(final / "summary.json", summary)
-        except ledger.Busy as busy:
-            raise RuntimeError(f"run {final.name} is being trained by {busy}; not replacing it with the cluster's "
-                               f"result") from None
+        with contextlib.nullcontext() if held else ledger.hold(
+                final / ".lock", ledger.lock_record("installing", final), f"run {final.name} is being trained by",
+                "not replacing it with the cluster's result"):
+            (final / "summary.json").unlink(missing_ok=True)
+            ledger.atomic_write_json(final / "config.json", meta)
+            ledger.atomic_write_bytes(final / "log.jsonl", lambda tmp: Path(tmp).write_text("".join(lines)))
+            ledger.atomic_write_json(final / "summary.json", summary)
         return ledger.read_json(final / "summary.json")
 
 

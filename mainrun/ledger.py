@@ -122,11 +122,6 @@ def atomic_write_json(path: Path, obj: Any, only_if_changed: bool = False) -> bo
     return True
 
 
-def write_json_if_changed(path: Path, obj: Any) -> bool:
-    """atomic_write_json unless the file holds exactly this content (a study a notebook re-reads stays put)."""
-    return atomic_write_json(path, obj, only_if_changed=True)
-
-
 def find_run(root: Path, run_hash: str) -> Path | None:
     hits = sorted((root / "runs").glob(f"*-{run_hash}"))
     return hits[0] if hits else None

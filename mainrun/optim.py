@@ -68,12 +68,18 @@ def param_groups(model: nn.Module) -> dict[str, list[torch.nn.Parameter]]:
     return groups
 
 
-def matmul_seconds(n: int, dtype: torch.dtype, reps: int = 3) -> float:
-    """The fastest of `reps` timed n x n CPU matmuls in `dtype`, after one untimed (train.warn_emulated_bf16)."""
+def timed(fn, device: str = "cpu", warmup: int = 1, reps: int = 3) -> list[float]:
+    """Seconds of each of `reps` calls of fn after `warmup` calls, each call with the device synchronised."""
     import timeit
 
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    return min(timeit.repeat(lambda: a @ b, number=1, repeat=reps + 1)[1:])
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    return timeit.repeat(lambda: (fn(), sync()), number=1, repeat=warmup + reps)[warmup:]
+
+
+def matmul_seconds(n: int, dtype: torch.dtype, device: str = "cpu") -> list[float]:
+    """Seconds of 3 n x n matmuls in `dtype` after one untimed (train's bf16 warning, bench's matmul ceiling)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return timed(lambda: a @ b, device)
 
 
 def _newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,

@@ -204,7 +204,8 @@ def run_search(spec: dict, profile: str, study: str, progress: bool = True, forc
                train: bool = True, cluster=None, threads_per_run: int | None = None,
                runs_per_gpu: int | None = None, timeout: float | None = None,
                on_trial: Callable[[int, dict], None] | None = None,
-               on_step: Callable[[Config, int], None] | None = None) -> pd.DataFrame:
+               on_step: Callable[[Config, int], None] | None = None,
+               scheduler_timeout: float | None = None) -> pd.DataFrame:
     """Run (or resume, or read back) a search; record its study; one row per trial told. Trials train here
     (cluster=None) when waited for, or on a Dask cluster from when they are asked.
 
@@ -247,7 +248,7 @@ def run_search(spec: dict, profile: str, study: str, progress: bool = True, forc
         else:
             if cluster is not None:
                 if not engine:
-                    client = stack.enter_context(connect(cluster, runs_per_gpu))
+                    client = stack.enter_context(connect(cluster, runs_per_gpu, scheduler_timeout))
                     engine.append(Engine(client, {}, threads_per_run, runs_per_gpu, force=force, on_step=on_step))
                 p.future = engine[0].submit(job, thresholds)
             print(f"{head} -> {'sent to the cluster' if cluster is not None else 'to train here, in turn'} "

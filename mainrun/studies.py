@@ -146,7 +146,8 @@ def record_study(profile: str, study: str, spec: dict, rows: list[dict]) -> Path
     spec = json.loads(json.dumps(spec, default=str))
     # a spec is kept when it added or changed a row: reading a study back (records/) writes nothing
     specs = old["specs"] + ([spec] if merged != old["rows"] and spec not in old["specs"] else [])
-    ledger.write_json_if_changed(path, {"study": study, "profile": profile, "specs": specs, "rows": merged})
+    ledger.atomic_write_json(path, {"study": study, "profile": profile, "specs": specs, "rows": merged},
+                             only_if_changed=True)
     return path
 
 
@@ -156,15 +157,12 @@ def mark_stage(profile: str, stage: str, row: Any, note: str = "") -> None:
     path = studies_dir(profile) / "ladder.json"
     ladder = ledger.read_json(path) or {"profile": profile, "stages": []}
     entry = {"stage": stage, "hash": row["hash"], "label": row.get("label", stage), "note": note}
-    names = [s["stage"] for s in ladder["stages"]]
-    if stage in names:
-        ladder["stages"][names.index(stage)] = entry
-    else:
-        ladder["stages"].append(entry)
+    stages = {s["stage"]: s for s in ladder["stages"]}
+    stages[stage] = entry                   # a rung run again keeps its place
     # the seed plan's rungs in their order (a notebook may run alone); later rungs keep their insertion order
     rank = {name: i for i, name in enumerate(STAGES)}
-    ladder["stages"].sort(key=lambda s: rank.get(s["stage"], len(STAGES)))
-    ledger.write_json_if_changed(path, ladder)
+    ladder["stages"] = sorted(stages.values(), key=lambda s: rank.get(s["stage"], len(STAGES)))
+    ledger.atomic_write_json(path, ladder, only_if_changed=True)   # a ladder a notebook re-reads stays put
     print(f"stage {stage!r} = {entry['label']} (run {row['hash']})" + (f": {note}" if note else ""))
 
 

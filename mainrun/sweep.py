@@ -20,16 +20,18 @@ from .studies import (EXECUTION, STUDY_PROFILE, SUMMARY_COLUMNS, Point, accum_ax
 
 def run_sweep(spec: dict, profile: str, study: str, progress: bool = True, force: bool = False,
               train: bool = True, cluster=None, threads_per_run: int | None = None,
-              runs_per_gpu: int | None = None) -> pd.DataFrame:
+              runs_per_gpu: int | None = None, scheduler_timeout: float | None = None) -> pd.DataFrame:
     """Run (or read back) every point of `spec`; record the study; one row per point. cluster: None (here, in
-    turn), a number of local Dask workers, a scheduler address or a Client (see cluster.connect); a sweep whose
-    points are all in the ledger starts none. train=False reads the ledger only (unfinished points: "missing"
-    or "incomplete", not recorded). A point another process is training is waited for and read back."""
+    turn), a number of local Dask workers, a scheduler address (waited for scheduler_timeout s, see
+    cluster.connect) or a Client; a sweep whose points are all in the ledger starts none. train=False reads the
+    ledger only (unfinished points: "missing" or "incomplete", not recorded). A point another process is
+    training is waited for and read back."""
     check_engine_args(cluster, threads_per_run, runs_per_gpu)
     if "search" in spec:
         from .search import run_search
         return run_search(spec, profile, study, progress=progress, force=force, train=train, cluster=cluster,
-                          threads_per_run=threads_per_run, runs_per_gpu=runs_per_gpu)
+                          threads_per_run=threads_per_run, runs_per_gpu=runs_per_gpu,
+                          scheduler_timeout=scheduler_timeout)
     pairs = build_configs(spec, profile, study)
     if cluster is None:
         rows = [_run_here(study, i, len(pairs), p, cfg, force, progress, train)
@@ -40,7 +42,7 @@ def run_sweep(spec: dict, profile: str, study: str, progress: bool = True, force
                 for p, cfg in pairs]
         todo = [j for j in jobs if force or not j.done] if train else []
         data = data_files(todo)            # read before anything is sent: the driver's file may go away
-        with connect(cluster, runs_per_gpu) if todo else contextlib.nullcontext() as client:
+        with connect(cluster, runs_per_gpu, scheduler_timeout) if todo else contextlib.nullcontext() as client:
             summaries = run_points(jobs, client, data, study, force, train, threads_per_run, runs_per_gpu)
         rows = [_row(study, p, cfg, summary) for (p, cfg), summary in zip(pairs, summaries)]
     recorded = [r for r in rows if r["status"] in ledger.TERMINAL]

@@ -8,6 +8,7 @@ whose checkpoint exists resumes from it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -185,7 +186,6 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
     refuses, naming the holder, or with wait=True waits and returns its result (or resumes a dead holder's
     run). force=True never discards a run whose log shows it ended, unless discard_finished=True."""
     cfg = resolve_execution(validate(cfg), check=False)   # a GPU run is read back on any host
-    device = cfg.device
     h = run_hash(cfg, fingerprint(cfg)[0])          # names the run; a read-back trains no tokenizer
     root = ledger.results_root(cfg.profile)
     run_dir = ledger.find_run(root, h)
@@ -194,10 +194,10 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
         return summary
     if not train:
         return not_trained(cfg, h, run_dir)
-    resolve_device(device)                          # training needs the pinned device to exist
+    resolve_device(cfg.device)                      # training needs the pinned device to exist
     if force and run_dir is not None and not discard_finished:
         refuse_discarding(run_dir)
-    warn_emulated_bf16(device, cfg.precision)
+    warn_emulated_bf16(cfg.device, cfg.precision)
     corpus = prepare(cfg)
     run_dir = run_dir or root / "runs" / f"{cfg.run_name}-{h}"
     record = ledger.lock_record("training", run_dir)
@@ -218,7 +218,7 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
                     "eval_shape": [EVAL_BATCH, EVAL_BLOCK]}
             ledger.atomic_write_json(run_dir / "config.json", meta)
             check_resumable(run_dir, ckpt_dir, cfg)
-            return Trainer(cfg, corpus, device, run_dir, ckpt_dir, meta).train(on_step, progress, on_eval)
+            return Trainer(cfg, corpus, cfg.device, run_dir, ckpt_dir, meta).train(on_step, progress, on_eval)
 
 
 def _clear(folder: Path) -> None:
@@ -243,18 +243,15 @@ def refuse_discarding(run_dir: Path) -> None:
             f"--discard-finished (discard_finished=True) to start it over")
 
 
-_BF16_WARNED: list[bool] = []
-
-
+@functools.cache                                    # once per process
 def warn_emulated_bf16(device: str, precision: str) -> None:
-    """Once per process: precision=bf16 on a CPU without native bf16 is emulated; say how slow, suggest fp32."""
+    """precision=bf16 on a CPU without native bf16 is emulated: say how slow, suggest fp32."""
     from . import optim
 
-    if device != "cpu" or precision != "bf16" or _BF16_WARNED or optim.native_bf16("cpu"):
+    if device != "cpu" or precision != "bf16" or optim.native_bf16("cpu"):
         return
-    _BF16_WARNED.append(True)
     n = 256
-    fp32, bf16 = optim.matmul_seconds(n, torch.float32), optim.matmul_seconds(n, torch.bfloat16)
+    fp32, bf16 = (min(optim.matmul_seconds(n, dtype)) for dtype in (torch.float32, torch.bfloat16))
     print(f"warning: precision=bf16 on a CPU without native bf16 (optim.native_bf16 is false: no AVX512-BF16 or "
           f"AMX): bf16 matmuls are emulated, {bf16 / fp32:.0f}x slower than fp32 here (a {n}x{n} matmul timed "
           f"just now: {bf16 * 1e3:.2f} ms against {fp32 * 1e3:.3f} ms), so training will be several times slower; "
@@ -448,13 +445,9 @@ class Trainer:
                     state.setdefault("first_val", val)
                     rule = ("nonfinite" if not math.isfinite(val)
                             else "val_above_step1" if val > state["first_val"] else None)
-                    if rule is not None:
-                        status = "diverged"
-                        log.log("diverged", step=step, loss=str(val), rule=rule)
-                        break
-                    if on_eval is not None and on_eval(step, val):
-                        status = "pruned"
-                        log.log("pruned", step=step, loss=val)
+                    if rule is not None or (on_eval is not None and on_eval(step, val)):   # diverged, or pruned
+                        status = "diverged" if rule else "pruned"
+                        log.log(status, step=step, **({"loss": str(val), "rule": rule} if rule else {"loss": val}))
                         break
                 if ckpt_due:
                     self.save_checkpoint(step, ptr, state, log)

@@ -310,7 +310,7 @@ def test_repair_refuses_a_log_that_did_not_finish(isolated):
 # ----------------------------------------------------------------------------- 6. emulated bf16
 def test_bf16_on_a_cpu_without_native_bf16_warns_once(isolated, monkeypatch, capsys):
     monkeypatch.setattr(optim, "native_bf16", lambda device: False)
-    monkeypatch.setattr(train_mod, "_BF16_WARNED", [], raising=False)
+    train_mod.warn_emulated_bf16.cache_clear()          # it warns once per process
 
     class Stop(Exception):
         pass
