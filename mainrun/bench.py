@@ -10,7 +10,7 @@ counted once; T = tokens); attention-score FLOPs are not counted. Medians over t
 
     python -m mainrun bench --sweep              # runs per hour, GPU where torch sees one, else CPU
 
---sweep packs runs onto a device through the engine (`run_sweep(..., runs_per_gpu=K)`): the same seeds at
+--sweep packs runs onto a device through the engine (`cluster.run_points`, K runs per GPU): the same seeds at
 K = 1, 2, 4, 8, 12 runs per GPU (`gpu_packing`), or 1 run x 2 threads against 2 runs x 1 thread (`cpu_packing`).
 Per level: runs per hour (startup apart) and each seed's final loss against the first level's, beside the seed
 spread (packing must not move a result by more than seed noise). JSON to results/bench/packing-<device>.json.
@@ -32,12 +32,12 @@ import torch
 
 from . import ledger, tables
 from .config import EVAL_BATCH, EVAL_BLOCK, Config, from_dict, make_config, parse_overrides, run_hash
-from .data import prepare, resolve_source
+from .data import prepare
 from .evaluate import autocast, evaluate
 from .optim import build_optimizers, matmul_seconds, timed
 from .reference import RefGPT
 from .stats import time_to_quality
-from .sweep import run_sweep
+from .studies import build_configs
 from .train import build_model, resolve_device, resolve_execution, resolve_precision
 
 TOKENS_PER_EPOCH = 1_155_847   # our corpus, 16k BPE (dataset_info of the baseline run)
@@ -247,32 +247,33 @@ def _warm(cfg_dict: dict, sha256: str | None, name: str | None) -> str:
 
 def level(profile: str, preset: str, overrides: dict, seeds: list[int], workers: int, threads_per_run: int,
           runs_per_gpu: int | None, gpus: int | None, tag: str, tmp: Path) -> dict:
-    """N runs (one per seed) through `run_sweep` on a fresh local cluster, into a temporary ledger; wall time
-    of the sweep (from resolving its points to the last result installed)."""
+    """N runs (one per seed) through the engine (`cluster.run_points`, what `run_sweep` calls on a cluster) on a
+    fresh local cluster, into a temporary ledger; wall time from the first submission to the last result
+    installed. The runner's study record is left out: a benchmark records no study."""
     from distributed import Client
 
-    from .cluster import DataFile, DataPlugin, local_cluster
+    from .cluster import DataPlugin, data_files, local_cluster, resolve_job, run_points
 
     load_before = os.getloadavg()[0]           # other jobs on the machine skew every number here
     env = {"MAINRUN_CHECKPOINTS": str(tmp / f"ckpt-{tag}"), "OMP_NUM_THREADS": str(threads_per_run)}
-    cfg = make_config(profile, preset, **overrides)
+    spec = {"base": {"preset": preset, **overrides}, "points": {"run": {}}, "seeds": list(seeds)}
     t0 = time.time()
     cluster = local_cluster(workers, runs_per_gpu=runs_per_gpu, gpus=gpus, env=env)
     try:
         with Client(cluster) as client, ledger.results_override(tmp / f"results-{tag}"):
             client.wait_for_workers(len(cluster.workers), timeout=120)
-            data = None if resolve_source(cfg.data) == "hub" else DataFile.read(resolve_source(cfg.data))
-            if data:                        # named as the engine names it, so the engine sends it not again
-                client.register_plugin(DataPlugin(data), name=f"mainrun-data-{data.sha256}-{data.name}")
-            client.run(_warm, cfg.to_dict(), data and data.sha256, data and data.name)
+            jobs = [resolve_job(cfg, label=f"{p.label} seed={p.seed}")
+                    for p, cfg in build_configs(spec, profile, f"packing-{tag}")]
+            data = data_files(jobs)
+            for d in data.values():         # named as the engine names it, so the engine sends it not again
+                client.register_plugin(DataPlugin(d), name=f"mainrun-data-{d.sha256}-{d.name}")
+            d = next(iter(data.values()), None)
+            client.run(_warm, jobs[0].cfg.to_dict(), d and d.sha256, d and d.name)
             startup = time.time() - t0
             t1 = time.time()
-            df = run_sweep({"base": {"preset": preset, **overrides}, "points": {"run": {}}, "seeds": list(seeds)},
-                           profile, f"packing-{tag}", progress=False, cluster=client,
-                           threads_per_run=threads_per_run, runs_per_gpu=runs_per_gpu)
+            summaries = run_points(jobs, client, data, f"packing-{tag}", threads_per_run=threads_per_run,
+                                   runs_per_gpu=runs_per_gpu)
             wall = time.time() - t1
-            summaries = [ledger.read_json(ledger.find_run(ledger.results_root(profile), h) / "summary.json")
-                         for h in df["hash"]]
         n_workers = len(cluster.workers)
     finally:
         cluster.close()
