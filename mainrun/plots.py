@@ -1,4 +1,4 @@
-"""The figures. Each function takes tables (from `tables`, `stats`, `report_tables`) and returns a Figure;
+"""The figures. Each function takes tables (from `tables`, `stats`, `report_text`) and returns a Figure;
 nothing here reads the ledger or decides anything."""
 from __future__ import annotations
 

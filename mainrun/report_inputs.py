@@ -1,5 +1,5 @@
 """The report's inputs, written by `write_report_inputs(profile)` (notebook 05) to <results>/analysis/<profile>/
-(`analysis_dir`) from the ledger (`tables`), the statistics (`stats`, `report_tables`) and the text
+(`analysis_dir`) from the ledger (`tables`), the statistics (`stats`) and the text and tables
 (`report_text`): the figures (fig-*.png), markdown tables and short paragraphs (*.md), numbers.json (every
 number, for tests and readers) and variables.yml (the numbers report.qmd quotes in its prose). Which studies
 are which is data: report/studies.yml (`read_study_roles`). Nothing here trains.
@@ -14,16 +14,17 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from . import ledger, plots, report_tables as rt
+from . import ledger, plots
 from .data import repo_root
 from .formats import millions, is_nan, plain, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, md_table, rounded
-from .report_text import (CPU_BUDGET_S, DEVICE_NAME, PUBLISHED_BASELINE, TEXT, baselines_md, changes_table,
-                          code_versions_md, edges_md, findings_md, formatted, ladder_table, results_table, say,
-                          setup_md, summary_md, vs_previous)
+from .report_text import (CPU_BUDGET_S, DEVICE_NAME, PUBLISHED_BASELINE, TEXT, agreement_table, baselines_md,
+                          by_cost, changes_table, code_versions_md, cpu_groups, edges_md, findings, findings_md,
+                          formatted, ladder_table, results_table, say, screen_frame, seed_table, setup_md,
+                          stack_table, summary_md, test_table, truncation_table, vs_previous)
 from .presets import LADDER
-from .stats import coverage_check, deltas, permutation_floor, permutation_p, time_to_quality
+from .stats import coverage_check, deltas, fold_seed_labels, permutation_floor, permutation_p, time_to_quality
 from .studies import STUDY_PROFILE, by_point
-from .tables import (analysis_dir, best_of_curve, ladder_frame, load_results, pending_baseline, points_of,
+from .tables import (analysis_dir, best_of_curve, ladder_frame, load_results, pending_baseline,
                      read_curve, read_lr, read_stability, read_studies, read_tests, study_frame)
 
 
@@ -73,7 +74,7 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         if r["study"] in recs:
             f = study_frame(recs[r["study"]], results)
             full_seeds.append(f[f["label"] == r["rung"]].assign(label=f"{r['rung']} ({profile} scale)"))
-    seed_table = (pd.concat(([] if seeds is None else [seeds]) + full_seeds, ignore_index=True) if full_seeds
+    seed_frame = (pd.concat(([] if seeds is None else [seeds]) + full_seeds, ignore_index=True) if full_seeds
                   else seeds)
     band = None   # the proxy's base candidate over its seeds: the sensitivity figure's noise band
     if seeds is not None and "base" in (st := by_point(seeds)).index and st.loc["base", "seeds"] > 1:
@@ -90,9 +91,9 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         "official coverage": cov["coverage"].map(lambda x: f"{x:.1%}"),
         "step-1 loss": cov["step1_loss"].map(fmt_loss), "uniform expectation": cov["uniform_loss"].map(fmt_loss),
         "ratio": cov["ratio"].map(lambda x: f"{x:.3f}")})))
-    seed_info = _seeds_section(seed_table, out)
+    seed_info = _seeds_section(seed_frame, out)
     if full_seeds:
-        save(plots.seed_spread(seed_table[seed_table["label"].str.endswith("scale)")]), "fig-seeds.png")
+        save(plots.seed_spread(seed_frame[seed_frame["label"].str.endswith("scale)")]), "fig-seeds.png")
     (out / "gpu.md").write_text(gpu_section(profile, results, out, proxy_results, roles))
     (out / "search.md").write_text(search_section(proxy, studies, out, proxy_roles.get("search_reference")))
     screens = screens_section(profile, results, proxy_results, out, roles)
@@ -121,7 +122,7 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         "pending_baseline": pending_baseline(results, final["device"]) if provisional else None,
         "time_to_baseline_s": time_to_quality(final["dir"], base["final_val_loss"]),
         "seeds": seed_info,
-        "final_seeds": _stage_seeds(seed_table, final, base, results, profile),
+        "final_seeds": _stage_seeds(seed_frame, final, base, results, profile),
         "best_single": _best_rung(done, base, single=True),
         "best_in_budget": _best_rung(done, base, budget_s=CPU_BUDGET_S),
         "screens": screens,
@@ -150,20 +151,20 @@ def _findings(profile: str, proxy: str, results: pd.DataFrame, proxy_results: pd
     """Every one-change finding, with its scale and the seed spread it is judged against: its screen's
     reference seeds, else the last CPU rung's seeds or the GPU's small models' seeds at full scale, or the
     proxy's base candidate; the full-scale findings (GPU first), then the proxy's."""
-    found = rt.findings(recs, results, roles)
+    found = findings(recs, results, roles)
     proxy_noise = (seed_info.get("base") or {}).get("std")
     if proxy == profile:
         return found.assign(noise=proxy_noise)
     noise = {"cpu": (seed_info.get(f"final ({profile} scale)") or {}).get("std"),
              "cuda": ((screens.get("candidates") or {}).get("final") or {}).get("std")
-             or rt.seed_std(profile, results, (roles.get("gpu") or {}).get("small", []))}
+             or small_models(profile, results, roles)[1].query("seeds >= 2")["std"].mean()}
     found["scale"] = [f"at {profile} scale on the {DEVICE_NAME.get(d, d)}" if d else f"at {profile} scale"
                       for d in found["device"]]
     found["noise"] = [n if n is not None and not is_nan(n) else noise.get(d)
                       for n, d in zip(found["noise"], found["device"])]
     found = found.sort_values("scale", kind="stable", key=lambda s: s.astype(str).str.contains("CPU"))  # GPU first
     if len(proxy_results):
-        proxy_found = rt.findings(read_studies(proxy), proxy_results, roles).assign(
+        proxy_found = findings(read_studies(proxy), proxy_results, roles).assign(
             scale=f"on the {proxy} proxy", noise=proxy_noise)
         found = pd.concat([found, proxy_found], ignore_index=True)
     return found
@@ -270,9 +271,10 @@ def gpu_ladder(profile: str, results: pd.DataFrame, roles: dict[str, Any]) -> pd
 def small_models(profile: str, results: pd.DataFrame, roles: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The small models at full scale on the GPU (roles["gpu"]["small"]): their runs, and per model the mean
     over its seeds (loss, std, seeds, bpc, params, ratio), best first."""
-    pts = points_of(profile, results, (roles.get("gpu") or {}).get("small", []))
+    pts = screen_frame(read_studies(profile), results, (roles.get("gpu") or {}).get("small", []))
+    pts = pts[pts["status"] == "finished"] if len(pts) else pts
     if pts.empty:
-        return pts, pd.DataFrame()
+        return pts, pd.DataFrame(columns=["loss", "std", "seeds", "bpc", "params", "ratio"])
     stats = pts.groupby("label", sort=False).agg(
         loss=("final_val_loss", "mean"), std=("final_val_loss", "std"), seeds=("final_val_loss", "size"),
         bpc=("full_val_bpc", "mean"), params=("n_params", "first"), ratio=("ratio_to_baseline", "mean"))
@@ -425,7 +427,7 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
     numbers: dict[str, Any] = {}
     files = {k: "" for k in ("screen-candidates.md", "tests.md", "stack.md", "agreement.md", "truncation.md")}
     screens = {sc["name"]: sc for sc in roles.get("screens", [])}
-    frames = {name: rt.screen_frame(recs, results, sc["studies"], sc.get("leave_out_prefix"))   # each read once
+    frames = {name: screen_frame(recs, results, sc["studies"], sc.get("leave_out_prefix"))   # each read once
               for name, sc in screens.items()}
     cand = roles.get("candidates") or {}
     sc = screens.get(cand.get("screen"))
@@ -437,29 +439,29 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
     base = gpu_bases.iloc[0]
     base_loss = base["final_val_loss"]
     numbers["gpu_baseline"] = float(base_loss)
-    files["screen-candidates.md"], numbers["candidates"] = rt.seed_table(frame, sc["reference"], cand["labels"],
+    files["screen-candidates.md"], numbers["candidates"] = seed_table(frame, sc["reference"], cand["labels"],
                                                                           base_loss)
     tests = read_tests(ledger.results_root(profile))
     groups = {"baseline (GPU)": [base["hash"]]}
     for row, (study, label) in (roles.get("tests") or {}).items():
         f = frames.get(study)
         if f is None and study in recs:
-            f = rt.fold_seed_labels(study_frame(recs[study], results))
+            f = fold_seed_labels(study_frame(recs[study], results))
         if f is not None:
             groups[row] = f.loc[(f["label"] == label) & (f["status"] == "finished"), "hash"].tolist()
     cpu_tested = results[results["hash"].isin(tests["hash"]) & (results["device"] == "cpu")]
-    groups.update(rt.cpu_groups(cpu_tested))
+    groups.update(cpu_groups(cpu_tested))
     groups = {k: v for k, v in groups.items() if v and tests["hash"].isin(v).any()}
     if len(groups) > 1:
-        t = rt.test_table(results, tests, base, groups)
+        t = test_table(results, tests, base, groups)
         files["tests.md"] = md_table(t, "lrrrrrrrr")
         numbers["tests"] = t.to_dict(orient="records")
     if roles.get("stack"):
-        files["stack.md"], numbers["stack"] = rt.stack_table(recs, results, roles["stack"], base_loss)
+        files["stack.md"], numbers["stack"] = stack_table(recs, results, roles["stack"], base_loss)
     numbers["by_cost"] = {}
     for bc in roles.get("by_cost", []):
         if bc["study"] in recs:
-            files[f"cost-{bc['study']}.md"], numbers["by_cost"][bc["study"]] = rt.by_cost(
+            files[f"cost-{bc['study']}.md"], numbers["by_cost"][bc["study"]] = by_cost(
                 recs[bc["study"]], results, base_loss, bc["reference"])
     if numbers["by_cost"]:
         plots.save(plots.cost_vs_loss(numbers["by_cost"]), out / "fig-cost.png", close=True)
@@ -473,14 +475,14 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
                 pres = results if px["profile"] == profile else proxy_results
                 proxies[px["name"]] = study_frame(prec, pres)
                 keys[px["name"]] = px["key"]
-        files["agreement.md"], agree = rt.agreement_table(full, proxies, ag["reference"])
+        files["agreement.md"], agree = agreement_table(full, proxies, ag["reference"])
         numbers["agreement"] = {keys[name]: dict(a, name=name) for name, a in agree.items()}
         if proxies:
             plots.save(plots.proxy_scatter(full, proxies, ag["reference"]), out / "fig-proxy.png", close=True)
     tr = roles.get("truncation") or {}
     if tr:
         full = frames[tr["screen"]]
-        files["truncation.md"], numbers["truncation"] = rt.truncation_table(full, results, tr["reference"],
+        files["truncation.md"], numbers["truncation"] = truncation_table(full, results, tr["reference"],
                                                                               tr.get("skip", []))
     for name, text in files.items():
         (out / name).write_text(text)

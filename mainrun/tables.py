@@ -220,16 +220,6 @@ def ladder_frame(profile: str, results: pd.DataFrame) -> pd.DataFrame:
     return stages.merge(results, on="hash", how="left")
 
 
-def points_of(profile: str, results: pd.DataFrame, studies: list[str]) -> pd.DataFrame:
-    """The finished runs of several studies, each once (a reference point may be recorded in two)."""
-    recs = read_studies(profile)
-    frames = [study_frame(recs[k], results).assign(study=k) for k in studies if k in recs]
-    if not frames:
-        return pd.DataFrame()
-    pts = pd.concat(frames, ignore_index=True)
-    return pts[pts["status"] == "finished"].drop_duplicates("hash")
-
-
 def read_tests(root: Path) -> pd.DataFrame:
     """One row per saved test-set evaluation (<root>/test/*.json): hash, test set, official and full loss."""
     recs = [ledger.read_json(p) for p in sorted((root / "test").glob("*-test-*.json"))]

@@ -241,7 +241,7 @@ def test_a_tokenizer_change_is_judged_on_full_coverage(isolated):
     ledger.atomic_write_json(root / "studies" / "quick" / "x.json", {"study": "x", "profile": "quick", "specs": [],
         "rows": [{"label": lab, "axis": None, "value": None, "seed": 1337, "hash": h, "overrides": ov}
                  for h, (lab, ov, *_ ) in runs.items()]})
-    from mainrun.report_tables import findings
+    from mainrun.report_text import findings
     found = findings(analysis.read_studies("quick"), analysis.load_results("quick"), {}).set_index("change")
     assert found.loc["unigram", "delta"] < -0.05 and found.loc["unigram", "full_delta"] > 0
     assert found.loc["unigram", "verdict"] == "did not help" and found.loc["unigram", "judged_on"] == "full coverage"

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from mainrun import report_tables as rt
+from mainrun import report_text as rt
 from mainrun.stats import agreement, choose_stack, fold_seed_labels, study_effects, truncation_agreement
 
 
