@@ -11,8 +11,8 @@ from .formats import fmt_bpc, fmt_int, fmt_loss, fmt_time
 from .report_inputs import analysis_dir, read_study_roles, write_report_inputs  # noqa: F401  (re-exported)
 from .report_text import PROXY_NOTE
 from .stats import compare, permutation_p  # noqa: F401
-from .tables import (curves_of, load_results, planned_schedule, read_curve, read_studies, run_dir,  # noqa: F401
-                     study_frame, without_pauses)
+from .tables import (curves_of, load_results, planned_schedule, read_curve, read_studies,  # noqa: F401
+                     recorded, run_dir, study_frame, without_pauses)
 
 
 def profile_note(profile: str) -> str:
@@ -73,16 +73,10 @@ def run_status(summary: dict) -> str:
     return f"{name}: not in the ledger; train it with train=True (or `python -m mainrun train`)"
 
 
-def _recorded(profile: str, study: str | None) -> pd.DataFrame | None:
-    """A recorded study joined with the runs' results; None if the ledger has no such study."""
-    rec = read_studies(profile).get(study)
-    return None if rec is None else study_frame(rec, load_results(profile))
-
-
 def gpu_study(profile: str, study: str) -> pd.DataFrame:
     """A recorded study (e.g. one run on a lent GPU) as a comparison table against its first point; empty if
     the ledger has no such study."""
-    frame = _recorded(profile, study)
+    frame = recorded(profile, study)
     if frame is None:
         return pd.DataFrame()
     out = compare(frame.drop_duplicates("hash").fillna({"status": "missing"}))
@@ -94,7 +88,7 @@ def elsewhere(profile: str, rung: str) -> str | None:
     """The same rung's result on the other device, where the ledger has it: the GPU ladder study named in
     report/studies.yml (the seed plan's rungs at full scale); None otherwise."""
     study = (read_study_roles().get("gpu") or {}).get("ladder")
-    f = _recorded(profile, study)
+    f = recorded(profile, study)
     if f is None:
         return None
     hit = f[(f["label"] == rung) & (f["status"] == "finished")]

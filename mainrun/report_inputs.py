@@ -25,7 +25,7 @@ from .presets import LADDER
 from .stats import coverage_check, deltas, fold_seed_labels, permutation_floor, permutation_p, time_to_quality
 from .studies import STUDY_PROFILE, by_point
 from .tables import (analysis_dir, best_of_curve, ladder_frame, load_results, pending_baseline,
-                     read_curve, read_lr, read_stability, read_studies, read_tests, study_frame)
+                     read_curve, read_lr, read_stability, read_studies, read_tests, recorded, run_dir, study_frame)
 
 
 FIGURES = TEXT["figures"]   # the figures the report shows: name -> what its placeholder says it needs
@@ -261,11 +261,8 @@ def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
 
 def gpu_ladder(profile: str, results: pd.DataFrame, roles: dict[str, Any]) -> pd.DataFrame | None:
     """The seed plan's ladder at full scale on the GPU (roles["gpu"]["ladder"]): one finished run a rung."""
-    rec = read_studies(profile).get((roles.get("gpu") or {}).get("ladder"))
-    if rec is None:
-        return None
-    lad = study_frame(rec, results)
-    return lad[lad["status"] == "finished"].drop_duplicates("label")
+    lad = recorded(profile, (roles.get("gpu") or {}).get("ladder"), results)
+    return None if lad is None else lad[lad["status"] == "finished"].drop_duplicates("label")
 
 
 def small_models(profile: str, results: pd.DataFrame, roles: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -391,7 +388,7 @@ def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFra
     if proxy != profile and proxy_results is not None and not proxy_results.empty:
         plad = ladder_frame(proxy, proxy_results).dropna(subset=["final_val_loss"])
         plad = plad.set_index("stage")["final_val_loss"]
-        recs, proxy_recs = read_studies(profile), read_studies(proxy)
+        proxy_recs = read_studies(proxy)
         lad = gpu_ladder(profile, results, roles)
         if lad is not None:
             g = lad.set_index("label")
@@ -400,9 +397,8 @@ def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFra
                       "full": g.loc[cur, "final_val_loss"] / g.loc[prev, "final_val_loss"] - 1,
                       "where": f"GPU, {g.loc[cur, 'n_params'] / 1e6:.1f}M"} for prev, cur in zip(names, names[1:])]
         spec = roles.get("proxy_vs_full") or {}
-        ref, rec = spec.get("reference"), recs.get(spec.get("study"))
-        if rec is not None:
-            a = study_frame(rec, results)
+        ref, a = spec.get("reference"), recorded(profile, spec.get("study"), results)
+        if a is not None:
             ablation = a[a["status"] == "finished"].drop_duplicates("label").set_index("label")["final_val_loss"]
             for label, src in (spec.get("ablations") or {}).items():
                 if label not in ablation.index or ref not in ablation.index or src["study"] not in proxy_recs:
@@ -470,11 +466,9 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
         full = frames[ag["screen"]]
         proxies, keys = {}, {}
         for px in ag.get("proxies", []):
-            prec = read_studies(px["profile"]).get(px["study"])
-            if prec is not None:
-                pres = results if px["profile"] == profile else proxy_results
-                proxies[px["name"]] = study_frame(prec, pres)
-                keys[px["name"]] = px["key"]
+            frame = recorded(px["profile"], px["study"], results if px["profile"] == profile else proxy_results)
+            if frame is not None:
+                proxies[px["name"]], keys[px["name"]] = frame, px["key"]
         files["agreement.md"], agree = agreement_table(full, proxies, ag["reference"])
         numbers["agreement"] = {keys[name]: dict(a, name=name) for name, a in agree.items()}
         if proxies:
@@ -571,13 +565,11 @@ def stability_section(out: Path, roles: dict[str, Any]) -> dict[str, Any]:
     median over its probes of the gradient norm, of each group's update-to-weight ratio, and of the spread of
     the ratios across groups (largest over smallest: how unevenly one step moves the groups)."""
     spec = roles.get("stability") or {}
-    rec = read_studies(spec.get("profile", "quick")).get(spec.get("study"))
-    if rec is None:
+    prof = spec.get("profile", "quick")
+    f = recorded(prof, spec.get("study"))
+    if f is None:
         return {}
-    res = load_results(spec.get("profile", "quick"))
-    f = study_frame(rec, res)
-    runs = {r.label: read_stability(r.dir) for r in f[f["status"] == "finished"].merge(
-        res[["hash", "dir"]], on="hash").itertuples()}
+    runs = {r.label: read_stability(run_dir(prof, r.hash)) for r in f[f["status"] == "finished"].itertuples()}
     runs = {k: v for k, v in runs.items() if len(v)}
     if not runs:
         return {}

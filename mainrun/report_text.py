@@ -1,10 +1,6 @@
-"""The report's generated text: its tables (results, ladder, changes, findings, and the one-change screens:
-candidates over seeds, test sets, a stack, points by cost, agreement between scales, truncation) and the short
-paragraphs whose wording follows the data (summary, setup, sweep edges, code versions, the baselines). The
-words are in report/text.yml and which studies are which in report/studies.yml (passed in as `spec` dicts);
-the data pick the sentences and fill them in. Each function returns a string, a frame or (markdown, numbers)
-and writes nothing (`report_inputs` writes them).
-"""
+"""The report's generated text: its tables (results, ladder, changes, findings, the one-change screens) and
+the paragraphs whose wording follows the data. The words are in report/text.yml, which studies are which in
+report/studies.yml (passed in as `spec` dicts); each function returns text, a frame or (markdown, numbers)."""
 from __future__ import annotations
 
 import math
@@ -104,10 +100,8 @@ def changes_table(ladder: pd.DataFrame, profile: str) -> pd.DataFrame:
 
 
 def findings_md(found: pd.DataFrame) -> str:
-    """What worked, one table per scale (the column `scale`, in order of first appearance; one table if absent):
-    each change against its study's reference, best first. The verdict follows the official loss, or the
-    full-coverage loss where the change moves what the official spans score; `noise` (per row) is the seed
-    std of that row's scale, if measured, and a difference inside it is marked."""
+    """What worked, one table per `scale` (one table if absent), best first; a verdict is read on the full-coverage
+    loss where the change moves the scored text, and a difference inside 2 x `noise` (the seed std) is marked."""
     scales = found["scale"].tolist() if "scale" in found else ["every scale"] * len(found)
     parts = [say("findings.intro", no_change=NO_CHANGE)]
     for i, scale in enumerate(dict.fromkeys(scales)):
@@ -149,10 +143,8 @@ def edges_md(sweep: pd.DataFrame | None, axis: str = "lr") -> str:
 
 
 def _machine_note(final: pd.Series, base: pd.Series) -> str:
-    """`<CPU model>, <precision>; the baseline: <CPU model>, <precision>` where the final run trained on another
-    kind of processor or in another precision than the baseline (two kinds of 2-core CPU give the 60-minute
-    budget different compute); empty where both are the same. The model is the hardware text before its
-    parenthesis, so threads or a torch version do not count as another machine."""
+    """The final run's CPU model and precision beside the baseline's where they differ (the text before the
+    hardware's parenthesis: threads or a torch version are not another machine); else empty."""
     def kind(row: pd.Series) -> tuple[str, str] | None:
         hw, prec = row.get("hardware"), row.get("precision")
         return (hw.split(" (")[0], prec) if isinstance(hw, str) and isinstance(prec, str) else None
@@ -220,8 +212,7 @@ def setup_md(results: pd.DataFrame, base: pd.Series, profile: str) -> str:
 
 
 def code_versions_md(results: pd.DataFrame) -> str:
-    """Runs whose code version is not one clean commit: a segment with no recorded commit, uncommitted
-    changes to mainrun/ (marked *), or resumes under several commits (each summary's code_history)."""
+    """Runs whose code is not one clean commit: no recorded commit, uncommitted changes (*), or several."""
     groups: dict[str, list[str]] = {}
     for r in results[results["status"] == "finished"].itertuples():
         hist = (ledger.read_json(Path(r.dir) / "summary.json") or {}).get("code_history") or []
@@ -238,9 +229,8 @@ def code_versions_md(results: pd.DataFrame) -> str:
 
 
 def baselines_md(n: dict, results: pd.DataFrame) -> str:
-    """The baselines of two kinds of device. Where the final run's device has no finished baseline yet the
-    ratio is provisional: how far that baseline has come (its curve against the one used: n["curve_agreement"]).
-    Where both finished: how far apart they are (n["baseline_agreement"])."""
+    """The baselines of two devices: how far the pending one has come while a ratio is provisional
+    (n["curve_agreement"]), else how far apart the two finished ones are (n["baseline_agreement"])."""
     dev = lambda d: DEVICE_NAME.get(d, d)   # noqa: E731
     run_dir = lambda h: results.loc[results["hash"] == h, "dir"].iloc[0]   # noqa: E731  (local paths)
     base = n["baseline"]
@@ -274,8 +264,8 @@ def baselines_md(n: dict, results: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------- screens
 def screen_frame(recs: dict[str, dict], results: pd.DataFrame, studies: list[str],
                  leave_out_prefix: str | None = None) -> pd.DataFrame:
-    """Several study records read as one one-change study: extra seeds ("<label>-s<seed>") under their point's
-    label, each run once; labels starting with `leave_out_prefix` (runs of another kind) left out."""
+    """Several study records as one one-change study: extra seeds under their point's label, each run
+    once, labels starting with `leave_out_prefix` left out."""
     frames = [study_frame(recs[k], results) for k in studies if k in recs]
     if not frames:
         return pd.DataFrame()
@@ -286,9 +276,8 @@ def screen_frame(recs: dict[str, dict], results: pd.DataFrame, studies: list[str
 
 
 def findings(recs: dict[str, dict], results: pd.DataFrame, spec: dict) -> pd.DataFrame:
-    """Every single change against its study's reference point: each recorded study that is not a screen,
-    a search or listed in spec["not_findings"] against its first point; each screen of spec["screens"]
-    against its named reference. Column `noise`: the reference's own seed std where it has seeds."""
+    """Every single change against its reference: each study that is not a screen, a search or in
+    spec["not_findings"] against its first point, each screen against its named one (`noise`: its seed std)."""
     in_screens = {s for sc in spec.get("screens", []) for s in sc["studies"]}
     rows = []
     for name, rec in recs.items():
@@ -309,8 +298,7 @@ def findings(recs: dict[str, dict], results: pd.DataFrame, spec: dict) -> pd.Dat
 
 
 def seed_table(screen: pd.DataFrame, ref: str, labels: list[str], base_loss: float) -> tuple[str, dict]:
-    """Candidates repeated over seeds in one screen: mean, std, range, difference to the reference and the
-    exact permutation p, ratio to `base_loss`."""
+    """Candidates over seeds in one screen: mean, std, range, difference and exact p against `ref`, ratio."""
     ok = screen[screen["status"] == "finished"]
     r = ok.loc[ok["label"] == ref, "final_val_loss"].tolist()
     rows, info = [], {}
@@ -334,8 +322,8 @@ def seed_table(screen: pd.DataFrame, ref: str, labels: list[str], base_loss: flo
 
 def test_table(results: pd.DataFrame, tests: pd.DataFrame, base: pd.Series,
                groups: dict[str, list[str]]) -> pd.DataFrame:
-    """Per candidate (mean over its seeds' runs): validation ratio, and test ratio on each set, all to the
-    same baseline run's loss on the same text; the gap says how much of the validation gain is selection."""
+    """Per candidate (mean over its runs): validation and test ratios to the same baseline run on the same
+    text; the gap says how much of the validation gain is selection."""
     def loss_of(hashes: list[str], kind: str, col: str = "official") -> float:
         t = tests[(tests["hash"].isin(hashes)) & (tests["test_set"] == kind)]
         return float(t[col].mean()) if len(hashes) and len(t) == len(hashes) else float("nan")
@@ -365,8 +353,7 @@ def cpu_groups(runs: pd.DataFrame) -> dict[str, list[str]]:
 
 def stack_table(recs: dict[str, dict], results: pd.DataFrame, spec: dict, base_loss: float) -> tuple[str, dict]:
     """A stack over seeds against its reference's seeds (difference, exact p), and the stack less one member
-    at a time ("<label>-minus-<knob>", one seed each: against the stack's mean and against the stack's run with
-    the same seed). spec: {study, label, reference: {study, label}}."""
+    ("<label>-minus-<knob>", one seed each) against the stack's mean and its same-seed run."""
     ref_spec = spec["reference"]
     if spec["study"] not in recs or ref_spec["study"] not in recs:
         return "", {}
@@ -404,9 +391,8 @@ def stack_table(recs: dict[str, dict], results: pd.DataFrame, spec: dict, base_l
 
 
 def by_cost(rec: dict, results: pd.DataFrame, base_loss: float, ref_label: str) -> tuple[str, dict]:
-    """A screen's points by compute: each point's matmul cost against its reference's (`relative_cost`), its
-    mean over seeds, the difference to the reference's seed mean and, with two seeds or more, the exact
-    permutation p; sorted by cost then loss. Empty where the reference has fewer than two seeds."""
+    """A screen's points by matmul cost against the reference (`relative_cost`): mean over seeds, difference and
+    exact p against the reference's seeds, sorted by cost then loss; empty under two reference seeds."""
     f = fold_seed_labels(study_frame(rec, results))
     f = f[f["status"] == "finished"]
     base = {k: v for k, v in rec["specs"][-1]["base"].items() if k != "preset"}
@@ -430,16 +416,13 @@ def by_cost(rec: dict, results: pd.DataFrame, base_loss: float, ref_label: str) 
                      "std": f"{pd.Series(v).std():.4f}" if len(v) > 1 else "",
                      "difference": "" if label == ref_label else f"{m - rm:+.4f}",
                      "p": "" if p is None else f"{p:.2f}", "ratio": fmt_ratio(m / base_loss)})
-    t = pd.DataFrame(rows)
-    t = t.assign(_c=[pts[r]["cost"] for r in t["change"]],
-                 _m=[pts[r]["mean"] for r in t["change"]]).sort_values(["_c", "_m"]).drop(columns=["_c", "_m"])
-    return md_table(t, "lrrrrrrrr"), {"reference": ref_label, "points": pts}
+    rows.sort(key=lambda r: (pts[r["change"]]["cost"], pts[r["change"]]["mean"]))
+    return md_table(pd.DataFrame(rows), "lrrrrrrrr"), {"reference": ref_label, "points": pts}
 
 
 def agreement_table(screen: pd.DataFrame, proxies: dict[str, pd.DataFrame], ref: str) -> tuple[str, dict]:
-    """One change at two scales: each proxy study's deltas beside the screen's, whether the signs agree, and
-    whether the full-scale effect is beyond twice its reference's seed std. The changes are those the proxy
-    studies made (their labels other than the reference and its seeds)."""
+    """The proxy studies' deltas beside the screen's for the changes they made: same sign, and whether the
+    full-scale effect is beyond twice the reference's seed std."""
     sign = {True: "yes", False: "no"}
     out, numbers = None, {}
     for name, frame in proxies.items():

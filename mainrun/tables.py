@@ -214,6 +214,12 @@ def study_frame(record: dict, results: pd.DataFrame) -> pd.DataFrame:
     return rows.merge(results[keep], on="hash", how="left")
 
 
+def recorded(profile: str, study: str | None, results: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """A recorded study of the profile joined with `results` (default: the profile's); None if there is none."""
+    rec = read_studies(profile).get(study)
+    return None if rec is None else study_frame(rec, load_results(profile) if results is None else results)
+
+
 def ladder_frame(profile: str, results: pd.DataFrame) -> pd.DataFrame:
     """The ladder's stages in order, each joined with its run's results."""
     stages = pd.DataFrame(read_ladder(profile), columns=["stage", "hash", "label", "note"])
