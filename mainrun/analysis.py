@@ -9,7 +9,7 @@ from . import ledger
 from .config import Config, make_config
 from .formats import fmt_bpc, fmt_int, fmt_loss, fmt_time
 from .report_inputs import analysis_dir, read_study_roles, write_report_inputs  # noqa: F401  (re-exported)
-from .report_text import PROXY_NOTE
+from .report_text import PROXY_NOTE, TEXT, say
 from .stats import compare, permutation_p  # noqa: F401
 from .tables import (curves_of, load_results, planned_schedule, read_curve, read_studies,  # noqa: F401
                      recorded, run_dir, study_frame, without_pauses)
@@ -17,7 +17,7 @@ from .tables import (curves_of, load_results, planned_schedule, read_curve, read
 
 def profile_note(profile: str) -> str:
     """What the numbers of this profile can and cannot show (displayed at the top of each notebook)."""
-    return PROXY_NOTE[profile] or "Profile **full**: the Mainrun rules (7 epochs, seed 1337, 100,000 titles)."
+    return PROXY_NOTE[profile] or say("notebook.full_profile")
 
 
 def show_config(cfg: Config) -> None:
@@ -35,42 +35,29 @@ def metric_notes(summary: dict, profile: str) -> pd.DataFrame:
     summary = {**summary, **timing}
     paused = ""
     if timing["paused_s"] > 0 and "wall_time_raw_s" in timing:
-        paused = (f"; {fmt_time(timing['paused_s'])} paused left out of the logged "
-                  f"{fmt_time(timing['wall_time_raw_s'])}")
-    rows = [
-        ("official validation loss", fmt_loss(summary["final_val_loss"]),
-         "summed token cross-entropy over full 64 x 128 spans / characters of the validation text"),
-        ("official coverage", f"{summary['official_coverage']:.1%}",
-         "fraction of validation targets those spans score (the tail and one target per span are dropped)"),
-        ("full-coverage loss", fmt_loss(summary["full_val_loss"]), "every validation target scored, nats/char"),
-        ("full-coverage bits/char", fmt_bpc(summary["full_val_bpc"]), "the same in bits per character"),
-        ("validation tokens / chars", f"{summary['val_tokens']:,} / {summary['val_chars']:,}", ""),
-        ("parameters", fmt_int(summary["n_params"]), ""),
-        ("wall time", fmt_time(summary["wall_time_s"]),
-         f"training and validation, without data preparation{paused}"),
-        ("tokens/s", fmt_int(summary["tokens_per_s"]), "training tokens per second of optimizer steps"),
-        ("official run", "yes" if summary["official"] else "no", "; ".join(summary.get("official_reasons") or [])),
-    ]
+        paused = say("notebook.paused", paused=fmt_time(timing["paused_s"]),
+                     raw=fmt_time(timing["wall_time_raw_s"]))
+    values = {"official validation loss": fmt_loss(summary["final_val_loss"]),
+              "official coverage": f"{summary['official_coverage']:.1%}",
+              "full-coverage loss": fmt_loss(summary["full_val_loss"]),
+              "full-coverage bits/char": fmt_bpc(summary["full_val_bpc"]),
+              "validation tokens / chars": f"{summary['val_tokens']:,} / {summary['val_chars']:,}",
+              "parameters": fmt_int(summary["n_params"]), "wall time": fmt_time(summary["wall_time_s"]),
+              "tokens/s": fmt_int(summary["tokens_per_s"]), "official run": "yes" if summary["official"] else "no"}
+    reasons = "; ".join(summary.get("official_reasons") or [])
+    rows = [(q, values[q], meaning.format(paused=paused, reasons=reasons))
+            for q, meaning in TEXT["notebook"]["meaning"].items()]
     return pd.DataFrame(rows, columns=["quantity", "value", "meaning"])
 
 
 def run_status(summary: dict) -> str:
     """One line on where a run stands (finished, diverged, training elsewhere, or not run)."""
-    st, name = summary["status"], f"{summary['name']}-{summary['hash']}"
-    if st == "finished":
-        return f"{name}: finished, official loss {fmt_loss(summary['final_val_loss'])}"
-    if st == "diverged":
-        rule = summary.get("diverged_rule")
-        return f"{name}: diverged at step {summary.get('diverged_step')}" + (f" (rule: {rule})" if rule else "")
-    if st == "pruned":
-        return (f"{name}: pruned by a search at step {summary.get('pruned_step')}, last official loss "
-                f"{fmt_loss(summary.get('last_val_loss'))}")
-    if st == "incomplete":
-        return (f"{name}: not finished: logged step {summary['last_step']} of {summary['max_steps']}, last "
-                f"official loss {fmt_loss(summary['last_val_loss'])} at step {summary['last_val_step']}; it "
-                f"resumes from its checkpoint with train=True (or `python -m mainrun train` with the same "
-                f"settings)")
-    return f"{name}: not in the ledger; train it with train=True (or `python -m mainrun train`)"
+    status, rule = summary["status"], summary.get("diverged_rule")
+    key = status if status in TEXT["notebook"]["status"] else "missing"
+    return say(f"notebook.status.{key}", **{**summary, "name": f"{summary['name']}-{summary['hash']}",
+                                            "loss": fmt_loss(summary.get("final_val_loss")),
+                                            "last": fmt_loss(summary.get("last_val_loss")),
+                                            "rule": f" (rule: {rule})" if rule else ""})
 
 
 def gpu_study(profile: str, study: str) -> pd.DataFrame:

@@ -1,9 +1,6 @@
-"""The report's inputs, written by `write_report_inputs(profile)` (notebook 05) to <results>/analysis/<profile>/
-(`analysis_dir`) from the ledger (`tables`), the statistics (`stats`) and the text and tables
-(`report_text`): the figures (fig-*.png), markdown tables and short paragraphs (*.md), numbers.json (every
-number, for tests and readers) and variables.yml (the numbers report.qmd quotes in its prose). Which studies
-are which is data: report/studies.yml (`read_study_roles`). Nothing here trains.
-"""
+"""The report's inputs, written by `write_report_inputs(profile)` (notebook 05) to `analysis_dir(profile)`: figures
+(fig-*.png), markdown tables and paragraphs (*.md, from `report_text`), numbers.json (every number) and
+variables.yml (those report.qmd quotes). Which studies are which is data: report/studies.yml. Nothing trains."""
 from __future__ import annotations
 
 import json
@@ -38,8 +35,8 @@ def read_study_roles(path: Path | None = None) -> dict[str, Any]:
 
 
 def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write every figure, table and number the report uses; returns numbers.json's content. `roles`: which
-    studies are which (default: report/studies.yml)."""
+    """Write every figure, table and number the report uses; returns numbers.json's content (`roles`: which
+    studies are which, default report/studies.yml)."""
     roles = read_study_roles() if roles is None else roles
     out = analysis_dir(profile)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,9 +145,8 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
 
 def _findings(profile: str, proxy: str, results: pd.DataFrame, proxy_results: pd.DataFrame, recs: dict,
               roles: dict[str, Any], seed_info: dict, screens: dict) -> pd.DataFrame:
-    """Every one-change finding, with its scale and the seed spread it is judged against: its screen's
-    reference seeds, else the last CPU rung's seeds or the GPU's small models' seeds at full scale, or the
-    proxy's base candidate; the full-scale findings (GPU first), then the proxy's."""
+    """Every one-change finding with its scale and the seed std it is judged against (its screen's reference,
+    else the scale's seeds); the full-scale findings (GPU first), then the proxy's."""
     found = findings(recs, results, roles)
     proxy_noise = (seed_info.get("base") or {}).get("std")
     if proxy == profile:
@@ -172,8 +168,8 @@ def _findings(profile: str, proxy: str, results: pd.DataFrame, proxy_results: pd
 
 def _stage_seeds(seeds: pd.DataFrame | None, final: pd.Series, base: pd.Series, results: pd.DataFrame,
                  profile: str) -> dict[str, Any] | None:
-    """The last rung's training seeds at full scale (the seeds table's "<stage> (<profile> scale)" row): their
-    mean, spread, ratio to the baseline and wall times; None where it has fewer than two finished seeds."""
+    """The last rung's seeds at full scale (its "<stage> (<profile> scale)" rows): mean, spread, ratio, wall
+    times; None under two finished seeds."""
     if seeds is None or "stage" not in final.index:
         return None
     ok = seeds[(seeds["label"] == f"{final['stage']} ({profile} scale)") & (seeds["status"] == "finished")]
@@ -194,8 +190,8 @@ def _stage_seeds(seeds: pd.DataFrame | None, final: pd.Series, base: pd.Series, 
 
 def _best_rung(ladder: pd.DataFrame, base: pd.Series, single: bool = False,
                budget_s: float | None = None) -> dict[str, Any] | None:
-    """The rung with the lowest official loss among the finished rungs on the baseline's device: only single
-    models (`single`), or only runs within `budget_s` of wall time on the baseline's kind of processor."""
+    """The finished rung with the lowest loss on the baseline's device: only single models (`single`), or only
+    runs within `budget_s` on the baseline's kind of processor."""
     kind = lambda hw: hw.split(" (")[0] if isinstance(hw, str) else None   # noqa: E731  the CPU model
     ok = ladder[ladder["device"] == base["device"]]
     if single:
@@ -221,8 +217,8 @@ def _run_numbers(row: pd.Series) -> dict[str, Any]:
 
 
 def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
-    """seeds.md (per candidate: mean, std, range) and seeds_test.md: the permutation p between the first two
-    candidates, and each full-scale rung ("final<N> (<profile> scale)") against the one before it."""
+    """seeds.md (per candidate: mean, std, range) and seeds_test.md: the p between the first two candidates,
+    and each full-scale rung against the one before it."""
     if seeds is None or seeds.empty:
         (out / "seeds.md").write_text(say("seeds.none"))
         (out / "seeds_test.md").write_text("\n")
@@ -266,8 +262,8 @@ def gpu_ladder(profile: str, results: pd.DataFrame, roles: dict[str, Any]) -> pd
 
 
 def small_models(profile: str, results: pd.DataFrame, roles: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The small models at full scale on the GPU (roles["gpu"]["small"]): their runs, and per model the mean
-    over its seeds (loss, std, seeds, bpc, params, ratio), best first."""
+    """The small models at full scale on the GPU (roles["gpu"]["small"]): their runs, and their means over
+    seeds (loss, std, seeds, bpc, params, ratio), best first."""
     pts = screen_frame(read_studies(profile), results, (roles.get("gpu") or {}).get("small", []))
     pts = pts[pts["status"] == "finished"] if len(pts) else pts
     if pts.empty:
@@ -280,8 +276,7 @@ def small_models(profile: str, results: pd.DataFrame, roles: dict[str, Any]) -> 
 
 def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: pd.DataFrame | None,
                 roles: dict[str, Any]) -> str:
-    """The full-scale studies run on a lent GPU (roles["gpu"]: their names): markdown, plus fig-gpu-curves.png
-    and fig-overfit.png."""
+    """The full-scale studies of a lent GPU (roles["gpu"]): markdown, fig-gpu-curves.png and fig-overfit.png."""
     g = roles.get("gpu") or {}
     gpu = (results[(results.get("device") == "cuda") & (results["status"] == "finished")] if len(results)
            else results)
@@ -345,8 +340,7 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
 
 
 def search_section(proxy: str, studies: dict[str, pd.DataFrame], out: Path, reference: dict | None = None) -> str:
-    """The adaptive search of notebook 04 (Optuna TPE on the proxy), read from its storage and the ledger:
-    a paragraph, the best trials as a table, and fig-search.png. Empty when no search was recorded."""
+    """The TPE search of notebook 04 on the proxy: a paragraph, the best trials and fig-search.png ("" if none)."""
     from . import search   # optuna: imported only where a search was recorded
 
     name = next((k for k, f in studies.items() if (f["axis"] == "search").any()), None)
@@ -377,10 +371,9 @@ def search_section(proxy: str, studies: dict[str, pd.DataFrame], out: Path, refe
 
 def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFrame | None = None,
                   roles: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Each change measured on the proxy and at full scale, with its relative effect on the official loss in
-    each: the proxy ladder's rungs against the GPU ladder's (roles["gpu"]["ladder"]), each rung against the one
-    before, and the full-scale ablations of roles["proxy_vs_full"] ({study, reference, ablations: {label:
-    {study, change}}}) read as the proxy change they take back. `holds`: both have the same sign."""
+    """Each change's relative effect on the proxy and at full scale: the GPU ladder's rungs (roles["gpu"]) each
+    against the one before, and the ablations of roles["proxy_vs_full"] as the proxy change they take back;
+    `holds`: the same sign."""
     roles = read_study_roles() if roles is None else roles
     proxy = STUDY_PROFILE[profile]
     proxy_results = load_results(proxy) if proxy_results is None and proxy != profile else proxy_results
@@ -414,10 +407,8 @@ def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFra
 
 def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataFrame, out: Path,
                     roles: dict[str, Any]) -> dict[str, Any]:
-    """The one-change screens named in roles: candidates over seeds, the test sets, a stack with its
-    leave-one-out runs, points by compute cost, agreement with the proxies and truncation. Writes one markdown
-    file per table (an empty file where the ledger lacks the studies) and fig-cost.png, fig-proxy.png; returns
-    the numbers."""
+    """The one-change screens of `roles` (candidates, test sets, stack, costs, agreement, truncation): one
+    markdown file each (empty where the ledger lacks them), fig-cost.png and fig-proxy.png; returns the numbers."""
     recs = read_studies(profile)
     gpu_bases = results[results["is_baseline"] & (results["device"] == "cuda") & (results["status"] == "finished")]
     numbers: dict[str, Any] = {}
@@ -485,9 +476,8 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
 
 def _story_steps(profile: str, results: pd.DataFrame, done: pd.DataFrame, base: pd.Series,
                  roles: dict[str, Any]) -> pd.DataFrame:
-    """The project's steps in order, each as a ratio to the baseline of its own device: the seed plan's rungs at
-    full scale on the GPU (roles["gpu"]["ladder"]), the best small model on the GPU, then the CPU ladder past
-    the baseline (LADDER's rungs, each described by its `what`)."""
+    """The project's steps in order, each as a ratio to its own device's baseline: the GPU ladder's rungs, the
+    best small model on the GPU, then the CPU ladder."""
     rows = []
     lad = gpu_ladder(profile, results, roles)
     if lad is not None:
@@ -510,8 +500,8 @@ def _story_steps(profile: str, results: pd.DataFrame, done: pd.DataFrame, base: 
 
 
 def report_variables(n: dict[str, Any]) -> dict[str, Any]:
-    """The numbers report.qmd quotes in its prose, formatted as printed (`{{< meta v.KEY >}}`); a key the
-    ledger cannot give yet is left out, and rendering then fails on it by name."""
+    """The numbers report.qmd quotes (`{{< meta v.KEY >}}`), formatted as printed; a key the ledger cannot
+    give is left out, and rendering fails on it by name."""
     v: dict[str, Any] = {"published_baseline": f"{PUBLISHED_BASELINE}", "budget_min": f"{CPU_BUDGET_S // 60}",
                          "n_runs": str(n["n_runs"])}
     v.update(baseline=fmt_loss(n["baseline"]["final_val_loss"]), final_rung=n["final_stage"],
@@ -561,9 +551,8 @@ def report_variables(n: dict[str, Any]) -> dict[str, Any]:
 
 
 def stability_section(out: Path, roles: dict[str, Any]) -> dict[str, Any]:
-    """The stability study (roles["stability"]: its study and profile): fig-stability.png and, per point, the
-    median over its probes of the gradient norm, of each group's update-to-weight ratio, and of the spread of
-    the ratios across groups (largest over smallest: how unevenly one step moves the groups)."""
+    """The stability study (roles["stability"]): fig-stability.png and per point the medians over its probes
+    of the gradient norm, each group's update-to-weight ratio and their spread across groups (largest/smallest)."""
     spec = roles.get("stability") or {}
     prof = spec.get("profile", "quick")
     f = recorded(prof, spec.get("study"))
