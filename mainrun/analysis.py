@@ -1,6 +1,5 @@
-"""What the notebooks show, under one import (`from mainrun import analysis`): notes and tables for a reader
-of a notebook, and the ledger queries, statistics and report inputs they call, re-exported from `tables`,
-`stats` and `report_inputs`. Nothing here trains."""
+"""What the notebooks show, under one import (`from mainrun import analysis`): notes and tables for a reader,
+and the ledger queries, statistics and report inputs they call (re-exported). Nothing here trains."""
 from __future__ import annotations
 
 import pandas as pd
@@ -28,8 +27,8 @@ def show_config(cfg: Config) -> None:
 
 
 def metric_notes(summary: dict, profile: str) -> pd.DataFrame:
-    """The official metric beside the full-coverage one, with what each number means. Wall time and tokens/s
-    are the running ones where the run was paused (see `tables.pauses`)."""
+    """The official metric beside the full-coverage one, with what each number means (running wall time and
+    tokens/s where the run was paused)."""
     folder = ledger.find_run(ledger.results_root(profile), summary["hash"])
     timing = without_pauses(summary, folder) if folder is not None else {"paused_s": 0.0}
     summary = {**summary, **timing}
@@ -61,8 +60,7 @@ def run_status(summary: dict) -> str:
 
 
 def gpu_study(profile: str, study: str) -> pd.DataFrame:
-    """A recorded study (e.g. one run on a lent GPU) as a comparison table against its first point; empty if
-    the ledger has no such study."""
+    """A recorded study (e.g. one on a lent GPU) compared against its first point; empty if there is none."""
     frame = recorded(profile, study)
     if frame is None:
         return pd.DataFrame()
@@ -72,8 +70,7 @@ def gpu_study(profile: str, study: str) -> pd.DataFrame:
 
 
 def elsewhere(profile: str, rung: str) -> str | None:
-    """The same rung's result on the other device, where the ledger has it: the GPU ladder study named in
-    report/studies.yml (the seed plan's rungs at full scale); None otherwise."""
+    """The rung's result on the other device, from the GPU ladder study of report/studies.yml; else None."""
     study = (read_study_roles().get("gpu") or {}).get("ladder")
     f = recorded(profile, study)
     if f is None:
@@ -87,9 +84,8 @@ def elsewhere(profile: str, rung: str) -> str | None:
 
 
 def show_study(profile: str, df: pd.DataFrame, rungs: dict[str, str] | None = None) -> pd.DataFrame | None:
-    """A study's points that have a result on this device as a comparison table; each point without one in a
-    line of its own, with the same rung's result on the other device where the ledger has it (`rungs`: a
-    point's rung where its label is not the rung's name, e.g. {"kept": "epic2"})."""
+    """A study's points with a result on this device as a comparison table; each other point in a line, with
+    the rung's result on the other device where there is one (`rungs`: label -> rung where they differ)."""
     rungs = rungs or {}
     have = df["status"].isin(["finished", "pruned", "diverged"])
     for label in dict.fromkeys(df.loc[~have, "label"]):
