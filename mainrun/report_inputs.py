@@ -369,14 +369,12 @@ def search_section(proxy: str, studies: dict[str, pd.DataFrame], out: Path, refe
     return "\n".join([text, md_table(t), say("search.caption"), say("search.figure")])
 
 
-def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFrame | None = None,
-                  roles: dict[str, Any] | None = None) -> pd.DataFrame:
+def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFrame | None,
+                  roles: dict[str, Any]) -> pd.DataFrame:
     """Each change's relative effect on the proxy and at full scale: the GPU ladder's rungs (roles["gpu"]) each
     against the one before, and the ablations of roles["proxy_vs_full"] as the proxy change they take back;
     `holds`: the same sign."""
-    roles = read_study_roles() if roles is None else roles
     proxy = STUDY_PROFILE[profile]
-    proxy_results = load_results(proxy) if proxy_results is None and proxy != profile else proxy_results
     rows: list[dict[str, Any]] = []
     if proxy != profile and proxy_results is not None and not proxy_results.empty:
         plad = ladder_frame(proxy, proxy_results).dropna(subset=["final_val_loss"])
@@ -502,12 +500,12 @@ def _story_steps(profile: str, results: pd.DataFrame, done: pd.DataFrame, base: 
 def report_variables(n: dict[str, Any]) -> dict[str, Any]:
     """The numbers report.qmd quotes (`{{< meta v.KEY >}}`), formatted as printed; a key the ledger cannot
     give is left out, and rendering fails on it by name."""
-    v: dict[str, Any] = {"published_baseline": f"{PUBLISHED_BASELINE}", "budget_min": f"{CPU_BUDGET_S // 60}",
-                         "n_runs": str(n["n_runs"])}
-    v.update(baseline=fmt_loss(n["baseline"]["final_val_loss"]), final_rung=n["final_stage"],
-             final_loss=fmt_loss(n["final"]["final_val_loss"]), final_ratio=fmt_ratio(n["ratio"]),
-             final_min=f"{(n['final']['wall_time_s'] or 0) / 60:.1f}",
-             baseline_hours=f"{(n['baseline']['wall_time_s'] or 0) / 3600:.1f}")
+    v: dict[str, Any] = dict(
+        published_baseline=f"{PUBLISHED_BASELINE}", budget_min=f"{CPU_BUDGET_S // 60}", n_runs=str(n["n_runs"]),
+        baseline=fmt_loss(n["baseline"]["final_val_loss"]), final_rung=n["final_stage"],
+        final_loss=fmt_loss(n["final"]["final_val_loss"]), final_ratio=fmt_ratio(n["ratio"]),
+        final_min=f"{(n['final']['wall_time_s'] or 0) / 60:.1f}",
+        baseline_hours=f"{(n['baseline']['wall_time_s'] or 0) / 3600:.1f}")
     fs = n.get("final_seeds") or {}
     if fs:
         v.update(final_seeds=str(fs["n"]), final_mean=fmt_loss(fs["mean"]), final_std=f"{fs['std']:.4f}",

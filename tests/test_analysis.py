@@ -271,7 +271,8 @@ def test_proxy_ranking_against_full_scale(two_devices):
     ledger.atomic_write_json(root / "studies" / "full" / "gpu_ladder.json", {
         "study": "gpu_ladder", "profile": "full", "specs": [], "rows": [row("baseline", "g0"), row("epic1", "g2")]})
     from mainrun.report_inputs import proxy_vs_full
-    held = proxy_vs_full("full", analysis.load_results("full")).set_index("change")
+    held = proxy_vs_full("full", analysis.load_results("full"), analysis.load_results("quick"),
+                         analysis.read_study_roles()).set_index("change")
     assert held.loc["epic1 (rung)", "proxy"] == pytest.approx(-0.10)
     assert held.loc["epic1 (rung)", "full"] == pytest.approx(1.90 / 1.73 - 1) and not held.loc["epic1 (rung)", "holds"]
     analysis.write_report_inputs("full")
