@@ -25,9 +25,6 @@ from .tables import (analysis_dir, best_of_curve, ladder_frame, load_results, pe
                      read_curve, read_lr, read_stability, read_studies, read_tests, recorded, run_dir, study_frame)
 
 
-FIGURES = TEXT["figures"]   # the figures the report shows: name -> what its placeholder says it needs
-
-
 def read_study_roles(path: Path | None = None) -> dict[str, Any]:
     """report/studies.yml: which recorded studies the report reads, and as what (an empty dict if absent)."""
     path = path or repo_root() / "report" / "studies.yml"
@@ -93,7 +90,9 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         save(plots.seed_spread(seed_frame[seed_frame["label"].str.endswith("scale)")]), "fig-seeds.png")
     (out / "gpu.md").write_text(gpu_section(profile, results, out, proxy_results, roles))
     (out / "search.md").write_text(search_section(proxy, studies, out, proxy_roles.get("search_reference")))
-    screens = screens_section(profile, results, proxy_results, out, roles)
+    files, screens = screens_section(profile, results, proxy_results, out, roles)
+    for name, text in files.items():
+        (out / name).write_text(text)
     found = _findings(profile, proxy, results, proxy_results, recs, roles, seed_info, screens)
     (out / "findings.md").write_text(findings_md(found))
     full_scale = found[~found["scale"].astype(str).str.startswith("on the")] if "scale" in found else found
@@ -133,7 +132,7 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
     (out / "setup.md").write_text(setup_md(results, base, profile))
     (out / "code-versions.md").write_text(code_versions_md(results))
     (out / "profile.md").write_text(say(f"profile_note.{profile}", proxy=proxy) + "\n")
-    for name, what in FIGURES.items():   # every figure the report shows exists, if only to say it has no data
+    for name, what in TEXT["figures"].items():   # each figure of the report exists, if only to say it lacks data
         if not (out / name).exists():
             save(plots.placeholder(what), name)
     (out / "variables.yml").write_text(yaml.safe_dump({"v": report_variables(numbers)}, sort_keys=True,
@@ -404,9 +403,9 @@ def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFra
 
 
 def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataFrame, out: Path,
-                    roles: dict[str, Any]) -> dict[str, Any]:
-    """The one-change screens of `roles` (candidates, test sets, stack, costs, agreement, truncation): one
-    markdown file each (empty where the ledger lacks them), fig-cost.png and fig-proxy.png; returns the numbers."""
+                    roles: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    """The one-change screens of `roles` (candidates, test sets, stack, costs, agreement, truncation): writes
+    fig-cost.png and fig-proxy.png; returns their markdown files (empty where the ledger lacks them), numbers."""
     recs = read_studies(profile)
     gpu_bases = results[results["is_baseline"] & (results["device"] == "cuda") & (results["status"] == "finished")]
     numbers: dict[str, Any] = {}
@@ -418,9 +417,7 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
     sc = screens.get(cand.get("screen"))
     frame = frames[sc["name"]] if sc else pd.DataFrame()
     if frame.empty or gpu_bases.empty:
-        for name, text in files.items():
-            (out / name).write_text(text)
-        return numbers
+        return files, numbers
     base = gpu_bases.iloc[0]
     base_loss = base["final_val_loss"]
     numbers["gpu_baseline"] = float(base_loss)
@@ -467,9 +464,7 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
         full = frames[tr["screen"]]
         files["truncation.md"], numbers["truncation"] = truncation_table(full, results, tr["reference"],
                                                                               tr.get("skip", []))
-    for name, text in files.items():
-        (out / name).write_text(text)
-    return numbers
+    return files, numbers
 
 
 def _story_steps(profile: str, results: pd.DataFrame, done: pd.DataFrame, base: pd.Series,
