@@ -21,7 +21,7 @@ from .report_text import (CPU_BUDGET_S, DEVICE_NAME, PUBLISHED_BASELINE, TEXT, a
 from .presets import LADDER
 from .stats import coverage_check, deltas, fold_seed_labels, permutation_floor, permutation_p, time_to_quality
 from .studies import STUDY_PROFILE, by_point
-from .tables import (analysis_dir, best_of_curve, ladder_frame, load_results, pending_baseline,
+from .tables import (analysis_dir, ladder_frame, load_results, pending_baseline,
                      read_curve, read_lr, read_stability, read_studies, read_tests, recorded, run_dir, study_frame)
 
 
@@ -289,11 +289,11 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
     shown = {}   # the curves of fig-gpu-curves.png: name -> run hash
     lad = gpu_ladder(profile, results, roles)
     if lad is not None and len(lad):
-        best = [best_of_curve(dirs[h]) for h in lad["hash"]]
+        losses = [read_curve(dirs[h]).set_index("step")["loss"] for h in lad["hash"]]
         t = pd.DataFrame({"rung": lad["label"], **formatted(lad, "official loss"),
                           "vs previous": vs_previous(lad["final_val_loss"]),
                           **formatted(lad, "ratio", "full bits/char"),
-                          "lowest loss (step)": [f"{b:.4f} ({st})" for b, st in best],
+                          "lowest loss (step)": [f"{c.min():.4f} ({c.idxmin()})" for c in losses],
                           **formatted(lad, "params", "tokens/s")})
         sizes = lad["n_params"].map(millions)
         other = [f"{r} {m}" for r, m in zip(lad["label"], sizes) if m != sizes.iloc[0]]

@@ -174,13 +174,6 @@ def read_stability(run_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def best_of_curve(run_dir: str | Path) -> tuple[float, int]:
-    """A run's lowest validation loss and its step."""
-    c = read_curve(run_dir)
-    i = c["loss"].idxmin()
-    return float(c.loc[i, "loss"]), int(c.loc[i, "step"])
-
-
 def read_lr(run_dir: str | Path) -> pd.DataFrame:
     """The learning rate the run actually used at each optimizer step (from its log)."""
     return pd.DataFrame(log_events(run_dir, "training_step"), columns=["step", "lr", "max_steps"])
