@@ -1,12 +1,7 @@
-"""Render the report (report/report.qmd) to PDF from the analysis outputs; never trains.
-
-    python -m mainrun report --profile full      # -> mainrun/report.pdf (where Mainrun expects it)
-    python -m mainrun report --profile quick     # -> <results>/report-quick.pdf
-
-With quarto on PATH, `quarto render` (its typst format); else pandoc (pypandoc-binary) to typst and the `typst`
-wheel to PDF. The sources keep to what both understand: `{{< include >}}` of a generated snippet on its own
-line, `#fig-`/`#tbl-` labels, `@fig-` cross-references, a typst header file.
-"""
+"""Render report/report.qmd to PDF from the analysis outputs; never trains. `python -m mainrun report --profile
+full` writes mainrun/report.pdf, other profiles <results>/report-<profile>.pdf. With quarto on PATH, `quarto
+render` (typst); else pandoc (pypandoc-binary) to typst and the `typst` wheel to PDF: the sources keep to what
+both understand (`{{< include >}}` on its own line, `#fig-`/`#tbl-` labels, `@fig-` cross-references)."""
 from __future__ import annotations
 
 import os
