@@ -1,6 +1,6 @@
 """How numbers are written, in one place: losses, bits/char, ratios, times, counts, millions of
 parameters, numpy/NaN values turned into plain JSON ones, and markdown tables. Shared by `tables`, `stats`,
-`report_tables`, `report_text` and `report_inputs`; imports nothing of mainrun."""
+`report_text` and `report_inputs`; imports nothing of mainrun."""
 from __future__ import annotations
 
 import math

@@ -1,5 +1,4 @@
-"""The figures. Each function takes tables (from `tables`, `stats`, `report_tables`) and returns a Figure;
-nothing here reads the ledger or decides anything."""
+"""The figures: each function takes tables (from `tables`, `stats`, `report_text`) and returns a Figure."""
 from __future__ import annotations
 
 from itertools import cycle
@@ -39,8 +38,8 @@ def _finish(fig: Figure, axes, title: str = "", grid: str = "both") -> Figure:
 
 def validation_curves(curves: dict[str, pd.DataFrame], title: str = "", budget_min: float | None = None,
                       baseline_loss: float | None = None) -> Figure:
-    """Official validation loss against training tokens (equal budget) and against wall time, with the
-    baseline's final loss and the time budget as lines where given."""
+    """Official validation loss against training tokens and against wall time, with the baseline's final
+    loss and the time budget as lines where given."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     if baseline_loss is not None:
         for ax in (a, b):
@@ -92,9 +91,8 @@ AXIS_WORDS = {"lr": "learning rate", "weight_decay": "weight decay", "dropout": 
 
 def sensitivity(sweep: pd.DataFrame, band: tuple[float, float] | None = None,
                 seeds: pd.DataFrame | None = None, proxy: str | None = None) -> Figure:
-    """One panel per swept field: official loss per value (every seed a dot, the mean a line);
-    the grey band is the base point's mean +- 1 std over seeds. A last panel shows the seed spread
-    of the final candidates."""
+    """One panel per swept field: official loss per value (a dot per seed, the mean a line), with the base
+    point's mean +- 1 seed std as a grey band; a last panel shows the final candidates over seeds."""
     axes_names = [a for a in dict.fromkeys(sweep["axis"].dropna()) if a != "grid"] if len(sweep) else []
     panels = axes_names + (["seeds"] if seeds is not None and len(seeds) else [])
     n = max(1, len(panels))
@@ -153,8 +151,8 @@ def _seed_panel(ax, seeds: pd.DataFrame) -> None:
 
 
 def search_history(history: pd.DataFrame, title: str = "") -> Figure:
-    """An adaptive search by trial (search.history): each completed trial's official loss, each pruned trial's
-    loss at the evaluation where it stopped, and the best completed loss so far."""
+    """A search by trial (search.history): completed trials' losses, pruned trials' losses where they
+    stopped, and the best so far."""
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     done = history[history["state"] == "COMPLETE"]
     pruned = history[history["state"] == "PRUNED"]
@@ -194,10 +192,8 @@ def param_importances(importance: pd.Series, title: str = "") -> Figure:
 
 
 def forest(effects: pd.DataFrame, title: str = "") -> Figure:
-    """Single-change effects as a forest plot: each change's relative change of the official loss against its
-    study's reference (points), with +-2 seed standard deviations of the reference's scale (bars) where that
-    spread was measured; one panel per scale (column `scale`), best change first. Columns: change, study,
-    delta (relative), noise (seed std, absolute), reference_loss, scale."""
+    """Single-change effects, one panel per `scale`, best first: each change's relative change of the official
+    loss against its study's reference, with bars of 2 seed std (`noise`) where measured."""
     scales = list(dict.fromkeys(effects["scale"]))
     heights = [max(1.2, 0.13 * (effects["scale"] == sc).sum()) for sc in scales]
     fig, axes = plt.subplots(len(scales), 1, figsize=(7.5, sum(heights) + 0.6 * len(scales)),
@@ -231,8 +227,8 @@ def seed_spread(seeds: pd.DataFrame) -> Figure:
 
 
 def train_vs_validation(val: dict[str, pd.DataFrame], train: dict[str, pd.DataFrame]) -> Figure:
-    """Training loss (smoothed over 50 steps) and official validation loss per run against training tokens:
-    where validation turns up while training keeps falling, the model overfits."""
+    """Training loss (smoothed over 50 steps) and official validation loss against tokens: where
+    validation turns up while training keeps falling, the model overfits."""
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     for color, (label, v) in zip(cycle(COLORS), val.items()):
         t = train.get(label)
@@ -249,8 +245,8 @@ def train_vs_validation(val: dict[str, pd.DataFrame], train: dict[str, pd.DataFr
 
 
 def cost_vs_loss(screens: dict[str, dict]) -> Figure:
-    """Compute against loss: each point of the screens that change the compute, its matmul cost per token
-    relative to the screen's reference (x, log) and its loss difference to the reference's seed mean (y)."""
+    """Each point of the screens that change the compute: matmul cost relative to the screen's reference (x,
+    log) against the loss difference to the reference's seed mean (y)."""
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     for color, (study, info) in zip(cycle(COLORS), screens.items()):
         pts = info.get("points") or {}
@@ -267,8 +263,7 @@ def cost_vs_loss(screens: dict[str, dict]) -> Figure:
 
 
 def proxy_scatter(full: pd.DataFrame, proxies: dict[str, pd.DataFrame], ref: str) -> Figure:
-    """Each change's delta at full scale (x) against its delta on each proxy (y), as `stats.agreement` pairs
-    them: agreement lies in the lower-left and upper-right quadrants."""
+    """Each change's delta at full scale (x) against its delta on each proxy (y), paired by `stats.agreement`."""
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for color, (name, frame) in zip(cycle(COLORS), proxies.items()):
         changes = [c for c in dict.fromkeys(fold_seed_labels(frame)["label"]) if c != ref]
@@ -282,8 +277,8 @@ def proxy_scatter(full: pd.DataFrame, proxies: dict[str, pd.DataFrame], ref: str
 
 
 def story(steps: pd.DataFrame) -> Figure:
-    """The project in one chart: each step's official loss as a ratio to the baseline of its own device
-    (columns step, ratio, device, what), in order, with the change to the step before written on each bar."""
+    """The project in one chart: each step's loss as a ratio to its own device's baseline, with the change to the
+    step before on each bar."""
     fig, ax = plt.subplots(figsize=(8.5, 3.3))
     color = {"GPU": COLORS[0], "CPU": COLORS[1]}
     x = np.arange(len(steps))
@@ -316,8 +311,8 @@ GROUPS = {"hidden": ("hidden matrices", "-"), "embed": ("embeddings and head", "
 
 
 def stability(runs: dict[str, pd.DataFrame]) -> Figure:
-    """Training stability per run (tables.read_stability): the gradient norm before clipping, and each parameter
-    group's update-to-weight ratio per step (one line style per group), against the optimizer step."""
+    """Per run (tables.read_stability): the gradient norm before clipping, and each parameter group's
+    update-to-weight ratio (a line style per group), against the optimizer step."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     for color, (label, d) in zip(cycle(COLORS), runs.items()):
         a.plot(d["step"], d["grad_norm"], color=color, marker="o", ms=2, lw=1.2, label=label)

@@ -1,12 +1,7 @@
-"""Render the report (report/report.qmd) to PDF from the analysis outputs; never trains.
-
-    python -m mainrun report --profile full      # -> mainrun/report.pdf (where Mainrun expects it)
-    python -m mainrun report --profile quick     # -> <results>/report-quick.pdf
-
-With quarto on PATH, `quarto render` (its typst format); else pandoc (pypandoc-binary) to typst and the `typst`
-wheel to PDF. The sources keep to what both understand: `{{< include >}}` of a generated snippet on its own
-line, `#fig-`/`#tbl-` labels, `@fig-` cross-references, a typst header file.
-"""
+"""Render report/report.qmd to PDF from the analysis outputs; never trains. `python -m mainrun report --profile
+full` writes mainrun/report.pdf, other profiles <results>/report-<profile>.pdf. With quarto on PATH, `quarto
+render` (typst); else pandoc (pypandoc-binary) to typst and the `typst` wheel to PDF: the sources keep to what
+both understand (`{{< include >}}` on its own line, `#fig-`/`#tbl-` labels, `@fig-` cross-references)."""
 from __future__ import annotations
 
 import os
@@ -69,8 +64,8 @@ MISSING = "[not in this ledger]"
 
 def expand_variables(text: str, variables: dict, strict: bool = True) -> str:
     """Quarto's meta shortcode for the numbers in the prose, done by hand for the pandoc path. A key the
-    variables lack is an error naming it when `strict` (the full profile: a number of the report is never left
-    blank); otherwise (a proxy or smoke ledger, which lacks the GPU studies) it reads MISSING."""
+    variables lack is an error naming it when `strict` (the full profile); otherwise (a proxy or smoke ledger
+    lacks the GPU studies) it reads MISSING."""
     def value(m: re.Match) -> str:
         node = variables
         for part in m.group(1).split("."):
@@ -85,8 +80,8 @@ def expand_variables(text: str, variables: dict, strict: bool = True) -> str:
 
 
 def dangling_refs(typ: str, strict: bool) -> str:
-    """A cross-reference to a figure or table the ledger did not give (a proxy or smoke ledger has no GPU
-    tables) reads MISSING where not `strict`; under `strict` it is an error naming the labels."""
+    """A cross-reference to a figure or table the ledger did not give reads MISSING, or under `strict` is an
+    error naming the labels."""
     defined = set(re.findall(r"<((?:fig|tbl)-[\w-]+)>", typ))
     dangling = sorted({m for m in re.findall(r"@((?:fig|tbl)-[\w-]+)", typ)} - defined)
     if dangling and strict:
@@ -97,8 +92,8 @@ def dangling_refs(typ: str, strict: bool) -> str:
 
 
 def ledger_timestamp(profile: str) -> int | None:
-    """The PDF's creation date: the newest `finished_at` of the profile's runs (SOURCE_DATE_EPOCH wins if
-    set), so rendering the same ledger twice gives the same bytes on any machine."""
+    """The PDF's date: SOURCE_DATE_EPOCH, else the newest `finished_at` of the profile's runs (the same
+    ledger renders to the same bytes on any machine)."""
     if os.environ.get("SOURCE_DATE_EPOCH"):
         return int(os.environ["SOURCE_DATE_EPOCH"])
     stamps = [r["summary"]["finished_at"] for r in ledger.load_runs(ledger.results_root(profile))

@@ -1,9 +1,6 @@
-"""The report's inputs, written by `write_report_inputs(profile)` (notebook 05) to <results>/analysis/<profile>/
-(`analysis_dir`) from the ledger (`tables`), the statistics (`stats`, `report_tables`) and the text
-(`report_text`): the figures (fig-*.png), markdown tables and short paragraphs (*.md), numbers.json (every
-number, for tests and readers) and variables.yml (the numbers report.qmd quotes in its prose). Which studies
-are which is data: report/studies.yml (`read_study_roles`). Nothing here trains.
-"""
+"""The report's inputs, written by `write_report_inputs(profile)` (notebook 05) to `analysis_dir(profile)`: figures
+(fig-*.png), markdown tables and paragraphs (*.md, from `report_text`), numbers.json (every number) and
+variables.yml (those report.qmd quotes). Which studies are which is data: report/studies.yml. Nothing trains."""
 from __future__ import annotations
 
 import json
@@ -14,20 +11,18 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from . import ledger, plots, report_tables as rt
+from . import ledger, plots
 from .data import repo_root
 from .formats import millions, is_nan, plain, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, md_table, rounded
-from .report_text import (CPU_BUDGET_S, DEVICE_NAME, PUBLISHED_BASELINE, TEXT, baselines_md, changes_table,
-                          code_versions_md, edges_md, findings_md, formatted, ladder_table, results_table, say,
-                          setup_md, summary_md, vs_previous)
+from .report_text import (CPU_BUDGET_S, DEVICE_NAME, PUBLISHED_BASELINE, TEXT, agreement_table, baselines_md,
+                          by_cost, changes_table, code_versions_md, cpu_groups, edges_md, findings, findings_md,
+                          formatted, ladder_table, results_table, say, screen_frame, seed_table, setup_md,
+                          stack_table, summary_md, test_table, truncation_table, vs_previous)
 from .presets import LADDER
-from .stats import coverage_check, deltas, permutation_floor, permutation_p, time_to_quality
+from .stats import coverage_check, deltas, fold_seed_labels, permutation_floor, permutation_p, time_to_quality
 from .studies import STUDY_PROFILE, by_point
-from .tables import (analysis_dir, best_of_curve, ladder_frame, load_results, pending_baseline, points_of,
-                     read_curve, read_lr, read_stability, read_studies, read_tests, study_frame)
-
-
-FIGURES = TEXT["figures"]   # the figures the report shows: name -> what its placeholder says it needs
+from .tables import (analysis_dir, ladder_frame, load_results, pending_baseline,
+                     read_curve, read_lr, read_stability, read_studies, read_tests, recorded, run_dir, study_frame)
 
 
 def read_study_roles(path: Path | None = None) -> dict[str, Any]:
@@ -37,8 +32,8 @@ def read_study_roles(path: Path | None = None) -> dict[str, Any]:
 
 
 def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write every figure, table and number the report uses; returns numbers.json's content. `roles`: which
-    studies are which (default: report/studies.yml)."""
+    """Write every figure, table and number the report uses; returns numbers.json's content (`roles`: which
+    studies are which, default report/studies.yml)."""
     roles = read_study_roles() if roles is None else roles
     out = analysis_dir(profile)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,7 +68,7 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         if r["study"] in recs:
             f = study_frame(recs[r["study"]], results)
             full_seeds.append(f[f["label"] == r["rung"]].assign(label=f"{r['rung']} ({profile} scale)"))
-    seed_table = (pd.concat(([] if seeds is None else [seeds]) + full_seeds, ignore_index=True) if full_seeds
+    seed_frame = (pd.concat(([] if seeds is None else [seeds]) + full_seeds, ignore_index=True) if full_seeds
                   else seeds)
     band = None   # the proxy's base candidate over its seeds: the sensitivity figure's noise band
     if seeds is not None and "base" in (st := by_point(seeds)).index and st.loc["base", "seeds"] > 1:
@@ -90,12 +85,14 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         "official coverage": cov["coverage"].map(lambda x: f"{x:.1%}"),
         "step-1 loss": cov["step1_loss"].map(fmt_loss), "uniform expectation": cov["uniform_loss"].map(fmt_loss),
         "ratio": cov["ratio"].map(lambda x: f"{x:.3f}")})))
-    seed_info = _seeds_section(seed_table, out)
+    seed_info = _seeds_section(seed_frame, out)
     if full_seeds:
-        save(plots.seed_spread(seed_table[seed_table["label"].str.endswith("scale)")]), "fig-seeds.png")
+        save(plots.seed_spread(seed_frame[seed_frame["label"].str.endswith("scale)")]), "fig-seeds.png")
     (out / "gpu.md").write_text(gpu_section(profile, results, out, proxy_results, roles))
     (out / "search.md").write_text(search_section(proxy, studies, out, proxy_roles.get("search_reference")))
-    screens = screens_section(profile, results, proxy_results, out, roles)
+    files, screens = screens_section(profile, results, proxy_results, out, roles)
+    for name, text in files.items():
+        (out / name).write_text(text)
     found = _findings(profile, proxy, results, proxy_results, recs, roles, seed_info, screens)
     (out / "findings.md").write_text(findings_md(found))
     full_scale = found[~found["scale"].astype(str).str.startswith("on the")] if "scale" in found else found
@@ -121,7 +118,7 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         "pending_baseline": pending_baseline(results, final["device"]) if provisional else None,
         "time_to_baseline_s": time_to_quality(final["dir"], base["final_val_loss"]),
         "seeds": seed_info,
-        "final_seeds": _stage_seeds(seed_table, final, base, results, profile),
+        "final_seeds": _stage_seeds(seed_frame, final, base, results, profile),
         "best_single": _best_rung(done, base, single=True),
         "best_in_budget": _best_rung(done, base, budget_s=CPU_BUDGET_S),
         "screens": screens,
@@ -135,7 +132,7 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
     (out / "setup.md").write_text(setup_md(results, base, profile))
     (out / "code-versions.md").write_text(code_versions_md(results))
     (out / "profile.md").write_text(say(f"profile_note.{profile}", proxy=proxy) + "\n")
-    for name, what in FIGURES.items():   # every figure the report shows exists, if only to say it has no data
+    for name, what in TEXT["figures"].items():   # each figure of the report exists, if only to say it lacks data
         if not (out / name).exists():
             save(plots.placeholder(what), name)
     (out / "variables.yml").write_text(yaml.safe_dump({"v": report_variables(numbers)}, sort_keys=True,
@@ -147,23 +144,22 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
 
 def _findings(profile: str, proxy: str, results: pd.DataFrame, proxy_results: pd.DataFrame, recs: dict,
               roles: dict[str, Any], seed_info: dict, screens: dict) -> pd.DataFrame:
-    """Every one-change finding, with its scale and the seed spread it is judged against: its screen's
-    reference seeds, else the last CPU rung's seeds or the GPU's small models' seeds at full scale, or the
-    proxy's base candidate; the full-scale findings (GPU first), then the proxy's."""
-    found = rt.findings(recs, results, roles)
+    """Every one-change finding with its scale and the seed std it is judged against (its screen's reference,
+    else the scale's seeds); the full-scale findings (GPU first), then the proxy's."""
+    found = findings(recs, results, roles)
     proxy_noise = (seed_info.get("base") or {}).get("std")
     if proxy == profile:
         return found.assign(noise=proxy_noise)
     noise = {"cpu": (seed_info.get(f"final ({profile} scale)") or {}).get("std"),
              "cuda": ((screens.get("candidates") or {}).get("final") or {}).get("std")
-             or rt.seed_std(profile, results, (roles.get("gpu") or {}).get("small", []))}
+             or small_models(profile, results, roles)[1].query("seeds >= 2")["std"].mean()}
     found["scale"] = [f"at {profile} scale on the {DEVICE_NAME.get(d, d)}" if d else f"at {profile} scale"
                       for d in found["device"]]
     found["noise"] = [n if n is not None and not is_nan(n) else noise.get(d)
                       for n, d in zip(found["noise"], found["device"])]
     found = found.sort_values("scale", kind="stable", key=lambda s: s.astype(str).str.contains("CPU"))  # GPU first
     if len(proxy_results):
-        proxy_found = rt.findings(read_studies(proxy), proxy_results, roles).assign(
+        proxy_found = findings(read_studies(proxy), proxy_results, roles).assign(
             scale=f"on the {proxy} proxy", noise=proxy_noise)
         found = pd.concat([found, proxy_found], ignore_index=True)
     return found
@@ -171,8 +167,8 @@ def _findings(profile: str, proxy: str, results: pd.DataFrame, proxy_results: pd
 
 def _stage_seeds(seeds: pd.DataFrame | None, final: pd.Series, base: pd.Series, results: pd.DataFrame,
                  profile: str) -> dict[str, Any] | None:
-    """The last rung's training seeds at full scale (the seeds table's "<stage> (<profile> scale)" row): their
-    mean, spread, ratio to the baseline and wall times; None where it has fewer than two finished seeds."""
+    """The last rung's seeds at full scale (its "<stage> (<profile> scale)" rows): mean, spread, ratio, wall
+    times; None under two finished seeds."""
     if seeds is None or "stage" not in final.index:
         return None
     ok = seeds[(seeds["label"] == f"{final['stage']} ({profile} scale)") & (seeds["status"] == "finished")]
@@ -193,8 +189,8 @@ def _stage_seeds(seeds: pd.DataFrame | None, final: pd.Series, base: pd.Series, 
 
 def _best_rung(ladder: pd.DataFrame, base: pd.Series, single: bool = False,
                budget_s: float | None = None) -> dict[str, Any] | None:
-    """The rung with the lowest official loss among the finished rungs on the baseline's device: only single
-    models (`single`), or only runs within `budget_s` of wall time on the baseline's kind of processor."""
+    """The finished rung with the lowest loss on the baseline's device: only single models (`single`), or only
+    runs within `budget_s` on the baseline's kind of processor."""
     kind = lambda hw: hw.split(" (")[0] if isinstance(hw, str) else None   # noqa: E731  the CPU model
     ok = ladder[ladder["device"] == base["device"]]
     if single:
@@ -220,8 +216,8 @@ def _run_numbers(row: pd.Series) -> dict[str, Any]:
 
 
 def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
-    """seeds.md (per candidate: mean, std, range) and seeds_test.md: the permutation p between the first two
-    candidates, and each full-scale rung ("final<N> (<profile> scale)") against the one before it."""
+    """seeds.md (per candidate: mean, std, range) and seeds_test.md: the p between the first two candidates,
+    and each full-scale rung against the one before it."""
     if seeds is None or seeds.empty:
         (out / "seeds.md").write_text(say("seeds.none"))
         (out / "seeds_test.md").write_text("\n")
@@ -260,19 +256,17 @@ def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
 
 def gpu_ladder(profile: str, results: pd.DataFrame, roles: dict[str, Any]) -> pd.DataFrame | None:
     """The seed plan's ladder at full scale on the GPU (roles["gpu"]["ladder"]): one finished run a rung."""
-    rec = read_studies(profile).get((roles.get("gpu") or {}).get("ladder"))
-    if rec is None:
-        return None
-    lad = study_frame(rec, results)
-    return lad[lad["status"] == "finished"].drop_duplicates("label")
+    lad = recorded(profile, (roles.get("gpu") or {}).get("ladder"), results)
+    return None if lad is None else lad[lad["status"] == "finished"].drop_duplicates("label")
 
 
 def small_models(profile: str, results: pd.DataFrame, roles: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The small models at full scale on the GPU (roles["gpu"]["small"]): their runs, and per model the mean
-    over its seeds (loss, std, seeds, bpc, params, ratio), best first."""
-    pts = points_of(profile, results, (roles.get("gpu") or {}).get("small", []))
+    """The small models at full scale on the GPU (roles["gpu"]["small"]): their runs, and their means over
+    seeds (loss, std, seeds, bpc, params, ratio), best first."""
+    pts = screen_frame(read_studies(profile), results, (roles.get("gpu") or {}).get("small", []))
+    pts = pts[pts["status"] == "finished"] if len(pts) else pts
     if pts.empty:
-        return pts, pd.DataFrame()
+        return pts, pd.DataFrame(columns=["loss", "std", "seeds", "bpc", "params", "ratio"])
     stats = pts.groupby("label", sort=False).agg(
         loss=("final_val_loss", "mean"), std=("final_val_loss", "std"), seeds=("final_val_loss", "size"),
         bpc=("full_val_bpc", "mean"), params=("n_params", "first"), ratio=("ratio_to_baseline", "mean"))
@@ -281,8 +275,7 @@ def small_models(profile: str, results: pd.DataFrame, roles: dict[str, Any]) -> 
 
 def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: pd.DataFrame | None,
                 roles: dict[str, Any]) -> str:
-    """The full-scale studies run on a lent GPU (roles["gpu"]: their names): markdown, plus fig-gpu-curves.png
-    and fig-overfit.png."""
+    """The full-scale studies of a lent GPU (roles["gpu"]): markdown, fig-gpu-curves.png and fig-overfit.png."""
     g = roles.get("gpu") or {}
     gpu = (results[(results.get("device") == "cuda") & (results["status"] == "finished")] if len(results)
            else results)
@@ -296,11 +289,11 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
     shown = {}   # the curves of fig-gpu-curves.png: name -> run hash
     lad = gpu_ladder(profile, results, roles)
     if lad is not None and len(lad):
-        best = [best_of_curve(dirs[h]) for h in lad["hash"]]
+        losses = [read_curve(dirs[h]).set_index("step")["loss"] for h in lad["hash"]]
         t = pd.DataFrame({"rung": lad["label"], **formatted(lad, "official loss"),
                           "vs previous": vs_previous(lad["final_val_loss"]),
                           **formatted(lad, "ratio", "full bits/char"),
-                          "lowest loss (step)": [f"{b:.4f} ({st})" for b, st in best],
+                          "lowest loss (step)": [f"{c.min():.4f} ({c.idxmin()})" for c in losses],
                           **formatted(lad, "params", "tokens/s")})
         sizes = lad["n_params"].map(millions)
         other = [f"{r} {m}" for r, m in zip(lad["label"], sizes) if m != sizes.iloc[0]]
@@ -346,8 +339,7 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
 
 
 def search_section(proxy: str, studies: dict[str, pd.DataFrame], out: Path, reference: dict | None = None) -> str:
-    """The adaptive search of notebook 04 (Optuna TPE on the proxy), read from its storage and the ledger:
-    a paragraph, the best trials as a table, and fig-search.png. Empty when no search was recorded."""
+    """The TPE search of notebook 04 on the proxy: a paragraph, the best trials and fig-search.png ("" if none)."""
     from . import search   # optuna: imported only where a search was recorded
 
     name = next((k for k, f in studies.items() if (f["axis"] == "search").any()), None)
@@ -376,20 +368,17 @@ def search_section(proxy: str, studies: dict[str, pd.DataFrame], out: Path, refe
     return "\n".join([text, md_table(t), say("search.caption"), say("search.figure")])
 
 
-def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFrame | None = None,
-                  roles: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Each change measured on the proxy and at full scale, with its relative effect on the official loss in
-    each: the proxy ladder's rungs against the GPU ladder's (roles["gpu"]["ladder"]), each rung against the one
-    before, and the full-scale ablations of roles["proxy_vs_full"] ({study, reference, ablations: {label:
-    {study, change}}}) read as the proxy change they take back. `holds`: both have the same sign."""
-    roles = read_study_roles() if roles is None else roles
+def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFrame | None,
+                  roles: dict[str, Any]) -> pd.DataFrame:
+    """Each change's relative effect on the proxy and at full scale: the GPU ladder's rungs (roles["gpu"]) each
+    against the one before, and the ablations of roles["proxy_vs_full"] as the proxy change they take back;
+    `holds`: the same sign."""
     proxy = STUDY_PROFILE[profile]
-    proxy_results = load_results(proxy) if proxy_results is None and proxy != profile else proxy_results
     rows: list[dict[str, Any]] = []
     if proxy != profile and proxy_results is not None and not proxy_results.empty:
         plad = ladder_frame(proxy, proxy_results).dropna(subset=["final_val_loss"])
         plad = plad.set_index("stage")["final_val_loss"]
-        recs, proxy_recs = read_studies(profile), read_studies(proxy)
+        proxy_recs = read_studies(proxy)
         lad = gpu_ladder(profile, results, roles)
         if lad is not None:
             g = lad.set_index("label")
@@ -398,9 +387,8 @@ def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFra
                       "full": g.loc[cur, "final_val_loss"] / g.loc[prev, "final_val_loss"] - 1,
                       "where": f"GPU, {g.loc[cur, 'n_params'] / 1e6:.1f}M"} for prev, cur in zip(names, names[1:])]
         spec = roles.get("proxy_vs_full") or {}
-        ref, rec = spec.get("reference"), recs.get(spec.get("study"))
-        if rec is not None:
-            a = study_frame(rec, results)
+        ref, a = spec.get("reference"), recorded(profile, spec.get("study"), results)
+        if a is not None:
             ablation = a[a["status"] == "finished"].drop_duplicates("label").set_index("label")["final_val_loss"]
             for label, src in (spec.get("ablations") or {}).items():
                 if label not in ablation.index or ref not in ablation.index or src["study"] not in proxy_recs:
@@ -415,51 +403,47 @@ def proxy_vs_full(profile: str, results: pd.DataFrame, proxy_results: pd.DataFra
 
 
 def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataFrame, out: Path,
-                    roles: dict[str, Any]) -> dict[str, Any]:
-    """The one-change screens named in roles: candidates over seeds, the test sets, a stack with its
-    leave-one-out runs, points by compute cost, agreement with the proxies and truncation. Writes one markdown
-    file per table (an empty file where the ledger lacks the studies) and fig-cost.png, fig-proxy.png; returns
-    the numbers."""
+                    roles: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    """The one-change screens of `roles` (candidates, test sets, stack, costs, agreement, truncation): writes
+    fig-cost.png and fig-proxy.png; returns their markdown files (empty where the ledger lacks them), numbers."""
     recs = read_studies(profile)
     gpu_bases = results[results["is_baseline"] & (results["device"] == "cuda") & (results["status"] == "finished")]
     numbers: dict[str, Any] = {}
     files = {k: "" for k in ("screen-candidates.md", "tests.md", "stack.md", "agreement.md", "truncation.md")}
     screens = {sc["name"]: sc for sc in roles.get("screens", [])}
-    frames = {name: rt.screen_frame(recs, results, sc["studies"], sc.get("leave_out_prefix"))   # each read once
+    frames = {name: screen_frame(recs, results, sc["studies"], sc.get("leave_out_prefix"))   # each read once
               for name, sc in screens.items()}
     cand = roles.get("candidates") or {}
     sc = screens.get(cand.get("screen"))
     frame = frames[sc["name"]] if sc else pd.DataFrame()
     if frame.empty or gpu_bases.empty:
-        for name, text in files.items():
-            (out / name).write_text(text)
-        return numbers
+        return files, numbers
     base = gpu_bases.iloc[0]
     base_loss = base["final_val_loss"]
     numbers["gpu_baseline"] = float(base_loss)
-    files["screen-candidates.md"], numbers["candidates"] = rt.seed_table(frame, sc["reference"], cand["labels"],
+    files["screen-candidates.md"], numbers["candidates"] = seed_table(frame, sc["reference"], cand["labels"],
                                                                           base_loss)
     tests = read_tests(ledger.results_root(profile))
     groups = {"baseline (GPU)": [base["hash"]]}
     for row, (study, label) in (roles.get("tests") or {}).items():
         f = frames.get(study)
         if f is None and study in recs:
-            f = rt.fold_seed_labels(study_frame(recs[study], results))
+            f = fold_seed_labels(study_frame(recs[study], results))
         if f is not None:
             groups[row] = f.loc[(f["label"] == label) & (f["status"] == "finished"), "hash"].tolist()
     cpu_tested = results[results["hash"].isin(tests["hash"]) & (results["device"] == "cpu")]
-    groups.update(rt.cpu_groups(cpu_tested))
+    groups.update(cpu_groups(cpu_tested))
     groups = {k: v for k, v in groups.items() if v and tests["hash"].isin(v).any()}
     if len(groups) > 1:
-        t = rt.test_table(results, tests, base, groups)
+        t = test_table(results, tests, base, groups)
         files["tests.md"] = md_table(t, "lrrrrrrrr")
         numbers["tests"] = t.to_dict(orient="records")
     if roles.get("stack"):
-        files["stack.md"], numbers["stack"] = rt.stack_table(recs, results, roles["stack"], base_loss)
+        files["stack.md"], numbers["stack"] = stack_table(recs, results, roles["stack"], base_loss)
     numbers["by_cost"] = {}
     for bc in roles.get("by_cost", []):
         if bc["study"] in recs:
-            files[f"cost-{bc['study']}.md"], numbers["by_cost"][bc["study"]] = rt.by_cost(
+            files[f"cost-{bc['study']}.md"], numbers["by_cost"][bc["study"]] = by_cost(
                 recs[bc["study"]], results, base_loss, bc["reference"])
     if numbers["by_cost"]:
         plots.save(plots.cost_vs_loss(numbers["by_cost"]), out / "fig-cost.png", close=True)
@@ -468,30 +452,25 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
         full = frames[ag["screen"]]
         proxies, keys = {}, {}
         for px in ag.get("proxies", []):
-            prec = read_studies(px["profile"]).get(px["study"])
-            if prec is not None:
-                pres = results if px["profile"] == profile else proxy_results
-                proxies[px["name"]] = study_frame(prec, pres)
-                keys[px["name"]] = px["key"]
-        files["agreement.md"], agree = rt.agreement_table(full, proxies, ag["reference"])
+            frame = recorded(px["profile"], px["study"], results if px["profile"] == profile else proxy_results)
+            if frame is not None:
+                proxies[px["name"]], keys[px["name"]] = frame, px["key"]
+        files["agreement.md"], agree = agreement_table(full, proxies, ag["reference"])
         numbers["agreement"] = {keys[name]: dict(a, name=name) for name, a in agree.items()}
         if proxies:
             plots.save(plots.proxy_scatter(full, proxies, ag["reference"]), out / "fig-proxy.png", close=True)
     tr = roles.get("truncation") or {}
     if tr:
         full = frames[tr["screen"]]
-        files["truncation.md"], numbers["truncation"] = rt.truncation_table(full, results, tr["reference"],
+        files["truncation.md"], numbers["truncation"] = truncation_table(full, results, tr["reference"],
                                                                               tr.get("skip", []))
-    for name, text in files.items():
-        (out / name).write_text(text)
-    return numbers
+    return files, numbers
 
 
 def _story_steps(profile: str, results: pd.DataFrame, done: pd.DataFrame, base: pd.Series,
                  roles: dict[str, Any]) -> pd.DataFrame:
-    """The project's steps in order, each as a ratio to the baseline of its own device: the seed plan's rungs at
-    full scale on the GPU (roles["gpu"]["ladder"]), the best small model on the GPU, then the CPU ladder past
-    the baseline (LADDER's rungs, each described by its `what`)."""
+    """The project's steps in order, each as a ratio to its own device's baseline: the GPU ladder's rungs, the
+    best small model on the GPU, then the CPU ladder."""
     rows = []
     lad = gpu_ladder(profile, results, roles)
     if lad is not None:
@@ -514,14 +493,14 @@ def _story_steps(profile: str, results: pd.DataFrame, done: pd.DataFrame, base: 
 
 
 def report_variables(n: dict[str, Any]) -> dict[str, Any]:
-    """The numbers report.qmd quotes in its prose, formatted as printed (`{{< meta v.KEY >}}`); a key the
-    ledger cannot give yet is left out, and rendering then fails on it by name."""
-    v: dict[str, Any] = {"published_baseline": f"{PUBLISHED_BASELINE}", "budget_min": f"{CPU_BUDGET_S // 60}",
-                         "n_runs": str(n["n_runs"])}
-    v.update(baseline=fmt_loss(n["baseline"]["final_val_loss"]), final_rung=n["final_stage"],
-             final_loss=fmt_loss(n["final"]["final_val_loss"]), final_ratio=fmt_ratio(n["ratio"]),
-             final_min=f"{(n['final']['wall_time_s'] or 0) / 60:.1f}",
-             baseline_hours=f"{(n['baseline']['wall_time_s'] or 0) / 3600:.1f}")
+    """The numbers report.qmd quotes (`{{< meta v.KEY >}}`), formatted as printed; a key the ledger cannot
+    give is left out, and rendering fails on it by name."""
+    v: dict[str, Any] = dict(
+        published_baseline=f"{PUBLISHED_BASELINE}", budget_min=f"{CPU_BUDGET_S // 60}", n_runs=str(n["n_runs"]),
+        baseline=fmt_loss(n["baseline"]["final_val_loss"]), final_rung=n["final_stage"],
+        final_loss=fmt_loss(n["final"]["final_val_loss"]), final_ratio=fmt_ratio(n["ratio"]),
+        final_min=f"{(n['final']['wall_time_s'] or 0) / 60:.1f}",
+        baseline_hours=f"{(n['baseline']['wall_time_s'] or 0) / 3600:.1f}")
     fs = n.get("final_seeds") or {}
     if fs:
         v.update(final_seeds=str(fs["n"]), final_mean=fmt_loss(fs["mean"]), final_std=f"{fs['std']:.4f}",
@@ -565,17 +544,14 @@ def report_variables(n: dict[str, Any]) -> dict[str, Any]:
 
 
 def stability_section(out: Path, roles: dict[str, Any]) -> dict[str, Any]:
-    """The stability study (roles["stability"]: its study and profile): fig-stability.png and, per point, the
-    median over its probes of the gradient norm, of each group's update-to-weight ratio, and of the spread of
-    the ratios across groups (largest over smallest: how unevenly one step moves the groups)."""
+    """The stability study (roles["stability"]): fig-stability.png and per point the medians over its probes
+    of the gradient norm, each group's update-to-weight ratio and their spread across groups (largest/smallest)."""
     spec = roles.get("stability") or {}
-    rec = read_studies(spec.get("profile", "quick")).get(spec.get("study"))
-    if rec is None:
+    prof = spec.get("profile", "quick")
+    f = recorded(prof, spec.get("study"))
+    if f is None:
         return {}
-    res = load_results(spec.get("profile", "quick"))
-    f = study_frame(rec, res)
-    runs = {r.label: read_stability(r.dir) for r in f[f["status"] == "finished"].merge(
-        res[["hash", "dir"]], on="hash").itertuples()}
+    runs = {r.label: read_stability(run_dir(prof, r.hash)) for r in f[f["status"] == "finished"].itertuples()}
     runs = {k: v for k, v in runs.items() if len(v)}
     if not runs:
         return {}

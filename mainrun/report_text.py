@@ -1,10 +1,10 @@
-"""The report's generated text: the results, ladder and changes tables, and the short paragraphs whose
-wording follows the data (summary, setup, findings, sweep edges, code versions, the baselines on two devices).
-The words are in report/text.yml; here the data pick the sentences and fill them in. Each function returns
-a string or a table and writes nothing (`report_inputs` writes them).
-"""
+"""The report's generated text: its tables (results, ladder, changes, findings, the one-change screens) and
+the paragraphs whose wording follows the data. The words are in report/text.yml, which studies are which in
+report/studies.yml (passed in as `spec` dicts); each function returns text, a frame or (markdown, numbers)."""
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -13,10 +13,11 @@ import yaml
 from . import ledger
 from .config import STANDIN_SHA256, make_config
 from .formats import fmt_bpc, fmt_int, fmt_loss, fmt_ratio, fmt_time, is_nan, md_table
-from .tables import PAUSE_GAP_S
-from .studies import by_point
 from .presets import LADDER
-from .stats import NO_CHANGE, curve_agreement
+from .stats import (NO_CHANGE, agreement, curve_agreement, fold_seed_labels, permutation_p, relative_cost,
+                    study_effects, truncation_agreement)
+from .studies import by_point
+from .tables import PAUSE_GAP_S, read_curve, study_frame
 
 TEXT = yaml.safe_load((ledger.repo_root() / "report" / "text.yml").read_text(encoding="utf-8"))
 PROXY_NOTE = {p: "" if p == "full" else t for p, t in TEXT["profile_note"].items()}   # full's names the proxy
@@ -99,10 +100,8 @@ def changes_table(ladder: pd.DataFrame, profile: str) -> pd.DataFrame:
 
 
 def findings_md(found: pd.DataFrame) -> str:
-    """What worked, one table per scale (the column `scale`, in order of first appearance; one table if absent):
-    each change against its study's reference, best first. The verdict follows the official loss, or the
-    full-coverage loss where the change moves what the official spans score; `noise` (per row) is the seed
-    std of that row's scale, if measured, and a difference inside it is marked."""
+    """What worked, one table per `scale` (one table if absent), best first; a verdict is read on the full-coverage
+    loss where the change moves the scored text, and a difference inside 2 x `noise` (the seed std) is marked."""
     scales = found["scale"].tolist() if "scale" in found else ["every scale"] * len(found)
     parts = [say("findings.intro", no_change=NO_CHANGE)]
     for i, scale in enumerate(dict.fromkeys(scales)):
@@ -144,10 +143,8 @@ def edges_md(sweep: pd.DataFrame | None, axis: str = "lr") -> str:
 
 
 def _machine_note(final: pd.Series, base: pd.Series) -> str:
-    """`<CPU model>, <precision>; the baseline: <CPU model>, <precision>` where the final run trained on another
-    kind of processor or in another precision than the baseline (two kinds of 2-core CPU give the 60-minute
-    budget different compute); empty where both are the same. The model is the hardware text before its
-    parenthesis, so threads or a torch version do not count as another machine."""
+    """The final run's CPU model and precision beside the baseline's where they differ (the text before the
+    hardware's parenthesis: threads or a torch version are not another machine); else empty."""
     def kind(row: pd.Series) -> tuple[str, str] | None:
         hw, prec = row.get("hardware"), row.get("precision")
         return (hw.split(" (")[0], prec) if isinstance(hw, str) and isinstance(prec, str) else None
@@ -215,8 +212,7 @@ def setup_md(results: pd.DataFrame, base: pd.Series, profile: str) -> str:
 
 
 def code_versions_md(results: pd.DataFrame) -> str:
-    """Runs whose code version is not one clean commit: a segment with no recorded commit, uncommitted
-    changes to mainrun/ (marked *), or resumes under several commits (each summary's code_history)."""
+    """Runs whose code is not one clean commit: no recorded commit, uncommitted changes (*), or several."""
     groups: dict[str, list[str]] = {}
     for r in results[results["status"] == "finished"].itertuples():
         hist = (ledger.read_json(Path(r.dir) / "summary.json") or {}).get("code_history") or []
@@ -233,9 +229,8 @@ def code_versions_md(results: pd.DataFrame) -> str:
 
 
 def baselines_md(n: dict, results: pd.DataFrame) -> str:
-    """The baselines of two kinds of device. Where the final run's device has no finished baseline yet the
-    ratio is provisional: how far that baseline has come (its curve against the one used: n["curve_agreement"]).
-    Where both finished: how far apart they are (n["baseline_agreement"])."""
+    """The baselines of two devices: how far the pending one has come while a ratio is provisional
+    (n["curve_agreement"]), else how far apart the two finished ones are (n["baseline_agreement"])."""
     dev = lambda d: DEVICE_NAME.get(d, d)   # noqa: E731
     run_dir = lambda h: results.loc[results["hash"] == h, "dir"].iloc[0]   # noqa: E731  (local paths)
     base = n["baseline"]
@@ -264,3 +259,207 @@ def baselines_md(n: dict, results: pd.DataFrame) -> str:
         n["baseline_agreement"] = agree
         s.append(say("summary.two_baselines_agree", **agree))
     return "\n" + " ".join(s + [say("summary.two_baselines_end")]) + "\n"
+
+
+# ----------------------------------------------------------------------------- screens
+def screen_frame(recs: dict[str, dict], results: pd.DataFrame, studies: list[str],
+                 leave_out_prefix: str | None = None) -> pd.DataFrame:
+    """Several study records as one one-change study: extra seeds under their point's label, each run
+    once, labels starting with `leave_out_prefix` left out."""
+    frames = [study_frame(recs[k], results) for k in studies if k in recs]
+    if not frames:
+        return pd.DataFrame()
+    f = pd.concat(frames, ignore_index=True)
+    if leave_out_prefix:
+        f = f[~f["label"].str.startswith(leave_out_prefix)]
+    return fold_seed_labels(f).drop_duplicates("hash").reset_index(drop=True)
+
+
+def findings(recs: dict[str, dict], results: pd.DataFrame, spec: dict) -> pd.DataFrame:
+    """Every single change against its reference: each study that is not a screen, a search or in
+    spec["not_findings"] against its first point, each screen against its named one (`noise`: its seed std)."""
+    in_screens = {s for sc in spec.get("screens", []) for s in sc["studies"]}
+    rows = []
+    for name, rec in recs.items():
+        if (name in spec.get("not_findings", []) or name in in_screens
+                or any(r.get("axis") == "search" for r in rec["rows"])):
+            continue
+        ref = rec["rows"][0]["label"] if rec["rows"] else None
+        rows += [dict(r, noise=None) for r in study_effects(name, study_frame(rec, results), ref, results)]
+    for sc in spec.get("screens", []):
+        f = screen_frame(recs, results, sc["studies"], sc.get("leave_out_prefix"))
+        if len(f):   # noise: the reference's own seed spread, where it has seeds
+            ref = f.loc[(f["label"] == sc["reference"]) & (f["status"] == "finished"), "final_val_loss"]
+            sd = float(ref.std()) if len(ref) > 1 else None
+            rows += [dict(r, noise=sd) for r in study_effects(sc["name"], f, sc["reference"], results)]
+    cols = ["study", "change", "reference", "loss", "reference_loss", "delta", "seeds", "verdict", "device",
+            "full_delta", "coverage", "reference_coverage", "judged_on", "judged_delta", "noise"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def seed_table(screen: pd.DataFrame, ref: str, labels: list[str], base_loss: float) -> tuple[str, dict]:
+    """Candidates over seeds in one screen: mean, std, range, difference and exact p against `ref`, ratio."""
+    ok = screen[screen["status"] == "finished"]
+    r = ok.loc[ok["label"] == ref, "final_val_loss"].tolist()
+    rows, info = [], {}
+    for label in labels:
+        xs = ok.loc[ok["label"] == label, "final_val_loss"].tolist()
+        if not xs:
+            continue
+        s = pd.Series(xs)
+        p = permutation_p(xs, r) if label != ref else None
+        delta = float(s.mean() - pd.Series(r).mean()) if r else None
+        info[label] = {"n": len(xs), "mean": float(s.mean()), "std": float(s.std()) if len(xs) > 1 else None,
+                       "delta": delta, "p": p, "ratio": float(s.mean() / base_loss)}
+        rows.append({"candidate": label, "seeds": str(len(xs)), "mean loss": fmt_loss(s.mean()),
+                     "std": fmt_loss(s.std()) if len(xs) > 1 else "",
+                     "range": f"{fmt_loss(s.min())} to {fmt_loss(s.max())}",
+                     f"vs {ref}": "" if label == ref or delta is None else f"{delta:+.4f}",
+                     "p": "" if p is None else f"{p:.2f}", "ratio": fmt_ratio(s.mean() / base_loss)})
+    md = md_table(pd.DataFrame(rows), "lrrrrrrr") if rows else ""
+    return md, info
+
+
+def test_table(results: pd.DataFrame, tests: pd.DataFrame, base: pd.Series,
+               groups: dict[str, list[str]]) -> pd.DataFrame:
+    """Per candidate (mean over its runs): validation and test ratios to the same baseline run on the same
+    text; the gap says how much of the validation gain is selection."""
+    def loss_of(hashes: list[str], kind: str, col: str = "official") -> float:
+        t = tests[(tests["hash"].isin(hashes)) & (tests["test_set"] == kind)]
+        return float(t[col].mean()) if len(hashes) and len(t) == len(hashes) else float("nan")
+
+    def ratio(hashes: list[str], kind: str, col: str = "official") -> str:   # "" where either side is missing
+        x, xb = loss_of(hashes, kind, col), loss_of([base["hash"]], kind, col)
+        return "" if is_nan(x) or is_nan(xb) else fmt_ratio(x / xb)
+    rows = []
+    for label, hashes in groups.items():
+        val = results.loc[results["hash"].isin(hashes), "final_val_loss"].mean()
+        rows.append({"candidate": label, "runs": str(len(hashes)), "validation": fmt_loss(val),
+                     "val ratio": fmt_ratio(val / base["final_val_loss"]),
+                     "test:random": fmt_loss(loss_of(hashes, "random")), "random ratio": ratio(hashes, "random"),
+                     "test:late": fmt_loss(loss_of(hashes, "late")), "late ratio": ratio(hashes, "late"),
+                     "random ratio, full coverage": ratio(hashes, "random", "full")})
+    return pd.DataFrame(rows)
+
+
+def cpu_groups(runs: pd.DataFrame) -> dict[str, list[str]]:
+    """{"<point> (CPU)": hashes}: a point's seeds (runs named "<point>-seed<N>") are one row of the test table."""
+    groups: dict[str, list[str]] = {}
+    for r in runs.itertuples():
+        parts = re.sub(r"-seed[0-9]+$", "", r.run).split("-")   # <profile>-<study>-<point>, or <profile>-<preset>
+        groups.setdefault(f"{'-'.join(parts[2:]) or parts[-1]} (CPU)", []).append(r.hash)
+    return groups
+
+
+def stack_table(recs: dict[str, dict], results: pd.DataFrame, spec: dict, base_loss: float) -> tuple[str, dict]:
+    """A stack over seeds against its reference's seeds (difference, exact p), and the stack less one member
+    ("<label>-minus-<knob>", one seed each) against the stack's mean and its same-seed run."""
+    ref_spec = spec["reference"]
+    if spec["study"] not in recs or ref_spec["study"] not in recs:
+        return "", {}
+    st = fold_seed_labels(study_frame(recs[spec["study"]], results))
+    rf = fold_seed_labels(study_frame(recs[ref_spec["study"]], results))
+    st, rf = st[st["status"] == "finished"], rf[rf["status"] == "finished"]
+    ref = rf.loc[rf["label"] == ref_spec["label"], "final_val_loss"].tolist()
+    stack = st.loc[st["label"] == spec["label"], "final_val_loss"].tolist()
+    if len(ref) < 2 or len(stack) < 2:
+        return "", {}
+    r, k = pd.Series(ref), pd.Series(stack)
+    p = permutation_p(stack, ref)
+    members = {kk: v for kk, v in st.loc[st["label"] == spec["label"], "overrides"].iloc[0].items()
+               if kk != "train_seed"}
+    rows = [{"runs": ref_spec["label"], "seeds": str(len(r)), "loss": fmt_loss(r.mean()), "std": fmt_loss(r.std()),
+             "against": "", "difference": "", "same seed": "", "p": "", "ratio": fmt_ratio(r.mean() / base_loss)},
+            {"runs": spec["label"], "seeds": str(len(k)), "loss": fmt_loss(k.mean()), "std": fmt_loss(k.std()),
+             "against": ref_spec["label"], "difference": f"{k.mean() - r.mean():+.4f}", "same seed": "",
+             "p": f"{p:.2f}", "ratio": fmt_ratio(k.mean() / base_loss)}]
+    by_seed = st[st["label"] == spec["label"]].set_index("seed")["final_val_loss"]
+    minus, paired = {}, {}
+    prefix = f"{spec['label']}-minus-"
+    for row in st[st["label"].str.startswith(prefix)].itertuples():
+        name = row.label.removeprefix(prefix)
+        minus[name] = float(row.final_val_loss - k.mean())
+        paired[name] = float(row.final_val_loss - by_seed[row.seed]) if row.seed in by_seed.index else math.nan
+        rows.append({"runs": row.label, "seeds": "1", "loss": fmt_loss(row.final_val_loss), "std": "",
+                     "against": spec["label"], "difference": f"{minus[name]:+.4f}",
+                     "same seed": "" if is_nan(paired[name]) else f"{paired[name]:+.4f}", "p": "",
+                     "ratio": fmt_ratio(row.final_val_loss / base_loss)})
+    numbers = {"reference_mean": float(r.mean()), "reference_std": float(r.std()), "mean": float(k.mean()),
+               "std": float(k.std()), "delta": float(k.mean() - r.mean()), "p": p, "members": members,
+               "minus": minus, "minus_same_seed": paired, "separated": bool(max(stack) < min(ref))}
+    return md_table(pd.DataFrame(rows), "lrrrlrrrr"), numbers
+
+
+def by_cost(rec: dict, results: pd.DataFrame, base_loss: float, ref_label: str) -> tuple[str, dict]:
+    """A screen's points by matmul cost against the reference (`relative_cost`): mean over seeds, difference and
+    exact p against the reference's seeds, sorted by cost then loss; empty under two reference seeds."""
+    f = fold_seed_labels(study_frame(rec, results))
+    f = f[f["status"] == "finished"]
+    base = {k: v for k, v in rec["specs"][-1]["base"].items() if k != "preset"}
+    preset = rec["specs"][-1]["base"].get("preset", "baseline")
+    ref_cfg = make_config("full", preset, **base)
+    ref = f.loc[f["label"] == ref_label, "final_val_loss"].tolist()
+    if len(ref) < 2:
+        return "", {}
+    rm = sum(ref) / len(ref)
+    rows, pts = [], {}
+    for label, g in f.groupby("label", sort=False):
+        ov = {k: v for k, v in g["overrides"].iloc[0].items() if k != "train_seed"}
+        cost = relative_cost(make_config("full", preset, **{**base, **ov}), ref_cfg)
+        v = g["final_val_loss"].tolist()
+        m = sum(v) / len(v)
+        p = permutation_p(v, ref) if label != ref_label else None
+        pts[label] = {"cost": cost, "mean": m, "seeds": len(v), "delta": m - rm, "p": p, "ratio": m / base_loss,
+                      "std": float(pd.Series(v).std()) if len(v) > 1 else None, "overrides": ov}
+        rows.append({"change": label, "cost": f"{cost:.2f}x", "parameters": f"{g['n_params'].iloc[0] / 1e6:.2f}M",
+                     "seeds": str(len(v)), "loss": fmt_loss(m),
+                     "std": f"{pd.Series(v).std():.4f}" if len(v) > 1 else "",
+                     "difference": "" if label == ref_label else f"{m - rm:+.4f}",
+                     "p": "" if p is None else f"{p:.2f}", "ratio": fmt_ratio(m / base_loss)})
+    rows.sort(key=lambda r: (pts[r["change"]]["cost"], pts[r["change"]]["mean"]))
+    return md_table(pd.DataFrame(rows), "lrrrrrrrr"), {"reference": ref_label, "points": pts}
+
+
+def agreement_table(screen: pd.DataFrame, proxies: dict[str, pd.DataFrame], ref: str) -> tuple[str, dict]:
+    """The proxy studies' deltas beside the screen's for the changes they made: same sign, and whether the
+    full-scale effect is beyond twice the reference's seed std."""
+    sign = {True: "yes", False: "no"}
+    out, numbers = None, {}
+    for name, frame in proxies.items():
+        changes = [c for c in dict.fromkeys(fold_seed_labels(frame)["label"]) if c != ref]
+        table, s = agreement(screen, frame, changes, ref)
+        if table.empty:
+            continue
+        numbers[name] = dict(s)
+        t = table.set_index("change")
+        if out is None:
+            out = pd.DataFrame({"change": table["change"], "full scale": table["full"].map(lambda x: f"{x:+.4f}")})
+            clear = t["full_clear"]
+        out[name] = [f"{t.loc[c, 'quick']:+.4f}" if c in t.index else "" for c in out["change"]]
+        out[f"same sign ({name})"] = [sign[bool(t.loc[c, "same_sign"])] if c in t.index else ""
+                                      for c in out["change"]]
+    if out is None:
+        return "", {}
+    out["beyond 2 std at full scale"] = [sign[bool(clear[c])] for c in out["change"]]
+    return md_table(out, "lr" + "rl" * len(numbers) + "l"), numbers
+
+
+def truncation_table(screen: pd.DataFrame, results: pd.DataFrame, ref: str, skip: list[str]) -> tuple[str, dict]:
+    """Does stopping a screen's runs early rank the changes as their ends do? (`stats.truncation_agreement`)."""
+    ri = results.drop_duplicates("hash").set_index("hash")
+    curves = {h: read_curve(ri.loc[h, "dir"]).assign(epochs=ri.loc[h, "epochs"], max_steps=ri.loc[h, "max_steps"],
+                                                     evals_per_epoch=ri.loc[h, "evals_per_epoch"])
+              for h in screen["hash"] if h in ri.index and isinstance(ri.loc[h, "dir"], str)}
+    table, s = truncation_agreement(screen, curves, ref, tuple(skip))
+    if table.empty:
+        return "", {}
+    t = pd.DataFrame({"epoch": table["epoch"].map(lambda x: f"{x:g}"),
+                      "share of the run": table["fraction"].map(lambda x: f"{x:.0%}"),
+                      "pairs": table["pairs"].astype(str),
+                      "same sign": table["sign_agreement"].map(lambda x: f"{x:.0%}"),
+                      "same sign, clear": table["clear_sign_agreement"].map(
+                          lambda x: "" if is_nan(x) else f"{x:.0%}"),
+                      "Spearman": table["spearman"].map(lambda x: f"{x:.2f}")})
+    numbers = {k: v for k, v in s.items() if k not in ("deltas", "clear")}
+    numbers["table"] = table.to_dict(orient="records")
+    return md_table(t, "rrrrrr"), numbers

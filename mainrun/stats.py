@@ -1,6 +1,6 @@
 """Statistics over study tables: comparisons against a reference point, exact permutation tests between seed
-groups, agreement between two scales or between part-way and final readings, stacking what helped, and checks
-on single runs. Studies and reference labels are arguments: nothing here knows a particular round of research."""
+groups, agreement between two scales or part-way readings, stacking what helped, checks on single runs.
+Studies and reference labels are arguments: nothing here knows a particular round of research."""
 from __future__ import annotations
 
 import itertools
@@ -19,8 +19,8 @@ from .tables import log_events, read_curve
 
 # ----------------------------------------------------------------------------- one study
 def compare(frame: pd.DataFrame) -> pd.DataFrame:
-    """A study frame as a readable table: each point against the first (the reference).
-    Points without a finished run show their status instead of numbers."""
+    """A study frame as a readable table, each point against the first (a point without a finished run
+    shows its status)."""
     ok = frame.drop_duplicates(["label", "seed"])
     loss = pd.to_numeric(ok["final_val_loss"], errors="coerce")
     bpc = pd.to_numeric(ok["full_val_bpc"], errors="coerce")
@@ -40,8 +40,8 @@ def fold_seed_labels(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def study_effects(name: str, frame: pd.DataFrame, ref_label: str | None, results: pd.DataFrame) -> list[dict]:
-    """Each point of one study frame against its reference point (mean over seeds where repeated), judged on the
-    official loss, or on the full-coverage one where the point moves the official coverage."""
+    """Each point of a study frame against its reference (means over seeds), judged on the official loss, or on
+    the full-coverage one where the point moves the official coverage."""
     rows = []
     if ref_label is not None:  # the reference's extra seeds ("final-s1338") are the reference
         extra_seeds = rf"^{re.escape(ref_label)}-s\d+$"
@@ -75,9 +75,8 @@ def study_effects(name: str, frame: pd.DataFrame, ref_label: str | None, results
 
 
 def deltas(frame: pd.DataFrame, changes: list[str], ref: str) -> tuple[dict[str, float], float, float]:
-    """({change: its mean official loss - the reference's}, reference mean, reference seed std) from a study
-    frame (columns label, status, final_val_loss; extra seeds under "<label>-s<seed>" count for their point);
-    changes without a finished run are left out."""
+    """({change: its mean loss minus the reference's}, reference mean, reference seed std) from a study frame
+    (extra seeds "<label>-s<seed>" count for their point); changes without a finished run are left out."""
     done = fold_seed_labels(frame[frame["status"] == "finished"]).groupby("label")["final_val_loss"]
     if ref not in done.groups:
         return {}, math.nan, math.nan
@@ -87,11 +86,9 @@ def deltas(frame: pd.DataFrame, changes: list[str], ref: str) -> tuple[dict[str,
 
 def choose_stack(frame: pd.DataFrame, ref: str, k: float = 2.0, floor: float = 0.001,
                  keep_out: frozenset[str] = frozenset()) -> tuple[dict[str, Any], list[tuple[str, float]], float]:
-    """Stack what beat a reference: the points of a one-change study frame whose mean loss is below the
-    reference's seed mean by more than max(k x its seed std, floor), best first, one value per knob (a later
-    point that sets a knob already set is left out, as is any point touching `keep_out`, e.g. shape knobs).
-    Returns (the stacked overrides, the members as (label, delta), the threshold); nothing is stacked where
-    the reference has no finished run."""
+    """Stack what beat a reference: the points whose mean loss is below the reference's by more than max(k x its
+    seed std, floor), best first, one value per knob and none touching `keep_out`. Returns (the overrides, the
+    members as (label, delta), the threshold); nothing where the reference has no finished run."""
     d, mean, sd = deltas(frame, [lb for lb in dict.fromkeys(frame["label"]) if lb != ref], ref)
     if math.isnan(mean):
         return {}, [], math.nan
@@ -110,9 +107,7 @@ def choose_stack(frame: pd.DataFrame, ref: str, k: float = 2.0, floor: float = 0
 
 # ----------------------------------------------------------------------------- seeds
 def permutation_p(a: list[float], b: list[float]) -> float | None:
-    """Exact two-sided permutation test on the difference of means (no normality assumed).
-
-    With 3 seeds a side the smallest possible p is 0.1: a few seeds cannot show significance."""
+    """Exact two-sided permutation test on the difference of means; with 3 seeds a side p is at least 0.1."""
     if len(a) < 2 or len(b) < 2:
         return None
     pooled = list(a) + list(b)
@@ -126,8 +121,8 @@ def permutation_p(a: list[float], b: list[float]) -> float | None:
 
 
 def permutation_floor(n_a: int, n_b: int) -> float | None:
-    """The smallest p `permutation_p` can give for n_a against n_b seeds: its p where the two groups do not
-    overlap at all (2/20 = 0.10 for 3 against 3, 1/35 for 4 against 3, where the mirror split is less extreme)."""
+    """The smallest p `permutation_p` can give for n_a against n_b seeds (0.10 for 3 against 3, 1/35 for 4
+    against 3)."""
     return permutation_p([i * 1e-6 for i in range(n_a)], [1.0 + i * 1e-6 for i in range(n_b)])
 
 
@@ -137,8 +132,7 @@ SAME_COVERAGE = 0.001  # official coverages closer than this count as the same s
 
 # ----------------------------------------------------------------------------- two scales
 def _sign_rank(x: pd.Series, y: pd.Series, clear: pd.Series) -> dict[str, float]:
-    """How often two sets of deltas share a sign (all pairs, and those `clear` of the noise), and their
-    Spearman rank correlation."""
+    """How often two sets of deltas share a sign (all, and those `clear` of the noise); their Spearman."""
     same = (x > 0) == (y > 0)
     return {"sign_agreement": float(same.mean()),
             "clear_sign_agreement": float(same[clear].mean()) if clear.any() else math.nan,
@@ -146,10 +140,9 @@ def _sign_rank(x: pd.Series, y: pd.Series, clear: pd.Series) -> dict[str, float]
 
 
 def agreement(full: pd.DataFrame, quick: pd.DataFrame, changes: list[str], ref: str) -> tuple[pd.DataFrame, dict]:
-    """One row per change measured at both scales (delta at each, whether the signs agree, whether the full
-    delta is outside twice the full reference's seed spread), and the summary: pairs, sign agreement,
-    Spearman rank correlation. `full` and `quick` are two study frames that made the same `changes` against
-    the same reference label `ref` at two scales (the reference's seeds give each scale's spread)."""
+    """The same `changes` against `ref` in two study frames at two scales: per change the delta at each, same
+    sign, and whether the full delta is beyond twice the full reference's seed std; and a summary (pairs, sign
+    agreement, Spearman)."""
     d_full, m_full, sd_full = deltas(full, changes, ref)
     d_quick, m_quick, sd_quick = deltas(quick, changes, ref)
     rows = [{"change": k, "full": d_full[k], "quick": d_quick[k], "same_sign": (d_full[k] > 0) == (d_quick[k] > 0),
@@ -167,12 +160,9 @@ def agreement(full: pd.DataFrame, quick: pd.DataFrame, changes: list[str], ref: 
 
 def truncation_agreement(screen: pd.DataFrame, curves: dict[str, pd.DataFrame], ref: str,
                          skip: tuple[str, ...] = ()) -> tuple[pd.DataFrame, dict]:
-    """Would stopping early rank the changes as the finished runs do? At each evaluation epoch of a one-change
-    study frame, every point's validation loss minus the reference's mean, set against its final delta (signs
-    and Spearman, as in `agreement`). `curves`: {hash: tables.read_curve frame with its run's `epochs`,
-    `max_steps` and `evals_per_epoch`}; `skip`: labels that are not one change, or move the metric's coverage.
-    The reference's seed spread is read at the end, as for the final verdicts; the summary carries the deltas
-    (epoch x change) and which final deltas are beyond twice that spread."""
+    """Would stopping early rank the changes as the finished runs do? At each evaluation epoch, each point's
+    loss minus the reference's mean against its final delta, as in `agreement`. `curves`: {hash: read_curve
+    frame with `epochs`, `max_steps`, `evals_per_epoch`}; `skip`: labels that are not one change."""
     ok = screen[(screen["status"] == "finished") & ~screen["label"].isin(skip)]
     rows = []
     for r in ok.itertuples():
@@ -207,17 +197,16 @@ def truncation_agreement(screen: pd.DataFrame, curves: dict[str, pd.DataFrame], 
 
 # ----------------------------------------------------------------------------- single runs
 def relative_cost(cfg, ref) -> float:
-    """Matmul FLOPs per token of `cfg` over `ref`'s (two Configs): ensemble x (n_layer x (4 + 2 mlp_mult) x
-    d_model^2 + d_model x vocab_size), the attention projections, the MLP and the head; attention's own
-    T x d_model per layer is left out (about a tenth at d_model 192, block 128)."""
+    """Matmul FLOPs per token of `cfg` over `ref`'s: ensemble x (n_layer x (4 + 2 mlp_mult) x d_model^2 + d_model
+    x vocab_size); attention's own T x d_model per layer is left out (about a tenth at d_model 192)."""
     def flops(c) -> float:
         return c.ensemble * (c.n_layer * (4 + 2 * c.mlp_mult) * c.d_model ** 2 + c.d_model * c.vocab_size)
     return flops(cfg) / flops(ref)
 
 
 def coverage_check(ladder: pd.DataFrame) -> pd.DataFrame:
-    """Step-1 check of the metric's normalisation: an untrained model (logits ~ 0) predicts
-    nearly uniformly, so its official loss should be ln(V) x scored tokens / validation chars."""
+    """Step-1 check of the metric's normalisation: an untrained model predicts nearly uniformly, so its
+    official loss should be ln(V) x scored tokens / validation chars."""
     rows = []
     for _, st in ladder.dropna(subset=["dir"]).iterrows():
         info = next(iter(log_events(st["dir"], "dataset_info")), None)

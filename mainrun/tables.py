@@ -31,11 +31,8 @@ def _device_and_progress(r: dict) -> dict[str, Any]:
 
 
 def load_results(profile: str) -> pd.DataFrame:
-    """One row per run of `profile` in its ledger: metrics, ratio to the baseline, and the config fields.
-
-    Ratios are taken against the finished baseline trained on the same kind of device (CPU runs
-    against the CPU baseline, GPU runs against the GPU one). While a device has no finished
-    baseline its runs are compared with another device's, and `ratio_provisional` says so."""
+    """One row per run of `profile`: metrics, config fields, and the ratio to the finished baseline of the same
+    kind of device (another device's while it has none, flagged `ratio_provisional`)."""
     rows = []
     for r in ledger.load_runs(ledger.results_root(profile)):
         cfg = r["config"]
@@ -127,14 +124,10 @@ PAUSE_GAP_S = 600.0   # no training step or evaluation of these runs takes 10 mi
 
 
 def pauses(run_dir: str | Path) -> pd.DataFrame:
-    """Stretches a run's process spent stopped (SIGSTOP, so that other runs had the cores), from its log.
-
-    One row per pause: `step` (the training step it followed), `wall_s` (seconds it adds to the run's
-    elapsed time) and `train_s` (the part inside a training step: train_time_s leaves evaluations out).
-    Between two consecutive training steps the elapsed time holds one step, plus one evaluation where a
-    validation_step follows the first; a step or an evaluation over PAUSE_GAP_S counts as paused beyond the
-    run's median one. Time between sessions is not in the elapsed times (a resumed run continues from its
-    checkpoint's), so only a live pause shows."""
+    """Stretches a run's process spent stopped (SIGSTOP, so that other runs had the cores), from its log: one
+    row per pause with `step` (the step it followed), `wall_s` (elapsed time it adds) and `train_s` (the part
+    inside a training step). A step or an evaluation over PAUSE_GAP_S counts as paused beyond the run's median
+    one; time between sessions is not in the elapsed times, so only a live pause shows."""
     has_log = (Path(run_dir) / "log.jsonl").exists()
     steps = [e for e in log_events(run_dir, "training_step") if "elapsed_time" in e] if has_log else []
     evals = {e["step"]: e for e in log_events(run_dir, "validation_step") if "timestamp" in e} if has_log else {}
@@ -158,8 +151,7 @@ def pauses(run_dir: str | Path) -> pd.DataFrame:
 
 
 def read_curve(run_dir: str | Path, train: bool = False) -> pd.DataFrame:
-    """Validation events of a run (or with train=True its training steps): step, loss (official validation
-    loss, or the training batch's loss), elapsed seconds, training tokens seen."""
+    """A run's validation events (or with train=True its training steps): step, loss, running seconds, tokens."""
     run_dir = Path(run_dir)
     cfg = ledger.read_json(run_dir / "config.json")["config"]
     per_step = cfg["batch_size"] * cfg["grad_accum"] * cfg["block_size"]
@@ -173,21 +165,13 @@ def read_curve(run_dir: str | Path, train: bool = False) -> pd.DataFrame:
 
 
 def read_stability(run_dir: str | Path) -> pd.DataFrame:
-    """A run's stability events (train.STABILITY_EVERY): step, gradient norm before clipping, and per parameter
-    group its gradient norm (grad_<group>) and update-to-weight ratio (ratio_<group>). Empty for runs trained
-    before the events existed."""
+    """A run's stability events (train.STABILITY_EVERY): step, gradient norm before clipping, and per
+    parameter group grad_<group> and ratio_<group> (update/weight); empty for runs older than the events."""
     rows = [{"step": e["step"], "grad_norm": e["grad_norm"],
              **{f"grad_{k}": v for k, v in e["grad_norm_by_group"].items()},
              **{f"ratio_{k}": v for k, v in e["update_ratio"].items()}}
             for e in log_events(run_dir, "stability")]
     return pd.DataFrame(rows)
-
-
-def best_of_curve(run_dir: str | Path) -> tuple[float, int]:
-    """A run's lowest validation loss and its step."""
-    c = read_curve(run_dir)
-    i = c["loss"].idxmin()
-    return float(c.loc[i, "loss"]), int(c.loc[i, "step"])
 
 
 def read_lr(run_dir: str | Path) -> pd.DataFrame:
@@ -214,20 +198,16 @@ def study_frame(record: dict, results: pd.DataFrame) -> pd.DataFrame:
     return rows.merge(results[keep], on="hash", how="left")
 
 
+def recorded(profile: str, study: str | None, results: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """A recorded study of the profile joined with `results` (default: the profile's); None if there is none."""
+    rec = read_studies(profile).get(study)
+    return None if rec is None else study_frame(rec, load_results(profile) if results is None else results)
+
+
 def ladder_frame(profile: str, results: pd.DataFrame) -> pd.DataFrame:
     """The ladder's stages in order, each joined with its run's results."""
     stages = pd.DataFrame(read_ladder(profile), columns=["stage", "hash", "label", "note"])
     return stages.merge(results, on="hash", how="left")
-
-
-def points_of(profile: str, results: pd.DataFrame, studies: list[str]) -> pd.DataFrame:
-    """The finished runs of several studies, each once (a reference point may be recorded in two)."""
-    recs = read_studies(profile)
-    frames = [study_frame(recs[k], results).assign(study=k) for k in studies if k in recs]
-    if not frames:
-        return pd.DataFrame()
-    pts = pd.concat(frames, ignore_index=True)
-    return pts[pts["status"] == "finished"].drop_duplicates("hash")
 
 
 def read_tests(root: Path) -> pd.DataFrame:
@@ -253,8 +233,8 @@ def curves_of(profile: str, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def planned_schedule(cfg: Config, total_steps: int | None = None) -> pd.DataFrame:
-    """The LR a config will use at each optimizer step (the pure schedule, before training); the steps are
-    counted as the trainer does, whole micro-batches per epoch, unless `total_steps` is given."""
+    """The LR a config will use at each optimizer step, before training (steps counted as the trainer does,
+    unless `total_steps` is given)."""
     from .data import prepare
     from .optim import lr_multiplier, peak_lr
 

@@ -241,7 +241,7 @@ def test_a_tokenizer_change_is_judged_on_full_coverage(isolated):
     ledger.atomic_write_json(root / "studies" / "quick" / "x.json", {"study": "x", "profile": "quick", "specs": [],
         "rows": [{"label": lab, "axis": None, "value": None, "seed": 1337, "hash": h, "overrides": ov}
                  for h, (lab, ov, *_ ) in runs.items()]})
-    from mainrun.report_tables import findings
+    from mainrun.report_text import findings
     found = findings(analysis.read_studies("quick"), analysis.load_results("quick"), {}).set_index("change")
     assert found.loc["unigram", "delta"] < -0.05 and found.loc["unigram", "full_delta"] > 0
     assert found.loc["unigram", "verdict"] == "did not help" and found.loc["unigram", "judged_on"] == "full coverage"
@@ -271,7 +271,8 @@ def test_proxy_ranking_against_full_scale(two_devices):
     ledger.atomic_write_json(root / "studies" / "full" / "gpu_ladder.json", {
         "study": "gpu_ladder", "profile": "full", "specs": [], "rows": [row("baseline", "g0"), row("epic1", "g2")]})
     from mainrun.report_inputs import proxy_vs_full
-    held = proxy_vs_full("full", analysis.load_results("full")).set_index("change")
+    held = proxy_vs_full("full", analysis.load_results("full"), analysis.load_results("quick"),
+                         analysis.read_study_roles()).set_index("change")
     assert held.loc["epic1 (rung)", "proxy"] == pytest.approx(-0.10)
     assert held.loc["epic1 (rung)", "full"] == pytest.approx(1.90 / 1.73 - 1) and not held.loc["epic1 (rung)", "holds"]
     analysis.write_report_inputs("full")

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from mainrun import report_tables as rt
+from mainrun import report_text as rt
 from mainrun.stats import agreement, choose_stack, fold_seed_labels, study_effects, truncation_agreement
 
 
@@ -303,7 +303,8 @@ def test_every_sentence_the_report_modules_ask_for_is_in_text_yml():
     import re
     from pathlib import Path
     from mainrun.report_text import TEXT
-    src = "".join(p.read_text() for p in (Path(__file__).resolve().parents[1] / "mainrun").glob("report*.py"))
+    pkg = Path(__file__).resolve().parents[1] / "mainrun"
+    src = "".join(p.read_text() for p in [*pkg.glob("report*.py"), pkg / "analysis.py"])
     keys = set(re.findall(r'say\(f?"([\w.{}\[\]]+)"', src))
     assert len(keys) > 30
     for key in keys:
