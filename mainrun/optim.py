@@ -103,10 +103,12 @@ class Fp32Muon(torch.optim.Muon):
 
     def step(self, closure=None):
         import torch.optim._muon as impl
-        from unittest import mock   # swaps torch's bf16 iteration for the step only, restored however it ends
-
-        with mock.patch.object(impl, "_zeropower_via_newtonschulz", _newton_schulz_fp32):
+        original = impl._zeropower_via_newtonschulz   # torch's bf16 iteration, swapped for this step only
+        impl._zeropower_via_newtonschulz = _newton_schulz_fp32
+        try:
             return super().step(closure)
+        finally:
+            impl._zeropower_via_newtonschulz = original
 
 
 def _adamw_rest(cfg: Config, model: nn.Module, g: dict[str, list], lr: float) -> list[dict]:
