@@ -252,7 +252,7 @@ def level(profile: str, preset: str, overrides: dict, seeds: list[int], workers:
     installed. The runner's study record is left out: a benchmark records no study."""
     from distributed import Client
 
-    from .cluster import DataPlugin, data_files, local_cluster, resolve_job, run_points
+    from .cluster import data_files, local_cluster, resolve_job, run_points, send_data
 
     load_before = os.getloadavg()[0]           # other jobs on the machine skew every number here
     env = {"MAINRUN_CHECKPOINTS": str(tmp / f"ckpt-{tag}"), "OMP_NUM_THREADS": str(threads_per_run)}
@@ -264,11 +264,10 @@ def level(profile: str, preset: str, overrides: dict, seeds: list[int], workers:
             client.wait_for_workers(len(cluster.workers), timeout=120)
             jobs = [resolve_job(cfg, label=f"{p.label} seed={p.seed}")
                     for p, cfg in build_configs(spec, profile, f"packing-{tag}")]
-            data = data_files(jobs)
-            for d in data.values():         # named as the engine names it, so the engine sends it not again
-                client.register_plugin(DataPlugin(d), name=f"mainrun-data-{d.sha256}-{d.name}")
-            d = next(iter(data.values()), None)
-            client.run(_warm, jobs[0].cfg.to_dict(), d and d.sha256, d and d.name)
+            data, source = data_files(jobs), jobs[0].source     # every seed reads the same titles
+            if source.get("kind") != "hub":  # before the clock, as the engine sends it (so it does not again)
+                send_data(client, data[source["sha256"]], source["name"])
+            client.run(_warm, jobs[0].cfg.to_dict(), source.get("sha256"), source.get("name"))
             startup = time.time() - t0
             t1 = time.time()
             summaries = run_points(jobs, client, data, f"packing-{tag}", threads_per_run=threads_per_run,

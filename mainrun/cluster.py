@@ -128,6 +128,13 @@ class DataPlugin(WorkerPlugin):
         store_data(self.data)
 
 
+def send_data(client, file: DataFile, name: str) -> None:
+    """Cache a titles file on every worker, named as the driver's records name it. One plugin name per file
+    and name, and DataPlugin is idempotent: sending it again (another Engine, a benchmark's warm-up) is a no-op."""
+    client.register_plugin(DataPlugin(dataclasses.replace(file, name=name)),
+                           name=f"mainrun-data-{file.sha256}-{name}")
+
+
 def data_files(jobs: list[Job]) -> dict[str, DataFile]:
     """The titles files of the jobs that will train, read once each on the driver: {sha256: DataFile}.
     Read before anything is sent: after this the driver's file may go away."""
@@ -315,8 +322,7 @@ class Engine:
             if data not in self._sent:
                 file = self.data.get(data[0]) or data_files([job])[data[0]]
                 self.data[data[0]] = file
-                self.client.register_plugin(DataPlugin(dataclasses.replace(file, name=data[1])),
-                                            name=f"mainrun-data-{data[0]}-{data[1]}")
+                send_data(self.client, file, data[1])
                 self._sent.add(data)
         key = f"mainrun-train-{job.cfg.run_name}-{job.hash}-{uuid.uuid4().hex[:8]}"
         return self.client.submit(train_on_worker, job.cfg.to_dict(), job.hash, data, self.force, self.threads,
