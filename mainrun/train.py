@@ -445,9 +445,13 @@ class Trainer:
                     state.setdefault("first_val", val)
                     rule = ("nonfinite" if not math.isfinite(val)
                             else "val_above_step1" if val > state["first_val"] else None)
-                    if rule is not None or (on_eval is not None and on_eval(step, val)):   # diverged, or pruned
-                        status = "diverged" if rule else "pruned"
-                        log.log(status, step=step, **({"loss": str(val), "rule": rule} if rule else {"loss": val}))
+                    if rule is not None:
+                        status = "diverged"
+                        log.log("diverged", step=step, loss=str(val), rule=rule)
+                        break
+                    if on_eval is not None and on_eval(step, val):   # a search's pruner; never after a rule fired
+                        status = "pruned"
+                        log.log("pruned", step=step, loss=val)
                         break
                 if ckpt_due:
                     self.save_checkpoint(step, ptr, state, log)
@@ -463,7 +467,8 @@ class Trainer:
         """Log the pending training steps; returns (step, rule) of the first step whose loss is not finite
         or has exploded (see EXPLODE_FACTOR), if any."""
         losses = torch.stack([p[1] for p in pending]).tolist()
-        pending_steps, pending[:] = list(pending), []
+        pending_steps = list(pending)
+        pending.clear()
         for (step, _, elapsed, lr), loss in zip(pending_steps, losses):
             log.log("training_step", step=step, max_steps=self.max_steps, loss=loss, elapsed_time=elapsed, lr=lr)
             rule = ("nonfinite" if not math.isfinite(loss)
