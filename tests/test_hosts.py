@@ -139,11 +139,12 @@ def test_the_committed_quick_analysis_is_what_the_quick_ledger_gives(committed_l
     assert regenerated_analysis(committed_ledger, monkeypatch, "quick") == []
 
 
-def test_the_analysis_carries_no_host_noise(committed_ledger, monkeypatch):
+@pytest.mark.parametrize("profile", ["full", "quick"])
+def test_the_analysis_carries_no_host_noise(profile, committed_ledger, monkeypatch):
     """Every loss shifted by one part in 10^12 (more than two hosts' arithmetic ever differs by): the
     analysis files come out byte for byte as committed, on any CPU."""
     assert perturb_losses(committed_ledger, 1e-12) > 10_000
-    assert regenerated_analysis(committed_ledger, monkeypatch) == []
+    assert regenerated_analysis(committed_ledger, monkeypatch, profile) == []
 
 
 def test_a_real_change_in_the_losses_shows(committed_ledger, monkeypatch):
