@@ -50,7 +50,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from .config import from_dict
+    from .config import recorded_config
     from .data import encode_titles, read_titles
     from .evaluate import evaluate, full_coverage, official_coverage
     from .train import build_model, resolve_device
@@ -62,7 +62,7 @@ def cmd_eval(args) -> int:
         raise SystemExit(f"error: {final} does not exist: the run has not finished on this machine "
                          f"(final weights live under $MAINRUN_CHECKPOINTS, not in git)")
     ck = torch.load(final, map_location="cpu", weights_only=False)
-    cfg = from_dict(ck["config"])
+    cfg = recorded_config(ck["config"])
     device = resolve_device(args.device)
     model = build_model(cfg, ck["vocab_size"], ck["eos_id"]).to(device)
     model.load_state_dict(ck["model"])

@@ -19,8 +19,16 @@ HUB_DATASET = "julien040/hacker-news-posts"
 STANDIN_SHA256 = "09c48d4b417e4d989149bb1117f2f2ab5079057218811ed0056975b65e5ccc20"
 # The official evaluation shape (Mainrun's batch x block); never changes with the training shape.
 EVAL_BATCH, EVAL_BLOCK = 64, 128
-# Bumped whenever a code change alters the numbers a config produces; part of every run hash.
-CODE_VERSION = 1
+# Code versions: each change that alters the numbers some configs produce, and which configs it touches. A run
+# hashes the latest version that touches its config (code_version), so a change leaves the hash and the
+# read-back of every run it does not touch as they were; a config can pin an earlier version (field
+# code_version) to read back, or retrain bit for bit, the runs made before the change.
+CODE_CHANGES: dict[int, tuple[str, Callable[["Config"], bool]]] = {
+    2: ("an ensemble member's output head trains at head_lr (else lr), as a single model's does; version 1 "
+        "gave it embed_lr, because the head's name was looked for without the member prefix",
+        lambda c: c.ensemble > 1 and (c.embed_lr >= 0 or c.head_lr >= 0)),
+}
+CODE_VERSION = max(CODE_CHANGES)
 
 
 @dataclass
@@ -45,6 +53,8 @@ class Config:
     d_model: int = 512
     block_size: int = 128               # training context; must be >= 128 (the official eval block)
     dropout: float = 0.1
+    dropout_rng: str = "torch"          # torch (bernoulli masks) | hash (masks hashed from the element index and a
+                                        # drawn seed: the same dropout, a quarter of a CPU step cheaper)
     attn_dropout: float = -1.0          # on attention probabilities; -1 = dropout; 0 lets SDPA use a fused kernel
     rdrop: float = 0.0                  # R-Drop: two dropout passes, mean CE + rdrop x symmetric KL per token
                                         # (= the paper's alpha / 2); 0 disables; needs dropout > 0
@@ -100,6 +110,8 @@ class Config:
     compile: bool = False               # torch.compile the model
     evals_per_epoch: int = 3            # validation passes per epoch (plus step 1 and the last step)
     checkpoint_every: int = 25          # optimizer steps between checkpoints; 0 = only at the end
+    code_version: int = 0               # 0 = this code's; an earlier one (CODE_CHANGES) reads back or retrains
+                                        # the runs made before a change; hashed as code_version(cfg)
 
     # ------------------------------------------------------------------
     def hash_fields(self) -> dict[str, Any]:
@@ -126,7 +138,7 @@ class Config:
         return self.name or f"{self.profile}-{self.preset}"
 
 
-NOT_HASHED = ("name", "profile", "preset", "data", "checkpoint_every")
+NOT_HASHED = ("name", "profile", "preset", "data", "checkpoint_every", "code_version")
 # A bf16 run on a CPU and one on a GPU are different runs, so the device is hashed, except for the two pairs
 # `auto` gave on the project's machines before device entered the hash (their hashes stay valid).
 UNHASHED_EXECUTION = {("cpu", "fp32"), ("cuda", "bf16")}
@@ -134,7 +146,7 @@ HASH_OMIT_IF = {"train_seed": -1, "eval_precision": "fp32", "muon_ns": "bf16", "
                 "attn_dropout": -1.0, "emb_dropout": -1.0, "zero_proj": False, "logit_softcap": 0.0,
                 "muon_momentum": 0.95, "embed_lr": -1.0, "head_lr": -1.0, "drop_path": 0.0, "unet": False,
                 "value_embed": False, "muon_nesterov": True, "muon_ns_steps": 5, "decay_shape": "linear",
-                "z_loss": 0.0, "mlp_mult": 4, "ensemble": 1}
+                "z_loss": 0.0, "mlp_mult": 4, "ensemble": 1, "dropout_rng": "torch"}
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "profile": ("smoke", "quick", "full"),
@@ -146,6 +158,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "attn_mask": ("causal", "title"),
     "optimizer": ("sgd", "adamw", "muon"),
     "muon_ns": ("bf16", "fp32"),
+    "dropout_rng": ("torch", "hash"),
     "lr_scaling": ("none", "linear"),
     "schedule": ("cosine", "warmup_cosine", "wsd", "constant"),
     "decay_shape": ("linear", "sqrt"),
@@ -236,6 +249,9 @@ def validate(cfg: Config) -> Config:
         for name in names:
             if not ok(getattr(cfg, name)):
                 raise ConfigError(f"{name}={getattr(cfg, name)} {accepted}")
+    if not 0 <= cfg.code_version <= CODE_VERSION:
+        raise ConfigError(f"code_version={cfg.code_version} is not accepted; use 0 (this code's) or a version from 1 "
+                          f"to {CODE_VERSION}")
     if cfg.d_model % cfg.n_head:
         raise ConfigError(f"d_model={cfg.d_model} must be divisible by n_head={cfg.n_head}")
     if cfg.pos == "rope" and (cfg.d_model // cfg.n_head) % 2:
@@ -264,6 +280,12 @@ def from_dict(values: dict[str, Any]) -> Config:
     if unknown:
         raise ConfigError(f"unknown config name(s): {', '.join(unknown)}; accepted: {', '.join(_TYPES)}")
     return validate(Config(**{k: _coerce(k, v, _TYPES[k]) for k, v in values.items()}))
+
+
+def recorded_config(values: dict[str, Any]) -> Config:
+    """The config a run recorded (its config.json, a checkpoint's): one written before code versions existed
+    carries none, and ran under version 1."""
+    return from_dict({"code_version": 1, **values})
 
 
 def make_config(profile: str = "full", preset: str = "baseline", **overrides: Any) -> Config:
@@ -304,9 +326,16 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+def code_version(cfg: Config) -> int:
+    """The code version a config runs under: the latest change that touches it (1 if none), or the earlier one
+    it pins."""
+    latest = max((v for v, (_, touches) in CODE_CHANGES.items() if touches(cfg)), default=1)
+    return latest if cfg.code_version == 0 else min(cfg.code_version, latest)
+
+
 def run_hash(cfg: Config, data_fingerprint: str) -> str:
     """Short stable hash of everything that changes a run's result."""
-    payload = {"config": cfg.hash_fields(), "data": data_fingerprint, "code_version": CODE_VERSION,
+    payload = {"config": cfg.hash_fields(), "data": data_fingerprint, "code_version": code_version(cfg),
                "eval_shape": [EVAL_BATCH, EVAL_BLOCK]}
     blob = json.dumps(payload, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]

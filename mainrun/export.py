@@ -27,7 +27,7 @@ from typing import Any
 import jinja2
 
 from . import ledger
-from .config import HUB_DATASET, PRESETS, Config, from_dict, make_config, rules_check
+from .config import HUB_DATASET, PRESETS, Config, make_config, recorded_config, rules_check
 from .ledger import atomic_write_bytes, repo_root
 
 TEMPLATE = Path(__file__).with_name("submission_template.py")
@@ -75,7 +75,7 @@ def resolve_recipe(spec: str) -> Recipe:
     """A preset name, or a finished run of the full ledger (its name, folder name, hash or a 4+ character hash
     prefix), as a config plus the ledger run it reproduces."""
     runs = [r for r in ledger.load_runs(ledger.results_root("full")) if r["status"] == "finished"]
-    configs = {id(r): from_dict(r["config"]) for r in runs}
+    configs = {id(r): recorded_config(r["config"]) for r in runs}
     if spec in PRESETS:
         cfg, label = make_config("full", spec), f"preset `{spec}`"
         hits = [r for r in runs if _same_recipe(cfg, configs[id(r)])]
@@ -305,7 +305,7 @@ def submission_md(recipe: Recipe, mode: str, report: bool = True, req: Path | No
     if recipe.run is not None:
         s = recipe.run["summary"]
         base = resolve_recipe("baseline").run              # the baseline's ledger run, picked as a preset's
-        seeds = [(from_dict(r["config"]).rng_seed, r["summary"]["final_val_loss"]) for r in recipe.seeds]
+        seeds = [(recorded_config(r["config"]).rng_seed, r["summary"]["final_val_loss"]) for r in recipe.seeds]
         ctx.update(s=s, hw=s.get("hardware", {}), commit=(s.get("git_commit") or "")[:12] or "not recorded",
                    src=(ledger.read_json(recipe.run["dir"] / "config.json") or {}).get("data_source", {}),
                    base=base if base and base["summary"].get("final_val_loss") else None, seeds=seeds)

@@ -11,7 +11,7 @@ import re
 import torch
 import torch.nn as nn
 
-from .config import Config
+from .config import Config, code_version
 from .ledger import native_bf16  # noqa: F401  (the probe lives with the hardware record; optim.native_bf16 stays)
 
 REFERENCE_BATCH = 64  # the baseline's sequences per optimizer step, for linear LR scaling
@@ -51,6 +51,11 @@ def peak_lr(cfg: Config) -> float:
 
 
 # ----------------------------------------------------------------------------- param groups
+def as_member(name: str) -> str:
+    """A parameter's name inside its model: an Ensemble's members.<i>.x is x, as in a single GPT."""
+    return re.sub(r"^members\.\d+\.", "", name)
+
+
 def param_groups(model: nn.Module) -> dict[str, list[torch.nn.Parameter]]:
     """Which tensors get weight decay and which may use Muon: hidden (2-D weights in the blocks: Muon
     candidates, decayed), embed (token/position embeddings and the head) and other (norms, biases)."""
@@ -58,7 +63,7 @@ def param_groups(model: nn.Module) -> dict[str, list[torch.nn.Parameter]]:
     for name, p in model.named_parameters():      # a tied tensor comes once, under its first name
         if not p.requires_grad:
             continue
-        name = re.sub(r"^members\.\d+\.", "", name)   # an Ensemble's member parameters group as a GPT's
+        name = as_member(name)                     # an Ensemble's member parameters group as a GPT's
         if name.startswith("blocks.") and p.ndim == 2:
             groups["hidden"].append(p)
         elif "emb" in name or name.startswith("head."):
@@ -116,7 +121,9 @@ def _adamw_rest(cfg: Config, model: nn.Module, g: dict[str, list], lr: float) ->
     head_lr is set; then the embeddings and an untied head get their own LRs (a tied head is the embedding)."""
     if cfg.embed_lr < 0 and cfg.head_lr < 0:
         return [{"params": g["embed"] + g["other"], "weight_decay": 0.0}]
-    head = {id(p) for n, p in model.named_parameters() if n.startswith("head.")}
+    # an Ensemble's heads are members.<i>.head.weight; code version 1 looked for "head." only and found none
+    name = as_member if code_version(cfg) >= 2 else (lambda n: n)  # noqa: E731
+    head = {id(p) for n, p in model.named_parameters() if name(n).startswith("head.")}
     emb = [p for p in g["embed"] if id(p) not in head]
     heads = [p for p in g["embed"] if id(p) in head]
     pick = lambda v: lr if v < 0 else v  # noqa: E731

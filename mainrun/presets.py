@@ -37,6 +37,9 @@ PRESETS["final4"] = dict(PRESETS["final3"], weight_decay=0.1, n_head=2, beta1=0.
 # one validation pass per epoch. Meant for a CPU with native bf16 (precision=bf16); on an AVX2-only CPU it costs
 # three times final4, which alone takes over the hour there.
 PRESETS["final7"] = dict(PRESETS["final4"], ensemble=3, compile=True, evals_per_epoch=1)
+# final8: final7 with dropout masks hashed from the element index (dropout_rng=hash: the same dropout, drawn
+# without torch's bernoulli, about a quarter of a CPU step), under code version 2 (each member's head at lr).
+PRESETS["final8"] = dict(PRESETS["final7"], dropout_rng="hash")
 
 # The ladder, in order. rung: its name in results/studies/<profile>/ladder.json; record: its records/ folder
 # (README, specs, logs); preset: the recipe (None where a study chose the rung); study: the full-scale study

@@ -29,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import ledger
-from .config import EVAL_BATCH, EVAL_BLOCK, Config, rules_check, run_hash, validate
+from .config import EVAL_BATCH, EVAL_BLOCK, Config, code_version, rules_check, run_hash, validate
 from .data import Corpus, atomic_write_bytes, fingerprint, get_batch, prepare
 from .evaluate import autocast, evaluate, full_coverage, official_coverage
 from .model import GPT, Ensemble, GPTConfig
@@ -86,9 +86,11 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 def resolve_execution(cfg: Config, check: bool = True) -> Config:
-    """The config with `auto` device and precision replaced by what this host gives (hashed and recorded)."""
+    """The config with `auto` device and precision replaced by what this host gives, and code_version 0 by the
+    version this code runs it under (hashed and recorded)."""
     device = resolve_device(cfg.device, check)
-    return dataclasses.replace(cfg, device=device, precision=resolve_precision(cfg.precision, device))
+    return dataclasses.replace(cfg, device=device, precision=resolve_precision(cfg.precision, device),
+                               code_version=code_version(cfg))
 
 
 def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT | Ensemble:

@@ -1,7 +1,7 @@
 """One typed config: profiles, presets, overrides; bad input refused clearly; the rules guard."""
 import pytest
 
-from mainrun.config import (STANDIN_SHA256, Config, ConfigError, from_dict, make_config, parse_overrides,
+from mainrun.config import (STANDIN_SHA256, Config, ConfigError, from_dict, make_config, recorded_config, parse_overrides,
                             rules_check, run_hash)
 
 
@@ -114,7 +114,7 @@ def test_every_committed_run_keeps_its_hash():
     assert len(dirs) > 20
     for d in dirs:
         rec = json.loads((d / "config.json").read_text())
-        assert run_hash(from_dict(rec["config"]), rec["data_fingerprint"]) == rec["hash"] == d.name.rsplit("-", 1)[1], d.name
+        assert run_hash(recorded_config(rec["config"]), rec["data_fingerprint"]) == rec["hash"] == d.name.rsplit("-", 1)[1], d.name
 
 
 def test_device_is_part_of_a_run():

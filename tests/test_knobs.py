@@ -12,11 +12,11 @@ from mainrun.train import build_model
 KNOBS = {"mlp": "relu2", "emb_dropout": 0.2, "zero_proj": True, "logit_softcap": 15.0, "muon_momentum": 0.9,
          "embed_lr": 0.01, "head_lr": 0.001, "drop_path": 0.1, "unet": True, "value_embed": True,
          "muon_nesterov": False, "muon_ns_steps": 3, "decay_shape": "sqrt", "z_loss": 1e-4,
-         "mlp_mult": 3, "ensemble": 2}
+         "mlp_mult": 3, "ensemble": 2, "dropout_rng": "hash"}
 DEFAULTS = {"emb_dropout": -1.0, "zero_proj": False, "logit_softcap": 0.0, "muon_momentum": 0.95,
             "embed_lr": -1.0, "head_lr": -1.0, "drop_path": 0.0, "unet": False, "value_embed": False,
             "muon_nesterov": True, "muon_ns_steps": 5, "decay_shape": "linear", "z_loss": 0.0,
-            "mlp_mult": 4, "ensemble": 1}
+            "mlp_mult": 4, "ensemble": 1, "dropout_rng": "torch"}
 
 
 def resolved(**kw):
@@ -115,6 +115,52 @@ def test_embed_and_head_lrs_reach_their_tensors_and_follow_the_schedule():
     # unset, one group as before (the committed runs' optimizer state layout)
     cfg0, m0 = model()
     assert len(build_optimizers(cfg0, m0, "cpu")[1].param_groups) == 1
+
+
+@pytest.mark.parametrize("head_lr", [-1.0, 0.001])
+def test_every_ensemble_members_head_trains_at_the_head_lr(head_lr):
+    """Code version 2: a member's head (members.<i>.head.weight) gets head_lr (else lr) like a single model's;
+    version 1 gave it embed_lr, and a config pinned to version 1 still does (its runs retrain bit for bit)."""
+    cfg, m = model(ensemble=3, embed_lr=0.02, head_lr=head_lr)
+    lr, want = lrs(build_optimizers(cfg, m, "cpu")), cfg.lr if head_lr < 0 else head_lr
+    for member in m.members:
+        assert lr[id(member.head.weight)] == want and lr[id(member.token_emb.weight)] == 0.02
+    old, m1 = model(ensemble=3, embed_lr=0.02, head_lr=head_lr, code_version=1)
+    assert all(lrs(build_optimizers(old, m1, "cpu"))[id(x.head.weight)] == 0.02 for x in m1.members)
+
+
+def test_code_version_is_hashed_only_where_a_change_touches_the_config():
+    from mainrun.config import code_version, run_hash
+    single, ens = resolved(embed_lr=0.02), resolved(embed_lr=0.02, ensemble=3)
+    assert (code_version(single), code_version(ens)) == (1, 2)
+    assert run_hash(single, "fp") == run_hash(resolved(embed_lr=0.02, code_version=1), "fp")
+    assert run_hash(ens, "fp") != run_hash(resolved(embed_lr=0.02, ensemble=3, code_version=1), "fp")
+    assert code_version(resolved(ensemble=3)) == 1          # no embed_lr or head_lr: no separate head group
+    with pytest.raises(ConfigError, match="code_version=9"):
+        resolved(code_version=9)
+
+
+def test_hash_dropout_drops_at_its_rate_and_keeps_the_expectation():
+    from mainrun.model import hash_dropout
+    torch.manual_seed(0)
+    x = torch.ones(400_000)
+    y = hash_dropout(x, 0.1)
+    assert abs((y == 0).float().mean().item() - 0.1) < 0.003 and abs(y.mean().item() - 1.0) < 0.01
+    assert not torch.equal(y, hash_dropout(x, 0.1))                    # a new seed per call
+    torch.manual_seed(0)
+    assert torch.equal(y, hash_dropout(x, 0.1))                        # from torch's generator
+    assert torch.equal(hash_dropout(x, 0.1, training=False), x) and torch.equal(hash_dropout(x, 0.0), x)
+    # neighbouring elements are not correlated (an index hash, not a stride pattern)
+    keep = (y != 0).float()
+    assert abs(torch.corrcoef(torch.stack([keep[:-1], keep[1:]]))[0, 1].item()) < 0.01
+
+
+def test_dropout_rng_hash_is_the_same_model_in_evaluation():
+    _, a = model(dropout_rng="hash")
+    _, b = model()
+    b.load_state_dict(a.state_dict())
+    idx = torch.randint(0, 512, (2, 16))
+    assert torch.allclose(a.eval()(idx)[0], b.eval()(idx)[0], atol=1e-5)
 
 
 def test_muon_momentum_reaches_muon():
