@@ -27,7 +27,8 @@ from typing import Any
 import jinja2
 
 from . import ledger
-from .config import HUB_DATASET, PRESETS, Config, make_config, recorded_config, rules_check
+from .config import (CODE_CHANGES, CODE_VERSION, HUB_DATASET, PRESETS, Config, code_version, make_config,
+                     recorded_config, rules_check)
 from .ledger import atomic_write_bytes, repo_root
 
 TEMPLATE = Path(__file__).with_name("submission_template.py")
@@ -42,7 +43,7 @@ SUBMISSION_ROOT = Path("results") / "submission"
 # What the exported script imports beyond the standard library: all four are in the original's requirements.
 SCRIPT_NEEDS = ("torch", "datasets", "tokenizers", "tqdm")
 # Config fields that never reach the script: run bookkeeping (names, where the data and checkpoints live).
-BOOKKEEPING = ("name", "profile", "preset", "data", "checkpoint_every")
+BOOKKEEPING = ("name", "profile", "preset", "data", "checkpoint_every", "code_version")
 # Values of the script's fields that it does not implement. The original's evaluate() scores spans of
 # batch_size x block_size, so a recipe must train at the official 64 x 128 to be scored as the package scores it.
 LIMITS: dict[str, tuple] = {"init": ("normal", "scaled_residual"), "mlp": ("gelu", "relu2"),
@@ -104,6 +105,11 @@ def check_recipe(recipe: Recipe) -> None:
     if not ok:
         raise ExportError(f"{recipe.label} changes what the Mainrun rules fix: {'; '.join(reasons)}; a submission "
                           f"keeps epochs=7, seed=1337, num_titles=100000, val_frac=0.1 and the dataset")
+    if code_version(cfg) < code_version(dataclasses.replace(cfg, code_version=0)):
+        raise ExportError(f"{recipe.label} ran under code version {code_version(cfg)}, before "
+                          f"{CODE_CHANGES[code_version(cfg) + 1][0]}; the exported script is this code's "
+                          f"(version {CODE_VERSION}) and would not reproduce its numbers: export a run of this "
+                          f"code, or the preset")
     fields = template_defaults()
     base = make_config("full")
     for k, v in cfg.to_dict().items():
