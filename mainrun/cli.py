@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -248,9 +249,37 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=cmd_sweep)
     from .export import add_export_command
     add_export_command(sub)
+    for parser in (p, *sub.choices.values()):      # before or after the command: `train --debug`
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help="show the traceback of an error (to report a bug in mainrun)")
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError, RuntimeError, ValueError, TimeoutError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print("interrupted: nothing half-written is kept; a run resumes from its last checkpoint when started "
+              "again", file=sys.stderr)
+        return 130
+    except (ConfigError, DataError, RuntimeError, ValueError, TimeoutError, OSError) as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+# what to do about an environment fault, by errno (after the path and the system's reason)
+_ELSEWHERE = "point MAINRUN_RESULTS / MAINRUN_CHECKPOINTS at a folder you can write"
+_OS_ADVICE = {errno.ENOSPC: "free space there, or point MAINRUN_RESULTS / MAINRUN_CHECKPOINTS at another disk, "
+                            "and run it again (a run resumes from its last checkpoint)",
+              errno.EDQUOT: "free space there, and run it again (a run resumes from its last checkpoint)",
+              errno.EROFS: _ELSEWHERE, errno.EACCES: _ELSEWHERE, errno.EPERM: _ELSEWHERE}
+
+
+def one_line(err: BaseException) -> str:
+    """A user error or an environment fault as one line; an OSError names its path, why, and what to do."""
+    if isinstance(err, OSError) and err.strerror:
+        where = f"{err.filename}: " if err.filename else ""
+        advice = _OS_ADVICE.get(err.errno, "")
+        return f"{where}{err.strerror}" + (f"; {advice}" if advice else "")
+    return str(err)

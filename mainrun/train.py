@@ -137,8 +137,12 @@ class JsonlLog:
                 self.f = old
                 print(f"warning: could not rewrite {self.path} ({e}); the log continues in memory and in "
                       f"checkpoints", flush=True)
-        self.f.write(line)
-        self.f.flush()
+        try:
+            self.f.write(line)
+            self.f.flush()
+        except OSError as e:                      # a full disk: the error names the log (cli prints it)
+            e.filename = e.filename or str(self.path)
+            raise
 
     def text(self) -> str:
         return "".join(self.lines)
@@ -154,15 +158,15 @@ WRITE_DELAY_ENV = "MAINRUN_CHECKPOINT_WRITE_DELAY_S"
 
 def _atomic_save(obj: Any, path: Path) -> None:
     """torch.save through the same temp-file-then-rename writer as the data caches."""
+    buf = io.BytesIO()                    # saved here, written by Python: a full disk is an OSError naming
+    torch.save(obj, buf)                  # the file, not torch's "unexpected pos"
+    data = buf.getvalue()
     delay = float(os.environ.get(WRITE_DELAY_ENV) or 0)
     if delay <= 0:
-        atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp))
+        atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(data))
         return
 
     def slow_write(tmp: str) -> None:
-        buf = io.BytesIO()
-        torch.save(obj, buf)
-        data = buf.getvalue()
         half = len(data) // 2
         with open(tmp, "wb") as f:
             f.write(data[:half])

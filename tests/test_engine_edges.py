@@ -351,3 +351,93 @@ def test_paths_in_messages_are_shown_in_full(isolated, spec_file, capsys):
     assert rc == 0
     assert f"study record: {(isolated / 'results' / 'studies' / 'smoke' / 'a1.json').resolve()}" in out.getvalue()
     assert ledger.shown_path(ROOT / "results" / "x.json") == "results/x.json"
+
+
+# ============================================================================= issue 32: nothing lost, nothing
+# silently wrong; user errors and environment faults end with one line and status 2
+def cli_err(args: list[str], capsys) -> tuple[int, str]:
+    """`python -m mainrun ARGS` in this process: (exit status, stderr); a traceback fails the test."""
+    try:
+        rc = cli.main(args)
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    return rc, err
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if not line.startswith("{")]   # train prints its config
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def smoke_env(isolated, **extra) -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
+
+
+# ----------------------------------------------------------------------------- 5. full disk, read-only ledger
+def test_a_full_disk_is_one_line_naming_the_file(isolated):
+    """A real write failure (a file-size limit, as a full disk fails a write): one line naming the file, status 2,
+    no temp file left (before: torch's "unexpected pos" or an OSError traceback without a path)."""
+    import resource
+    import signal
+    train_mod.prepare(make_config("smoke", **SMOKE))           # the data cache is written before the limit
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)         # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+    r = subprocess.run([sys.executable, "-m", "mainrun", "train", "--profile", "smoke", "--quiet", "--set",
+                        "batch_size=32", "checkpoint_every=10"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env=smoke_env(isolated), preexec_fn=small_files)
+    assert r.returncode == 2, r.stderr[-2000:]
+    line = one_error_line(r.stderr)
+    assert f"{isolated / 'ckpt'}/" in line and "ckpt.pt: File too large" in line, line
+    assert not [p for p in isolated.rglob("*.tmp")]
+
+
+def test_a_read_only_ledger_is_one_line_naming_the_path(isolated, capsys, monkeypatch):
+    mainrun.run(make_config("smoke", **SMOKE), progress=False)
+    (d,) = (isolated / "results" / "runs").iterdir()
+    (d / "summary.json").write_text("{")
+    results = str(isolated / "results")
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def writable(path) -> None:                          # what a read-only bind mount of the ledger answers
+        if str(path).startswith(results):
+            raise OSError(30, os.strerror(30), str(path))
+
+    def open_(path, flags, *a, **k):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            writable(path)
+        return real_open(path, flags, *a, **k)
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "mkdir", lambda path, *a, **k: writable(path) or real_mkdir(path, *a, **k))
+    rc, err = cli_err(["repair", d.name], capsys)
+    assert rc == 2 and f"{d}/.lock: Read-only file system; point MAINRUN_RESULTS" in one_error_line(err)
+    rc, err = cli_err(["train", "--profile", "smoke", "--quiet", "--set", "batch_size=32", "lr=0.01"], capsys)
+    assert rc == 2 and f"{results}/runs/smoke-baseline-" in one_error_line(err) and "Read-only file system" in err
+    with pytest.raises(OSError):                         # --debug: the traceback, for a bug report
+        cli.main(["repair", d.name, "--debug"])
+
+
+# ----------------------------------------------------------------------------- 9. Ctrl-C
+def test_ctrl_c_is_one_line_and_releases_the_locks(isolated):
+    """SIGINT in the middle of a checkpoint write: no traceback, status 130, both locks released and no temp
+    file left; the run resumes to the end."""
+    import signal
+    err_path = isolated / "err"
+    with open(err_path, "w") as err:
+        p = subprocess.Popen([sys.executable, "-m", "mainrun", "train", "--profile", "smoke", "--quiet", "--set",
+                              "batch_size=32", "checkpoint_every=10"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=err, env=smoke_env(isolated, **{train_mod.WRITE_DELAY_ENV: "5"}))
+    t0 = time.time()
+    while f"{train_mod.WRITE_DELAY_ENV}: " not in err_path.read_text():
+        assert p.poll() is None and time.time() - t0 < 120, err_path.read_text()[-2000:]
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    assert p.wait(60) == 130
+    lines = [ln for ln in err_path.read_text().splitlines() if not ln.startswith(("{", train_mod.WRITE_DELAY_ENV))]
+    assert lines == ["interrupted: nothing half-written is kept; a run resumes from its last checkpoint when "
+                     "started again"], lines
+    assert not list(isolated.rglob(".lock")) and not list(isolated.rglob("*.tmp"))
+    assert mainrun.run(make_config("smoke", checkpoint_every=10, **SMOKE), progress=False)["status"] == "finished"
