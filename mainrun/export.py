@@ -49,6 +49,11 @@ LIMITS: dict[str, tuple] = {"init": ("normal", "scaled_residual"), "mlp": ("gelu
                             "batch_size": (64,), "block_size": (128,)}
 RULE_FIELDS = ("epochs", "seed", "num_titles", "val_frac")
 GITIGNORE = "mainrun/data/\n__pycache__/\n"
+# An --out tree's list of the files export wrote there: a folder holding it is one that export may write into
+# again (replacing those files only); export refuses any other folder that is not empty.
+MARKER = ".mainrun-export"
+MARKER_HEAD = ("# written by `python -m mainrun export`: the files below; the next export into this folder "
+               "replaces them and touches nothing else\n")
 
 
 class ExportError(ValueError):
@@ -326,9 +331,13 @@ def _report_pdf() -> bytes:
 
 
 def export_out(spec: str, out: Path, report: bool = True) -> Path:
-    """Write the submission tree to `out` (replaced whole, never left half-written)."""
+    """Write the submission tree to `out`: a new or empty folder (filled beside it, then renamed into place, never
+    left half-written), or one an earlier export wrote (its MARKER lists what it wrote: those files are replaced,
+    nothing else there is touched). Any other folder is refused: export deletes nothing it did not write."""
     recipe = resolve_recipe(spec)
     check_recipe(recipe)
+    out = Path(out)
+    before = written_before(out)
     files = {"mainrun/train.py": render(recipe),
              "mainrun/SUBMISSION.md": submission_md(recipe, "out", report),
              "Taskfile.yml": (PROSE / "Taskfile.yml").read_text(),
@@ -336,23 +345,43 @@ def export_out(spec: str, out: Path, report: bool = True) -> Path:
              ".gitignore": GITIGNORE}
     if report:
         files["mainrun/report.pdf"] = _report_pdf()
-    out = Path(out)
+    files[MARKER] = MARKER_HEAD + "".join(rel + "\n" for rel in files)
+    blob = lambda data: data.encode() if isinstance(data, str) else data  # noqa: E731
+    if before is not None:                  # one export wrote: the marker last, then what it no longer writes
+        for rel, data in files.items():
+            atomic_write_bytes(out / rel, lambda tmp, b=blob(data): Path(tmp).write_bytes(b))
+        for rel in set(before) - set(files):
+            if rel == "mainrun/report.pdf":      # the one file an export may leave out (--no-report)
+                (out / rel).unlink(missing_ok=True)
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent))
     staging.chmod(0o755)
     try:
         for rel, data in files.items():
             (staging / rel).parent.mkdir(exist_ok=True)
-            (staging / rel).write_bytes(data.encode() if isinstance(data, str) else data)
-        old = out.with_name(out.name + ".old")
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+            (staging / rel).write_bytes(blob(data))
+        staging.rename(out)                 # onto a missing or empty folder only (POSIX rename)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def written_before(out: Path) -> list[str] | None:
+    """The files an earlier export wrote to `out` (its MARKER), None for a new or empty folder; refuses any
+    other path."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise ExportError(f"--out {out} is a file, not a folder: give a new or empty folder, or one that an "
+                          f"earlier export wrote")
+    if (out / MARKER).is_file():
+        return [line for line in (out / MARKER).read_text().splitlines() if line and not line.startswith("#")]
+    if any(out.iterdir()):
+        raise ExportError(f"--out {out} holds files that export did not write (it has no {MARKER}): give a new "
+                          f"or empty folder, or one that an earlier export wrote; export deletes nothing it did "
+                          f"not write")
+    return None
 
 
 def export_into(spec: str, checkout: Path) -> list[Path]:
@@ -414,8 +443,9 @@ def add_export_command(sub) -> None:
     where = e.add_mutually_exclusive_group()
     where.add_argument("--into", type=Path, help="a clone of MaincodeHQ/mainrun: its train.py is rewritten, its "
                                                  "evaluate() kept byte for byte")
-    where.add_argument("--out", type=Path, help="a folder for the same tree without a checkout (replaced whole); "
-                                                "with --recommended, the folder of the recommended trees")
+    where.add_argument("--out", type=Path, help="a folder for the same tree without a checkout: new, empty, or "
+                                                "one an earlier export wrote (its files are replaced, nothing "
+                                                "else); with --recommended, the folder of the recommended trees")
     e.add_argument("--no-report", action="store_true", help="--out: leave report.pdf out")
     e.add_argument("--recommended", action="store_true",
                    help=f"write the recommended submissions ({', '.join(RECOMMENDED)}) under {SUBMISSION_ROOT}/")

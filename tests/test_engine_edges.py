@@ -441,3 +441,30 @@ def test_ctrl_c_is_one_line_and_releases_the_locks(isolated):
                      "started again"], lines
     assert not list(isolated.rglob(".lock")) and not list(isolated.rglob("*.tmp"))
     assert mainrun.run(make_config("smoke", checkpoint_every=10, **SMOKE), progress=False)["status"] == "finished"
+
+
+# ----------------------------------------------------------------------------- 1. export --out deletes nothing
+def test_export_out_never_deletes_what_it_did_not_write(isolated, capsys):
+    from mainrun import export
+    d = isolated / "checkout"
+    (d / ".git").mkdir(parents=True)
+    (d / "notes.txt").write_text("wip\n")
+    rc, err = cli_err(["export", "final", "--out", str(d), "--no-report"], capsys)
+    assert rc == 2 and f"--out {d} holds files that export did not write" in one_error_line(err)
+    assert (d / "notes.txt").read_text() == "wip\n" and (d / ".git").is_dir()
+    (isolated / "file").write_text("x")
+    rc, err = cli_err(["export", "final", "--out", str(isolated / "file")], capsys)
+    assert rc == 2 and "is a file" in one_error_line(err) and (isolated / "file").read_text() == "x"
+
+    empty = isolated / "empty"
+    empty.mkdir()
+    tree = export.export_out("final", empty, report=False)               # an empty folder is written into
+    assert (tree / export.MARKER).is_file() and (tree / "mainrun" / "train.py").is_file()
+    (tree / "mainrun" / "logs").mkdir()                                   # what `task train` leaves there
+    (tree / "mainrun" / "logs" / "mainrun.log").write_text("a run\n")
+    export.export_out("final", tree, report=True)                         # one export wrote: written again
+    assert (tree / "mainrun" / "logs" / "mainrun.log").read_text() == "a run\n"
+    assert (tree / "mainrun" / "report.pdf").is_file()
+    export.export_out("final", tree, report=False)                       # what it wrote before and not now goes
+    assert not (tree / "mainrun" / "report.pdf").exists() and (tree / "mainrun" / "logs" / "mainrun.log").exists()
+    assert not [p for p in isolated.iterdir() if p.name.endswith((".tmp", ".old"))]
