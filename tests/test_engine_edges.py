@@ -468,3 +468,28 @@ def test_export_out_never_deletes_what_it_did_not_write(isolated, capsys):
     export.export_out("final", tree, report=False)                       # what it wrote before and not now goes
     assert not (tree / "mainrun" / "report.pdf").exists() and (tree / "mainrun" / "logs" / "mainrun.log").exists()
     assert not [p for p in isolated.iterdir() if p.name.endswith((".tmp", ".old"))]
+
+
+# ----------------------------------------------------------------------------- 3. export --into, a changed evaluate()
+def test_export_into_refuses_a_changed_evaluate_unless_told(isolated, capsys, monkeypatch):
+    from test_export import STANDIN_TRAIN, standin_checkout
+
+    from mainrun import export
+    # the stand-in's evaluate() plays the original's; comments and layout do not change it
+    original = export.evaluate_fingerprint(export.evaluate_source(STANDIN_TRAIN))
+    monkeypatch.setattr(export, "ORIGINAL_EVALUATE", original)
+    relaid = STANDIN_TRAIN.replace("total = 0.0", "total = 0.0   # summed").replace("reduction='sum'", 'reduction="sum"')
+    assert export.evaluate_source(relaid) != export.evaluate_source(STANDIN_TRAIN)
+    assert cli_err(["export", "final", "--into", str(standin_checkout(isolated / "a", relaid))], capsys)[0] == 0
+    assert "and it is the original's" in (isolated / "a" / "mainrun" / "SUBMISSION.md").read_text()
+
+    cheat = standin_checkout(isolated / "b", STANDIN_TRAIN.replace("return total / len(val_text)", "return 0.0"))
+    rc, err = cli_err(["export", "final", "--into", str(cheat)], capsys)
+    assert rc == 2 and "its evaluate() is not the original's" in one_error_line(err) and "--changed-evaluate" in err
+    assert not (cheat / "mainrun" / "SUBMISSION.md").exists()                  # nothing written
+    assert "return 0.0" in (cheat / "mainrun" / "train.py").read_text()
+    assert cli_err(["export", "final", "--into", str(cheat), "--changed-evaluate"], capsys)[0] == 0
+    md = (cheat / "mainrun" / "SUBMISSION.md").read_text()
+    assert "**`evaluate()` is not the original's.**" in md and "--changed-evaluate" in md
+    # the template's own restatement is not the original's either: the fingerprint tells code apart
+    assert export.evaluate_fingerprint(export.evaluate_source(export.TEMPLATE.read_text())) != export.ORIGINAL_EVALUATE
