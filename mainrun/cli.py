@@ -73,6 +73,9 @@ def cmd_eval(args) -> int:
         data, test = test_file(data.split(":", 1)[1])
     titles = read_titles(data, args.num_titles)  # file order, no shuffle
     ids, chars = encode_titles(ck["tokenizer_path"], titles)
+    if not any(titles) or len(ids) < 2:     # a loss of no tokens reads 0.0; of blank titles, of separators only
+        raise DataError(f"{data} holds {f'no text to score ({len(titles)} blank titles)' if titles else 'no titles'}"
+                        f": no loss is computed from no data; give a titles file with text")
     out = {"run": run_dir.name, "hash": meta["hash"], "data": args.data if test else ledger.display_path(data),
            **({"test": test} if test else {}), "titles": len(titles), "tokens": len(ids), "chars": chars,
            "official_loss": evaluate(model, ids, chars, device) if official_coverage(len(ids))[0] else None,
@@ -173,6 +176,7 @@ def _checked(convert, ok, wanted: str):
 
 # --workers, --threads-per-run, --runs-per-gpu; --scheduler-timeout
 at_least_one = _checked(int, lambda v, text: v >= 1 and str(v) == text.strip(), "an integer >= 1")
+at_least_zero = _checked(int, lambda v, text: v >= 0 and str(v) == text.strip(), "an integer >= 0")  # --num-titles
 seconds = _checked(float, lambda v, text: v > 0, "a number of seconds > 0")
 
 
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                    "test:random / test:late, the held-out test sets (mainrun/testset.py)")
     e.add_argument("--save", action="store_true",
                    help="also write the result to <results>/test/<run>-test-<set>.json")
-    e.add_argument("--num-titles", type=int, default=0, help="first N titles of the file (0 = all)")
+    e.add_argument("--num-titles", type=at_least_zero, default=0, help="first N titles of the file (0 = all)")
     e.add_argument("--device", default="auto")
     e.set_defaults(fn=cmd_eval)
     ls = sub.add_parser("list", help="the runs in a ledger")

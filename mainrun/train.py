@@ -7,6 +7,7 @@ whose checkpoint exists resumes from it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
@@ -203,9 +204,10 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
         refuse_discarding(run_dir)
     warn_emulated_bf16(cfg.device, cfg.precision)
     corpus = prepare(cfg)
+    data_sizes(cfg, corpus)
     run_dir = run_dir or root / "runs" / f"{cfg.run_name}-{h}"
     record = ledger.lock_record("training", run_dir)
-    with ledger.hold(run_dir / ".lock", record, f"run {run_dir.name} is being trained by",
+    with tidied(run_dir), ledger.hold(run_dir / ".lock", record, f"run {run_dir.name} is being trained by",
                      "wait for it (its result goes into this ledger), or stop it and start again to resume", wait):
         if not force and (summary := ledger.finished_summary(run_dir)) is not None:
             return summary                                   # the process waited for has finished it
@@ -286,6 +288,31 @@ def check_resumable(run_dir: Path, ckpt_dir: Path, cfg: Config) -> None:
                            f"(--force) to start it over")
 
 
+def data_sizes(cfg: Config, corpus: Corpus) -> tuple[int, float]:
+    """(optimizer steps per epoch, official coverage of the validation split); too little data for one step or
+    one official span is refused before any run folder is made."""
+    tokens_per_batch = cfg.block_size * cfg.batch_size    # micro-batches per epoch as the original, then steps
+    steps_per_epoch = len(corpus.train_ids) // tokens_per_batch // cfg.grad_accum
+    if steps_per_epoch < 1:
+        raise ValueError(f"the training split has {len(corpus.train_ids):,} tokens: fewer than one optimizer "
+                         f"step of {tokens_per_batch * cfg.grad_accum:,}; lower batch_size or grad_accum")
+    scored, coverage = official_coverage(len(corpus.val_ids))
+    if scored == 0:
+        raise ValueError(f"the validation split has {len(corpus.val_ids):,} tokens, fewer than one official "
+                         f"span of {EVAL_BATCH * EVAL_BLOCK + 1:,}; raise num_titles or val_frac")
+    return steps_per_epoch, coverage
+
+
+@contextlib.contextmanager
+def tidied(run_dir: Path):
+    """A run folder this process made and left empty (a refusal, a lock race lost) is removed on the way out."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):          # not empty, or gone: nothing to tidy
+            run_dir.rmdir()
+
+
 class Trainer:
     """One run's model, optimizers and loop: train() resumes from the checkpoint, logs, and writes the summary."""
 
@@ -300,11 +327,7 @@ class Trainer:
         self.opts = build_optimizers(cfg, self.model, device)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema > 0 else None
         self.step_fn = torch.compile(self.model) if cfg.compile else self.model
-        tokens_per_batch = cfg.block_size * cfg.batch_size    # micro-batches per epoch as the original, then steps
-        self.steps_per_epoch = len(corpus.train_ids) // tokens_per_batch // cfg.grad_accum
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"the training split has {len(corpus.train_ids):,} tokens: fewer than one optimizer "
-                             f"step of {tokens_per_batch * cfg.grad_accum:,}; lower batch_size or grad_accum")
+        self.steps_per_epoch, self.coverage = data_sizes(cfg, corpus)
         self.max_steps = cfg.epochs * self.steps_per_epoch
         self.eval_interval = max(1, self.steps_per_epoch // cfg.evals_per_epoch)
         self.warmup_steps = int(round(cfg.warmup_frac * self.max_steps))
@@ -312,10 +335,6 @@ class Trainer:
         # training losses stay on the device and are read every log_every steps (each read is a sync)
         self.log_every = 1 if device == "cpu" else 25
         self.groups = param_groups(self.model)   # hidden / embed / other: the stability probe's groups
-        scored, self.coverage = official_coverage(len(corpus.val_ids))
-        if scored == 0:
-            raise ValueError(f"the validation split has {len(corpus.val_ids):,} tokens, fewer than one official "
-                             f"span of {EVAL_BATCH * EVAL_BLOCK + 1:,}; raise num_titles or val_frac")
 
     def objective(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(cross-entropy to log, loss to minimise). R-Drop: two passes, their mean CE plus rdrop x their

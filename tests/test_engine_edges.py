@@ -493,3 +493,62 @@ def test_export_into_refuses_a_changed_evaluate_unless_told(isolated, capsys, mo
     assert "**`evaluate()` is not the original's.**" in md and "--changed-evaluate" in md
     # the template's own restatement is not the original's either: the fingerprint tells code apart
     assert export.evaluate_fingerprint(export.evaluate_source(export.TEMPLATE.read_text())) != export.ORIGINAL_EVALUATE
+
+
+# ----------------------------------------------------------------------------- 2, 8. no result from no data
+@pytest.fixture
+def finished_run(isolated):
+    mainrun.run(make_config("smoke", **SMOKE), progress=False)
+    (d,) = (isolated / "results" / "runs").iterdir()
+    return d
+
+
+def test_eval_records_no_result_from_no_data(isolated, finished_run, tmp_path, capsys):
+    import pandas as pd
+    empty = tmp_path / "empty.parquet"
+    pd.DataFrame({"title": pd.Series([], dtype=str)}).to_parquet(empty)
+    rc, err = cli_err(["eval", finished_run.name, "--data", str(empty), "--save"], capsys)
+    assert rc == 2 and f"{empty} holds no titles" in one_error_line(err) and "no loss is computed" in err
+    rc, err = cli_err(["eval", finished_run.name, "--data", os.environ["MAINRUN_DATA"], "--num-titles", "-1"], capsys)
+    assert rc == 2 and "argument --num-titles: '-1' is not accepted: give an integer >= 0" in err
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text('{"title": ""}\n' * 5)                                 # titles, but no text to predict
+    rc, err = cli_err(["eval", finished_run.name, "--data", str(blank), "--save"], capsys)
+    assert rc == 2 and "no loss is computed" in one_error_line(err)
+    assert not (isolated / "results" / "test").exists()                     # nothing saved
+
+
+def test_titles_that_are_not_text_are_one_line(isolated, finished_run, tmp_path, capsys):
+    import pandas as pd
+    numbers = tmp_path / "numbers.parquet"
+    pd.DataFrame({"title": range(7000)}).to_parquet(numbers)
+    one = tmp_path / "one.jsonl"
+    one.write_text("".join(json.dumps({"title": f"title {i}" if i != 3 else 12345}) + "\n" for i in range(7000)))
+    for path, row in ((numbers, "0: 0"), (one, "3: 12345")):
+        rc, err = cli_err(["eval", finished_run.name, "--data", str(path)], capsys)
+        assert rc == 2 and f"{path}: the 'title' column holds a int at row {row}" in one_error_line(err), err
+        rc, err = cli_err(["train", "--profile", "smoke", "--quiet", "--set", f"data={path}"], capsys)
+        assert rc == 2 and "titles are text" in one_error_line(err)
+    assert [p.name for p in (isolated / "results" / "runs").iterdir()] == [finished_run.name]
+
+
+def test_too_little_data_leaves_no_run_folder(isolated, tmp_path, capsys):
+    import pandas as pd
+    few = tmp_path / "few.parquet"
+    pd.DataFrame({"title": [f"a short title {i}" for i in range(6000)]}).to_parquet(few)
+    rc, err = cli_err(["train", "--profile", "smoke", "--quiet", "--set", f"data={few}", "batch_size=512"], capsys)
+    assert rc == 2 and "fewer than one optimizer step" in one_error_line(err)
+    assert not list((isolated / "results").rglob("runs/*"))                 # `list` shows nothing incomplete
+    assert cli_err(["list", "--profile", "smoke"], capsys)[0] == 0
+
+
+def test_the_losing_trainer_of_a_lock_race_leaves_no_run_folder(isolated):
+    cfg = make_config("smoke", **SMOKE)
+    h = mainrun.run(cfg, train=False)["hash"]
+    holder = ledger.Lock(isolated / "ckpt" / h / ".lock", ledger.lock_record("training", isolated / "other")).acquire()
+    try:
+        with pytest.raises(RuntimeError, match="being written by"):
+            mainrun.run(cfg, progress=False)
+    finally:
+        holder.release()
+    assert not (isolated / "results" / "runs").exists() or not list((isolated / "results" / "runs").iterdir())
