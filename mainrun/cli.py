@@ -41,7 +41,8 @@ def cmd_train(args) -> int:
 
     cfg = make_config(args.profile, args.preset, **parse_overrides(args.set or []))
     print(json.dumps(cfg.to_dict()), file=sys.stderr)
-    summary = run(cfg, force=args.force, progress=not args.quiet, discard_finished=args.discard_finished)
+    summary = run(cfg, force=args.force, progress=not args.quiet, discard_finished=args.discard_finished,
+                  restart=args.restart)
     keys = ("name", "hash", "status", "official", "final_val_loss", "full_val_bpc", "steps", "wall_time_s",
             "tokens_per_s")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
@@ -54,7 +55,7 @@ def cmd_eval(args) -> int:
     from .config import from_dict
     from .data import encode_titles, read_titles
     from .evaluate import evaluate, full_coverage, official_coverage
-    from .train import build_model, resolve_device
+    from .train import build_model, load_saved, resolve_device
 
     run_dir = _find_run_dir(args.run)
     meta = ledger.read_json(run_dir / "config.json")
@@ -62,7 +63,7 @@ def cmd_eval(args) -> int:
     if not final.exists():
         raise SystemExit(f"error: {final} does not exist: the run has not finished on this machine "
                          f"(final weights live under $MAINRUN_CHECKPOINTS, not in git)")
-    ck = torch.load(final, map_location="cpu", weights_only=False)
+    ck = load_saved(final, f"train the run again with `python -m mainrun train ... --force` to remake its weights")
     cfg = from_dict(ck["config"])
     device = resolve_device(args.device)
     model = build_model(cfg, ck["vocab_size"], ck["eos_id"]).to(device)
@@ -106,6 +107,10 @@ def cmd_list(args) -> int:
     for r in runs:
         if r["status"] == "damaged":
             print(f"damaged: {r['damaged']}")
+        final = ledger.checkpoints_root() / str(r["hash"]) / "final.pt"
+        if r["status"] == "finished" and final.exists() and not ledger.zip_intact(final):
+            print(f"damaged: {final}: its final weights do not load (`eval` needs them); train the run again with "
+                  f"--force to remake them (its recorded result stands)")
     return 0
 
 
@@ -196,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--discard-finished", action="store_true",
                    help="with --force: start over even a run whose summary is damaged or missing while its log "
                         "shows it finished (otherwise refused: `repair` rebuilds the summary)")
+    t.add_argument("--restart", action="store_true", help="start an unfinished run over from step 0, discarding "
+                   "its checkpoint and log (a damaged ckpt.pt); a finished run is returned as without it")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", parents=[run], help="evaluate a finished run's final weights on a titles file")

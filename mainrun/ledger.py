@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,16 @@ def hold(path: Path, record: dict, refused: str, advice: str, wait: bool = False
 # ----------------------------------------------------------------------------- damaged runs
 class DamagedRun(RuntimeError):
     """A summary.json (or config.json) that does not parse, or a missing one for a run whose log shows it ended."""
+
+
+def zip_intact(path: Path) -> bool:
+    """Whether a torch file (a zip archive) has its directory, read from its end: a truncated, empty or
+    overwritten final.pt has none (cheap enough for `list`; damage inside shows when it is loaded)."""
+    try:
+        with zipfile.ZipFile(path):
+            return True
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def log_outcome(path: Path) -> str | None:

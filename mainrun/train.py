@@ -182,14 +182,15 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None = None,
         progress: bool = True, train: bool = True, on_eval: Callable[[int, float], bool] | None = None,
-        wait: bool = False, discard_finished: bool = False) -> dict:
+        wait: bool = False, discard_finished: bool = False, restart: bool = False) -> dict:
     """Train `cfg` (or return its recorded result) and return its summary dict.
 
     on_eval(step, official_val_loss) after every evaluation: True stops the run there, recorded "pruned".
     train=False only reads the ledger: a summary, else a stub with status "incomplete" or "missing".
     One process trains a run at a time (ledger.Lock on its run folder and its checkpoint folder): another
     refuses, naming the holder, or with wait=True waits and returns its result (or resumes a dead holder's
-    run). force=True never discards a run whose log shows it ended, unless discard_finished=True."""
+    run). force=True never discards a run whose log shows it ended, unless discard_finished=True. restart=True
+    starts an unfinished run over from step 0 (its checkpoint damaged, say); a finished one is returned."""
     cfg = resolve_execution(validate(cfg), check=False)   # a GPU run is read back on any host
     h = run_hash(cfg, fingerprint(cfg)[0])          # names the run; a read-back trains no tokenizer
     root = ledger.results_root(cfg.profile)
@@ -214,7 +215,7 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
         with ledger.hold(ckpt_dir / ".lock", record, f"the checkpoints of run {run_dir.name} ({ckpt_dir}) are "
                          f"being written by", "wait for it to end and run this again, or give this run a "
                          "checkpoint folder of its own (MAINRUN_CHECKPOINTS)", wait):
-            if force:
+            if force or restart:
                 _clear(run_dir)
                 _clear(ckpt_dir)
             official, reasons = rules_check(cfg, corpus.source)
@@ -286,6 +287,16 @@ def check_resumable(run_dir: Path, ckpt_dir: Path, cfg: Config) -> None:
         raise RuntimeError(f"run {run_dir.name} has logged {last} steps but no checkpoint is under {ckpt_dir}; "
                            f"set MAINRUN_CHECKPOINTS to the folder that holds <hash>/ckpt.pt, or force=True "
                            f"(--force) to start it over")
+
+
+def load_saved(path: Path, what: str) -> dict:
+    """torch.load of a checkpoint or final weights, on the CPU; a damaged file (truncated, empty, not torch's)
+    is a DamagedRun naming it and `what` to do."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch says RuntimeError, EOFError, UnpicklingError...
+        raise ledger.DamagedRun(f"{path} is damaged ({type(e).__name__}: {str(e).split('. ')[0][:120]}); "
+                                f"{what}") from None
 
 
 def data_sizes(cfg: Config, corpus: Corpus) -> tuple[int, float]:
@@ -373,7 +384,7 @@ class Trainer:
         if not path.exists():
             return None
         # on the CPU first: RNG states must stay CPU byte tensors; load_state_dict moves the rest
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = load_saved(path, "start the run over from step 0 with --restart (run(..., restart=True))")
         self.model.load_state_dict(ck["model"])
         for o, s in zip(self.opts, ck["opts"]):
             o.load_state_dict(s)

@@ -552,3 +552,34 @@ def test_the_losing_trainer_of_a_lock_race_leaves_no_run_folder(isolated):
     finally:
         holder.release()
     assert not (isolated / "results" / "runs").exists() or not list((isolated / "results" / "runs").iterdir())
+
+
+# ----------------------------------------------------------------------------- 4. damaged checkpoint and weights
+@pytest.mark.parametrize("damage", ["half", "empty", "random"])
+def test_a_damaged_checkpoint_is_named_and_restarted_when_asked(isolated, capsys, damage):
+    cfg = make_config("smoke", checkpoint_every=10, **SMOKE)
+
+    def stop_at_15(step):
+        if step == 15:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        mainrun.run(cfg, on_step=stop_at_15, progress=False)
+    ck = isolated / "ckpt" / mainrun.run(cfg, train=False)["hash"] / "ckpt.pt"
+    data = ck.read_bytes()
+    ck.write_bytes({"half": data[: len(data) // 2], "empty": b"", "random": os.urandom(len(data))}[damage])
+    args = ["train", "--profile", "smoke", "--quiet", "--set", "checkpoint_every=10", "batch_size=32"]
+    rc, err = cli_err(args, capsys)
+    assert rc == 2 and f"{ck} is damaged" in one_error_line(err) and "--restart" in err
+    rc, err = cli_err([*args, "--restart"], capsys)
+    assert rc == 0, err
+    s = mainrun.run(cfg, progress=False)
+    assert s["status"] == "finished" and s.get("resumes", 0) == 0          # from step 0, not from the damage
+
+
+def test_damaged_final_weights_are_named_by_eval_and_list(isolated, finished_run, capsys):
+    final = isolated / "ckpt" / json.loads((finished_run / "config.json").read_text())["hash"] / "final.pt"
+    final.write_bytes(final.read_bytes()[:1000])
+    rc, err = cli_err(["eval", finished_run.name, "--data", os.environ["MAINRUN_DATA"], "--num-titles", "600"], capsys)
+    assert rc == 2 and f"{final} is damaged" in one_error_line(err) and "--force" in err
+    assert cli.main(["list", "--profile", "smoke"]) == 0
+    assert f"damaged: {final}" in capsys.readouterr().out
