@@ -583,3 +583,27 @@ def test_damaged_final_weights_are_named_by_eval_and_list(isolated, finished_run
     assert rc == 2 and f"{final} is damaged" in one_error_line(err) and "--force" in err
     assert cli.main(["list", "--profile", "smoke"]) == 0
     assert f"damaged: {final}" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- 6, 9. spec files of the wrong shape
+@pytest.mark.parametrize("text, key", [("axes: {lr: 0.01}", "'axes' holds {'lr': 0.01}"),
+                                       ("points: {a: 3}", "'points' holds {'a': 3}"),
+                                       ("base: [1]\npoints: {a: {}}", "'base' holds [1]"),
+                                       ("grid: {lr: 0.01}", "'grid' holds {'lr': 0.01}"),
+                                       ("points: {a: {}}\nseeds: abc", "'seeds' holds 'abc'"),
+                                       ("axes: {}", "has no points"),
+                                       ("specs:\n  - points: {a: {}}\n  - axes: {lr: 1}", "(specs[1]): sweep spec "
+                                                                                           "key 'axes'")])
+def test_spec_files_of_the_wrong_shape_name_the_key(isolated, tmp_path, capsys, text, key):
+    spec = tmp_path / "shape.yaml"
+    spec.write_text(text + "\n")
+    rc, err = sweep_cli([str(spec), "--profile", "smoke", "--study", "s", "--quiet"], capsys)
+    assert rc == 2 and f"spec file {spec}" in one_error_line(err) and key in err, err
+    assert not (isolated / "results").exists()                                # nothing run or recorded
+
+
+def test_a_binary_spec_file_is_named(isolated, tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    rc, err = sweep_cli([str(spec), "--profile", "smoke", "--study", "s"], capsys)
+    assert rc == 2 and f"spec file {spec}: not text" in one_error_line(err)
