@@ -607,3 +607,48 @@ def test_a_binary_spec_file_is_named(isolated, tmp_path, capsys):
     spec.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
     rc, err = sweep_cli([str(spec), "--profile", "smoke", "--study", "s"], capsys)
     assert rc == 2 and f"spec file {spec}: not text" in one_error_line(err)
+
+
+# ----------------------------------------------------------------------------- 7, 9. not a Dask scheduler; no GPU
+@pytest.mark.parametrize("answer", [b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 20, None])
+def test_an_address_that_is_not_a_dask_scheduler_ends_within_the_timeout(isolated, spec_file, capsys, answer):
+    """A listener that answers HTTP, or accepts and says nothing: one line within --scheduler-timeout (before: a
+    3.07 EiB MemoryError after 3 s, or a hang until killed)."""
+    import socket
+    server = socket.create_server(("127.0.0.1", 0))
+    conns = []
+
+    def serve():
+        while True:
+            try:
+                c, _ = server.accept()
+            except OSError:
+                return
+            conns.append(c)
+            if answer:
+                c.sendall(answer)
+    threading.Thread(target=serve, daemon=True).start()
+    address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    t0 = time.time()
+    try:
+        rc, err = sweep_cli([str(spec_file), "--profile", "smoke", "--study", "s", "--scheduler", address,
+                             "--scheduler-timeout", "3", "--quiet"], capsys)
+    finally:
+        server.close()
+        for c in conns:
+            c.close()
+    assert rc == 2 and address in one_error_line(err) and time.time() - t0 < 10, err
+    assert ("not as a Dask scheduler" if answer else "did not answer within 3 s") in err
+
+
+def test_runs_per_gpu_without_a_gpu_says_so(monkeypatch, capsys):
+    import torch
+
+    from mainrun import cluster
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    made = {}
+    monkeypatch.setattr("distributed.SpecCluster", lambda workers, **k: made.setdefault("workers", workers))
+    cluster.local_cluster(1, runs_per_gpu=2)
+    out = capsys.readouterr().out
+    assert "no GPU on this machine: 2 worker processes share its CPU" in out and "GPU(s)" not in out
+    assert len(made["workers"]) == 2
