@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -40,7 +41,8 @@ def cmd_train(args) -> int:
 
     cfg = make_config(args.profile, args.preset, **parse_overrides(args.set or []))
     print(json.dumps(cfg.to_dict()), file=sys.stderr)
-    summary = run(cfg, force=args.force, progress=not args.quiet, discard_finished=args.discard_finished)
+    summary = run(cfg, force=args.force, progress=not args.quiet, discard_finished=args.discard_finished,
+                  restart=args.restart)
     keys = ("name", "hash", "status", "official", "final_val_loss", "full_val_bpc", "steps", "wall_time_s",
             "tokens_per_s")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
@@ -53,7 +55,7 @@ def cmd_eval(args) -> int:
     from .config import recorded_config
     from .data import encode_titles, read_titles
     from .evaluate import evaluate, full_coverage, official_coverage
-    from .train import build_model, resolve_device
+    from .train import build_model, load_saved, resolve_device
 
     run_dir = _find_run_dir(args.run)
     meta = ledger.read_json(run_dir / "config.json")
@@ -61,7 +63,7 @@ def cmd_eval(args) -> int:
     if not final.exists():
         raise SystemExit(f"error: {final} does not exist: the run has not finished on this machine "
                          f"(final weights live under $MAINRUN_CHECKPOINTS, not in git)")
-    ck = torch.load(final, map_location="cpu", weights_only=False)
+    ck = load_saved(final, f"train the run again with `python -m mainrun train ... --force` to remake its weights")
     cfg = recorded_config(ck["config"])
     device = resolve_device(args.device)
     model = build_model(cfg, ck["vocab_size"], ck["eos_id"]).to(device)
@@ -72,6 +74,9 @@ def cmd_eval(args) -> int:
         data, test = test_file(data.split(":", 1)[1])
     titles = read_titles(data, args.num_titles)  # file order, no shuffle
     ids, chars = encode_titles(ck["tokenizer_path"], titles)
+    if not any(titles) or len(ids) < 2:     # a loss of no tokens reads 0.0; of blank titles, of separators only
+        raise DataError(f"{data} holds {f'no text to score ({len(titles)} blank titles)' if titles else 'no titles'}"
+                        f": no loss is computed from no data; give a titles file with text")
     out = {"run": run_dir.name, "hash": meta["hash"], "data": args.data if test else ledger.display_path(data),
            **({"test": test} if test else {}), "titles": len(titles), "tokens": len(ids), "chars": chars,
            "official_loss": evaluate(model, ids, chars, device) if official_coverage(len(ids))[0] else None,
@@ -102,6 +107,10 @@ def cmd_list(args) -> int:
     for r in runs:
         if r["status"] == "damaged":
             print(f"damaged: {r['damaged']}")
+        final = ledger.checkpoints_root() / str(r["hash"]) / "final.pt"
+        if r["status"] == "finished" and final.exists() and not ledger.zip_intact(final):
+            print(f"damaged: {final}: its final weights do not load (`eval` needs them); train the run again with "
+                  f"--force to remake them (its recorded result stands)")
     return 0
 
 
@@ -172,6 +181,7 @@ def _checked(convert, ok, wanted: str):
 
 # --workers, --threads-per-run, --runs-per-gpu; --scheduler-timeout
 at_least_one = _checked(int, lambda v, text: v >= 1 and str(v) == text.strip(), "an integer >= 1")
+at_least_zero = _checked(int, lambda v, text: v >= 0 and str(v) == text.strip(), "an integer >= 0")  # --num-titles
 seconds = _checked(float, lambda v, text: v > 0, "a number of seconds > 0")
 
 
@@ -191,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--discard-finished", action="store_true",
                    help="with --force: start over even a run whose summary is damaged or missing while its log "
                         "shows it finished (otherwise refused: `repair` rebuilds the summary)")
+    t.add_argument("--restart", action="store_true", help="start an unfinished run over from step 0, discarding "
+                   "its checkpoint and log (a damaged ckpt.pt); a finished run is returned as without it")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", parents=[run], help="evaluate a finished run's final weights on a titles file")
@@ -198,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                    "test:random / test:late, the held-out test sets (mainrun/testset.py)")
     e.add_argument("--save", action="store_true",
                    help="also write the result to <results>/test/<run>-test-<set>.json")
-    e.add_argument("--num-titles", type=int, default=0, help="first N titles of the file (0 = all)")
+    e.add_argument("--num-titles", type=at_least_zero, default=0, help="first N titles of the file (0 = all)")
     e.add_argument("--device", default="auto")
     e.set_defaults(fn=cmd_eval)
     ls = sub.add_parser("list", help="the runs in a ledger")
@@ -248,9 +260,37 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=cmd_sweep)
     from .export import add_export_command
     add_export_command(sub)
+    for parser in (p, *sub.choices.values()):      # before or after the command: `train --debug`
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help="show the traceback of an error (to report a bug in mainrun)")
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError, RuntimeError, ValueError, TimeoutError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print("interrupted: nothing half-written is kept; a run resumes from its last checkpoint when started "
+              "again", file=sys.stderr)
+        return 130
+    except (ConfigError, DataError, RuntimeError, ValueError, TimeoutError, OSError) as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+# what to do about an environment fault, by errno (after the path and the system's reason)
+_ELSEWHERE = "point MAINRUN_RESULTS / MAINRUN_CHECKPOINTS at a folder you can write"
+_OS_ADVICE = {errno.ENOSPC: "free space there, or point MAINRUN_RESULTS / MAINRUN_CHECKPOINTS at another disk, "
+                            "and run it again (a run resumes from its last checkpoint)",
+              errno.EDQUOT: "free space there, and run it again (a run resumes from its last checkpoint)",
+              errno.EROFS: _ELSEWHERE, errno.EACCES: _ELSEWHERE, errno.EPERM: _ELSEWHERE}
+
+
+def one_line(err: BaseException) -> str:
+    """A user error or an environment fault as one line; an OSError names its path, why, and what to do."""
+    if isinstance(err, OSError) and err.strerror:
+        where = f"{err.filename}: " if err.filename else ""
+        advice = _OS_ADVICE.get(err.errno, "")
+        return f"{where}{err.strerror}" + (f"; {advice}" if advice else "")
+    return str(err)

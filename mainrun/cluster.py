@@ -16,6 +16,7 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -233,7 +234,11 @@ def local_cluster(workers: int, runs_per_gpu: int | None = None, gpus: int | Non
                                 silence_logs=silence_logs, env=env or {})
     if gpus is None:
         import torch
-        gpus = max(1, torch.cuda.device_count())
+        gpus = torch.cuda.device_count()
+        if not gpus:
+            gpus, workers = 1, runs_per_gpu                 # the CPU stands in for one GPU
+            print(f"local cluster: no GPU on this machine: {runs_per_gpu} worker processes share its CPU as "
+                  f"{runs_per_gpu} runs would share one GPU", flush=True)
     if workers != gpus * runs_per_gpu:
         print(f"local cluster: {runs_per_gpu} run(s) per GPU x {gpus} GPU(s) = {gpus * runs_per_gpu} worker "
               f"processes (not {workers})", flush=True)
@@ -246,6 +251,31 @@ def local_cluster(workers: int, runs_per_gpu: int | None = None, gpus: int | Non
                            silence_logs=silence_logs)
 
 
+def _bounded_client(address: str, timeout: float):
+    """Client(address) within `timeout` seconds, or TimeoutError: a listener that accepts and stays silent
+    would hold Dask's handshake past its own timeout, and one that answers in another protocol (HTTP) makes it
+    read a garbage length (MemoryError) or fail otherwise: both are "not a Dask scheduler"."""
+    from distributed import Client
+
+    out: dict = {}
+
+    def connect() -> None:
+        try:
+            out["client"] = Client(address, timeout=timeout)
+        except Exception as e:  # noqa: BLE001 - reported below as what it is
+            out["error"] = e
+    t = threading.Thread(target=connect, daemon=True)
+    t.start()
+    t.join(timeout + 1)
+    if "client" in out:
+        return out["client"]
+    e = out.get("error")
+    if e is None or isinstance(e, (OSError, TimeoutError)):
+        raise e or TimeoutError(f"no Dask handshake within {timeout:g} s")
+    raise RuntimeError(f"{address} answered, but not as a Dask scheduler ({type(e).__name__}): check the address "
+                       f"and its port (`dask scheduler` listens on tcp://HOST:8786 unless told otherwise)") from None
+
+
 def reach_scheduler(address: str, runs_per_gpu: int | None = None, timeout: float | None = None):
     """A Client of the scheduler at `address` once it answers and has a worker (offering the resource GPU, for
     runs_per_gpu); each wait bounded by `timeout` (or SCHEDULER_TIMEOUT), then an error naming the address."""
@@ -253,7 +283,7 @@ def reach_scheduler(address: str, runs_per_gpu: int | None = None, timeout: floa
 
     timeout = SCHEDULER_TIMEOUT if timeout is None else timeout
     try:
-        client = Client(address, timeout=timeout)
+        client = _bounded_client(address, timeout)
     except (OSError, TimeoutError) as e:
         raise RuntimeError(f"the Dask scheduler at {address} did not answer within {timeout:g} s "
                            f"({type(e).__name__}): check the address (tcp://HOST:PORT), that `dask scheduler` "

@@ -82,8 +82,9 @@ def _load_dataset(source: str):
                         f"{str(e)[:200]}") from None
 
 
-def _titles(table, rows) -> list[str]:
-    """The stripped titles of `rows` (a range, or the split's permutation) of a table from _load_dataset."""
+def _titles(table, rows, where: str = "the data") -> list[str]:
+    """The stripped titles of `rows` (a range, or the split's permutation) of a table from _load_dataset; a
+    title that is not text (nor missing) is refused, naming its row."""
     columns = list(table.column_names if hasattr(table, "column_names") else table.columns)
     if "title" not in columns:
         raise DataError(f"the data has no 'title' column (columns: {', '.join(columns)})")
@@ -91,6 +92,10 @@ def _titles(table, rows) -> list[str]:
         titles = table.select(rows)["title"]
     else:                                 # a frame: a missing title is NaN in a csv, None in parquet
         titles = table["title"].iloc[rows].fillna("").tolist()
+    for row, t in zip(rows, titles):
+        if t is not None and not isinstance(t, str):
+            raise DataError(f"{where}: the 'title' column holds a {type(t).__name__} at row {row}: {t!r}; titles "
+                            f"are text (a string, or missing for a blank title)")
     return [(t or "").strip() for t in titles]
 
 
@@ -121,17 +126,17 @@ def _split(source: str, version: tuple | None, num_titles: int, seed: int, val_f
     table, record = _load_dataset(source)
     if len(table) < num_titles:
         raise DataError(f"the data has {len(table):,} titles but num_titles={num_titles:,} were asked for")
-    titles = _titles(table, np.random.default_rng(seed).permutation(len(table))[:num_titles])
+    titles = _titles(table, np.random.default_rng(seed).permutation(len(table))[:num_titles], source)
     n = int(num_titles * (1 - val_frac))
     return titles[:n], titles[n:], record
 
 
 def read_titles(data: str, limit: int = 0) -> list[str]:
     """All titles of a source in file order (the first `limit` if > 0), stripped; for held-out tests."""
-    table, _ = _load_dataset(resolve_source(data))
+    table, _ = _load_dataset(source := resolve_source(data))
     if limit and len(table) < limit:
         raise DataError(f"the data has {len(table):,} titles but {limit:,} were asked for")
-    return _titles(table, range(limit or len(table)))
+    return _titles(table, range(limit or len(table)), source)
 
 
 @dataclass

@@ -16,11 +16,13 @@ from __future__ import annotations
 import ast
 import builtins
 import dataclasses
+import hashlib
 import re
 import shutil
 import statistics
 import symtable
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,16 @@ BOOKKEEPING = ("name", "profile", "preset", "data", "checkpoint_every", "code_ve
 LIMITS: dict[str, tuple] = {"init": ("normal", "scaled_residual"), "mlp": ("gelu", "relu2"),
                             "batch_size": (64,), "block_size": (128,)}
 RULE_FIELDS = ("epochs", "seed", "num_titles", "val_frac")
+# The original's evaluate() (MaincodeHQ/mainrun, mainrun/train.py: the same in every commit since the first,
+# 086c373) as evaluate_fingerprint gives it: a checkout whose evaluate() differs is exported only when asked
+# (--changed-evaluate), and its SUBMISSION.md says so.
+ORIGINAL_EVALUATE = "7d9331e93bc8fecd7de46fb735e1f52d2aec919edaac85e969119e44343de975"
 GITIGNORE = "mainrun/data/\n__pycache__/\n"
+# An --out tree's list of the files export wrote there: a folder holding it is one that export may write into
+# again (replacing those files only); export refuses any other folder that is not empty.
+MARKER = ".mainrun-export"
+MARKER_HEAD = ("# written by `python -m mainrun export`: the files below; the next export into this folder "
+               "replaces them and touches nothing else\n")
 
 
 class ExportError(ValueError):
@@ -202,6 +213,22 @@ def evaluate_source(source: str, where: str = "the checkout's mainrun/train.py")
     return "".join(source.splitlines(keepends=True)[_lines(node)])
 
 
+def syntax_text(node: Any) -> str:
+    """A syntax tree as text: node types and their non-empty fields, no positions (so neither comments nor layout
+    count), the same on every Python that parses the code alike (ast.dump's form changes between versions)."""
+    if isinstance(node, ast.AST):
+        fields = (f"{k}={syntax_text(v)}" for k, v in ast.iter_fields(node) if v is not None and v != [])
+        return f"{type(node).__name__}({', '.join(fields)})"
+    if isinstance(node, list):
+        return f"[{', '.join(map(syntax_text, node))}]"
+    return repr(node)
+
+
+def evaluate_fingerprint(evaluate_text: str) -> str:
+    """sha256 of an evaluate()'s syntax tree (syntax_text): equal for the same code however it is laid out."""
+    return hashlib.sha256(syntax_text(ast.parse(textwrap.dedent(evaluate_text))).encode()).hexdigest()
+
+
 def splice_evaluate(script: str, evaluate_text: str) -> str:
     """The script with its evaluate() replaced by `evaluate_text` verbatim, checked to survive byte for byte
     and to find every name it uses in the script."""
@@ -300,14 +327,15 @@ def our_pins() -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- SUBMISSION.md
 def submission_md(recipe: Recipe, mode: str, report: bool = True, req: Path | None = None,
-                  added: list[str] = ()) -> str:
+                  added: list[str] = (), changed_evaluate: bool = False) -> str:
     """SUBMISSION.md (mainrun/submission/SUBMISSION.md): what the script reproduces, what it changes against
     the original, what it measured. mode: "out", or "into" a checkout whose requirements file `req` lacked
     `added`."""
     values, defaults, comments = hyperparameters(recipe.config), template_defaults(), field_comments()
     changes = [(k, _literal(defaults[k]), _literal(v), comments[k]) for k, v in values.items() if v != defaults[k]]
     ctx = dict(label=recipe.label, mode=mode, report=report, cfg=recipe.config, run=recipe.run, changes=changes,
-               needs=SCRIPT_NEEDS, pins=list(our_pins().values()), req=req, added=added)
+               needs=SCRIPT_NEEDS, pins=list(our_pins().values()), req=req, added=added,
+               changed_evaluate=changed_evaluate)
     if recipe.run is not None:
         s = recipe.run["summary"]
         base = resolve_recipe("baseline").run              # the baseline's ledger run, picked as a preset's
@@ -332,9 +360,13 @@ def _report_pdf() -> bytes:
 
 
 def export_out(spec: str, out: Path, report: bool = True) -> Path:
-    """Write the submission tree to `out` (replaced whole, never left half-written)."""
+    """Write the submission tree to `out`: a new or empty folder (filled beside it, then renamed into place, never
+    left half-written), or one an earlier export wrote (its MARKER lists what it wrote: those files are replaced,
+    nothing else there is touched). Any other folder is refused: export deletes nothing it did not write."""
     recipe = resolve_recipe(spec)
     check_recipe(recipe)
+    out = Path(out)
+    before = written_before(out)
     files = {"mainrun/train.py": render(recipe),
              "mainrun/SUBMISSION.md": submission_md(recipe, "out", report),
              "Taskfile.yml": (PROSE / "Taskfile.yml").read_text(),
@@ -342,27 +374,49 @@ def export_out(spec: str, out: Path, report: bool = True) -> Path:
              ".gitignore": GITIGNORE}
     if report:
         files["mainrun/report.pdf"] = _report_pdf()
-    out = Path(out)
+    files[MARKER] = MARKER_HEAD + "".join(rel + "\n" for rel in files)
+    blob = lambda data: data.encode() if isinstance(data, str) else data  # noqa: E731
+    if before is not None:                  # one export wrote: the marker last, then what it no longer writes
+        for rel, data in files.items():
+            atomic_write_bytes(out / rel, lambda tmp, b=blob(data): Path(tmp).write_bytes(b))
+        for rel in set(before) - set(files):
+            if rel == "mainrun/report.pdf":      # the one file an export may leave out (--no-report)
+                (out / rel).unlink(missing_ok=True)
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent))
     staging.chmod(0o755)
     try:
         for rel, data in files.items():
             (staging / rel).parent.mkdir(exist_ok=True)
-            (staging / rel).write_bytes(data.encode() if isinstance(data, str) else data)
-        old = out.with_name(out.name + ".old")
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+            (staging / rel).write_bytes(blob(data))
+        staging.rename(out)                 # onto a missing or empty folder only (POSIX rename)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
-def export_into(spec: str, checkout: Path) -> list[Path]:
-    """Turn a clone of the original repository into the submission; returns the files written."""
+def written_before(out: Path) -> list[str] | None:
+    """The files an earlier export wrote to `out` (its MARKER), None for a new or empty folder; refuses any
+    other path."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise ExportError(f"--out {out} is a file, not a folder: give a new or empty folder, or one that an "
+                          f"earlier export wrote")
+    if (out / MARKER).is_file():
+        return [line for line in (out / MARKER).read_text().splitlines() if line and not line.startswith("#")]
+    if any(out.iterdir()):
+        raise ExportError(f"--out {out} holds files that export did not write (it has no {MARKER}): give a new "
+                          f"or empty folder, or one that an earlier export wrote; export deletes nothing it did "
+                          f"not write")
+    return None
+
+
+def export_into(spec: str, checkout: Path, changed_evaluate: bool = False) -> list[Path]:
+    """Turn a clone of the original repository into the submission; returns the files written. A checkout whose
+    evaluate() is not the original's (ORIGINAL_EVALUATE) is refused unless changed_evaluate=True, which
+    SUBMISSION.md then states."""
     checkout = Path(checkout)
     train = checkout / "mainrun" / "train.py"
     if not train.is_file():
@@ -370,13 +424,21 @@ def export_into(spec: str, checkout: Path) -> list[Path]:
     recipe = resolve_recipe(spec)
     check_recipe(recipe)
     source = train.read_text()
-    script = render(recipe, evaluate_source(source), check_checkout(recipe, source))
+    evaluate_text = evaluate_source(source)
+    script = render(recipe, evaluate_text, check_checkout(recipe, source))
+    changed = evaluate_fingerprint(evaluate_text) != ORIGINAL_EVALUATE
+    if changed and not changed_evaluate:
+        raise ExportError(f"{train}: its evaluate() is not the original's (its syntax tree differs from that of "
+                          f"MaincodeHQ/mainrun; comments and layout aside) and the rules forbid changing it: restore "
+                          f"it (git checkout mainrun/train.py), or add --changed-evaluate to export it anyway, which "
+                          f"SUBMISSION.md then states")
     req = next((p for p in (checkout / ".devcontainer" / "requirements.txt", checkout / "requirements.txt")
                 if p.is_file()), checkout / "requirements.txt")
     text = req.read_text() if req.exists() else ""
     added = [pin for k, pin in our_pins().items() if k not in _requirements(text)]
     files = {"mainrun/train.py": script, "mainrun/report.pdf": _report_pdf(),
-             "mainrun/SUBMISSION.md": submission_md(recipe, "into", req=req.relative_to(checkout), added=added)}
+             "mainrun/SUBMISSION.md": submission_md(recipe, "into", req=req.relative_to(checkout), added=added,
+                                                     changed_evaluate=changed)}
     if added:
         files[req.relative_to(checkout)] = text + ("" if not text or text.endswith("\n") else "\n") \
             + "".join(a + "\n" for a in added)
@@ -406,8 +468,10 @@ def add_export_command(sub) -> None:
             return 0
         if not args.recipe or not (args.into or args.out):
             raise ExportError("give a RECIPE and --into CHECKOUT or --out DIR (or --recommended)")
+        if args.changed_evaluate and not args.into:
+            raise ExportError("--changed-evaluate goes with --into (a checkout's evaluate() is kept only there)")
         if args.into:
-            for p in export_into(args.recipe, args.into):
+            for p in export_into(args.recipe, args.into, changed_evaluate=args.changed_evaluate):
                 print(f"export: {p}")
         else:
             print(f"export: {export_out(args.recipe, args.out, report=not args.no_report)}")
@@ -420,9 +484,13 @@ def add_export_command(sub) -> None:
     where = e.add_mutually_exclusive_group()
     where.add_argument("--into", type=Path, help="a clone of MaincodeHQ/mainrun: its train.py is rewritten, its "
                                                  "evaluate() kept byte for byte")
-    where.add_argument("--out", type=Path, help="a folder for the same tree without a checkout (replaced whole); "
-                                                "with --recommended, the folder of the recommended trees")
+    where.add_argument("--out", type=Path, help="a folder for the same tree without a checkout: new, empty, or "
+                                                "one an earlier export wrote (its files are replaced, nothing "
+                                                "else); with --recommended, the folder of the recommended trees")
     e.add_argument("--no-report", action="store_true", help="--out: leave report.pdf out")
+    e.add_argument("--changed-evaluate", action="store_true",
+                   help="--into: export a checkout whose evaluate() is not the original's (refused otherwise); "
+                        "SUBMISSION.md says so")
     e.add_argument("--recommended", action="store_true",
                    help=f"write the recommended submissions ({', '.join(RECOMMENDED)}) under {SUBMISSION_ROOT}/")
     e.set_defaults(fn=cmd_export)

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,14 @@ def repo_root() -> Path:
 
 
 def atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    """write(tmp) fills a temp file beside `path`, which then replaces it; on a failure (an OSError naming
+    `path`: a full disk, a read-only ledger) the old file is untouched and no temp file is left."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    except OSError as e:                        # a read-only ledger names the file, not mkstemp's temp name
+        e.filename = str(path) if e.filename is None or str(e.filename).endswith(".tmp") else e.filename
+        raise
     os.close(fd)
     try:
         write(tmp)
@@ -43,6 +50,9 @@ def atomic_write_bytes(path: Path, write) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)         # as open() would make it (mkstemp's is 0600, private)
         os.replace(tmp, path)
+    except OSError as e:
+        e.filename = str(path) if e.filename in (None, tmp) else e.filename
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -290,6 +300,16 @@ class DamagedRun(RuntimeError):
     """A summary.json (or config.json) that does not parse, or a missing one for a run whose log shows it ended."""
 
 
+def zip_intact(path: Path) -> bool:
+    """Whether a torch file (a zip archive) has its directory, read from its end: a truncated, empty or
+    overwritten final.pt has none (cheap enough for `list`; damage inside shows when it is loaded)."""
+    try:
+        with zipfile.ZipFile(path):
+            return True
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def log_outcome(path: Path) -> str | None:
     """How a run's log says it ended: finished (the full-coverage evaluation, logged only at a normal end),
     diverged, pruned; None while it has none of these (still going, or cut off)."""
@@ -519,7 +539,9 @@ def match_run(spec: str, runs: list[dict], where: str) -> dict:
 
 def git_state() -> dict[str, Any]:
     def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True, timeout=10)
+        # a query only: no optional index refresh (whose index.lock a full disk or a kill would leave behind)
+        done = subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True, timeout=10,
+                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
         return done.stdout.strip()
     try:
         commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--", "mainrun"))

@@ -52,11 +52,31 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def expand(spec: dict) -> list[Point]:
-    """The points of a spec, in order: named points, then each axis, then the grid; times seeds."""
+def check_shape(spec: dict) -> None:
+    """A sweep spec's keys and the shape of their values, naming the key that is wrong: base and each point a
+    mapping of config fields, each axis and grid entry a non-empty list, seeds a list of integers, and at least
+    one point."""
     unknown = sorted(set(spec) - set(SPEC_KEYS))
     if unknown:
         raise ValueError(f"unknown sweep spec key(s): {', '.join(unknown)}; accepted: {', '.join(SPEC_KEYS)}")
+    fields = "a mapping of config fields to values"
+    lists = "a mapping of config fields to non-empty lists of values"
+    of_lists = lambda v: isinstance(v, dict) and all(isinstance(x, list) and x for x in v.values())  # noqa: E731
+    for key, ok, wanted in (("base", lambda v: isinstance(v, dict), fields),
+                            ("points", lambda v: isinstance(v, dict) and all(isinstance(o, dict) for o in v.values()),
+                             "a mapping of point labels to mappings of config fields to values"),
+                            ("axes", of_lists, lists), ("grid", of_lists, lists),
+                            ("seeds", lambda v: isinstance(v, list) and v and all(type(x) is int for x in v),
+                             "a non-empty list of integers (train seeds)")):
+        if key in spec and not ok(spec[key]):
+            raise ValueError(f"sweep spec key {key!r} holds {spec[key]!r}; expected {wanted}")
+    if not any(spec.get(k) for k in ("points", "axes", "grid")):
+        raise ValueError("sweep spec has no points: give 'points', 'axes' or 'grid' (each non-empty)")
+
+
+def expand(spec: dict) -> list[Point]:
+    """The points of a spec, in order: named points, then each axis, then the grid; times seeds."""
+    check_shape(spec)
     points = [Point(label, dict(ov)) for label, ov in spec.get("points", {}).items()]
     for axis, values in spec.get("axes", {}).items():
         for v in values:               # a value, or a dict of overrides holding the axis' value
@@ -108,6 +128,8 @@ def load_spec_file(path: Path) -> tuple[str | None, list[dict]]:
         text = Path(path).read_text()
     except OSError as e:
         raise ValueError(f"spec file {path}: {e.strerror or e}; give the path of {expected}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"spec file {path}: not text (byte {e.start}: {e.reason}); expected {expected}") from None
     try:
         spec = yaml.safe_load(text)                      # YAML, or JSON (a subset of YAML)
     except yaml.YAMLError as e:
@@ -126,6 +148,12 @@ def load_spec_file(path: Path) -> tuple[str | None, list[dict]]:
         if spec or not isinstance(calls, list) or not calls or not all(isinstance(c, dict) for c in calls):
             raise ValueError(f"{path}: 'specs' is a non-empty list of sweep specs, beside 'profile' only "
                              f"(other keys: {', '.join(spec) or 'none'})")
+    from .search import parse                       # every call's shape, before any runs
+    for i, call in enumerate(calls):
+        try:
+            parse(call) if "search" in call else check_shape(call)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"spec file {path}{f' (specs[{i}])' if len(calls) > 1 else ''}: {e}") from None
     return named, calls
 
 

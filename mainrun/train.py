@@ -7,6 +7,7 @@ whose checkpoint exists resumes from it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
@@ -139,8 +140,12 @@ class JsonlLog:
                 self.f = old
                 print(f"warning: could not rewrite {self.path} ({e}); the log continues in memory and in "
                       f"checkpoints", flush=True)
-        self.f.write(line)
-        self.f.flush()
+        try:
+            self.f.write(line)
+            self.f.flush()
+        except OSError as e:                      # a full disk: the error names the log (cli prints it)
+            e.filename = e.filename or str(self.path)
+            raise
 
     def text(self) -> str:
         return "".join(self.lines)
@@ -156,15 +161,15 @@ WRITE_DELAY_ENV = "MAINRUN_CHECKPOINT_WRITE_DELAY_S"
 
 def _atomic_save(obj: Any, path: Path) -> None:
     """torch.save through the same temp-file-then-rename writer as the data caches."""
+    buf = io.BytesIO()                    # saved here, written by Python: a full disk is an OSError naming
+    torch.save(obj, buf)                  # the file, not torch's "unexpected pos"
+    data = buf.getvalue()
     delay = float(os.environ.get(WRITE_DELAY_ENV) or 0)
     if delay <= 0:
-        atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp))
+        atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(data))
         return
 
     def slow_write(tmp: str) -> None:
-        buf = io.BytesIO()
-        torch.save(obj, buf)
-        data = buf.getvalue()
         half = len(data) // 2
         with open(tmp, "wb") as f:
             f.write(data[:half])
@@ -179,14 +184,15 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None = None,
         progress: bool = True, train: bool = True, on_eval: Callable[[int, float], bool] | None = None,
-        wait: bool = False, discard_finished: bool = False) -> dict:
+        wait: bool = False, discard_finished: bool = False, restart: bool = False) -> dict:
     """Train `cfg` (or return its recorded result) and return its summary dict.
 
     on_eval(step, official_val_loss) after every evaluation: True stops the run there, recorded "pruned".
     train=False only reads the ledger: a summary, else a stub with status "incomplete" or "missing".
     One process trains a run at a time (ledger.Lock on its run folder and its checkpoint folder): another
     refuses, naming the holder, or with wait=True waits and returns its result (or resumes a dead holder's
-    run). force=True never discards a run whose log shows it ended, unless discard_finished=True."""
+    run). force=True never discards a run whose log shows it ended, unless discard_finished=True. restart=True
+    starts an unfinished run over from step 0 (its checkpoint damaged, say); a finished one is returned."""
     cfg = resolve_execution(validate(cfg), check=False)   # a GPU run is read back on any host
     h = run_hash(cfg, fingerprint(cfg)[0])          # names the run; a read-back trains no tokenizer
     root = ledger.results_root(cfg.profile)
@@ -201,16 +207,17 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
         refuse_discarding(run_dir)
     warn_emulated_bf16(cfg.device, cfg.precision)
     corpus = prepare(cfg)
+    data_sizes(cfg, corpus)
     run_dir = run_dir or root / "runs" / f"{cfg.run_name}-{h}"
     record = ledger.lock_record("training", run_dir)
-    with ledger.hold(run_dir / ".lock", record, f"run {run_dir.name} is being trained by",
+    with tidied(run_dir), ledger.hold(run_dir / ".lock", record, f"run {run_dir.name} is being trained by",
                      "wait for it (its result goes into this ledger), or stop it and start again to resume", wait):
         if not force and (summary := ledger.finished_summary(run_dir)) is not None:
             return summary                                   # the process waited for has finished it
         with ledger.hold(ckpt_dir / ".lock", record, f"the checkpoints of run {run_dir.name} ({ckpt_dir}) are "
                          f"being written by", "wait for it to end and run this again, or give this run a "
                          "checkpoint folder of its own (MAINRUN_CHECKPOINTS)", wait):
-            if force:
+            if force or restart:
                 _clear(run_dir)
                 _clear(ckpt_dir)
             official, reasons = rules_check(cfg, corpus.source)
@@ -284,6 +291,41 @@ def check_resumable(run_dir: Path, ckpt_dir: Path, cfg: Config) -> None:
                            f"(--force) to start it over")
 
 
+def load_saved(path: Path, what: str) -> dict:
+    """torch.load of a checkpoint or final weights, on the CPU; a damaged file (truncated, empty, not torch's)
+    is a DamagedRun naming it and `what` to do."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch says RuntimeError, EOFError, UnpicklingError...
+        raise ledger.DamagedRun(f"{path} is damaged ({type(e).__name__}: {str(e).split('. ')[0][:120]}); "
+                                f"{what}") from None
+
+
+def data_sizes(cfg: Config, corpus: Corpus) -> tuple[int, float]:
+    """(optimizer steps per epoch, official coverage of the validation split); too little data for one step or
+    one official span is refused before any run folder is made."""
+    tokens_per_batch = cfg.block_size * cfg.batch_size    # micro-batches per epoch as the original, then steps
+    steps_per_epoch = len(corpus.train_ids) // tokens_per_batch // cfg.grad_accum
+    if steps_per_epoch < 1:
+        raise ValueError(f"the training split has {len(corpus.train_ids):,} tokens: fewer than one optimizer "
+                         f"step of {tokens_per_batch * cfg.grad_accum:,}; lower batch_size or grad_accum")
+    scored, coverage = official_coverage(len(corpus.val_ids))
+    if scored == 0:
+        raise ValueError(f"the validation split has {len(corpus.val_ids):,} tokens, fewer than one official "
+                         f"span of {EVAL_BATCH * EVAL_BLOCK + 1:,}; raise num_titles or val_frac")
+    return steps_per_epoch, coverage
+
+
+@contextlib.contextmanager
+def tidied(run_dir: Path):
+    """A run folder this process made and left empty (a refusal, a lock race lost) is removed on the way out."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):          # not empty, or gone: nothing to tidy
+            run_dir.rmdir()
+
+
 class Trainer:
     """One run's model, optimizers and loop: train() resumes from the checkpoint, logs, and writes the summary."""
 
@@ -298,11 +340,7 @@ class Trainer:
         self.opts = build_optimizers(cfg, self.model, device)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema > 0 else None
         self.step_fn = torch.compile(self.model) if cfg.compile else self.model
-        tokens_per_batch = cfg.block_size * cfg.batch_size    # micro-batches per epoch as the original, then steps
-        self.steps_per_epoch = len(corpus.train_ids) // tokens_per_batch // cfg.grad_accum
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"the training split has {len(corpus.train_ids):,} tokens: fewer than one optimizer "
-                             f"step of {tokens_per_batch * cfg.grad_accum:,}; lower batch_size or grad_accum")
+        self.steps_per_epoch, self.coverage = data_sizes(cfg, corpus)
         self.max_steps = cfg.epochs * self.steps_per_epoch
         self.eval_interval = max(1, self.steps_per_epoch // cfg.evals_per_epoch)
         self.warmup_steps = int(round(cfg.warmup_frac * self.max_steps))
@@ -310,10 +348,6 @@ class Trainer:
         # training losses stay on the device and are read every log_every steps (each read is a sync)
         self.log_every = 1 if device == "cpu" else 25
         self.groups = param_groups(self.model)   # hidden / embed / other: the stability probe's groups
-        scored, self.coverage = official_coverage(len(corpus.val_ids))
-        if scored == 0:
-            raise ValueError(f"the validation split has {len(corpus.val_ids):,} tokens, fewer than one official "
-                             f"span of {EVAL_BATCH * EVAL_BLOCK + 1:,}; raise num_titles or val_frac")
 
     def objective(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(cross-entropy to log, loss to minimise). R-Drop: two passes, their mean CE plus rdrop x their
@@ -352,7 +386,7 @@ class Trainer:
         if not path.exists():
             return None
         # on the CPU first: RNG states must stay CPU byte tensors; load_state_dict moves the rest
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = load_saved(path, "start the run over from step 0 with --restart (run(..., restart=True))")
         self.model.load_state_dict(ck["model"])
         for o, s in zip(self.opts, ck["opts"]):
             o.load_state_dict(s)

@@ -223,13 +223,14 @@ def test_search_spec_is_checked():
 def test_gpu_packing_path_runs_on_cpu(tmp_path):
     """The GPU packing benchmark's code path (K worker processes per GPU holding GPU=1/K, tasks asking for
     it), with smoke runs on the CPU standing in for the device."""
-    r = bench.gpu_packing(ks=(2,), n_runs=2, profile="smoke", preset="baseline", device="cpu",
+    r = bench.gpu_packing(ks=(1, 2), n_runs=2, profile="smoke", preset="baseline", device="cpu",
                             precision="fp32", gpus=1, overrides={"batch_size": 32}, out_dir=tmp_path,
                             name="packing-test")
-    [lv] = r["levels"]
-    assert lv["workers"] == 2 and lv["runs_per_gpu"] == 2
-    assert lv["statuses"] == ["finished", "finished"] and lv["runs_per_hour"] > 0
-    assert r["losses"]["levels"]["k2"]["max_abs_diff_vs_reference"] == 0.0
+    one, two = r["levels"]
+    assert (one["workers"], one["runs_per_gpu"], two["workers"], two["runs_per_gpu"]) == (1, 1, 2, 2)
+    assert [lv["statuses"] for lv in (one, two)] == [["finished", "finished"]] * 2 and two["runs_per_hour"] > 0
+    # two runs sharing a GPU train as one alone does: k2 against k1, the first level (compare_losses' reference)
+    assert r["losses"]["reference"] == "k1" and r["losses"]["levels"]["k2"]["max_abs_diff_vs_reference"] == 0.0
     assert json.loads((tmp_path / "packing-test.json").read_text())["kind"] == "gpu"
     assert "k2" in bench.format_packing(r)
 
