@@ -1,4 +1,4 @@
-"""Mainrun train.py: the ledger run `full-14_final7-final7-8fa20090e71f` of the mainrun workbench.
+"""Mainrun train.py: the ledger run `full-14_final4-final4-2821b86aca17` of the mainrun workbench.
 
 One self-contained script, run by `task train` (`python3 train.py` in mainrun/): it loads the Hacker News titles
 (or, with MAINRUN_DATA=/path/to/titles.parquet/.jsonl/.csv set, that file's 'title' column, and says so), trains
@@ -39,6 +39,7 @@ class Hyperparameters:
     d_model: int = 192                    # width of the residual stream
     dropout: float = 0.05                 # dropout on embeddings, attention probabilities and residual branches
     attn_dropout: float = -1.0            # dropout on attention probabilities alone; -1 = dropout
+    dropout_rng: str = "torch"            # torch: its dropout masks | hash: masks hashed from the element index
     norm: str = "layernorm"               # layernorm | rmsnorm
     pos: str = "rope"                     # learned position embedding | rope (rotary embeddings of q and k)
     init: str = "scaled_residual"         # normal: std 0.02 | scaled_residual: residual writers / sqrt(2 n_layer)
@@ -46,7 +47,7 @@ class Hyperparameters:
     qk_norm: bool = True                  # RMS-normalise queries and keys per head
     tie_embeddings: bool = False          # the output head shares the token embedding's weights
     unet: bool = True                     # U-net: the first half's block outputs, scaled, enter the last half
-    ensemble: int = 3                     # k models trained side by side; predict the mean of their probabilities
+    ensemble: int = 1                     # k models trained side by side; predict the mean of their probabilities
     # --- optimisation
     optimizer: str = "muon"               # sgd | adamw | muon (Muon on the hidden matrices, AdamW on the rest)
     lr: float = 0.002                     # peak learning rate (of the AdamW part under muon)
@@ -69,10 +70,10 @@ class Hyperparameters:
     decay_shape: str = "sqrt"             # wsd: linear | sqrt (1 - sqrt(progress) cooldown)
     ema: float = 0.99                     # decay of the weights' moving average that evaluate() scores; 0 = off
     # --- execution and log
-    evals_per_epoch: int = 1              # validation passes per epoch (plus the first and the last step)
+    evals_per_epoch: int = 2              # validation passes per epoch (plus the first and the last step)
     device: str = "cpu"                   # auto (cuda if available) | cpu | cuda
-    precision: str = "bf16"               # fp32 | bf16 (autocast) | auto: bf16 where matmuls have native bf16
-    compile: bool = True                  # torch.compile the training forward pass
+    precision: str = "fp32"               # fp32 | bf16 (autocast) | auto: bf16 where matmuls have native bf16
+    compile: bool = False                 # torch.compile the training forward pass
     log_file: str = "./logs/mainrun.log"  # the JSONL event log
 
 
@@ -162,6 +163,34 @@ def iter_full_split(split_ids: torch.Tensor, block_size: int, batch_size: int, d
 NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
 
 
+def hash_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Dropout whose mask is a hash (Wellons' lowbias32, int32 arithmetic) of each element's index and one seed
+    drawn from torch's generator per call: on a CPU it costs a fraction of drawing torch's masks, and under
+    torch.compile it fuses into the kernel that uses it. An element is dropped when the hash's low 24 bits
+    fall below p * 2^24."""
+    if not training or p == 0.0:
+        return x
+    seed = torch.randint(0, 2**30, (), device=x.device, dtype=torch.int32)
+    h = torch.arange(x.numel(), device=x.device, dtype=torch.int32).view(x.shape) + seed * 747796405
+    h = (h ^ ((h >> 16) & 0xFFFF)) * 0x7FEB352D
+    h = (h ^ ((h >> 15) & 0x1FFFF)) * -2073450869         # 0x846CA68B as a signed int32
+    h = h ^ ((h >> 16) & 0xFFFF)
+    keep = (h & 0xFFFFFF) >= round(p * 2**24)
+    return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
+
+
+class HashDropout(nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return hash_dropout(x, self.p, self.training)
+
+
+DROPOUTS = {"torch": nn.Dropout, "hash": HashDropout}
+
+
 def rope_tables(T: int, head_dim: int, base: float = 10000.0):
     """cos and sin of the rotary angles, [T, head_dim / 2]."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
@@ -185,7 +214,8 @@ class CausalSelfAttention(nn.Module):
         self.attn_p = cfg.dropout if cfg.attn_dropout < 0 else cfg.attn_dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.resid_drop = DROPOUTS[cfg.dropout_rng](cfg.dropout)
+        self.hashed = cfg.dropout_rng == "hash"
         self.qk_norm = cfg.qk_norm
         self.rope = cfg.pos == "rope"
         if self.rope:
@@ -202,7 +232,12 @@ class CausalSelfAttention(nn.Module):
         if self.rope:
             q, k = apply_rope(q, self.rope_cos, self.rope_sin), apply_rope(k, self.rope_cos, self.rope_sin)
         p = self.attn_p if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        if self.hashed and p > 0:     # SDPA draws its own masks: the same attention with hashed ones, spelled out
+            scores = (q @ k.transpose(-2, -1)) * self.head_dim ** -0.5                    # [B, H, T, T]
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            y = hash_dropout(torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1), p) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         y = y.transpose(1, 2).reshape(B, T, C)    # [B, H, T, D] -> [B, T, C]
         return self.resid_drop(self.proj(y))
 
@@ -213,7 +248,7 @@ class MLP(nn.Module):
         self.relu2 = cfg.mlp == "relu2"
         self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model)
         self.out = nn.Linear(4 * cfg.d_model, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = DROPOUTS[cfg.dropout_rng](cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.fc(x)).square() if self.relu2 else F.gelu(self.fc(x))
@@ -242,7 +277,7 @@ class GPT(nn.Module):
         self.token_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         if cfg.pos == "learned":
             self.pos_emb = nn.Parameter(torch.zeros(1, cfg.block_size, cfg.d_model))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = DROPOUTS[cfg.dropout_rng](cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = NORMS[cfg.norm](cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -342,17 +377,15 @@ class Muon(torch.optim.Optimizer):
 def param_groups(model: nn.Module) -> dict:
     """The one table of parameter groups. hidden: the blocks' 2-D weights (Muon's under muon, the only ones
     AdamW decays); embed: token and position embeddings; head: an untied output head; other: norms, biases,
-    skip weights. An ensemble's members group like one model's, except that the head is found by its name
-    "head.weight", which a member's head ("members.0.head.weight") lacks: an ensemble's heads train at embed_lr.
-    So the workbench trained its ensembles (final7); the script keeps it so that the numbers agree."""
+    skip weights. An ensemble's members (members.<i>.<name>) group like one model's."""
     groups = {"hidden": [], "embed": [], "head": [], "other": []}
     for name, p in model.named_parameters():             # a tied head is listed once, as the embedding
         local = name.split(".", 2)[2] if name.startswith("members.") else name
         if local.startswith("blocks.") and p.ndim == 2:
             groups["hidden"].append(p)
-        elif name.startswith("head."):
+        elif local.startswith("head."):
             groups["head"].append(p)
-        elif "emb" in local or local.startswith("head."):
+        elif "emb" in local:
             groups["embed"].append(p)
         else:
             groups["other"].append(p)
