@@ -32,9 +32,9 @@ import torch
 
 from . import ledger, tables
 from .config import EVAL_BATCH, EVAL_BLOCK, Config, from_dict, make_config, parse_overrides, run_hash
-from .data import prepare
+from .data import get_batch, prepare
 from .evaluate import autocast, evaluate
-from .optim import build_optimizers, matmul_seconds, timed
+from .optim import build_optimizers, matmul_seconds, native_bf16, timed
 from .reference import RefGPT
 from .stats import time_to_quality
 from .studies import build_configs
@@ -71,8 +71,9 @@ def train_step(cfg: Config, device: str, precision: str, x: torch.Tensor, y: tor
         with autocast(device, precision):
             _, loss = fwd(x, y)
         loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        with torch.profiler.record_function("gradient clipping"):   # per member, as the trainer clips
+            for part in (model.members if cfg.ensemble > 1 else [model]) if cfg.grad_clip else []:
+                torch.nn.utils.clip_grad_norm_(part.parameters(), cfg.grad_clip)
         for o in opts:
             o.step()
             o.zero_grad(set_to_none=True)
@@ -129,14 +130,124 @@ def profile_ops(cfg: Config, device: str, rows: int = 15) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
+# ----------------------------------------------------------------------------- where the time goes
+# The parts of a training step, in the order printed. Each profiled op's own (self) time goes to one part, by the
+# first rule its name matches (a compiled step's fused kernels are named after the ops they fuse); time inside an
+# optimizer step or gradient clipping is "optimizer"; what no op accounts for is "framework and Python".
+PARTS = ("matmul", "attention", "loss", "dropout masks", "norms and elementwise", "optimizer",
+         "framework and Python")
+PART_RULES = (("loss", r"log_softmax|nll_loss|cross_entropy"),
+              ("dropout masks", r"bernoulli|native_dropout|dropout|random|randint|bitwise|arange"),
+              ("attention", r"scaled_dot_product|flash_attention|safe_softmax|_softmax"),
+              ("matmul", r"(^|::|_)(mm|addmm|bmm|baddbmm|matmul|linear)(_|$)|mkldnn|onednn"))
+
+
+def part_of(name: str) -> str:
+    """The part of the step an op's self time belongs to (PART_RULES; else norms and elementwise)."""
+    return next((part for part, rule in PART_RULES if re.search(rule, name)), "norms and elementwise")
+
+
+def breakdown(cfg: Config, device: str, s_per_step: float) -> dict[str, float]:
+    """Seconds of each part of one training step (PARTS), scaled so that they sum to s_per_step: torch.profiler
+    on one step after warm-up, with the compiled kernels profiled one by one (inductor's kernel profile)."""
+    import torch._inductor.config as inductor
+    from torch.profiler import profile
+
+    inductor.cpp.enable_kernel_profile = True           # before the first compile: one event per fused kernel
+    try:
+        step, _ = train_step(cfg, device, resolve_precision(cfg.precision, device), *random_batch(cfg, device))
+        step(), step()
+        t0 = time.perf_counter()
+        with profile() as prof:
+            step()
+        wall = time.perf_counter() - t0
+    finally:
+        inductor.cpp.enable_kernel_profile = False
+    parts = dict.fromkeys(PARTS, 0.0)
+    for ev in prof.events():
+        chain, up = [ev.name], ev.cpu_parent
+        while up is not None:
+            chain.append(up.name)
+            up = up.cpu_parent
+        if any(n.startswith("Optimizer.") or n == "gradient clipping" for n in chain):
+            part = "optimizer"
+        elif re.match(r"## Call CompiledFxGraph|Torch-Compiled|CompiledFunction|autograd::|## ", ev.name):
+            part = "framework and Python"            # the wrappers' own time, around the kernels they call
+        else:
+            part = part_of(ev.name)
+        parts[part] += ev.self_cpu_time_total / 1e6
+    parts["framework and Python"] += max(0.0, wall - sum(parts.values()))
+    scale = s_per_step / sum(parts.values())
+    return {k: v * scale for k, v in parts.items()}
+
+
+# The A/B reference for speed claims: the last commit before this round's fast paths (bench --against), and the
+# preset that stood there for a recipe made since (final8 is final7 with hashed dropout masks).
+BEFORE = "d3709e8"
+BEFORE_PRESETS = {"final8": "final7"}
+# A step worker for ab_against: builds a preset's training step with whichever mainrun is on PYTHONPATH (today's
+# or an old commit's, whose bench.train_step/random_batch and train.resolve_execution have the same signature),
+# warms it up, then times one step per line read from stdin.
+_WORKER = """
+import json, sys, timeit
+from mainrun.bench import random_batch, train_step
+from mainrun.config import make_config
+from mainrun.train import resolve_execution
+spec = json.loads(sys.argv[1])
+cfg = resolve_execution(make_config("full", spec["preset"], **spec["overrides"]))
+step = train_step(cfg, cfg.device, cfg.precision, *random_batch(cfg, cfg.device))[0]
+step(); step()
+print("ready", flush=True)
+for _ in sys.stdin:
+    print(timeit.timeit(step, number=1), flush=True)
+"""
+
+
+def ab_against(ref: str, before: dict, after: dict, reps: int = 5) -> dict:
+    """Median s/step of `before` ({"preset", "overrides"}) under the code at git ref `ref` and of `after` under
+    this checkout's code, each in its own process, timed alternately (one step of each per round, so a slow
+    patch of the machine hits both alike)."""
+    import subprocess
+    import sys
+
+    root = ledger.repo_root()
+    if not (root / ".git").exists():
+        raise ValueError(f"--against {ref} needs a git checkout of mainrun (the package at {root} is not one)")
+    with tempfile.TemporaryDirectory(prefix="mainrun-ab-") as old:
+        archive = subprocess.run(["git", "-C", str(root), "archive", ref, "mainrun"], capture_output=True)
+        if archive.returncode:
+            raise ValueError(f"--against {ref}: git cannot archive it ({archive.stderr.decode().strip()})")
+        subprocess.run(["tar", "-x", "-C", old], input=archive.stdout, check=True)
+        procs = {}
+        for name, path, spec in (("before", old, before), ("after", str(root), after)):
+            env = {**os.environ, "PYTHONPATH": path}
+            procs[name] = subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps(spec)], env=env, cwd=path,
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            if procs[name].stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the {name} step worker ({spec}) failed to start; see its error above")
+        times = {name: [] for name in procs}
+        for _ in range(reps):
+            for name, p in procs.items():
+                p.stdin.write("step\n")
+                p.stdin.flush()
+                times[name].append(float(p.stdout.readline()))
+        for p in procs.values():
+            p.stdin.close()
+            p.wait()
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    return {"ref": ref, "before": {**before, "s_per_step": med["before"], "times": times["before"]},
+            "after": {**after, "s_per_step": med["after"], "times": times["after"]},
+            "speedup": med["before"] / med["after"]}
+
+
 def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: str | None = None,
-              ops: bool = False, reference: bool = True) -> dict:
+              ops: bool = False, reference: bool = True, against: str | None = None, parts: bool = True) -> dict:
     """bench_config and the matmul ceiling, extrapolated to the config's whole run and set beside its committed
     run (if the ledger has one); written to results/bench/<device>-<label>.json (and -ops.txt with ops)."""
     device = resolve_device(cfg.device)
     # GFLOP/s of an n x n x n matmul (random data; median of 3 after one warm-up)
-    sizes = {"fp32": (torch.float32, 8192 if device == "cuda" else 2048),
-             "bf16": (torch.bfloat16, 8192 if device == "cuda" else 512)}
+    sizes = {"fp32": (torch.float32, 8192 if device == "cuda" else 2048),   # emulated bf16 is too slow for 2048
+             "bf16": (torch.bfloat16, 8192 if device == "cuda" else 2048 if native_bf16(device) else 512)}
     ceil = {k: 2 * n**3 / statistics.median(matmul_seconds(n, dtype, device)) / 1e9
             for k, (dtype, n) in sizes.items()}
     res = bench_config(cfg, device, reps=reps, reference=reference)
@@ -160,6 +271,7 @@ def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: st
                                  if "reference" in rows else None),
         "fraction_of_matmul_ceiling": ours["gflops"] / max(ceil.values()),
         "fraction_of_bf16_matmul": ours["gflops"] / ceil["bf16"],
+        "fraction_of_matmul_in_precision": ours["gflops"] / ceil[ours["precision"]],
         "extrapolated_7_epoch_s": train_s + eval_s,
         "extrapolation": {"optimizer_steps": steps, "evaluations": n_evals, "tokens_counted_from": counted},
         "eval_share_extrapolated": eval_s / (train_s + eval_s),
@@ -169,6 +281,16 @@ def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: st
                       "attention-score FLOPs not counted",
         "measured_at": datetime.now(timezone.utc).isoformat(),
     }
+    if parts:   # where the time goes: the step's parts, then evaluation and data per optimizer step of the run
+        ids = torch.randint(0, cfg.vocab_size, (train_tokens,))
+        data_s = statistics.median(timed(lambda: get_batch(ids, 0, cfg.block_size, cfg.batch_size), reps=20))
+        out["breakdown_s"] = {**breakdown(cfg, device, ours["s_per_step"]), "evaluation": eval_s / steps,
+                              "data": data_s * cfg.grad_accum}
+    if against:
+        after = {"preset": cfg.preset, "overrides": {k: v for k, v in cfg.to_dict().items()
+                                                      if v != make_config(cfg.profile, cfg.preset).to_dict()[k]}}
+        before = {"preset": BEFORE_PRESETS.get(cfg.preset, cfg.preset), "overrides": after["overrides"]}
+        out["ab"] = ab_against(against, before, after, reps)
     if device == "cuda":
         out["mfu_vs_989_tflops"] = ours["gflops"] / 989e3
     out_dir = Path(out_dir or ledger.repo_root() / "results" / "bench")
@@ -220,7 +342,20 @@ def format_table(r: dict) -> str:
               f"7-epoch run extrapolated: {r['extrapolated_7_epoch_s'] / 60:.1f} min "
               f"({r['extrapolation']['optimizer_steps']} steps, {r['extrapolation']['evaluations']} evaluations; "
               f"{r['flops_note']})",
-              f"evaluations' share of that run: {r['eval_share_extrapolated']:.1%}"]
+              f"evaluations' share of that run: {r['eval_share_extrapolated']:.1%}",
+              f"ours / matmul rate in its own precision ({r['rows']['ours']['precision']}): "
+              f"{r['fraction_of_matmul_in_precision']:.0%}"]
+    if "breakdown_s" in r:
+        b = r["breakdown_s"]
+        total = sum(b.values())
+        lines.append(f"where the time goes, per optimizer step of the run ({total:.3f} s: the step, then "
+                     f"evaluation and data spread over the steps):")
+        lines += [f"  {k:<24}{v:>8.3f} s {v / total:>6.1%}" for k, v in b.items()]
+    if "ab" in r:
+        ab = r["ab"]
+        lines.append(f"A/B, alternating steps: {ab['before']['preset']} at {ab['ref']} "
+                     f"{ab['before']['s_per_step']:.3f} s/step, {ab['after']['preset']} here "
+                     f"{ab['after']['s_per_step']:.3f} s/step: {ab['speedup']:.2f}x")
     c = r.get("committed_run")
     if c:
         ttq = c.get("time_to_baseline_s")
@@ -363,6 +498,8 @@ def main(args) -> int:
     sets = [re.sub(r"[^A-Za-z0-9.]+", "", s) for s in args.set or [] if not s.startswith("device=")]
     precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
     label = args.label or "-".join([args.preset, precision, *sets])
-    r = run_bench(cfg, reps=args.reps, label=label, ops=args.ops, reference=not args.no_reference)
+    against = None if args.against in ("", "none") else args.against
+    r = run_bench(cfg, reps=args.reps, label=label, ops=args.ops, reference=not args.no_reference,
+                  against=against, parts=not args.no_parts)
     print(format_table(r))
     return 0

@@ -226,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--ops", action="store_true", help="also save torch.profiler's top ops for our step")
     b.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch's default)")
     b.add_argument("--no-reference", action="store_true", help="skip the original-style reference step")
+    b.add_argument("--against", default="d3709e8", metavar="REF",
+                   help="also time the step of the code at git commit REF (the preset that stood there), "
+                        "alternating with this code's, each in its own process; 'none' skips it")
+    b.add_argument("--no-parts", action="store_true", help="skip the breakdown of the step into its parts")
     b.add_argument("--sweep", action="store_true", help="packing benchmark through the Dask engine instead: runs "
                    "per hour with K runs per GPU, or 1 run x 2 threads against 2 runs x 1 thread on the CPU "
                    "(mainrun.bench: gpu_packing, cpu_packing)")

@@ -25,7 +25,7 @@ needs_data = pytest.mark.skipif(not have_standin(), reason="needs the offline HN
 # evaluate() scores at; two layers so that the U-net skips of final7 are exercised; no compile (not bit-stable).
 SMOKE = dict(num_titles=4000, vocab_size=512, n_layer=2, n_head=2, d_model=32, epochs=1, evals_per_epoch=2,
              compile=False, device="cpu", precision="fp32")
-RECIPES = ("baseline", "epic1", "final", "final7")
+RECIPES = ("baseline", "epic1", "final", "final7", "final8")
 # The original's events and the fields each carries (MaincodeHQ/mainrun, mainrun/train.py and logs/baseline.log).
 ORIGINAL_HYPERPARAMETERS = dict(block_size=128, batch_size=64, vocab_size=16_000, n_layer=6, n_head=8, d_model=512,
                                 dropout=0.1, lr=6e-3, weight_decay=0.0, evals_per_epoch=3, epochs=7, seed=1337,
