@@ -189,24 +189,26 @@ BEFORE_PRESETS = {"final8": "final7"}
 # or an old commit's, whose bench.train_step/random_batch and train.resolve_execution have the same signature),
 # warms it up, then times one step per line read from stdin.
 _WORKER = """
-import json, sys, timeit
+import dataclasses, json, sys, timeit
 from mainrun.bench import random_batch, train_step
-from mainrun.config import make_config
+from mainrun.config import Config, make_config
 from mainrun.train import resolve_execution
 spec = json.loads(sys.argv[1])
-cfg = resolve_execution(make_config("full", spec["preset"], **spec["overrides"]))
+known = {f.name for f in dataclasses.fields(Config)}       # an old commit lacks the knobs added since
+overrides = {k: v for k, v in spec["overrides"].items() if k in known}
+cfg = resolve_execution(make_config(spec["profile"], spec["preset"], **overrides))
 step = train_step(cfg, cfg.device, cfg.precision, *random_batch(cfg, cfg.device))[0]
 step(); step()
-print("ready", flush=True)
+print(json.dumps(sorted(set(spec["overrides"]) - known)), flush=True)
 for _ in sys.stdin:
     print(timeit.timeit(step, number=1), flush=True)
 """
 
 
 def ab_against(ref: str, before: dict, after: dict, reps: int = 5) -> dict:
-    """Median s/step of `before` ({"preset", "overrides"}) under the code at git ref `ref` and of `after` under
-    this checkout's code, each in its own process, timed alternately (one step of each per round, so a slow
-    patch of the machine hits both alike)."""
+    """Median s/step of `before` ({"profile", "preset", "overrides"}) under the code at git ref `ref` and of
+    `after` under this checkout's code, each in its own process, timed alternately (one step of each per round,
+    so a slow patch of the machine hits both alike)."""
     import subprocess
     import sys
 
@@ -223,8 +225,10 @@ def ab_against(ref: str, before: dict, after: dict, reps: int = 5) -> dict:
             env = {**os.environ, "PYTHONPATH": path}
             procs[name] = subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps(spec)], env=env, cwd=path,
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            if procs[name].stdout.readline().strip() != "ready":
+            ready = procs[name].stdout.readline()
+            if not ready.startswith("["):
                 raise RuntimeError(f"the {name} step worker ({spec}) failed to start; see its error above")
+            spec["unknown_there"] = json.loads(ready)    # overrides that code does not have, left out there
         times = {name: [] for name in procs}
         for _ in range(reps):
             for name, p in procs.items():
@@ -287,9 +291,10 @@ def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: st
         out["breakdown_s"] = {**breakdown(cfg, device, ours["s_per_step"]), "evaluation": eval_s / steps,
                               "data": data_s * cfg.grad_accum}
     if against:
-        after = {"preset": cfg.preset, "overrides": {k: v for k, v in cfg.to_dict().items()
-                                                      if v != make_config(cfg.profile, cfg.preset).to_dict()[k]}}
-        before = {"preset": BEFORE_PRESETS.get(cfg.preset, cfg.preset), "overrides": after["overrides"]}
+        recipe = make_config(cfg.profile, cfg.preset).to_dict()
+        sets = {k: v for k, v in cfg.to_dict().items() if v != recipe[k]}
+        after = {"profile": cfg.profile, "preset": cfg.preset, "overrides": sets}
+        before = {**after, "preset": BEFORE_PRESETS.get(cfg.preset, cfg.preset), "overrides": dict(sets)}
         out["ab"] = ab_against(against, before, after, reps)
     if device == "cuda":
         out["mfu_vs_989_tflops"] = ours["gflops"] / 989e3
@@ -353,8 +358,10 @@ def format_table(r: dict) -> str:
         lines += [f"  {k:<24}{v:>8.3f} s {v / total:>6.1%}" for k, v in b.items()]
     if "ab" in r:
         ab = r["ab"]
-        lines.append(f"A/B, alternating steps: {ab['before']['preset']} at {ab['ref']} "
-                     f"{ab['before']['s_per_step']:.3f} s/step, {ab['after']['preset']} here "
+        left = ab["before"].get("unknown_there")
+        lines.append(f"A/B, alternating steps: {ab['before']['preset']} at {ab['ref']}"
+                     + (f" (without {', '.join(left)}, which it lacks) " if left else " ")
+                     + f"{ab['before']['s_per_step']:.3f} s/step, {ab['after']['preset']} here "
                      f"{ab['after']['s_per_step']:.3f} s/step: {ab['speedup']:.2f}x")
     c = r.get("committed_run")
     if c:
