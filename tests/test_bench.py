@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from mainrun.bench import flop_params, format_table, run_bench
+from mainrun.bench import PARTS, ab_against, flop_params, format_table, part_of, run_bench
 from mainrun.config import make_config
 from mainrun.reference import RefGPT
 from mainrun.train import build_model
@@ -42,6 +42,33 @@ def test_bench_runs_at_smoke_size(tmp_path):
     assert r["speedup_vs_reference"] == pytest.approx(r["rows"]["reference"]["s_per_step"] / r["rows"]["ours"]["s_per_step"])
     assert 0 < r["fraction_of_matmul_ceiling"] and r["eval_tokens_per_s"] > 0
     assert "ours / reference" in format_table(r)
+    # where the time goes: every part named, none negative, the step's parts summing to the step
+    parts = r["breakdown_s"]
+    assert list(parts) == [*PARTS, "evaluation", "data"] and min(parts.values()) >= 0
+    assert sum(parts[p] for p in PARTS) == pytest.approx(r["rows"]["ours"]["s_per_step"])
+    assert parts["matmul"] > 0 and parts["optimizer"] > 0 and "where the time goes" in format_table(r)
+
+
+@pytest.mark.parametrize("name, part", [
+    ("aten::mm", "matmul"), ("aten::addmm", "matmul"), ("aten::bmm", "matmul"),
+    ("graph_0_cpp_fused__log_softmax__log_softmax_backward_data_1", "loss"),
+    ("graph_0_cpp_fused__to_copy_embedding_native_dropout_0", "dropout masks"),
+    ("aten::bernoulli_", "dropout masks"), ("graph_0_cpp_fused_arange_bitwise_and_mul_3", "dropout masks"),
+    ("graph_0_cpp_fused__safe_softmax__to_copy_add_mul_4", "attention"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
+    ("graph_0_cpp_fused_add_mean_mul_pow_rsqrt_2", "norms and elementwise"), ("aten::gelu", "norms and elementwise"),
+    ("aten::mul", "norms and elementwise")])
+def test_ops_are_sorted_into_the_parts_of_a_step(name, part):
+    assert part_of(name) == part
+
+
+def test_ab_against_a_commit_times_both_codes_alternately():
+    """Today's step against the same code at HEAD: both workers run, alternate, and a knob HEAD lacks is left
+    out there and named."""
+    spec = {"profile": "smoke", "preset": "baseline", "overrides": {"device": "cpu", "no_such_knob": 1}}
+    ab = ab_against("HEAD", dict(spec), {**spec, "overrides": {"device": "cpu"}}, reps=2)
+    assert len(ab["before"]["times"]) == len(ab["after"]["times"]) == 2
+    assert ab["before"]["unknown_there"] == ["no_such_knob"] and ab["speedup"] > 0
 
 
 def test_a_cpu_hardware_record_says_whether_bf16_is_native(monkeypatch):
