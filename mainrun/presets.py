@@ -40,9 +40,6 @@ PRESETS["final7"] = dict(PRESETS["final4"], ensemble=3, compile=True, evals_per_
 # final8: final7 with dropout masks hashed from the element index (dropout_rng=hash: the same dropout, drawn
 # without torch's bernoulli, about a quarter of a CPU step), under code version 2 (each member's head at lr).
 PRESETS["final8"] = dict(PRESETS["final7"], dropout_rng="hash")
-# final9: final8 with the heads' AdamW LR set to 0.02, the embeddings' LR: what code version 1 gave final7's
-# heads by accident, now chosen (after seeing final8's first epoch, 2026-12-08).
-PRESETS["final9"] = dict(PRESETS["final8"], head_lr=0.02)
 
 # The ladder, in order. rung: its name in results/studies/<profile>/ladder.json; record: its records/ folder
 # (README, specs, logs); preset: the recipe (None where a study chose the rung); study: the full-scale study
