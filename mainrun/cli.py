@@ -72,12 +72,20 @@ def cmd_eval(args) -> int:
     if data.startswith("test:"):            # a held-out test set, built from the corpus (mainrun/testset.py)
         from .testset import test_file
         data, test = test_file(data.split(":", 1)[1])
-    titles = read_titles(data, args.num_titles)  # file order, no shuffle
+    if data == "val":                       # the run's own validation split: its official loss, recomputed
+        from .data import fingerprint, load_titles
+        if fingerprint(cfg)[0] != meta["data_fingerprint"]:
+            raise DataError(f"--data val: the data at hand ({cfg.data or 'MAINRUN_DATA'}) does not give run "
+                            f"{run_dir.name}'s split; set MAINRUN_DATA to the file it was trained on")
+        titles = load_titles(cfg.data, cfg.num_titles, cfg.seed, cfg.val_frac)[1][:args.num_titles or None]
+    else:
+        titles = read_titles(data, args.num_titles)  # file order, no shuffle
     ids, chars = encode_titles(ck["tokenizer_path"], titles)
     if not any(titles) or len(ids) < 2:     # a loss of no tokens reads 0.0; of blank titles, of separators only
         raise DataError(f"{data} holds {f'no text to score ({len(titles)} blank titles)' if titles else 'no titles'}"
                         f": no loss is computed from no data; give a titles file with text")
-    out = {"run": run_dir.name, "hash": meta["hash"], "data": args.data if test else ledger.display_path(data),
+    out = {"run": run_dir.name, "hash": meta["hash"],
+           "data": args.data if test or data == "val" else ledger.display_path(data),
            **({"test": test} if test else {}), "titles": len(titles), "tokens": len(ids), "chars": chars,
            "official_loss": evaluate(model, ids, chars, device) if official_coverage(len(ids))[0] else None,
            "official_coverage": official_coverage(len(ids))[1],
@@ -206,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", parents=[run], help="evaluate a finished run's final weights on a titles file")
-    e.add_argument("--data", required=True, help="titles file (.parquet/.jsonl/.csv with a 'title' column), or "
-                   "test:random / test:late, the held-out test sets (mainrun/testset.py)")
+    e.add_argument("--data", required=True, help="titles file (.parquet/.jsonl/.csv with a 'title' column), "
+                   "test:random / test:late, the held-out test sets (mainrun/testset.py), or val, the run's own "
+                   "validation split (its official_loss is the run's recorded final_val_loss)")
     e.add_argument("--save", action="store_true",
                    help="also write the result to <results>/test/<run>-test-<set>.json")
     e.add_argument("--num-titles", type=at_least_zero, default=0, help="first N titles of the file (0 = all)")
