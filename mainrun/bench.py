@@ -352,17 +352,25 @@ def format_packing(r: dict) -> str:
 
 
 def main(args) -> int:
+    """The `bench` command. --profile, --preset and --set default to None here (cli.py): unset, the step benchmark
+    takes full/baseline and --sweep its own workload; under smoke the JSON goes to the smoke ledger, not the
+    checkout's results/bench/ (--out names another folder)."""
+    out_dir = args.out or (ledger.results_root("smoke") / "bench" if args.profile == "smoke" else None)
     if args.sweep:
-        r = gpu_packing() if torch.cuda.is_available() else cpu_packing()
+        given = {k: v for k, v in (("profile", args.profile), ("preset", args.preset)) if v is not None}
+        if args.set:
+            given["overrides"] = parse_overrides(args.set)
+        r = (gpu_packing if torch.cuda.is_available() else cpu_packing)(out_dir=out_dir, **given)
         print(format_packing(r))
         return 0
-    cfg = make_config(args.profile, args.preset, **parse_overrides(args.set or []))
+    preset = args.preset or "baseline"
+    cfg = make_config(args.profile or "full", preset, **parse_overrides(args.set or []))
     if args.threads:
         torch.set_num_threads(args.threads)
     # default label: preset, resolved precision, and any override other than the device (cpu-final-fp32.json)
     sets = [re.sub(r"[^A-Za-z0-9.]+", "", s) for s in args.set or [] if not s.startswith("device=")]
     precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
-    label = args.label or "-".join([args.preset, precision, *sets])
-    r = run_bench(cfg, reps=args.reps, label=label, ops=args.ops, reference=not args.no_reference)
+    label = args.label or "-".join([preset, precision, *sets])
+    r = run_bench(cfg, reps=args.reps, out_dir=out_dir, label=label, ops=args.ops, reference=not args.no_reference)
     print(format_table(r))
     return 0

@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mainrun", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    config = argparse.ArgumentParser(add_help=False)           # train and bench build a config the same way
+    config = argparse.ArgumentParser(add_help=False)           # train builds a config so (bench: unset = its own)
     config.add_argument("--profile", default="full", choices=list(PROFILES))
     config.add_argument("--preset", default="baseline", choices=list(PRESETS))
     config.add_argument("--set", nargs="*", metavar="NAME=VALUE", help="config overrides")
@@ -228,10 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     ls.set_defaults(fn=cmd_list)
     sub.add_parser("repair", parents=[run], help="rebuild a run's damaged or missing summary.json from its "
                                                   "complete log").set_defaults(fn=cmd_repair)
-    b = sub.add_parser("bench", parents=[config],
-                       help="time our training step against the original's, and the matmul ceiling")
+    b = sub.add_parser("bench", help="time our training step against the original's, and the matmul ceiling")
+    b.add_argument("--profile", default=None, choices=list(PROFILES), help="default: full (--sweep: its own)")
+    b.add_argument("--preset", default=None, choices=list(PRESETS), help="default: baseline (--sweep: its own)")
+    b.add_argument("--set", nargs="*", metavar="NAME=VALUE", help="config overrides")
     b.add_argument("--reps", type=int, default=3, help="timed steps after one warm-up")
     b.add_argument("--label", default=None, help="name of the JSON under results/bench/")
+    b.add_argument("--out", type=Path, default=None, metavar="DIR", help="write the JSON into DIR (default: "
+                   "results/bench/ of the checkout; under --profile smoke, bench/ of the smoke ledger)")
     b.add_argument("--ops", action="store_true", help="also save torch.profiler's top ops for our step")
     b.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch's default)")
     b.add_argument("--no-reference", action="store_true", help="skip the original-style reference step")
