@@ -295,7 +295,10 @@ def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: st
         sets = {k: v for k, v in cfg.to_dict().items() if v != recipe[k]}
         after = {"profile": cfg.profile, "preset": cfg.preset, "overrides": sets}
         before = {**after, "preset": BEFORE_PRESETS.get(cfg.preset, cfg.preset), "overrides": dict(sets)}
-        out["ab"] = ab_against(against, before, after, reps)
+        try:
+            out["ab"] = ab_against(against, before, after, reps)
+        except ValueError as e:                 # not a checkout, or a clone without that commit
+            out["ab"] = {"ref": against, "skipped": str(e)}
     if device == "cuda":
         out["mfu_vs_989_tflops"] = ours["gflops"] / 989e3
     out_dir = Path(out_dir or ledger.repo_root() / "results" / "bench")
@@ -356,7 +359,9 @@ def format_table(r: dict) -> str:
         lines.append(f"where the time goes, per optimizer step of the run ({total:.3f} s: the step, then "
                      f"evaluation and data spread over the steps):")
         lines += [f"  {k:<24}{v:>8.3f} s {v / total:>6.1%}" for k, v in b.items()]
-    if "ab" in r:
+    if "skipped" in r.get("ab", {}):
+        lines.append(f"A/B against {r['ab']['ref']} skipped: {r['ab']['skipped']}")
+    elif "ab" in r:
         ab = r["ab"]
         left = ab["before"].get("unknown_there")
         lines.append(f"A/B, alternating steps: {ab['before']['preset']} at {ab['ref']}"
@@ -494,19 +499,27 @@ def format_packing(r: dict) -> str:
 
 
 def main(args) -> int:
+    """The `bench` command. --profile, --preset and --set default to None here (cli.py): unset, the step benchmark
+    takes full/baseline and --sweep its own workload; under smoke the JSON goes to the smoke ledger, not the
+    checkout's results/bench/ (--out names another folder)."""
+    out_dir = args.out or (ledger.results_root("smoke") / "bench" if args.profile == "smoke" else None)
     if args.sweep:
-        r = gpu_packing() if torch.cuda.is_available() else cpu_packing()
+        given = {k: v for k, v in (("profile", args.profile), ("preset", args.preset)) if v is not None}
+        if args.set:
+            given["overrides"] = parse_overrides(args.set)
+        r = (gpu_packing if torch.cuda.is_available() else cpu_packing)(out_dir=out_dir, **given)
         print(format_packing(r))
         return 0
-    cfg = make_config(args.profile, args.preset, **parse_overrides(args.set or []))
+    preset = args.preset or "baseline"
+    cfg = make_config(args.profile or "full", preset, **parse_overrides(args.set or []))
     if args.threads:
         torch.set_num_threads(args.threads)
     # default label: preset, resolved precision, and any override other than the device (cpu-final-fp32.json)
     sets = [re.sub(r"[^A-Za-z0-9.]+", "", s) for s in args.set or [] if not s.startswith("device=")]
     precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
-    label = args.label or "-".join([args.preset, precision, *sets])
+    label = args.label or "-".join([preset, precision, *sets])
     against = None if args.against in ("", "none") else args.against
-    r = run_bench(cfg, reps=args.reps, label=label, ops=args.ops, reference=not args.no_reference,
+    r = run_bench(cfg, reps=args.reps, out_dir=out_dir, label=label, ops=args.ops, reference=not args.no_reference,
                   against=against, parts=not args.no_parts)
     print(format_table(r))
     return 0

@@ -72,12 +72,20 @@ def cmd_eval(args) -> int:
     if data.startswith("test:"):            # a held-out test set, built from the corpus (mainrun/testset.py)
         from .testset import test_file
         data, test = test_file(data.split(":", 1)[1])
-    titles = read_titles(data, args.num_titles)  # file order, no shuffle
+    if data == "val":                       # the run's own validation split: its official loss, recomputed
+        from .data import fingerprint, load_titles
+        if fingerprint(cfg)[0] != meta["data_fingerprint"]:
+            raise DataError(f"--data val: the data at hand ({cfg.data or 'MAINRUN_DATA'}) does not give run "
+                            f"{run_dir.name}'s split; set MAINRUN_DATA to the file it was trained on")
+        titles = load_titles(cfg.data, cfg.num_titles, cfg.seed, cfg.val_frac)[1][:args.num_titles or None]
+    else:
+        titles = read_titles(data, args.num_titles)  # file order, no shuffle
     ids, chars = encode_titles(ck["tokenizer_path"], titles)
     if not any(titles) or len(ids) < 2:     # a loss of no tokens reads 0.0; of blank titles, of separators only
         raise DataError(f"{data} holds {f'no text to score ({len(titles)} blank titles)' if titles else 'no titles'}"
                         f": no loss is computed from no data; give a titles file with text")
-    out = {"run": run_dir.name, "hash": meta["hash"], "data": args.data if test else ledger.display_path(data),
+    out = {"run": run_dir.name, "hash": meta["hash"],
+           "data": args.data if test or data == "val" else ledger.display_path(data),
            **({"test": test} if test else {}), "titles": len(titles), "tokens": len(ids), "chars": chars,
            "official_loss": evaluate(model, ids, chars, device) if official_coverage(len(ids))[0] else None,
            "official_coverage": official_coverage(len(ids))[1],
@@ -189,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mainrun", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    config = argparse.ArgumentParser(add_help=False)           # train and bench build a config the same way
+    config = argparse.ArgumentParser(add_help=False)           # train builds a config so (bench: unset = its own)
     config.add_argument("--profile", default="full", choices=list(PROFILES))
     config.add_argument("--preset", default="baseline", choices=list(PRESETS))
     config.add_argument("--set", nargs="*", metavar="NAME=VALUE", help="config overrides")
@@ -206,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", parents=[run], help="evaluate a finished run's final weights on a titles file")
-    e.add_argument("--data", required=True, help="titles file (.parquet/.jsonl/.csv with a 'title' column), or "
-                   "test:random / test:late, the held-out test sets (mainrun/testset.py)")
+    e.add_argument("--data", required=True, help="titles file (.parquet/.jsonl/.csv with a 'title' column), "
+                   "test:random / test:late, the held-out test sets (mainrun/testset.py), or val, the run's own "
+                   "validation split (its official_loss is the run's recorded final_val_loss)")
     e.add_argument("--save", action="store_true",
                    help="also write the result to <results>/test/<run>-test-<set>.json")
     e.add_argument("--num-titles", type=at_least_zero, default=0, help="first N titles of the file (0 = all)")
@@ -219,10 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     ls.set_defaults(fn=cmd_list)
     sub.add_parser("repair", parents=[run], help="rebuild a run's damaged or missing summary.json from its "
                                                   "complete log").set_defaults(fn=cmd_repair)
-    b = sub.add_parser("bench", parents=[config],
-                       help="time our training step against the original's, and the matmul ceiling")
+    b = sub.add_parser("bench", help="time our training step against the original's, and the matmul ceiling")
+    b.add_argument("--profile", default=None, choices=list(PROFILES), help="default: full (--sweep: its own)")
+    b.add_argument("--preset", default=None, choices=list(PRESETS), help="default: baseline (--sweep: its own)")
+    b.add_argument("--set", nargs="*", metavar="NAME=VALUE", help="config overrides")
     b.add_argument("--reps", type=int, default=3, help="timed steps after one warm-up")
     b.add_argument("--label", default=None, help="name of the JSON under results/bench/")
+    b.add_argument("--out", type=Path, default=None, metavar="DIR", help="write the JSON into DIR (default: "
+                   "results/bench/ of the checkout; under --profile smoke, bench/ of the smoke ledger)")
     b.add_argument("--ops", action="store_true", help="also save torch.profiler's top ops for our step")
     b.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch's default)")
     b.add_argument("--no-reference", action="store_true", help="skip the original-style reference step")

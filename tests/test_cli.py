@@ -67,3 +67,26 @@ def test_eval_lists_close_matches_when_nothing_matches(named_run, titles_file, c
     assert "close matches" not in str(e.value)
     with pytest.raises(SystemExit, match="no run matches 'abc'"):
         cli._find_run_dir("abc")                                  # too short to be a hash prefix
+
+
+@pytest.mark.parametrize("over", [{}, {"ema": 0.9}, {"ensemble": 2}], ids=["single", "ema", "ensemble"])
+def test_eval_on_the_runs_own_validation_split_gives_its_recorded_loss(over, isolated, capsys):
+    """`eval RUN --data val` scores the run's final weights (an EMA run's averaged weights, every member of an
+    ensemble) on the validation split it was trained with: its official and full-coverage losses are the
+    recorded ones, exactly."""
+    import mainrun
+    from mainrun import ledger
+    name = "v-" + ("-".join(over) or "single")
+    summary = mainrun.run(mainrun.make_config("smoke", name=name, epochs=1, **over), progress=False)
+    assert summary["status"] == "finished"
+    capsys.readouterr()
+    assert cli.main(["eval", name, "--data", "val"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["data"] == "val" and out["tokens"] == summary["val_tokens"] and out["chars"] == summary["val_chars"]
+    assert out["official_loss"] == summary["final_val_loss"] and out["full_loss"] == summary["full_val_loss"]
+    run = ledger.find_run(ledger.results_root("smoke"), summary["hash"])
+    meta = json.loads((run / "config.json").read_text())      # another split (other data): refused, one line
+    (run / "config.json").write_text(json.dumps({**meta, "data_fingerprint": "0" * 64}))
+    assert cli.main(["eval", name, "--data", "val"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--data val" in err and name in err and "MAINRUN_DATA" in err

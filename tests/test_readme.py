@@ -4,7 +4,8 @@
   every accepted value;
 - presets: one row per preset; the preset it builds on plus the settings listed give exactly its config;
 - profiles: one row per profile; the settings listed give exactly its config;
-- results: each rung's losses, ratio, seeds and minutes are what the committed run summaries say.
+- results: each rung's losses, ratio, seeds, minutes, hardware and precision are what the committed run
+  summaries say, and its record links are its round's folders (presets.LADDER), which hold its runs' specs.
 
     python tests/test_readme.py      # prints the tables as the code and the ledger give them
 """
@@ -188,13 +189,46 @@ def rung_cells(rung: str, baseline_loss: float) -> dict[str, str]:
             "≤ 60 min": f"{sum(m <= 60 for m in minutes)} of {len(runs)}"}
 
 
+def hardware_cell(rung: str) -> str:
+    """Where and in what precision the rung's runs trained, as the summaries record it (one value for all its
+    seeds): `CPU: AMD EPYC, 2 cores, fp32` or `**GPU**: H200, bf16`."""
+    def where(s: dict) -> str:
+        hw = s["hardware"]
+        if hw["device"] == "cuda":
+            return f"**GPU**: {hw['gpu'].removeprefix('NVIDIA ')}, {s['precision']}"
+        cpu = " ".join(re.sub(r"\((R|TM)\)", "", hw["cpu"]).replace(" Processor", "").split())
+        return f"CPU: {cpu}, {hw['cpu_count']} cores, {s['precision']}"
+    cells = {where(run_summary(h)) for h in rung_hashes(rung)}
+    assert len(cells) == 1, f"{rung}: its seeds ran on different hardware: {sorted(cells)}"
+    return cells.pop()
+
+
+def spec_round(study: str) -> str:
+    """The records/ folder holding a study's spec (<study>.yaml)."""
+    folders = sorted({p.parent.name for p in (ROOT / "records").glob(f"*/{study}.yaml")})
+    assert len(folders) == 1, f"the spec of study {study}: in {folders or 'no records/ folder'}"
+    return folders[0]
+
+
+def record_cell(rung: str) -> str:
+    """The rung's round (presets.LADDER), named as its folder without the date; a rung read from the GPU ladder
+    first names the GPU ladder's round, then its own as the proxy."""
+    own = next(r["record"] for r in LADDER if r["rung"] == rung)
+    links = [(own.split("-", 3)[3], own)]
+    if RUNGS[rung][0] == GPU_LADDER:
+        gpu = spec_round(GPU_LADDER)
+        links = [(gpu.split("-", 3)[3], gpu), ("proxy", own)]
+    return ", ".join(f"[{name}](records/{folder}/)" for name, folder in links)
+
+
 def result_lines() -> list[str]:
     base = run_summary(rung_hashes("baseline")[0])["final_val_loss"]
     cols = ["official loss", "ratio", "seeds", "minutes", "≤ 60 min"]
     lines = ["| rung | " + " | ".join(cols) + " | hardware, precision | record |", "|---" * (len(cols) + 3) + "|"]
     for rung in RUNGS:
         cells = rung_cells(rung, base)
-        lines.append(f"| {rung} | " + " | ".join(cells[c] for c in cols) + " | | |")
+        lines.append(f"| {rung} | " + " | ".join(cells[c] for c in cols) + f" | {hardware_cell(rung)} | "
+                     f"{record_cell(rung)} |")
     return lines
 
 
@@ -254,9 +288,24 @@ def test_results_table_is_what_the_ledger_gives(rung):
     rows = {r["rung"]: r for r in readme_tables()["rung"]}
     assert rung in rows, f"README results table has no row {rung!r}"
     base = run_summary(rung_hashes("baseline")[0])["final_val_loss"]
-    want = rung_cells(rung, base)
+    want = {**rung_cells(rung, base), "hardware, precision": hardware_cell(rung), "record": record_cell(rung)}
+    assert set(rows[rung]) == {"rung", *want}, f"README results table columns: {list(rows[rung])}"
     got = {k: rows[rung][k] for k in want}
     assert got == want, f"README results row {rung}: {got}, the ledger gives {want}"
+
+
+@pytest.mark.parametrize("rung", list(RUNGS))
+def test_each_results_row_links_the_round_that_holds_its_runs(rung):
+    """Every linked records/ folder has its README, and the first holds the spec of a study that holds the
+    rung's official run."""
+    rows = {r["rung"]: r for r in readme_tables()["rung"]}
+    folders = re.findall(r"\]\(records/([^/)]+)/\)", rows[rung]["record"])
+    assert folders and all((ROOT / "records" / f / "README.md").is_file() for f in folders), folders
+    official = [h for h in rung_hashes(rung) if run_summary(h)["official"]]
+    specs = {p.stem for p in (ROOT / "records" / folders[0]).glob("*.yaml")}
+    holding = {p.stem for p in (RESULTS / "studies" / "full").glob("*.json")
+               if p.stem in specs and any(r["hash"] in official for r in json.loads(p.read_text()).get("rows", []))}
+    assert holding, f"README results row {rung}: records/{folders[0]}/ holds no spec of a study with run {official}"
 
 
 def test_the_table_reader_sees_a_missing_row():

@@ -246,14 +246,16 @@ def test_rdrop_adds_a_kl_term_and_logs_the_cross_entropy(isolated):
     assert s["status"] == "finished" and s["final_val_loss"] > 0
 
 
-def test_a_run_logs_its_gradient_norm_and_update_sizes_without_changing_its_result(isolated):
+def test_a_run_logs_its_gradient_norm_and_update_sizes_without_changing_its_result(isolated, monkeypatch):
     """Every STABILITY_EVERY steps (and at step 1) the log holds the gradient norm before clipping and each
-    parameter group's update-to-weight ratio; the run's hash is its config's, so its result cannot move."""
+    parameter group's update-to-weight ratio; the same run with the probe off (in a ledger of its own) logs
+    the same losses, every one, bit for bit."""
     import math
     cfg = make_config("smoke", "epic1", name="stab", precision="fp32", device="cpu")
     summary = mainrun.run(cfg, progress=False)
     run = ledger.find_run(ledger.results_root("smoke"), summary["hash"])
-    events = [e for e in ledger.read_log(run / "log.jsonl") if e["event"] == "stability"]
+    log = ledger.read_log(run / "log.jsonl")
+    events = [e for e in log if e["event"] == "stability"]
     steps = [e["step"] for e in events]
     assert steps[0] == 1 and steps[1:] == list(range(train_mod.STABILITY_EVERY, summary["steps"] + 1,
                                                         train_mod.STABILITY_EVERY))
@@ -261,3 +263,18 @@ def test_a_run_logs_its_gradient_norm_and_update_sizes_without_changing_its_resu
         assert set(e["update_ratio"]) == {"hidden", "embed", "other"} and e["grad_norm"] > 0
         assert e["grad_norm"] == pytest.approx(math.sqrt(sum(v * v for v in e["grad_norm_by_group"].values())))
         assert all(0 < r < 1 for r in e["update_ratio"].values())
+    with monkeypatch.context() as env:          # the probe off: no step probed, step 1 included
+        env.setattr(train_mod, "STABILITY_EVERY", 10**9)
+        env.setattr(train_mod, "stability_probe", lambda groups: None)
+        env.setenv("MAINRUN_RESULTS", str(isolated / "results-unprobed"))
+        env.setenv("MAINRUN_CHECKPOINTS", str(isolated / "ckpt-unprobed"))
+        plain = mainrun.run(cfg, progress=False)
+        plain_log = ledger.read_log(ledger.find_run(ledger.results_root("smoke"), plain["hash"]) / "log.jsonl")
+    assert not any(e["event"] == "stability" for e in plain_log)
+
+    def losses(events: list[dict]) -> list[tuple]:
+        return [(e["event"], e["step"], e["loss"]) for e in events
+                if e["event"] in ("training_step", "validation_step")]
+    assert len(losses(log)) > summary["steps"] and losses(plain_log) == losses(log)
+    for k in ("final_val_loss", "best_val_loss", "full_val_loss", "steps", "hash"):
+        assert plain[k] == summary[k], k
