@@ -60,7 +60,10 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
     save(plots.validation_curves({s.stage: read_curve(s.dir) for s in staged.itertuples()},
                                  budget_min=CPU_BUDGET_S / 60 if profile == "full" else None,
                                  baseline_loss=base["final_val_loss"]), "fig-curves.png")
-    save(plots.lr_schedules({s.stage: read_lr(s.dir) for s in staged.itertuples()}), "fig-lr.png")
+    configs = {s.stage: ledger.read_json(Path(s.dir) / "config.json")["config"] for s in staged.itertuples()}
+    save(plots.lr_schedules({s.stage: read_lr(s.dir) for s in staged.itertuples()},
+                            muon_lr={k: c["muon_lr"] for k, c in configs.items() if c.get("optimizer") == "muon"}),
+         "fig-lr.png")
     sweep, seeds = studies.get(proxy_roles.get("sweep")), studies.get(proxy_roles.get("seeds"))
     (out / "sweep_edges.md").write_text(edges_md(sweep))
     full_seeds = []   # the rungs' seeds at full scale, beside the proxy's candidates
@@ -446,7 +449,9 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
             files[f"cost-{bc['study']}.md"], numbers["by_cost"][bc["study"]] = by_cost(
                 recs[bc["study"]], results, base_loss, bc["reference"])
     if numbers["by_cost"]:
-        plots.save(plots.cost_vs_loss(numbers["by_cost"]), out / "fig-cost.png", close=True)
+        words = {st: {k: p["words"] for k, p in bc["points"].items()} for st, bc in numbers["by_cost"].items()}
+        plots.save(plots.cost_vs_loss(numbers["by_cost"], words, roles.get("words")), out / "fig-cost.png",
+                   close=True)
     ag = roles.get("agreement") or {}
     if ag:
         full = frames[ag["screen"]]
@@ -555,7 +560,7 @@ def stability_section(out: Path, roles: dict[str, Any]) -> dict[str, Any]:
     runs = {k: v for k, v in runs.items() if len(v)}
     if not runs:
         return {}
-    plots.save(plots.stability(runs), out / "fig-stability.png", close=True)
+    plots.save(plots.stability(runs, spec.get("words")), out / "fig-stability.png", close=True)
     numbers = {}
     for label, d in runs.items():
         ratios = d[[c for c in d.columns if c.startswith("ratio_")]]

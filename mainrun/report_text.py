@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from . import ledger
-from .config import STANDIN_SHA256, make_config
+from .config import STANDIN_SHA256, Config, make_config
 from .formats import fmt_bpc, fmt_int, fmt_loss, fmt_ratio, fmt_time, is_nan, md_table
 from .presets import LADDER
 from .stats import (NO_CHANGE, agreement, curve_agreement, fold_seed_labels, permutation_p, relative_cost,
@@ -285,16 +286,67 @@ def findings(recs: dict[str, dict], results: pd.DataFrame, spec: dict) -> pd.Dat
                 or any(r.get("axis") == "search" for r in rec["rows"])):
             continue
         ref = rec["rows"][0]["label"] if rec["rows"] else None
-        rows += [dict(r, noise=None) for r in study_effects(name, study_frame(rec, results), ref, results)]
+        f = study_frame(rec, results)
+        rows += _with_words([dict(r, noise=None) for r in study_effects(name, f, ref, results)], f, results, spec)
     for sc in spec.get("screens", []):
         f = screen_frame(recs, results, sc["studies"], sc.get("leave_out_prefix"))
         if len(f):   # noise: the reference's own seed spread, where it has seeds
             ref = f.loc[(f["label"] == sc["reference"]) & (f["status"] == "finished"), "final_val_loss"]
             sd = float(ref.std()) if len(ref) > 1 else None
-            rows += [dict(r, noise=sd) for r in study_effects(sc["name"], f, sc["reference"], results)]
+            rows += _with_words([dict(r, noise=sd) for r in study_effects(sc["name"], f, sc["reference"], results)],
+                                f, results, spec)
     cols = ["study", "change", "reference", "loss", "reference_loss", "delta", "seeds", "verdict", "device",
-            "full_delta", "coverage", "reference_coverage", "judged_on", "judged_delta", "noise"]
+            "full_delta", "coverage", "reference_coverage", "judged_on", "judged_delta", "noise", "words", "where"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def run_config(results: pd.DataFrame, run_hash: str) -> dict | None:
+    """The config a run trained with (its config.json), or None where the ledger lacks the run's folder."""
+    d = results.loc[results["hash"] == run_hash, "dir"]
+    if d.empty or not isinstance(d.iloc[0], str) or not (Path(d.iloc[0]) / "config.json").exists():
+        return None
+    return ledger.read_json(Path(d.iloc[0]) / "config.json")["config"]
+
+
+def field_words(field: str, value) -> str:
+    """One config field's value in words (report/text.yml: change_words.fields)."""
+    t = TEXT["change_words"]["fields"].get(field)
+    if isinstance(t, dict):
+        t = t.get(str(value), t.get("other"))
+    if t is None:
+        return f"{field.replace('_', ' ')} {value}"
+    k = round(value / 1024) if isinstance(value, int) and not isinstance(value, bool) else value
+    return t.format(v=f"{value:g}" if isinstance(value, float) else value, k=k)
+
+
+def change_words(cfg: dict, ref: dict) -> str:
+    """What a run changes against its reference, in words: the fields whose values differ (a field that a later
+    code version added is absent from an older run's config and reads as its default, which keeps the old
+    behaviour; a width's head count follows it and is not named); more than `max_fields` of them read as the
+    round's kept changes."""
+    w = TEXT["change_words"]
+    defaults = {f.name: f.default for f in fields(Config)}
+    cfg, ref = {**defaults, **cfg}, {**defaults, **ref}
+    diff = {k: v for k, v in cfg.items() if k not in w["ignore"] and ref.get(k) != v}
+    if "d_model" in diff:
+        diff.pop("n_head", None)
+    if len(diff) > w["max_fields"]:
+        return w["many"].format(n=len(diff))
+    return ", ".join(field_words(k, v) for k, v in diff.items()) or "no setting changed"
+
+
+def _with_words(rows: list[dict], frame: pd.DataFrame, results: pd.DataFrame, spec: dict) -> list[dict]:
+    """Each finding's change in words (its first run's config against its reference's) and its study in words
+    (studies.yml: words)."""
+    def first_hash(label: str) -> str | None:
+        h = frame.loc[frame["label"].str.replace(r"-s\d+$", "", regex=True) == label, "hash"]
+        return h.iloc[0] if len(h) else None
+    for r in rows:
+        a, b = first_hash(r["change"]), first_hash(r["reference"])
+        ca, cb = (run_config(results, a) if a else None), (run_config(results, b) if b else None)
+        r["words"] = change_words(ca, cb) if ca is not None and cb is not None else r["change"]
+        r["where"] = (spec.get("words") or {}).get(r["study"], r["study"])
+    return rows
 
 
 def seed_table(screen: pd.DataFrame, ref: str, labels: list[str], base_loss: float) -> tuple[str, dict]:
@@ -405,12 +457,14 @@ def by_cost(rec: dict, results: pd.DataFrame, base_loss: float, ref_label: str) 
     rows, pts = [], {}
     for label, g in f.groupby("label", sort=False):
         ov = {k: v for k, v in g["overrides"].iloc[0].items() if k != "train_seed"}
-        cost = relative_cost(make_config("full", preset, **{**base, **ov}), ref_cfg)
+        cfg = make_config("full", preset, **{**base, **ov})
+        cost = relative_cost(cfg, ref_cfg)
         v = g["final_val_loss"].tolist()
         m = sum(v) / len(v)
         p = permutation_p(v, ref) if label != ref_label else None
         pts[label] = {"cost": cost, "mean": m, "seeds": len(v), "delta": m - rm, "p": p, "ratio": m / base_loss,
-                      "std": float(pd.Series(v).std()) if len(v) > 1 else None, "overrides": ov}
+                      "std": float(pd.Series(v).std()) if len(v) > 1 else None, "overrides": ov,
+                      "words": change_words(cfg.to_dict(), ref_cfg.to_dict())}
         rows.append({"change": label, "cost": f"{cost:.2f}x", "parameters": f"{g['n_params'].iloc[0] / 1e6:.2f}M",
                      "seeds": str(len(v)), "loss": fmt_loss(m),
                      "std": f"{pd.Series(v).std():.4f}" if len(v) > 1 else "",
