@@ -138,6 +138,49 @@ def sensitivity(sweep: pd.DataFrame, band: tuple[float, float] | None = None,
     return _finish(fig, axs.flat[:len(panels)])
 
 
+def sensitivity_full(points: pd.DataFrame, words: dict[str, str] | None = None) -> Figure:
+    """Epic 3 at full scale: per field, each single change's loss change against its round's reference (in % of
+    the reference's loss, with 2 seed std as a bar) at the value it tried, a colour per round; the reference's
+    own value is the round's point at 0."""
+    fields_ = list(dict.fromkeys(points["field"]))
+    rounds = list(dict.fromkeys(points["where"]))
+    color = dict(zip(rounds, cycle(COLORS)))
+    cols = min(3, len(fields_))
+    rows = int(np.ceil(len(fields_) / cols))
+    fig, axs = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows + 0.5), squeeze=False)
+    for ax in axs.flat[len(fields_):]:
+        ax.set_visible(False)
+    for ax, field in zip(axs.flat, fields_):
+        d = points[points["field"] == field]
+        for where, g in d.groupby("where", sort=False):
+            ax.errorbar(g["value"].astype(float), 100 * g["delta"], yerr=200 * g["noise"], fmt="o", ms=4,
+                        color=color[where], capsize=2, lw=0.8)
+            ax.scatter(g["reference_value"].astype(float).unique(), [0] * g["reference_value"].nunique(),
+                       marker="s", s=22, facecolors="none", edgecolors=color[where], zorder=3)
+        ax.axhline(0, color="k", lw=0.6)
+        if field in ("lr", "muon_lr", "weight_decay") and (d[["value", "reference_value"]].astype(float) > 0).all().all():
+            _log_ticks(ax, list(d["value"].astype(float)) + list(d["reference_value"].astype(float)))
+        ax.set_xlabel((words or {}).get(field, field.replace("_", " ")), fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axs[:, 0]:
+        ax.set_ylabel("loss change (% of the\nreference's loss)", fontsize=8)
+    handles = [plt.Line2D([], [], color=color[r], marker="o", ls="", label=r) for r in rounds]
+    handles.append(plt.Line2D([], [], color="0.3", marker="s", ls="", mfc="none", label="the round's reference"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, bbox_to_anchor=(0.5, -0.01),
+               frameon=False)
+    fig = _finish(fig, axs.flat[:len(fields_)])
+    fig.subplots_adjust(bottom=0.22 if rows == 1 else 0.12)
+    return fig
+
+
+def _log_ticks(ax, values: list[float]) -> None:
+    """A log x axis ticked at the values tried, written plainly (no overprinted 10^x minor labels)."""
+    ax.set_xscale("log")
+    ticks = sorted(set(values))
+    ax.set_xticks(ticks, [f"{v:g}" for v in ticks], rotation=45 if len(ticks) > 4 else 0)
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+
+
 def _axis_panel(ax, d: pd.DataFrame, name: str, band: tuple[float, float] | None) -> None:
     numeric = pd.to_numeric(d["value"], errors="coerce").notna().all()
     if numeric:
@@ -153,7 +196,7 @@ def _axis_panel(ax, d: pd.DataFrame, name: str, band: tuple[float, float] | None
         ax.axhspan(band[0] - band[1], band[0] + band[1], color="0.6", alpha=0.25, lw=0, label="base: seed spread")
         ax.legend(fontsize=7)
     if numeric and name in ("lr", "muon_lr", "weight_decay") and (d["value"].astype(float) > 0).all():
-        ax.set_xscale("log")
+        _log_ticks(ax, d["value"].astype(float).tolist())
     ax.set_xlabel(AXIS_WORDS.get(name, name.replace("_", " ")))
     lo, hi = d["final_val_loss"].min(), d["final_val_loss"].max()
     if len(d) and hi - lo < 1e-4:   # a flat axis: say so rather than draw noise at 1e-6
@@ -386,10 +429,10 @@ GROUPS = {"hidden": ("hidden matrices", "-"), "embed": ("embeddings and head", "
           "other": ("norms and biases", ":")}
 
 
-def stability(runs: dict[str, pd.DataFrame], words: dict[str, str] | None = None) -> Figure:
+def stability(runs: dict[str, pd.DataFrame], names: dict[str, str] | None = None) -> Figure:
     """Per run (tables.read_stability): the gradient norm before clipping, and each parameter group's
     update-to-weight ratio (a line style per group), against the optimizer step; one legend below the panels
-    (a colour per run, named by `words` where given, a line style per group)."""
+    (a colour per run, named by `names` where given, a line style per group)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     for color, (label, d) in zip(cycle(COLORS), runs.items()):
         a.plot(d["step"], d["grad_norm"], color=color, marker="o", ms=2, lw=1.2, label=label)
@@ -398,7 +441,8 @@ def stability(runs: dict[str, pd.DataFrame], words: dict[str, str] | None = None
                 b.plot(d["step"], d[f"ratio_{g}"], color=color, ls=ls, lw=1.2)
     a.set(yscale="log", xlabel="optimizer step", ylabel="gradient norm before clipping")
     b.set(yscale="log", xlabel="optimizer step", ylabel="update size / weight size, per step")
-    handles = [plt.Line2D([], [], color=c, lw=1.2, label=(words or {}).get(k, k)) for c, k in zip(cycle(COLORS), runs)]
+    handles = [plt.Line2D([], [], color=c, lw=1.2, label=(names or {}).get(k, k))
+               for c, k in zip(cycle(COLORS), runs)]
     handles += [plt.Line2D([], [], color="0.3", ls=ls, lw=1.2, label=words) for words, ls in GROUPS.values()]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, bbox_to_anchor=(0.5, -0.02),
                frameon=False)
