@@ -52,12 +52,15 @@ def validation_curves(curves: dict[str, pd.DataFrame], title: str = "", budget_m
         b.plot(c["elapsed_time"] / 60, c["loss"], **kw)
     a.set(xlabel="training tokens (millions)", ylabel="official validation loss (nats/char)")
     b.set_xlabel("wall time (minutes)")
-    if curves:
+    if curves:   # one legend below the panels, outside the data
         _zoom(a, curves)
-        a.legend(fontsize=8)
-        if budget_min is not None:
-            b.legend(handles=[ln for ln in b.get_lines() if "budget" in str(ln.get_label())], fontsize=8)
-    return _finish(fig, (a, b), title)
+        handles = a.get_lines() + [ln for ln in b.get_lines() if "budget" in str(ln.get_label())]
+        fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.02),
+                   frameon=False)
+    fig = _finish(fig, (a, b), title)
+    if curves:
+        fig.subplots_adjust(bottom=0.22 + 0.05 * ((len(curves) + 1) // 4))
+    return fig
 
 
 def _zoom(ax, curves: dict[str, pd.DataFrame]) -> None:
@@ -169,7 +172,7 @@ def sensitivity_full(points: pd.DataFrame, words: dict[str, str] | None = None) 
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, bbox_to_anchor=(0.5, -0.01),
                frameon=False)
     fig = _finish(fig, axs.flat[:len(fields_)])
-    fig.subplots_adjust(bottom=0.22 if rows == 1 else 0.12)
+    fig.subplots_adjust(bottom=0.3 if rows == 1 else 0.17, hspace=0.45)
     return fig
 
 
