@@ -17,9 +17,10 @@ from .formats import millions, is_nan, plain, fmt_bpc, fmt_int, fmt_loss, fmt_ra
 from .report_text import (CPU_BUDGET_S, DEVICE_NAME, PUBLISHED_BASELINE, TEXT, agreement_table, baselines_md,
                           by_cost, changes_table, code_versions_md, cpu_groups, edges_md, findings, findings_md,
                           formatted, ladder_table, results_table, say, screen_frame, seed_table, setup_md,
-                          stack_table, summary_md, test_table, truncation_table, vs_previous)
+                          stack_table, summary_md, test_table, truncation_table, vs_previous, label_words)
 from .presets import LADDER
-from .stats import coverage_check, deltas, fold_seed_labels, permutation_floor, permutation_p, time_to_quality
+from .stats import (chance_calls, coverage_check, deltas, fold_seed_labels, permutation_floor, permutation_p,
+                    sign_test_p, time_to_quality)
 from .studies import STUDY_PROFILE, by_point
 from .tables import (analysis_dir, ladder_frame, load_results, pending_baseline,
                      read_curve, read_lr, read_stability, read_studies, read_tests, recorded, run_dir, study_frame)
@@ -60,7 +61,10 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
     save(plots.validation_curves({s.stage: read_curve(s.dir) for s in staged.itertuples()},
                                  budget_min=CPU_BUDGET_S / 60 if profile == "full" else None,
                                  baseline_loss=base["final_val_loss"]), "fig-curves.png")
-    save(plots.lr_schedules({s.stage: read_lr(s.dir) for s in staged.itertuples()}), "fig-lr.png")
+    configs = {s.stage: ledger.read_json(Path(s.dir) / "config.json")["config"] for s in staged.itertuples()}
+    save(plots.lr_schedules({s.stage: read_lr(s.dir) for s in staged.itertuples()},
+                            muon_lr={k: c["muon_lr"] for k, c in configs.items() if c.get("optimizer") == "muon"}),
+         "fig-lr.png")
     sweep, seeds = studies.get(proxy_roles.get("sweep")), studies.get(proxy_roles.get("seeds"))
     (out / "sweep_edges.md").write_text(edges_md(sweep))
     full_seeds = []   # the rungs' seeds at full scale, beside the proxy's candidates
@@ -99,6 +103,7 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
     if len(full_scale):
         save(plots.forest(full_scale.assign(scale=full_scale.get("scale", "every scale"))), "fig-forest.png")
     stability = stability_section(out, roles)
+    extra = seed_plan_sections(profile, out, roles, found, results, seed_frame, base)
     steps = _story_steps(profile, results, done, base, roles)
     if len(steps) > 1:
         save(plots.story(steps), "fig-story.png")
@@ -123,6 +128,7 @@ def write_report_inputs(profile: str, roles: dict[str, Any] | None = None) -> di
         "best_in_budget": _best_rung(done, base, budget_s=CPU_BUDGET_S),
         "screens": screens,
         "stability": stability,
+        **extra,
         "formatted": {"baseline_loss": fmt_loss(base["final_val_loss"]),
                       "final_loss": fmt_loss(final["final_val_loss"]),
                       "ratio": fmt_ratio(final["final_val_loss"] / base["final_val_loss"]),
@@ -247,7 +253,7 @@ def _seeds_section(seeds: pd.DataFrame | None, out: Path) -> dict[str, Any]:
         each = "; ".join(f"{k}: {len(xs)} seed{'s' if len(xs) > 1 else ''}"
                          + (f", std {st.loc[k, 'loss_std']:.4f}" if len(xs) > 1 else "")
                          for k, xs in ((after, b), (before, a)))
-        note += say("seeds.rung", after=after, before=before, delta=d, each=each) + (
+        note += say("seeds.rung", after=after, before=before, delta=d / (sum(a) / len(a)), each=each) + (
             say("seeds.rung_p", p=p, n_after=len(b), n_before=len(a), floor=permutation_floor(len(b), len(a)))
             if p is not None else say("seeds.rung_no_p"))
     (out / "seeds_test.md").write_text(note)
@@ -285,11 +291,14 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
     dirs = results.drop_duplicates("hash").set_index("hash")["dir"]
     base = gpu[gpu["is_baseline"]]
     base_loss = base["final_val_loss"].iloc[0] if len(base) else float("nan")
-    parts = [say("gpu.intro", hardware="; ".join(sorted(set(gpu["hardware"].dropna()))), loss=fmt_loss(base_loss))]
+    parts = [say("gpu.intro", hardware=" and ".join(sorted(set(gpu["hardware"].dropna().str.split(" (", regex=False)
+                                                                 .str[0]))), loss=fmt_loss(base_loss))]
     shown = {}   # the curves of fig-gpu-curves.png: name -> run hash
     lad = gpu_ladder(profile, results, roles)
+    early: list[str] = []   # the rungs whose lowest evaluation came before their last
     if lad is not None and len(lad):
         losses = [read_curve(dirs[h]).set_index("step")["loss"] for h in lad["hash"]]
+        early = [r for r, c in zip(lad["label"], losses) if c.idxmin() < c.index.max()]
         t = pd.DataFrame({"rung": lad["label"], **formatted(lad, "official loss"),
                           "vs previous": vs_previous(lad["final_val_loss"]),
                           **formatted(lad, "ratio", "full bits/char"),
@@ -314,7 +323,9 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
     if abl is not None and len(abl):
         abl = abl[abl["status"] == "finished"].drop_duplicates("label")
         ref = abl.iloc[0]
-        t = pd.DataFrame({"change": abl["label"], **formatted(abl, "official loss"),
+        w = label_words(abl, results, ref["label"])
+        t = pd.DataFrame({"change": [w.get(x, x) if x != ref["label"] else f"{x} (the reference)"
+                                     for x in abl["label"]], **formatted(abl, "official loss"),
                           f"vs {ref['label']}": [f"{x / ref['final_val_loss'] - 1:+.2%}"
                                                  for x in abl["final_val_loss"]],
                           **formatted(abl, "full bits/char", "params")})
@@ -326,7 +337,9 @@ def gpu_section(profile: str, results: pd.DataFrame, out: Path, proxy_results: p
                           "holds": held["holds"].map({True: "yes", False: "no"})})
         parts += [md_table(t, "lrrll"), say("gpu.proxy_vs_full")]
         if not held["holds"].all():
-            why = say("gpu.not_held_ladder") if lad is not None and len(lad) else "."
+            why = (say("gpu.not_held_ladder", early=", ".join(early) or "none",
+                       last=", ".join(r for r in lad["label"] if r not in early))
+                   if lad is not None and len(lad) else ".")
             parts.append(say("gpu.not_held") + why + "\n")
     if shown:
         curves = {k: read_curve(dirs[h]) for k, h in shown.items()}
@@ -353,7 +366,8 @@ def search_section(proxy: str, studies: dict[str, pd.DataFrame], out: Path, refe
     ref = studies.get((reference or {}).get("study"))
     label = (reference or {}).get("label")
     ref_loss = by_point(ref).loc[label, "loss_mean"] if ref is not None and label in set(ref["label"]) else None
-    params = {c: c[len("param_"):] for c in hist.columns if c.startswith("param_")}
+    params = {c: TEXT["settings"].get(c[len("param_"):], c[len("param_"):].replace("_", " "))
+              for c in hist.columns if c.startswith("param_")}
     top = done.head(5)
     t = pd.DataFrame({"trial": top["label"], "official loss": top["value"].map(fmt_loss),
                       **{p: top[c].map(lambda v: f"{v:.3g}" if isinstance(v, float) else str(v))
@@ -439,14 +453,16 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
         files["tests.md"] = md_table(t, "lrrrrrrrr")
         numbers["tests"] = t.to_dict(orient="records")
     if roles.get("stack"):
-        files["stack.md"], numbers["stack"] = stack_table(recs, results, roles["stack"], base_loss)
+        files["stack.md"], numbers["stack"] = stack_table(recs, results, roles["stack"], base_loss, words=True)
     numbers["by_cost"] = {}
     for bc in roles.get("by_cost", []):
         if bc["study"] in recs:
             files[f"cost-{bc['study']}.md"], numbers["by_cost"][bc["study"]] = by_cost(
                 recs[bc["study"]], results, base_loss, bc["reference"])
     if numbers["by_cost"]:
-        plots.save(plots.cost_vs_loss(numbers["by_cost"]), out / "fig-cost.png", close=True)
+        words = {st: {k: p["words"] for k, p in bc["points"].items()} for st, bc in numbers["by_cost"].items()}
+        plots.save(plots.cost_vs_loss(numbers["by_cost"], words, roles.get("words")), out / "fig-cost.png",
+                   close=True)
     ag = roles.get("agreement") or {}
     if ag:
         full = frames[ag["screen"]]
@@ -455,7 +471,8 @@ def screens_section(profile: str, results: pd.DataFrame, proxy_results: pd.DataF
             frame = recorded(px["profile"], px["study"], results if px["profile"] == profile else proxy_results)
             if frame is not None:
                 proxies[px["name"]], keys[px["name"]] = frame, px["key"]
-        files["agreement.md"], agree = agreement_table(full, proxies, ag["reference"])
+        files["agreement.md"], agree = agreement_table(full, proxies, ag["reference"],
+                                                       label_words(full, results, ag["reference"]))
         numbers["agreement"] = {keys[name]: dict(a, name=name) for name, a in agree.items()}
         if proxies:
             plots.save(plots.proxy_scatter(full, proxies, ag["reference"]), out / "fig-proxy.png", close=True)
@@ -504,7 +521,8 @@ def report_variables(n: dict[str, Any]) -> dict[str, Any]:
     fs = n.get("final_seeds") or {}
     if fs:
         v.update(final_seeds=str(fs["n"]), final_mean=fmt_loss(fs["mean"]), final_std=f"{fs['std']:.4f}",
-                 final_mean_ratio=fmt_ratio(fs["ratio"]))
+                 final_mean_ratio=fmt_ratio(fs["ratio"]), final_fastest_min=f"{fs['wall_min_s'] / 60:.1f}",
+                 final_slowest_min=f"{fs['wall_max_s'] / 60:.1f}", final_over_budget=str(fs["over_budget"]))
     for key in ("best_single", "best_in_budget"):
         b = n.get(key)
         if b:
@@ -527,15 +545,31 @@ def report_variables(n: dict[str, Any]) -> dict[str, Any]:
                         "spearman": f"{a['spearman']:.2f}"} for key, a in (sc.get("agreement") or {}).items()}
     st = sc.get("stack")
     if st:
-        v["stack"] = {"delta": f"{st['delta']:+.4f}", "p": f"{st['p']:.2f}"}
+        v["stack"] = {"delta": f"{st['delta']:+.4f}", "p": f"{st['p']:.2f}",
+                      "delta_pct": f"{100 * st['delta'] / st['reference_mean']:+.2f}%"}
     v["cost"] = {study: {label: {"mean": fmt_loss(x["mean"]), "ratio": fmt_ratio(x["ratio"]),
                                  "seeds": str(x["seeds"]),
-                                 "delta": f"{x['delta']:+.4f}", "cost": f"{x['cost']:.0f}"}
+                                 "delta": f"{x['delta']:+.4f}", "cost": f"{x['cost']:.1f}",
+                                 "delta_pct": f"{100 * x['delta'] / (x['mean'] - x['delta']):+.2f}%"}
                          for label, x in (bc.get("points") or {}).items()}
                  for study, bc in (sc.get("by_cost") or {}).items()}
     v["stability"] = {label: {k: (str(x) if k == "probes" else f"{x:.1f}" if "spread" in k else f"{x:.1e}")
                               for k, x in d.items()}
                       for label, d in (n.get("stability") or {}).items()}
+    for key in ("epic2", "sgd_lr", "multiplicity", "runtimes", "rung_seeds", "sensitivity"):
+        if n.get(key):
+            v[key] = _formatted(n[key])
+    rt = n.get("runtimes") or {}
+    v["future"] = {}
+    for key, plan in TEXT["future"].items():   # what each next step would cost, priced by the ledger's runs
+        times = n.get(plan["times"].split(".")[0], {}).get(plan["times"].split(".")[1]) if plan.get("times") else 1
+        if rt.get(plan["per"]) is not None and times is not None:
+            runs = plan["runs"] * times
+            v["future"][key] = {"runs": str(runs), "min": f"{runs * rt[plan['per']]:.0f}",
+                                "h": f"{runs * rt[plan['per']] / 60:.1f}"}
+    for key, a in (sc.get("agreement") or {}).items():   # agreeing signs as a count, and against a coin
+        k = round(a["sign_agreement"] * a["pairs"])
+        v["agree"][key].update(agreeing=str(k), coin_p=f"{sign_test_p(k, a['pairs']):.2f}")
     tr = sc.get("truncation")
     if tr and tr.get("table"):
         t = pd.DataFrame(tr["table"])
@@ -555,7 +589,7 @@ def stability_section(out: Path, roles: dict[str, Any]) -> dict[str, Any]:
     runs = {k: v for k, v in runs.items() if len(v)}
     if not runs:
         return {}
-    plots.save(plots.stability(runs), out / "fig-stability.png", close=True)
+    plots.save(plots.stability(runs, spec.get("words")), out / "fig-stability.png", close=True)
     numbers = {}
     for label, d in runs.items():
         ratios = d[[c for c in d.columns if c.startswith("ratio_")]]
@@ -564,4 +598,141 @@ def stability_section(out: Path, roles: dict[str, Any]) -> dict[str, Any]:
                           **{c: float(ratios[c].median()) for c in ratios.columns},
                           "spread": float((ratios.max(axis=1) / ratios.min(axis=1)).median()),
                           "grad_spread": float((grads.max(axis=1) / grads.min(axis=1)).median())}
+    return numbers
+
+
+def _formatted(x: Any) -> Any:
+    """A nested dict of numbers as report.qmd prints them: counts as integers, minutes with one decimal,
+    percentages with their sign (keys ending in _pct), losses with four decimals, p with two."""
+    if isinstance(x, dict):
+        return {k: (_formatted(v) if isinstance(v, dict) else _format_one(k, v)) for k, v in x.items()}
+    return x
+
+
+def _format_one(key: str, v: Any) -> str:
+    if v is None or isinstance(v, str):
+        return "" if v is None else v
+    if isinstance(v, (bool, int)) or (isinstance(v, float) and key.startswith("n_")):
+        return str(int(v))
+    if key.endswith("_pct"):
+        return f"{v:+.2f}%"
+    if key.endswith("_min"):
+        return f"{v:.1f}"
+    if key.endswith("_h"):
+        return f"{v:.1f}"
+    if key.startswith("p") or key.endswith("_p"):
+        return f"{v:.2f}"
+    if key.startswith("ratio") or key.endswith("_ratio"):
+        return f"{v:.1e}"
+    if key.startswith("expected"):
+        return f"{v:.1f}"
+    return fmt_loss(v)
+
+
+def seed_plan_sections(profile: str, out: Path, roles: dict[str, Any], found: pd.DataFrame,
+                       results: pd.DataFrame, seed_frame: pd.DataFrame | None, base: pd.Series) -> dict[str, Any]:
+    """The seed plan's remaining sections: Epic 2's changes one at a time on the proxy (epic2.md), the SGD
+    learning-rate study (sgd-lr.md), Epic 3's sensitivity at full scale from the screens' single changes
+    (fig-sensitivity-full.png), the screens' multiplicity, the runs' costs for the future work, and the
+    best single rung's seeds. Each is left out where the ledger lacks it."""
+    numbers: dict[str, Any] = {}
+    for name in ("epic2.md", "sgd-lr.md"):
+        (out / name).write_text("")
+    proxy = STUDY_PROFILE[profile]
+    epic2 = (roles.get("proxy") or {}).get("epic2")
+    rows = found[(found["study"] == epic2) & found["scale"].astype(str).str.startswith("on the")] \
+        if "scale" in found else found.iloc[:0]
+    if len(rows):
+        noise = rows["noise"].iloc[0]
+        judged = rows.assign(beyond=(rows["loss"] - rows["reference_loss"]).abs() > 2 * noise)
+        t = pd.DataFrame({"change": judged["words"], "official loss": judged["loss"].map(fmt_loss),
+                          "against Epic 1": judged["reference_loss"].map(fmt_loss),
+                          "change (%)": judged["judged_delta"].map(lambda x: f"{x:+.2%}"),
+                          "beyond 2 seed std": judged["beyond"].map({True: "yes", False: "no"})})
+        (out / "epic2.md").write_text(md_table(t, "lrrrl") + "\n" + say("epic2.caption", proxy=proxy))
+        numbers["epic2"] = {"n_changes": len(rows), "n_beyond": int(judged["beyond"].sum()),
+                            "noise_pct": 200 * noise / rows["reference_loss"].iloc[0],
+                            **{re.sub(r"\W", "_", str(r.change)): {"delta_pct": 100 * r.judged_delta}
+                               for r in rows.itertuples()}}
+    sgd = _sgd_lr(out, roles)
+    if sgd:
+        numbers["sgd_lr"] = sgd
+    gpu = found[found["scale"].astype(str).str.contains("GPU") & found["noise"].notna()] if "scale" in found \
+        else found.iloc[:0]
+    if len(gpu):
+        beyond = (gpu["loss"] - gpu["reference_loss"]).abs() > 2 * gpu["noise"]
+        numbers["multiplicity"] = {
+            "n_points": len(gpu), "n_single_seed": int((gpu["seeds"] == 1).sum()),
+            "n_beyond": int(beyond.sum()), "n_helped": int((beyond & (gpu["loss"] < gpu["reference_loss"])).sum()),
+            "expected": chance_calls(gpu["seeds"].tolist(), gpu["reference_seeds"].tolist()),
+            "expected_single_p": 100 * chance_calls([1], [3])}
+    sens = roles.get("sensitivity") or {}
+    if sens and len(gpu):
+        keep = [(r, next(iter(r.fields))) for r in found.itertuples()
+                if r.study in sens.get("studies", []) and isinstance(r.fields, dict) and len(r.fields) == 1
+                and next(iter(r.fields)) in sens.get("fields", [])]
+        if keep:
+            pts = pd.DataFrame([{"field": f, "value": r.fields[f][0], "reference_value": r.fields[f][1],
+                                 "delta": r.judged_delta, "noise": (r.noise or 0) / r.reference_loss,
+                                 "where": r.where, "seeds": r.seeds} for r, f in keep])
+            plots.save(plots.sensitivity_full(pts, TEXT["settings"]), out / "fig-sensitivity-full.png", close=True)
+            numbers["sensitivity"] = {"n_points": len(pts), "n_single_seed": int((pts["seeds"] == 1).sum()),
+                                      "n_fields": pts["field"].nunique()}
+    gpu_runs = results[(results["device"] == "cuda") & (results["status"] == "finished")]
+    rt: dict[str, Any] = {}
+    gb = gpu_runs[gpu_runs["is_baseline"]]
+    if len(gb):
+        rt["gpu_baseline_min"] = float(gb["wall_time_s"].iloc[0]) / 60
+    small = gpu_runs[gpu_runs["n_params"] < 10e6]
+    if len(small):
+        rt["gpu_small_min"] = float(small["wall_time_s"].median()) / 60
+    best = _best_rung(ladder_frame(profile, results).dropna(subset=["final_val_loss"]), base, single=True)
+    if best:
+        st = _stage_seeds(seed_frame, pd.Series({"stage": best["rung"]}), base, results, profile)
+        if st:
+            numbers["rung_seeds"] = {"best_single": {"n": st["n"], "fastest_min": st["wall_min_s"] / 60,
+                                                     "slowest_min": st["wall_max_s"] / 60,
+                                                     "n_over_budget": st["over_budget"]}}
+            rt["cpu_single_min"] = st["wall_min_s"] / 60
+    if rt:
+        numbers["runtimes"] = rt
+    return numbers
+
+
+def _sgd_lr(out: Path, roles: dict[str, Any]) -> dict[str, Any]:
+    """The SGD learning-rate study (roles["stability"]["lr_study"]): per LR multiple its seeds' official loss,
+    the change against the first point, the exact p, and the medians over its probes of the hidden matrices'
+    update-to-weight ratio and of the gradient norm; sgd-lr.md."""
+    spec = roles.get("stability") or {}
+    prof = spec.get("profile", "quick")
+    f = recorded(prof, spec.get("lr_study"))
+    if f is None or f.empty:
+        return {}
+    f = fold_seed_labels(f)
+    labels = list(dict.fromkeys(f["label"]))
+    ok = f[f["status"] == "finished"]
+    ref = ok.loc[ok["label"] == labels[0], "final_val_loss"].tolist()
+    rows, numbers = [], {}
+    for label in labels:
+        g = f[f["label"] == label]
+        done = g[g["status"] == "finished"]
+        loss = done["final_val_loss"].astype(float)
+        probes = [read_stability(run_dir(prof, h)) for h in done["hash"]]
+        probes = [p for p in probes if len(p)]
+        hidden = float(pd.concat([p["ratio_hidden"] for p in probes]).median()) if probes else float("nan")
+        grad = float(pd.concat([p["grad_norm"] for p in probes]).median()) if probes else float("nan")
+        lr = ledger.read_json(run_dir(prof, g["hash"].iloc[0]) / "config.json")["config"]["lr"]
+        p = permutation_p(loss.tolist(), ref) if label != labels[0] else None
+        numbers[label] = {"n_seeds": len(g), "n_finished": len(done), "mean": float(loss.mean()),
+                          "std": float(loss.std()) if len(loss) > 1 else None,
+                          "delta_pct": 100 * (loss.mean() / pd.Series(ref).mean() - 1),
+                          "p": p, "ratio_hidden": hidden, "grad_norm": grad}
+        rows.append({"multiple of the baseline's LR": label.removeprefix("lr"), "learning rate": f"{lr:g}",
+                     "seeds (finished)": f"{len(g)} ({len(done)})", "official loss": fmt_loss(loss.mean()),
+                     "std": fmt_loss(loss.std()) if len(loss) > 1 else "",
+                     f"vs {labels[0].removeprefix('lr')} (%)": "" if label == labels[0]
+                     else f"{numbers[label]['delta_pct']:+.2f}",
+                     "p": "" if p is None else f"{p:.2f}", "hidden update / weight": f"{hidden:.1e}",
+                     "gradient norm": f"{grad:.2f}"})
+    (out / "sgd-lr.md").write_text(md_table(pd.DataFrame(rows), "llrrrrrrr") + "\n" + say("sgd_lr.caption"))
     return numbers

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from . import ledger
-from .config import STANDIN_SHA256, make_config
+from .config import STANDIN_SHA256, Config, make_config
 from .formats import fmt_bpc, fmt_int, fmt_loss, fmt_ratio, fmt_time, is_nan, md_table
 from .presets import LADDER
 from .stats import (NO_CHANGE, agreement, curve_agreement, fold_seed_labels, permutation_p, relative_cost,
@@ -91,10 +92,10 @@ def changes_table(ladder: pd.DataFrame, profile: str) -> pd.DataFrame:
     for st in ladder.dropna(subset=["dir"]).itertuples():
         cfg = ledger.read_json(Path(st.dir) / "config.json")["config"]
         if st.stage == "baseline":
-            text = "baseline: " + ", ".join(f"{k}={cfg[k]}" for k in BASELINE_FIELDS)
+            text = "the baseline: " + ", ".join(field_words(k, cfg[k]) for k in BASELINE_FIELDS)
         else:
             diff = {k: v for k, v in cfg.items() if k not in NOT_SETTINGS and ref.get(k) != v}
-            text = ", ".join(f"{k}={v}" for k, v in diff.items()) or "none"
+            text = ", ".join(field_words(k, v) for k, v in diff.items()) or "none"
         rows.append({"stage": st.stage, "configuration": text})
     return pd.DataFrame(rows, columns=["stage", "configuration"])
 
@@ -126,20 +127,30 @@ def findings_md(found: pd.DataFrame) -> str:
 
 
 # ----------------------------------------------------------------------------- paragraphs
-def edges_md(sweep: pd.DataFrame | None, axis: str = "lr") -> str:
-    """Where the best value of a swept axis lies in its grid (the sweep widens an edge at most twice)."""
-    if sweep is None or not (sweep["axis"] == axis).any():
+def edges_md(sweep: pd.DataFrame | None, flat: float = 1e-3) -> str:
+    """Per swept axis of a one-axis sweep, where its best value lies in the grid (the sweep widens an edge at
+    most twice), or that the axis is flat: its points' losses spread by under `flat` of their mean."""
+    if sweep is None or sweep.empty:
         return ""
-    pts = by_point(sweep[sweep["axis"] == axis])
-    if pts.empty:
-        return ""
-    values = sorted(pts["value"])
-    best = pts.loc[pts["loss_mean"].idxmin(), "value"]
-    tried = ", ".join(f"{v:g}" for v in values)
-    if best in (values[0], values[-1]):
-        end = "largest" if best == values[-1] else "smallest"
-        return say("sweep_edge", axis=axis, best=best, end=end, tried=tried)
-    return say("sweep_inside", axis=axis, best=best, tried=tried)
+    out = []
+    for axis in dict.fromkeys(sweep["axis"].dropna()):
+        pts = by_point(sweep[sweep["axis"] == axis])
+        values = pd.to_numeric(pts["value"], errors="coerce")
+        if axis == "grid" or pts.empty or values.isna().any():
+            continue
+        name = TEXT["sweep_axes"].get(axis, axis.replace("_", " "))
+        tried = ", ".join(f"{v:g}" for v in sorted(values))
+        spread = pts["loss_mean"].max() - pts["loss_mean"].min()
+        if spread < flat * pts["loss_mean"].mean():
+            out.append(say("sweep_flat", axis=name, tried=tried, spread=spread))
+            continue
+        best = values[pts["loss_mean"].idxmin()]
+        if best in (values.min(), values.max()):
+            end = "largest" if best == values.max() else "smallest"
+            out.append(say("sweep_edge", axis=name, best=best, end=end, tried=tried))
+        else:
+            out.append(say("sweep_inside", axis=name, best=best, tried=tried))
+    return " ".join(t.strip() for t in out) + ("\n" if out else "")
 
 
 def _machine_note(final: pd.Series, base: pd.Series) -> str:
@@ -201,14 +212,23 @@ def setup_md(results: pd.DataFrame, base: pd.Series, profile: str) -> str:
     kind = "hub" if src.get("kind") == "hub" else "standin" if src.get("sha256") == STANDIN_SHA256 else "other"
     text = say("setup.list", titles=base["num_titles"], val_frac=base["val_frac"], profile=profile,
                data=say(f"setup.{kind}", dataset=src.get("dataset"), name=name, sha=STANDIN_SHA256[:12]),
-               hardware="; ".join(sorted(set(results["hardware"].dropna()))),
-               precision=", ".join(sorted(results["precision"].dropna().unique())),
+               hardware=hardware_words(results),
                finished=int((results["status"] == "finished").sum()))
     paused = results[results["paused_s"] > 0] if "paused_s" in results else results.iloc[:0]
     if len(paused):
         text += say("setup.paused", n=len(paused), runs_were="runs were" if len(paused) > 1 else "run was",
                     time=fmt_time(paused["paused_s"].sum()), gap_min=PAUSE_GAP_S / 60)
     return text
+
+
+def hardware_words(results: pd.DataFrame) -> str:
+    """Each kind of machine the runs trained on (the text before its parenthesis: threads or a torch version are
+    not another machine), its device and the precisions its runs used, and how many runs."""
+    done = results.dropna(subset=["hardware"])
+    kinds = done.assign(kind=done["hardware"].str.split(" (", regex=False).str[0])
+    return "; ".join(say("setup.machine", kind=k, device=DEVICE_NAME.get(g["device"].iloc[0], g["device"].iloc[0]),
+                         precisions=" and ".join(sorted(g["precision"].dropna().unique())), n=len(g))
+                     for k, g in kinds.groupby("kind"))
 
 
 def code_versions_md(results: pd.DataFrame) -> str:
@@ -285,16 +305,89 @@ def findings(recs: dict[str, dict], results: pd.DataFrame, spec: dict) -> pd.Dat
                 or any(r.get("axis") == "search" for r in rec["rows"])):
             continue
         ref = rec["rows"][0]["label"] if rec["rows"] else None
-        rows += [dict(r, noise=None) for r in study_effects(name, study_frame(rec, results), ref, results)]
+        f = study_frame(rec, results)
+        rows += _with_words([dict(r, noise=None) for r in study_effects(name, f, ref, results)], f, results, spec)
     for sc in spec.get("screens", []):
         f = screen_frame(recs, results, sc["studies"], sc.get("leave_out_prefix"))
         if len(f):   # noise: the reference's own seed spread, where it has seeds
             ref = f.loc[(f["label"] == sc["reference"]) & (f["status"] == "finished"), "final_val_loss"]
             sd = float(ref.std()) if len(ref) > 1 else None
-            rows += [dict(r, noise=sd) for r in study_effects(sc["name"], f, sc["reference"], results)]
+            rows += _with_words([dict(r, noise=sd) for r in study_effects(sc["name"], f, sc["reference"], results)],
+                                f, results, spec)
     cols = ["study", "change", "reference", "loss", "reference_loss", "delta", "seeds", "verdict", "device",
-            "full_delta", "coverage", "reference_coverage", "judged_on", "judged_delta", "noise"]
+            "full_delta", "coverage", "reference_coverage", "judged_on", "judged_delta", "reference_seeds",
+            "noise", "words", "where", "fields"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def run_config(results: pd.DataFrame, run_hash: str) -> dict | None:
+    """The config a run trained with (its config.json), or None where the ledger lacks the run's folder."""
+    d = results.loc[results["hash"] == run_hash, "dir"]
+    if d.empty or not isinstance(d.iloc[0], str) or not (Path(d.iloc[0]) / "config.json").exists():
+        return None
+    return ledger.read_json(Path(d.iloc[0]) / "config.json")["config"]
+
+
+def field_words(field: str, value) -> str:
+    """One config field's value in words (report/text.yml: change_words.fields)."""
+    t = TEXT["change_words"]["fields"].get(field)
+    if isinstance(t, dict):
+        t = t.get(str(value), t.get("other"))
+    if t is None:
+        return f"{field.replace('_', ' ')} {value}"
+    k = round(value / 1024) if isinstance(value, int) and not isinstance(value, bool) else value
+    return t.format(v=f"{value:g}" if isinstance(value, float) else value, k=k)
+
+
+def changed_fields(cfg: dict, ref: dict) -> dict:
+    """{field: value} of `cfg` where it differs from `ref` (see `change_words`)."""
+    defaults = {f.name: f.default for f in fields(Config)}
+    cfg, ref = {**defaults, **cfg}, {**defaults, **ref}
+    diff = {k: v for k, v in cfg.items() if k not in TEXT["change_words"]["ignore"] and ref.get(k) != v}
+    if "d_model" in diff:
+        diff.pop("n_head", None)
+    return diff
+
+
+def change_words(cfg: dict, ref: dict) -> str:
+    """What a run changes against its reference, in words: the fields whose values differ (a field that a later
+    code version added is absent from an older run's config and reads as its default, which keeps the old
+    behaviour; a width's head count follows it and is not named); more than `max_fields` of them read as the
+    round's kept changes."""
+    w = TEXT["change_words"]
+    diff = changed_fields(cfg, ref)
+    if len(diff) > w["max_fields"]:
+        return w["many"].format(n=len(diff))
+    return ", ".join(field_words(k, v) for k, v in diff.items()) or "no setting changed"
+
+
+def label_words(frame: pd.DataFrame, results: pd.DataFrame, ref: str) -> dict[str, str]:
+    """{label: the change in words} for each point of a study frame against its point `ref` (seed copies
+    "<label>-s<seed>" fold into their label); a label whose runs the ledger lacks keeps its name."""
+    base = frame["label"].str.replace(r"-s\d+$", "", regex=True)
+    first = frame.assign(base=base).drop_duplicates("base").set_index("base")["hash"]
+    cb = run_config(results, first[ref]) if ref in first.index else None
+    out = {}
+    for label, h in first.items():
+        ca = run_config(results, h)
+        out[label] = change_words(ca, cb) if ca is not None and cb is not None and label != ref else label
+    return out
+
+
+def _with_words(rows: list[dict], frame: pd.DataFrame, results: pd.DataFrame, spec: dict) -> list[dict]:
+    """Each finding's change in words (its first run's config against its reference's) and its study in words
+    (studies.yml: words)."""
+    def first_hash(label: str) -> str | None:
+        h = frame.loc[frame["label"].str.replace(r"-s\d+$", "", regex=True) == label, "hash"]
+        return h.iloc[0] if len(h) else None
+    for r in rows:
+        a, b = first_hash(r["change"]), first_hash(r["reference"])
+        ca, cb = (run_config(results, a) if a else None), (run_config(results, b) if b else None)
+        r["words"] = change_words(ca, cb) if ca is not None and cb is not None else r["change"]
+        r["fields"] = ({k: (v, {**{f.name: f.default for f in fields(Config)}, **cb}.get(k))
+                        for k, v in changed_fields(ca, cb).items()} if ca is not None and cb is not None else {})
+        r["where"] = (spec.get("words") or {}).get(r["study"], r["study"])
+    return rows
 
 
 def seed_table(screen: pd.DataFrame, ref: str, labels: list[str], base_loss: float) -> tuple[str, dict]:
@@ -314,7 +407,7 @@ def seed_table(screen: pd.DataFrame, ref: str, labels: list[str], base_loss: flo
         rows.append({"candidate": label, "seeds": str(len(xs)), "mean loss": fmt_loss(s.mean()),
                      "std": fmt_loss(s.std()) if len(xs) > 1 else "",
                      "range": f"{fmt_loss(s.min())} to {fmt_loss(s.max())}",
-                     f"vs {ref}": "" if label == ref or delta is None else f"{delta:+.4f}",
+                     f"vs {ref} (%)": "" if label == ref or delta is None else f"{100 * delta / pd.Series(r).mean():+.2f}",
                      "p": "" if p is None else f"{p:.2f}", "ratio": fmt_ratio(s.mean() / base_loss)})
     md = md_table(pd.DataFrame(rows), "lrrrrrrr") if rows else ""
     return md, info
@@ -351,7 +444,8 @@ def cpu_groups(runs: pd.DataFrame) -> dict[str, list[str]]:
     return groups
 
 
-def stack_table(recs: dict[str, dict], results: pd.DataFrame, spec: dict, base_loss: float) -> tuple[str, dict]:
+def stack_table(recs: dict[str, dict], results: pd.DataFrame, spec: dict, base_loss: float,
+                words: bool = False) -> tuple[str, dict]:
     """A stack over seeds against its reference's seeds (difference, exact p), and the stack less one member
     ("<label>-minus-<knob>", one seed each) against the stack's mean and its same-seed run."""
     ref_spec = spec["reference"]
@@ -369,9 +463,9 @@ def stack_table(recs: dict[str, dict], results: pd.DataFrame, spec: dict, base_l
     members = {kk: v for kk, v in st.loc[st["label"] == spec["label"], "overrides"].iloc[0].items()
                if kk != "train_seed"}
     rows = [{"runs": ref_spec["label"], "seeds": str(len(r)), "loss": fmt_loss(r.mean()), "std": fmt_loss(r.std()),
-             "against": "", "difference": "", "same seed": "", "p": "", "ratio": fmt_ratio(r.mean() / base_loss)},
+             "against": "", "difference (%)": "", "same seed": "", "p": "", "ratio": fmt_ratio(r.mean() / base_loss)},
             {"runs": spec["label"], "seeds": str(len(k)), "loss": fmt_loss(k.mean()), "std": fmt_loss(k.std()),
-             "against": ref_spec["label"], "difference": f"{k.mean() - r.mean():+.4f}", "same seed": "",
+             "against": ref_spec["label"], "difference (%)": f"{100 * (k.mean() / r.mean() - 1):+.2f}", "same seed": "",
              "p": f"{p:.2f}", "ratio": fmt_ratio(k.mean() / base_loss)}]
     by_seed = st[st["label"] == spec["label"]].set_index("seed")["final_val_loss"]
     minus, paired = {}, {}
@@ -381,9 +475,13 @@ def stack_table(recs: dict[str, dict], results: pd.DataFrame, spec: dict, base_l
         minus[name] = float(row.final_val_loss - k.mean())
         paired[name] = float(row.final_val_loss - by_seed[row.seed]) if row.seed in by_seed.index else math.nan
         rows.append({"runs": row.label, "seeds": "1", "loss": fmt_loss(row.final_val_loss), "std": "",
-                     "against": spec["label"], "difference": f"{minus[name]:+.4f}",
-                     "same seed": "" if is_nan(paired[name]) else f"{paired[name]:+.4f}", "p": "",
+                     "against": spec["label"], "difference (%)": f"{100 * minus[name] / k.mean():+.2f}",
+                     "same seed": "" if is_nan(paired[name]) else f"{100 * paired[name] / k.mean():+.2f}", "p": "",
                      "ratio": fmt_ratio(row.final_val_loss / base_loss)})
+    if words:   # "stack-minus-ema0.99" read as what it changes against the stack ("no weight EMA")
+        w = label_words(st, results, spec["label"])
+        for row in rows[2:]:
+            row["runs"] = f"the stack with {w.get(row['runs'], row['runs'])}"
     numbers = {"reference_mean": float(r.mean()), "reference_std": float(r.std()), "mean": float(k.mean()),
                "std": float(k.std()), "delta": float(k.mean() - r.mean()), "p": p, "members": members,
                "minus": minus, "minus_same_seed": paired, "separated": bool(max(stack) < min(ref))}
@@ -405,24 +503,27 @@ def by_cost(rec: dict, results: pd.DataFrame, base_loss: float, ref_label: str) 
     rows, pts = [], {}
     for label, g in f.groupby("label", sort=False):
         ov = {k: v for k, v in g["overrides"].iloc[0].items() if k != "train_seed"}
-        cost = relative_cost(make_config("full", preset, **{**base, **ov}), ref_cfg)
+        cfg = make_config("full", preset, **{**base, **ov})
+        cost = relative_cost(cfg, ref_cfg)
         v = g["final_val_loss"].tolist()
         m = sum(v) / len(v)
         p = permutation_p(v, ref) if label != ref_label else None
         pts[label] = {"cost": cost, "mean": m, "seeds": len(v), "delta": m - rm, "p": p, "ratio": m / base_loss,
-                      "std": float(pd.Series(v).std()) if len(v) > 1 else None, "overrides": ov}
+                      "std": float(pd.Series(v).std()) if len(v) > 1 else None, "overrides": ov,
+                      "words": change_words(cfg.to_dict(), ref_cfg.to_dict())}
         rows.append({"change": label, "cost": f"{cost:.2f}x", "parameters": f"{g['n_params'].iloc[0] / 1e6:.2f}M",
                      "seeds": str(len(v)), "loss": fmt_loss(m),
                      "std": f"{pd.Series(v).std():.4f}" if len(v) > 1 else "",
-                     "difference": "" if label == ref_label else f"{m - rm:+.4f}",
+                     "difference (%)": "" if label == ref_label else f"{100 * (m / rm - 1):+.2f}",
                      "p": "" if p is None else f"{p:.2f}", "ratio": fmt_ratio(m / base_loss)})
     rows.sort(key=lambda r: (pts[r["change"]]["cost"], pts[r["change"]]["mean"]))
     return md_table(pd.DataFrame(rows), "lrrrrrrrr"), {"reference": ref_label, "points": pts}
 
 
-def agreement_table(screen: pd.DataFrame, proxies: dict[str, pd.DataFrame], ref: str) -> tuple[str, dict]:
+def agreement_table(screen: pd.DataFrame, proxies: dict[str, pd.DataFrame], ref: str,
+                    words: dict[str, str] | None = None) -> tuple[str, dict]:
     """The proxy studies' deltas beside the screen's for the changes they made: same sign, and whether the
-    full-scale effect is beyond twice the reference's seed std."""
+    full-scale effect is beyond twice the reference's seed std; a change printed as `words` gives it."""
     sign = {True: "yes", False: "no"}
     out, numbers = None, {}
     for name, frame in proxies.items():
@@ -433,14 +534,17 @@ def agreement_table(screen: pd.DataFrame, proxies: dict[str, pd.DataFrame], ref:
         numbers[name] = dict(s)
         t = table.set_index("change")
         if out is None:
-            out = pd.DataFrame({"change": table["change"], "full scale": table["full"].map(lambda x: f"{x:+.4f}")})
+            out = pd.DataFrame({"change": table["change"],
+                                "full scale (%)": (100 * table["full"] / s["full_reference"]).map(lambda x: f"{x:+.2f}")})
             clear = t["full_clear"]
-        out[name] = [f"{t.loc[c, 'quick']:+.4f}" if c in t.index else "" for c in out["change"]]
+        out[f"{name} (%)"] = [f"{100 * t.loc[c, 'quick'] / s['quick_reference']:+.2f}" if c in t.index else ""
+                              for c in out["change"]]
         out[f"same sign ({name})"] = [sign[bool(t.loc[c, "same_sign"])] if c in t.index else ""
                                       for c in out["change"]]
     if out is None:
         return "", {}
     out["beyond 2 std at full scale"] = [sign[bool(clear[c])] for c in out["change"]]
+    out["change"] = [(words or {}).get(c, c) for c in out["change"]]
     return md_table(out, "lr" + "rl" * len(numbers) + "l"), numbers
 
 

@@ -70,7 +70,7 @@ def study_effects(name: str, frame: pd.DataFrame, ref_label: str | None, results
                      "verdict": verdict, "device": "/".join(sorted(set(devices.dropna()))) or None,
                      "full_delta": full_delta, "coverage": cov.get(label, math.nan),
                      "reference_coverage": cov.get(ref_label, math.nan), "judged_on": judged_on,
-                     "judged_delta": judged_delta})
+                     "judged_delta": judged_delta, "reference_seeds": int(ref["seeds"])})
     return rows
 
 
@@ -124,6 +124,20 @@ def permutation_floor(n_a: int, n_b: int) -> float | None:
     """The smallest p `permutation_p` can give for n_a against n_b seeds (0.10 for 3 against 3, 1/35 for 4
     against 3)."""
     return permutation_p([i * 1e-6 for i in range(n_a)], [1.0 + i * 1e-6 for i in range(n_b)])
+
+
+def chance_calls(seeds: list[int], reference_seeds: list[int], k: float = 2.0) -> float:
+    """The expected number of points called beyond `k` reference seed std by chance alone, if no change had any
+    effect: a point's mean over n seeds minus its reference's mean over m differs by sd * sqrt(1/n + 1/m), so
+    each is called with probability erfc(k / sqrt(2 (1/n + 1/m))) (normal noise, the reference's spread taken
+    as the true one)."""
+    return sum(math.erfc(k / math.sqrt(2 * (1 / n + 1 / m))) for n, m in zip(seeds, reference_seeds))
+
+
+def sign_test_p(k: int, n: int) -> float:
+    """Exact two-sided binomial p of k agreeing signs out of n against a coin's 1/2."""
+    probs = [math.comb(n, i) / 2 ** n for i in range(n + 1)]
+    return min(1.0, sum(q for q in probs if q <= probs[k] + 1e-12))
 
 
 NO_CHANGE = 0.001  # |relative change| below 0.1% of the loss is reported as no change

@@ -47,7 +47,8 @@ def test_seed_table_sets_each_candidate_against_the_final_preset():
     assert info["stack"]["delta"] == pytest.approx(-0.0055)
     assert info["stack"]["p"] == pytest.approx(0.1)                 # every stack seed below every final seed
     stack_row = next(line for line in md.splitlines() if line.startswith("| stack |"))
-    assert f"| {1.1185 / 1.7304:.3f} |" in stack_row and "| -0.0055 |" in stack_row
+    # the change in percent of the reference's mean (-0.0055 / 1.1240)
+    assert f"| {1.1185 / 1.7304:.3f} |" in stack_row and "| -0.49 |" in stack_row
 
 
 def test_test_table_ratios_use_the_baseline_on_the_same_text():
@@ -87,7 +88,7 @@ def test_seeds_section_sets_final2_against_final_at_full_scale(tmp_path):
     assert d["delta"] == pytest.approx((1.1201 + 1.1195 + 1.1205 - 1.1234 - 1.1240 - 1.1233) / 3)
     assert d["p"] == pytest.approx(0.1) and d["n"] == [3, 3]     # every final2 seed below every final seed
     note = (tmp_path / "seeds_test.md").read_text()
-    assert "final2 (full scale) against final (full scale): difference of mean losses -0.0035" in note
+    assert "final2 (full scale) against final (full scale): mean loss changed by -0.31%" in note
     assert "p = 0.10 (with 3 against 3 seeds it cannot go below 0.10)" in note
     assert "final2 (full scale)" in (tmp_path / "seeds.md").read_text()
 
@@ -179,7 +180,7 @@ def test_seeds_section_sets_each_later_rung_against_the_one_before(tmp_path):
     assert info["final3_vs_final2"]["delta"] == pytest.approx((1.1100 + 1.1110 - 1.1201 - 1.1195) / 2)
     assert "final3_vs_final" not in info
     note = (tmp_path / "seeds_test.md").read_text()
-    assert "final3 (full scale) against final2 (full scale): difference of mean losses -0.0093" in note
+    assert "final3 (full scale) against final2 (full scale): mean loss changed by -0.83%" in note
 
 
 def summaries(study):
@@ -254,7 +255,8 @@ def test_a_proxy_agreement_recomputes_from_its_runs(committed):
     ref = [v for kk, v in s.items() if kk == ag["reference"] or kk.startswith(ag["reference"] + "-s")]
     some = next(kk for kk in s if kk != ag["reference"] and not kk.startswith(ag["reference"] + "-s"))
     line = next(line for line in md.splitlines() if line.startswith(f"| {some} "))
-    assert f"{s[some] - sum(ref) / len(ref):+.4f}" in line
+    mean = sum(ref) / len(ref)
+    assert f"{100 * (s[some] - mean) / mean:+.2f}" in line   # in percent of the reference's seed mean
     assert 0 <= n["m"]["sign_agreement"] <= 1 and n["m"]["pairs"] >= 10
 
 
