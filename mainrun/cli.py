@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 from . import ledger
-from .config import PRESETS, PROFILES, ConfigError, make_config, parse_overrides
+from .config import PROFILES, ConfigError, make_config, parse_overrides
 from .data import DataError
+from .presets import PRESETS
 
 
 def _find_run_dir(spec: str) -> Path:
@@ -55,7 +56,8 @@ def cmd_eval(args) -> int:
     from .config import recorded_config
     from .data import encode_titles, read_titles
     from .evaluate import evaluate, full_coverage, official_coverage
-    from .train import build_model, load_saved, resolve_device
+    from .host import resolve_device
+    from .train import build_model, load_saved
 
     run_dir = _find_run_dir(args.run)
     meta = ledger.read_json(run_dir / "config.json")

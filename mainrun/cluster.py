@@ -56,16 +56,10 @@ def resolve_job(cfg: Config, local: bool = False, label: str = "", force: bool =
     A damaged summary stops the sweep here, before anything is sent; with force, a run whose log does not show
     that it ended is trained again."""
     from .data import prepare
-    from .train import not_trained, refuse_discarding, resolve_device, resolve_execution, resolve_precision
+    from .host import resolve_execution
+    from .train import not_trained, refuse_discarding
 
-    cfg = validate(cfg)
-    if local:
-        cfg = resolve_execution(cfg)
-    else:
-        device = cfg.device if cfg.device != "auto" else resolve_device("auto")
-        precision = cfg.precision if cfg.precision != "auto" else (
-            "bf16" if device == "cuda" else resolve_precision("auto", device))
-        cfg = dataclasses.replace(cfg, device=device, precision=precision)
+    cfg = resolve_execution(validate(cfg), check=True, elsewhere=not local)
     corpus = prepare(cfg)
     h = run_hash(cfg, corpus.fingerprint)
     run_dir = ledger.find_run(ledger.results_root(cfg.profile), h)

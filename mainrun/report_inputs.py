@@ -12,7 +12,7 @@ import pandas as pd
 import yaml
 
 from . import ledger, plots
-from .data import repo_root
+from .ledger import repo_root
 from .formats import millions, is_nan, plain, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, md_table, rounded
 from .report_text import (CPU_BUDGET_S, DEVICE_NAME, PUBLISHED_BASELINE, TEXT, agreement_table, baselines_md,
                           by_cost, changes_table, code_versions_md, cpu_groups, edges_md, findings, findings_md,

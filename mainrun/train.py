@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import io
 import json
 import math
@@ -29,12 +28,13 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from . import ledger
-from .config import EVAL_BATCH, EVAL_BLOCK, Config, code_version, rules_check, run_hash, validate
-from .data import Corpus, atomic_write_bytes, fingerprint, get_batch, prepare
+from . import host, ledger
+from .config import EVAL_BATCH, EVAL_BLOCK, Config, rules_check, run_hash, validate
+from .data import Corpus, fingerprint, get_batch, prepare
 from .evaluate import autocast, evaluate, full_coverage, official_coverage
+from .ledger import atomic_write_bytes
 from .model import GPT, Ensemble, GPTConfig
-from .optim import build_optimizers, describe_groups, lr_multiplier, native_bf16, param_groups, set_lr
+from .optim import build_optimizers, describe_groups, lr_multiplier, param_groups, set_lr
 
 
 # A run stops and is recorded "diverged" (with the step and the rule) on a NaN/inf loss ("nonfinite"), a
@@ -70,28 +70,6 @@ def stability_after(groups: dict[str, list[torch.nn.Parameter]], before: dict[st
         ratio[name] = math.sqrt(delta / size) if size > 0 else 0.0
     return {"grad_norm": math.sqrt(sum(v * v for v in grad.values())), "grad_norm_by_group": grad,
             "update_ratio": ratio}
-
-
-def resolve_device(device: str, check: bool = True) -> str:
-    """`auto` -> what this host has; check=False lets device=cuda through without one (to read a run back)."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if check and device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for but torch sees no CUDA device; use device=cpu or auto")
-    return device
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """auto -> bf16 where matmuls have native bf16 support, else fp32 (emulated bf16 is ~50x slower)."""
-    return precision if precision != "auto" else "bf16" if native_bf16(device) else "fp32"
-
-
-def resolve_execution(cfg: Config, check: bool = True) -> Config:
-    """The config with `auto` device and precision replaced by what this host gives, and code_version 0 by the
-    version this code runs it under (hashed and recorded)."""
-    device = resolve_device(cfg.device, check)
-    return dataclasses.replace(cfg, device=device, precision=resolve_precision(cfg.precision, device),
-                               code_version=code_version(cfg))
 
 
 def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT | Ensemble:
@@ -193,7 +171,7 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
     refuses, naming the holder, or with wait=True waits and returns its result (or resumes a dead holder's
     run). force=True never discards a run whose log shows it ended, unless discard_finished=True. restart=True
     starts an unfinished run over from step 0 (its checkpoint damaged, say); a finished one is returned."""
-    cfg = resolve_execution(validate(cfg), check=False)   # a GPU run is read back on any host
+    cfg = host.resolve_execution(validate(cfg), check=False)   # a GPU run is read back on any host
     h = run_hash(cfg, fingerprint(cfg)[0])          # names the run; a read-back trains no tokenizer
     root = ledger.results_root(cfg.profile)
     run_dir = ledger.find_run(root, h)
@@ -202,10 +180,10 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
         return summary
     if not train:
         return not_trained(cfg, h, run_dir)
-    resolve_device(cfg.device)                      # training needs the pinned device to exist
+    host.resolve_device(cfg.device)                 # training needs the pinned device to exist
     if force and run_dir is not None and not discard_finished:
         refuse_discarding(run_dir)
-    warn_emulated_bf16(cfg.device, cfg.precision)
+    host.warn_emulated_bf16(cfg.device, cfg.precision)
     corpus = prepare(cfg)
     data_sizes(cfg, corpus)
     run_dir = run_dir or root / "runs" / f"{cfg.run_name}-{h}"
@@ -250,21 +228,6 @@ def refuse_discarding(run_dir: Path) -> None:
             f"run {run_dir.name} has no readable summary.json but its log.jsonl shows it {outcome}: --force would "
             f"discard it. Rebuild its summary with `python -m mainrun repair {run_dir.name}`, or add "
             f"--discard-finished (discard_finished=True) to start it over")
-
-
-@functools.cache                                    # once per process
-def warn_emulated_bf16(device: str, precision: str) -> None:
-    """precision=bf16 on a CPU without native bf16 is emulated: say how slow, suggest fp32."""
-    from . import optim
-
-    if device != "cpu" or precision != "bf16" or optim.native_bf16("cpu"):
-        return
-    n = 256
-    fp32, bf16 = (min(optim.matmul_seconds(n, dtype)) for dtype in (torch.float32, torch.bfloat16))
-    print(f"warning: precision=bf16 on a CPU without native bf16 (optim.native_bf16 is false: no AVX512-BF16 or "
-          f"AMX): bf16 matmuls are emulated, {bf16 / fp32:.0f}x slower than fp32 here (a {n}x{n} matmul timed "
-          f"just now: {bf16 * 1e3:.2f} ms against {fp32 * 1e3:.3f} ms), so training will be several times slower; "
-          f"use precision=fp32 (or auto, which picks fp32 on this CPU)", file=sys.stderr, flush=True)
 
 
 def not_trained(cfg: Config, h: str, run_dir: Path | None) -> dict:
@@ -409,7 +372,7 @@ class Trainer:
                                         "final_val": None, "resumes": 0,
                                         "started_at": datetime.now(timezone.utc).isoformat()}
         step, ptr = (ck["step"], ck["ptr"]) if ck else (0, 0)
-        code = {**ledger.git_state(), "torch_version": torch.__version__, "device": self.device}
+        code = {**host.git_state(), "torch_version": torch.__version__, "device": self.device}
         if ck:
             state["resumes"] += 1
             state.setdefault("code", [{"git_commit": None, "note": "started before code was recorded"}])
@@ -418,7 +381,7 @@ class Trainer:
         else:
             state["code"] = [code]
             log.log("hyperparameters_configured", **self.meta["config"], run_hash=self.meta["hash"])
-            log.log("device_info", **ledger.hardware(self.device))
+            log.log("device_info", **host.hardware(self.device))
             log.log("dataset_info", titles_count=c.n_train_titles, epochs=cfg.epochs,
                     batches_per_epoch=self.steps_per_epoch, tokens_per_epoch=len(c.train_ids),
                     vocab_size=c.vocab_size, val_tokens=len(c.val_ids), val_chars=c.val_chars,
@@ -537,7 +500,7 @@ class Trainer:
             "peak_rss_process_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "resumes": state["resumes"],
             "started_at": state["started_at"], "finished_at": datetime.now(timezone.utc).isoformat(),
-            "hardware": ledger.hardware(self.device), **state["code"][0], "code_history": state["code"],
+            "hardware": host.hardware(self.device), **state["code"][0], "code_history": state["code"],
         }
         if self.device == "cuda":
             summary["peak_cuda_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20

@@ -46,7 +46,7 @@ def test_bench_runs_at_smoke_size(tmp_path):
 
 def test_a_cpu_hardware_record_says_whether_bf16_is_native(monkeypatch):
     """Two kinds of 2-core CPU give a 60-minute run different compute: the record tells them apart."""
-    from mainrun import ledger
+    from mainrun import host
     for native in (True, False):
-        monkeypatch.setattr(ledger, "native_bf16", lambda device, native=native: native)
-        assert ledger.hardware("cpu")["native_bf16"] is native
+        monkeypatch.setattr(host, "native_bf16", lambda device, native=native: native)
+        assert host.hardware("cpu")["native_bf16"] is native
