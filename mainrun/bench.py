@@ -253,7 +253,8 @@ def level(profile: str, preset: str, overrides: dict, seeds: list[int], workers:
     installed. The runner's study record is left out: a benchmark records no study."""
     from distributed import Client
 
-    from .cluster import data_files, local_cluster, resolve_job, run_points, send_data
+    from .cluster import data_files, local_cluster, run_points, send_data
+    from .train import resolve_job
 
     load_before = os.getloadavg()[0]           # other jobs on the machine skew every number here
     env = {"MAINRUN_CHECKPOINTS": str(tmp / f"ckpt-{tag}"), "OMP_NUM_THREADS": str(threads_per_run)}

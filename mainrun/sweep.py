@@ -37,7 +37,8 @@ def run_sweep(spec: dict, profile: str, study: str, progress: bool = True, force
         rows = [_run_here(study, i, len(pairs), p, cfg, force, progress, train)
                 for i, (p, cfg) in enumerate(pairs, 1)]
     else:
-        from .cluster import connect, data_files, resolve_job, run_points
+        from .cluster import connect, data_files, run_points
+        from .train import resolve_job
         jobs = [resolve_job(cfg, label=p.label + (f" seed={p.seed}" if p.seed is not None else ""), force=force)
                 for p, cfg in pairs]
         todo = [j for j in jobs if force or not j.done] if train else []

@@ -19,6 +19,7 @@ import shutil
 import sys
 import time
 from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -160,6 +161,74 @@ def _atomic_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, slow_write)
 
 
+# ----------------------------------------------------------------------------- before a run starts
+@dataclass
+class Job:
+    """A run before it starts, as train.run and the Dask engine's driver (mainrun.cluster) both see it."""
+    cfg: Config              # validated; device, precision and code version resolved (host.resolve_execution)
+    hash: str
+    source: dict             # the data as the run's records name it (data.file_record or hub)
+    found: Path | None       # its run folder, if the ledger has one
+    ckpt_dir: Path           # its checkpoint folder
+    summary: dict | None = None   # (resolve_job) the ledger's finished/diverged/pruned summary, or a stub
+    label: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.summary is not None and self.summary.get("status") in ledger.TERMINAL
+
+    def folder(self) -> Path:
+        """Its run folder: the ledger's (looked up again: another process may have made it since), else the one
+        it will make, <name>-<hash>."""
+        root = ledger.results_root(self.cfg.profile)
+        return ledger.find_run(root, self.hash) or root / "runs" / f"{self.cfg.run_name}-{self.hash}"
+
+
+def locate(cfg: Config, check: bool = False, elsewhere: bool = False, label: str = "") -> Job:
+    """What a run needs before it starts, written once: the config validated and resolved for this host
+    (host.resolve_execution; check=False lets a GPU run be read back on any host, elsewhere=True resolves a
+    run a worker trains), its run hash, its data, its run folder if the ledger has one, its checkpoint folder.
+    Trains no tokenizer."""
+    cfg = host.resolve_execution(validate(cfg), check, elsewhere)
+    fp, source = fingerprint(cfg)
+    h = run_hash(cfg, fp)
+    return Job(cfg, h, source, ledger.find_run(ledger.results_root(cfg.profile), h), ledger.checkpoints_root() / h,
+               label=label)
+
+
+def resolve_job(cfg: Config, local: bool = False, label: str = "", force: bool = False) -> Job:
+    """A point of a study as a driver sees it before sending it out: located (`locate`: local=True resolves and
+    checks it as train.run does on this host; else for a worker) with its data prepared, and its ledger state.
+    A damaged summary stops the study here, before anything is sent; with force, a run whose log does not show
+    that it ended is trained again."""
+    job = locate(cfg, check=local, elsewhere=not local, label=label)
+    prepare(job.cfg)                               # the data checked and tokenized here, before anything is sent
+    summary = None
+    if job.found is not None:
+        if force:
+            refuse_discarding(job.found)
+        try:
+            summary = ledger.finished_summary(job.found)
+        except ledger.DamagedRun:
+            if not force:
+                raise
+    job.summary = summary or not_trained(job.cfg, job.hash, job.found)
+    return job
+
+
+def pruner(thresholds: dict[int, float] | None) -> Callable[[int, float], bool] | None:
+    """run's on_eval from per-step thresholds: stop when the best validation loss so far is above the
+    threshold of this evaluation step (Optuna's MedianPruner rule with the medians given)."""
+    if not thresholds:
+        return None
+    best = [float("inf")]
+
+    def on_eval(step: int, val: float) -> bool:
+        best[0] = min(best[0], val)
+        return step in thresholds and best[0] > thresholds[step]
+    return on_eval
+
+
 def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None = None,
         progress: bool = True, train: bool = True, on_eval: Callable[[int, float], bool] | None = None,
         wait: bool = False, discard_finished: bool = False, restart: bool = False) -> dict:
@@ -171,11 +240,8 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
     refuses, naming the holder, or with wait=True waits and returns its result (or resumes a dead holder's
     run). force=True never discards a run whose log shows it ended, unless discard_finished=True. restart=True
     starts an unfinished run over from step 0 (its checkpoint damaged, say); a finished one is returned."""
-    cfg = host.resolve_execution(validate(cfg), check=False)   # a GPU run is read back on any host
-    h = run_hash(cfg, fingerprint(cfg)[0])          # names the run; a read-back trains no tokenizer
-    root = ledger.results_root(cfg.profile)
-    run_dir = ledger.find_run(root, h)
-    ckpt_dir = ledger.checkpoints_root() / h
+    job = locate(cfg)                               # a GPU run is read back on any host; no tokenizer trained
+    cfg, h, run_dir, ckpt_dir = job.cfg, job.hash, job.found, job.ckpt_dir
     if run_dir is not None and not force and (summary := ledger.finished_summary(run_dir)) is not None:
         return summary
     if not train:
@@ -186,7 +252,7 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
     host.warn_emulated_bf16(cfg.device, cfg.precision)
     corpus = prepare(cfg)
     data_sizes(cfg, corpus)
-    run_dir = run_dir or root / "runs" / f"{cfg.run_name}-{h}"
+    run_dir = run_dir or job.folder()
     record = ledger.lock_record("training", run_dir)
     with tidied(run_dir), ledger.hold(run_dir / ".lock", record, f"run {run_dir.name} is being trained by",
                      "wait for it (its result goes into this ledger), or stop it and start again to resume", wait):

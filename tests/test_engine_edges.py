@@ -136,8 +136,8 @@ def workers(tmp_path_factory):
 
 
 def _jobs(spec: dict, study: str):
-    from mainrun import cluster, sweep
-    return [cluster.resolve_job(cfg, label=p.label) for p, cfg in sweep.build_configs(spec, "smoke", study)]
+    from mainrun import sweep
+    return [train_mod.resolve_job(cfg, label=p.label) for p, cfg in sweep.build_configs(spec, "smoke", study)]
 
 
 def test_two_workers_training_one_config_take_turns_with_its_checkpoints(isolated, workers):
