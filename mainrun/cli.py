@@ -143,8 +143,7 @@ def cmd_sweep(args) -> int:
 
     import pandas as pd
 
-    from .studies import load_spec_file
-    from .sweep import run_sweep, studies_dir
+    from .sweep import load_spec_file, run_sweep, studies_dir
 
     named, calls = load_spec_file(Path(args.spec))
     if named and args.profile and named != args.profile:

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from . import ledger
-from .config import PROFILES, Config, make_config
+from .config import Config, make_config
 
 SPEC_KEYS = ("base", "points", "axes", "grid", "seeds")
 # Where and in what precision a study's points train: part of the study's definition, never guessed from
@@ -118,45 +118,6 @@ SUMMARY_COLUMNS = ("status", "official", "final_val_loss", "full_val_bpc", "n_pa
 
 
 # ----------------------------------------------------------------------------- records
-def load_spec_file(path: Path) -> tuple[str | None, list[dict]]:
-    """A spec file (YAML, or JSON): (the profile it names or None, the specs of its calls). A record
-    (records/<round>/<study>.yaml) may name its profile and list the specs of several calls under `specs`."""
-    import yaml
-
-    expected = "a YAML or JSON mapping with the keys base, points, axes, grid, seeds (a sweep) or search, base"
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ValueError(f"spec file {path}: {e.strerror or e}; give the path of {expected}") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"spec file {path}: not text (byte {e.start}: {e.reason}); expected {expected}") from None
-    try:
-        spec = yaml.safe_load(text)                      # YAML, or JSON (a subset of YAML)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ValueError(f"spec file {path}{where}: not valid YAML ({getattr(e, 'problem', None) or e}); "
-                         f"expected {expected}") from None
-    if not isinstance(spec, dict):
-        raise ValueError(f"spec file {path}: holds a {type(spec).__name__}; expected {expected}")
-    named = spec.pop("profile", None)
-    if named is not None and named not in PROFILES:
-        raise ValueError(f"{path}: profile {named!r} is not accepted; choose one of: {', '.join(PROFILES)}")
-    calls = [spec]
-    if "specs" in spec:
-        calls = spec.pop("specs")
-        if spec or not isinstance(calls, list) or not calls or not all(isinstance(c, dict) for c in calls):
-            raise ValueError(f"{path}: 'specs' is a non-empty list of sweep specs, beside 'profile' only "
-                             f"(other keys: {', '.join(spec) or 'none'})")
-    from .search import parse                       # every call's shape, before any runs
-    for i, call in enumerate(calls):
-        try:
-            parse(call) if "search" in call else check_shape(call)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"spec file {path}{f' (specs[{i}])' if len(calls) > 1 else ''}: {e}") from None
-    return named, calls
-
-
 def studies_dir(profile: str) -> Path:
     return ledger.results_root(profile) / "studies" / profile
 
