@@ -130,9 +130,14 @@ def cmd_bench(args) -> int:
 
 
 def cmd_report(args) -> int:
-    """Render report/report.qmd to PDF from the analysis outputs (never trains)."""
-    from .report import render
+    """Render report/report.qmd to PDF from the analysis outputs (never trains). Its sources are the checkout's
+    report/ (a wheel ships none): without them, one line says so."""
+    from .report import render, report_dir
 
+    if not (report_dir() / "report.qmd").exists():
+        raise FileNotFoundError(f"{report_dir() / 'report.qmd'} does not exist: the report renders from a checkout "
+                                f"of mainrun (report/, with the analysis its notebooks write); run this command in "
+                                f"one, or set MAINRUN_ROOT to one")
     print(f"report: {render(args.profile, args.output, args.engine)}")
     return 0
 

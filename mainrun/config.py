@@ -21,6 +21,10 @@ HUB_DATASET = "julien040/hacker-news-posts"
 STANDIN_SHA256 = "09c48d4b417e4d989149bb1117f2f2ab5079057218811ed0056975b65e5ccc20"
 # The official evaluation shape (Mainrun's batch x block); never changes with the training shape.
 EVAL_BATCH, EVAL_BLOCK = 64, 128
+# The project's own budget (the Mainrun rules fix the epochs, not the time): a candidate's 7 epochs in 60 minutes
+# on a 2-core CPU, so that a candidate and its extra seeds train within a working session on these machines.
+CPU_BUDGET_S = 3600
+PUBLISHED_BASELINE = 1.7533   # Mainrun's published baseline loss, on the hub dataset
 # Code versions: each change that alters the numbers some configs produce, and which configs it touches. A run
 # hashes the latest version that touches its config (code_version), so a change leaves the hash and the
 # read-back of every run it does not touch as they were; a config can pin an earlier version (field
