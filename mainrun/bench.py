@@ -30,15 +30,16 @@ from pathlib import Path
 
 import torch
 
-from . import ledger, tables
+from . import host, ledger, tables
 from .config import EVAL_BATCH, EVAL_BLOCK, Config, from_dict, make_config, parse_overrides, run_hash
 from .data import get_batch, prepare
 from .evaluate import autocast, evaluate
-from .optim import build_optimizers, matmul_seconds, native_bf16, timed
+from .host import matmul_seconds, native_bf16, resolve_device, resolve_execution, resolve_precision, timed
+from .optim import build_optimizers
 from .reference import RefGPT
 from .stats import time_to_quality
 from .studies import build_configs
-from .train import build_model, resolve_device, resolve_execution, resolve_precision
+from .train import build_model
 
 TOKENS_PER_EPOCH = 1_155_847   # our corpus, 16k BPE (dataset_info of the baseline run)
 
@@ -192,7 +193,10 @@ _WORKER = """
 import dataclasses, json, sys, timeit
 from mainrun.bench import random_batch, train_step
 from mainrun.config import Config, make_config
-from mainrun.train import resolve_execution
+try:
+    from mainrun.host import resolve_execution
+except ImportError:                                        # before host.py
+    from mainrun.train import resolve_execution
 spec = json.loads(sys.argv[1])
 known = {f.name for f in dataclasses.fields(Config)}       # an old commit lacks the knobs added since
 overrides = {k: v for k, v in spec["overrides"].items() if k in known}
@@ -269,7 +273,7 @@ def run_bench(cfg: Config, reps: int = 3, out_dir: Path | None = None, label: st
     train_s = steps * ours["s_per_step"]
     eval_s = n_evals * (val_tokens // (span + 1)) * span / res["eval_tokens_per_s"]
     out = {
-        "label": label or "custom", "config": cfg.to_dict(), "device": device, "host": ledger.hardware(device),
+        "label": label or "custom", "config": cfg.to_dict(), "device": device, "host": host.hardware(device),
         "matmul_gflops": ceil, **res,
         "speedup_vs_reference": (rows["reference"]["s_per_step"] / ours["s_per_step"]
                                  if "reference" in rows else None),
@@ -399,7 +403,8 @@ def level(profile: str, preset: str, overrides: dict, seeds: list[int], workers:
     installed. The runner's study record is left out: a benchmark records no study."""
     from distributed import Client
 
-    from .cluster import data_files, local_cluster, resolve_job, run_points, send_data
+    from .cluster import data_files, local_cluster, run_points, send_data
+    from .train import resolve_job
 
     load_before = os.getloadavg()[0]           # other jobs on the machine skew every number here
     env = {"MAINRUN_CHECKPOINTS": str(tmp / f"ckpt-{tag}"), "OMP_NUM_THREADS": str(threads_per_run)}
@@ -456,7 +461,7 @@ def packing(kind: str, levels: list[tuple], n_runs: int, profile: str, preset: s
         done = [level(profile, preset, base, seeds, *lv, Path(tmp)) for lv in levels]
     out = {"kind": kind, "workload": f"{profile} profile, preset {preset}, {n_runs} runs (train_seed "
                                      f"{seeds[0]}..{seeds[-1]}), {where}",
-           "host": ledger.hardware("cpu" if base["device"] == "cpu" else "cuda"), "levels": done,
+           "host": host.hardware("cpu" if base["device"] == "cpu" else "cuda"), "levels": done,
            "losses": compare_losses(done), "measured_at": datetime.now(timezone.utc).isoformat()}
     path = Path(out_dir or ledger.repo_root() / "results" / "bench") / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

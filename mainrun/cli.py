@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 from . import ledger
-from .config import PRESETS, PROFILES, ConfigError, make_config, parse_overrides
+from .config import PROFILES, ConfigError, make_config, parse_overrides
 from .data import DataError
+from .presets import PRESETS
 
 
 def _find_run_dir(spec: str) -> Path:
@@ -55,7 +56,8 @@ def cmd_eval(args) -> int:
     from .config import recorded_config
     from .data import encode_titles, read_titles
     from .evaluate import evaluate, full_coverage, official_coverage
-    from .train import build_model, load_saved, resolve_device
+    from .host import resolve_device
+    from .train import build_model, load_saved
 
     run_dir = _find_run_dir(args.run)
     meta = ledger.read_json(run_dir / "config.json")
@@ -136,9 +138,14 @@ def cmd_bench(args) -> int:
 
 
 def cmd_report(args) -> int:
-    """Render report/report.qmd to PDF from the analysis outputs (never trains)."""
-    from .report import render
+    """Render report/report.qmd to PDF from the analysis outputs (never trains). Its sources are the checkout's
+    report/ (a wheel ships none): without them, one line says so."""
+    from .report import render, report_dir
 
+    if not (report_dir() / "report.qmd").exists():
+        raise FileNotFoundError(f"{report_dir() / 'report.qmd'} does not exist: the report renders from a checkout "
+                                f"of mainrun (report/, with the analysis its notebooks write); run this command in "
+                                f"one, or set MAINRUN_ROOT to one")
     print(f"report: {render(args.profile, args.output, args.engine)}")
     return 0
 
@@ -149,8 +156,7 @@ def cmd_sweep(args) -> int:
 
     import pandas as pd
 
-    from .studies import load_spec_file
-    from .sweep import run_sweep, studies_dir
+    from .sweep import load_spec_file, run_sweep, studies_dir
 
     named, calls = load_spec_file(Path(args.spec))
     if named and args.profile and named != args.profile:

@@ -1,6 +1,6 @@
 """Sweeps on a Dask cluster: workers train, the driver alone writes the ledger (README: Scale out, Reliability).
 
-The driver resolves every point's run hash (`resolve_job`) and sends out only those without a finished run,
+The driver resolves every point's run hash (`train.resolve_job`) and sends out only those without a finished run,
 holding each run folder's lock until the worker's files are installed, so a second sweep of the same spec waits
 for the point instead of training it again. Workers need no shared file system: the titles file travels as a
 worker plugin (`DataPlugin`). A task that raises is retried; a dead worker's task is rescheduled by Dask.
@@ -26,59 +26,15 @@ from typing import Any, Callable
 from distributed import WorkerPlugin  # this module is the Dask engine: sweep.py imports it only for a cluster
 
 from . import ledger
-from .config import Config, from_dict, run_hash, validate
+from .config import Config, from_dict
 from .data import cache_dir, file_sha256, resolve_source
+from .train import Job, pruner, run
 
 RETRIES = 2                 # dask retries of a task that raised (a dead worker is counted separately)
 TIMEOUT: float | None = None   # seconds to wait for a sweep's (or one trial's) results; None: no limit
 # seconds to wait for a scheduler (an address) to answer, and then for its first worker (--scheduler-timeout)
 SCHEDULER_TIMEOUT = 30.0
 POLL_S = 1.0                   # how often a driver looks again at points another process is training
-
-
-@dataclass
-class Job:
-    """A point as the driver sees it."""
-    cfg: Config              # execution resolved (device, precision); the driver's own `data` field
-    hash: str
-    source: dict             # the data as the driver's run records name it (data.file_record or hub)
-    summary: dict            # the ledger's finished/diverged/pruned summary, or a not-trained stub
-    label: str = ""
-
-    @property
-    def done(self) -> bool:
-        return self.summary.get("status") in ledger.TERMINAL
-
-
-def resolve_job(cfg: Config, local: bool = False, label: str = "", force: bool = False) -> Job:
-    """The point's resolved config, run hash and ledger state, on the driver. local=True resolves like train.run
-    on this host; else a pinned device is kept (the worker checks it) and `auto` is resolved here (cuda: bf16).
-    A damaged summary stops the sweep here, before anything is sent; with force, a run whose log does not show
-    that it ended is trained again."""
-    from .data import prepare
-    from .train import not_trained, refuse_discarding, resolve_device, resolve_execution, resolve_precision
-
-    cfg = validate(cfg)
-    if local:
-        cfg = resolve_execution(cfg)
-    else:
-        device = cfg.device if cfg.device != "auto" else resolve_device("auto")
-        precision = cfg.precision if cfg.precision != "auto" else (
-            "bf16" if device == "cuda" else resolve_precision("auto", device))
-        cfg = dataclasses.replace(cfg, device=device, precision=precision)
-    corpus = prepare(cfg)
-    h = run_hash(cfg, corpus.fingerprint)
-    run_dir = ledger.find_run(ledger.results_root(cfg.profile), h)
-    summary = None
-    if run_dir is not None:
-        if force:
-            refuse_discarding(run_dir)
-        try:
-            summary = ledger.finished_summary(run_dir)
-        except ledger.DamagedRun:
-            if not force:
-                raise
-    return Job(cfg, h, corpus.source, summary or not_trained(cfg, h, run_dir), label)
 
 
 # ----------------------------------------------------------------------------- data through the cluster
@@ -152,19 +108,6 @@ def data_files(jobs: list[Job]) -> dict[str, DataFile]:
 
 
 # ----------------------------------------------------------------------------- the worker's side
-def pruner(thresholds: dict[int, float] | None) -> Callable[[int, float], bool] | None:
-    """train.run's on_eval from per-step thresholds: stop when the best validation loss so far is above the
-    threshold of this evaluation step (Optuna's MedianPruner rule with the medians given)."""
-    if not thresholds:
-        return None
-    best = [float("inf")]
-
-    def on_eval(step: int, val: float) -> bool:
-        best[0] = min(best[0], val)
-        return step in thresholds and best[0] > thresholds[step]
-    return on_eval
-
-
 _WARNED: list[bool] = []
 
 
@@ -175,8 +118,6 @@ def train_on_worker(cfg_dict: dict, expected_hash: str, data: tuple[str, str] | 
     temporary ledger of its own; returns the run folder's files as text."""
     import torch
     from distributed import get_worker
-
-    from .train import run
 
     if threads:
         torch.set_num_threads(threads)
@@ -375,8 +316,7 @@ class Engine:
                     event["data"] = job.cfg.data
                     line = json.dumps(event, default=str) + "\n"
             lines.append(line)
-        root = ledger.results_root(job.cfg.profile)
-        final = ledger.find_run(root, job.hash) or root / "runs" / f"{job.cfg.run_name}-{job.hash}"
+        final = job.folder()
         final.mkdir(parents=True, exist_ok=True)
         with contextlib.nullcontext() if held else ledger.hold(
                 final / ".lock", ledger.lock_record("installing", final), f"run {final.name} is being trained by",
@@ -426,8 +366,7 @@ def run_points(jobs: list[Job], client, data: dict[str, DataFile], study: str = 
         """Take the run's folder lock and send it out, or note who holds it."""
         job = jobs[by_hash[h][0]]
         head = f"[{study} {by_hash[h][0] + 1}/{len(jobs)}] {job.label}" if first else f"    {job.label}:"
-        root = ledger.results_root(job.cfg.profile)
-        run_dir = ledger.find_run(root, h) or root / "runs" / f"{job.cfg.run_name}-{h}"
+        run_dir = job.folder()
         lock = ledger.Lock(run_dir / ".lock", ledger.lock_record("sweep driver", run_dir))
         try:
             lock.acquire()

@@ -14,11 +14,17 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
+from .presets import PRESETS
+
 HUB_DATASET = "julien040/hacker-news-posts"
 # sha256 of ../shared/data/hn-stories-2016-2020.parquet, the offline stand-in for the hub dataset
 STANDIN_SHA256 = "09c48d4b417e4d989149bb1117f2f2ab5079057218811ed0056975b65e5ccc20"
 # The official evaluation shape (Mainrun's batch x block); never changes with the training shape.
 EVAL_BATCH, EVAL_BLOCK = 64, 128
+# The project's own budget (the Mainrun rules fix the epochs, not the time): a candidate's 7 epochs in 60 minutes
+# on a 2-core CPU, so that a candidate and its extra seeds train within a working session on these machines.
+CPU_BUDGET_S = 3600
+PUBLISHED_BASELINE = 1.7533   # Mainrun's published baseline loss, on the hub dataset
 # Code versions: each change that alters the numbers some configs produce, and which configs it touches. A run
 # hashes the latest version that touches its config (code_version), so a change leaves the hash and the
 # read-back of every run it does not touch as they were; a config can pin an earlier version (field
@@ -118,7 +124,7 @@ class Config:
         """The fields that change a run's result; ones added later are left out while neutral (old hashes stay)."""
         d = dataclasses.asdict(self)
         if d["device"] == "auto" or d["precision"] == "auto":
-            raise ValueError("a run hash needs the resolved device and precision (train.resolve_execution), "
+            raise ValueError("a run hash needs the resolved device and precision (host.resolve_execution), "
                              f"not device={d['device']!r} precision={d['precision']!r}")
         d = {k: v for k, v in d.items()
              if k not in NOT_HASHED and not (k in HASH_OMIT_IF and HASH_OMIT_IF[k] == v)}
@@ -177,8 +183,6 @@ PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(num_titles=6_000, vocab_size=512, n_layer=1, n_head=2, d_model=32,
                   epochs=1, batch_size=16, evals_per_epoch=1, checkpoint_every=0, device="cpu", precision="fp32"),
 }
-
-from .presets import PRESETS  # noqa: E402  (recipes live in presets.py; config.PRESETS stays)
 
 
 class ConfigError(ValueError):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .config import CHOICES, HUB_DATASET, Config
-from .ledger import atomic_write_bytes, repo_root  # noqa: F401  (data.repo_root and data.atomic_write_bytes stay)
+from .ledger import atomic_write_bytes, repo_root
 
 EOS = "<eos>"
 SPECIALS = ["<pad>", EOS, "<unk>"]  # the original's order: ids 0, 1, 2

@@ -29,9 +29,10 @@ from typing import Any
 import jinja2
 
 from . import ledger
-from .config import (CODE_CHANGES, CODE_VERSION, HUB_DATASET, PRESETS, Config, code_version, make_config,
-                     recorded_config, rules_check)
+from .config import (CODE_CHANGES, CODE_VERSION, HUB_DATASET, Config, code_version, make_config, recorded_config,
+                     rules_check)
 from .ledger import atomic_write_bytes, repo_root
+from .presets import PRESETS
 
 TEMPLATE = Path(__file__).with_name("submission_template.py")
 PROSE = Path(__file__).with_name("submission")

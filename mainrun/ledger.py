@@ -17,7 +17,6 @@ import fcntl
 import functools
 import json
 import os
-import platform
 import re
 import socket
 import subprocess
@@ -56,17 +55,6 @@ def atomic_write_bytes(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def native_bf16(device: str) -> bool:
-    """Whether bf16 matmuls run natively here (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.is_bf16_supported()
-    with contextlib.suppress(AttributeError, RuntimeError):
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
 
 
 # A run with one of these statuses is done: asking for its config again returns it without training.
@@ -535,37 +523,6 @@ def match_run(spec: str, runs: list[dict], where: str) -> dict:
     raise NoSuchRun(f"no run matches {spec!r} (a run's name, its folder name <name>-<hash>, its hash or a prefix "
                     f"of {MIN_HASH_PREFIX}+ characters) in {where}"
                     + (f"\nclose matches: {', '.join(close)}" if close else ""))
-
-
-def git_state() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        # a query only: no optional index refresh (whose index.lock a full disk or a kill would leave behind)
-        done = subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True, timeout=10,
-                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
-        return done.stdout.strip()
-    try:
-        commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--", "mainrun"))
-    except (OSError, subprocess.SubprocessError):
-        return {"git_commit": None, "git_dirty": None}
-    if not commit:  # a copy of the tree without .git (a lent GPU machine): the caller may say which commit
-        return {"git_commit": os.environ.get("MAINRUN_GIT_COMMIT") or None, "git_dirty": None}
-    return {"git_commit": commit, "git_dirty": dirty}
-
-
-def hardware(device: str) -> dict[str, Any]:
-    import torch
-
-    info = {"device": device, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
-            "python": platform.python_version()}
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        info["cpu"] = names[0] if names else info["cpu"]
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    else:   # which kind of CPU: bf16 matmuls native (AVX-512 BF16 / AMX) or emulated (AVX2 only)
-        info["native_bf16"] = native_bf16("cpu")
-    return info
 
 
 def archive(root: Path, tarball: Path, run_glob: str, study_glob: str | None = None,

@@ -12,7 +12,6 @@ import torch
 import torch.nn as nn
 
 from .config import Config, code_version
-from .ledger import native_bf16  # noqa: F401  (the probe lives with the hardware record; optim.native_bf16 stays)
 
 REFERENCE_BATCH = 64  # the baseline's sequences per optimizer step, for linear LR scaling
 
@@ -71,20 +70,6 @@ def param_groups(model: nn.Module) -> dict[str, list[torch.nn.Parameter]]:
         else:
             groups["other"].append(p)
     return groups
-
-
-def timed(fn, device: str = "cpu", warmup: int = 1, reps: int = 3) -> list[float]:
-    """Seconds of each of `reps` calls of fn after `warmup` calls, each call with the device synchronised."""
-    import timeit
-
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    return timeit.repeat(lambda: (fn(), sync()), number=1, repeat=warmup + reps)[warmup:]
-
-
-def matmul_seconds(n: int, dtype: torch.dtype, device: str = "cpu") -> list[float]:
-    """Seconds of 3 n x n matmuls in `dtype` after one untimed (train's bf16 warning, bench's matmul ceiling)."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    return timed(lambda: a @ b, device)
 
 
 def _newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,

@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 
 from . import ledger
+from .ledger import repo_root
 from .tables import analysis_dir
-from .data import repo_root
 
 INCLUDE = re.compile(r"^\{\{<\s*include\s+(\S+)\s*>\}\}[ \t]*$", re.M)
 # a number in the prose: {{< meta v.KEY.SUBKEY >}}, from _generated/variables.yml (Quarto reads the same file

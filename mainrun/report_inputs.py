@@ -12,9 +12,10 @@ import pandas as pd
 import yaml
 
 from . import ledger, plots
-from .data import repo_root
+from .ledger import repo_root
 from .formats import millions, is_nan, plain, fmt_bpc, fmt_int, fmt_loss, fmt_ratio, md_table, rounded
-from .report_text import (CPU_BUDGET_S, DEVICE_NAME, PUBLISHED_BASELINE, TEXT, agreement_table, baselines_md,
+from .config import CPU_BUDGET_S, PUBLISHED_BASELINE
+from .report_text import (DEVICE_NAME, TEXT, agreement_table, baselines_md,
                           by_cost, changes_table, code_versions_md, cpu_groups, edges_md, findings, findings_md,
                           formatted, ladder_table, results_table, say, screen_frame, seed_table, setup_md,
                           stack_table, summary_md, test_table, truncation_table, vs_previous, label_words)

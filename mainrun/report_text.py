@@ -3,16 +3,19 @@ the paragraphs whose wording follows the data. The words are in report/text.yml,
 report/studies.yml (passed in as `spec` dicts); each function returns text, a frame or (markdown, numbers)."""
 from __future__ import annotations
 
+import functools
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import yaml
 
 from . import ledger
-from .config import STANDIN_SHA256, Config, make_config
+from .config import CPU_BUDGET_S, PUBLISHED_BASELINE, STANDIN_SHA256, Config, make_config
 from .formats import fmt_bpc, fmt_int, fmt_loss, fmt_ratio, fmt_time, is_nan, md_table
 from .presets import LADDER
 from .stats import (NO_CHANGE, agreement, curve_agreement, fold_seed_labels, permutation_p, relative_cost,
@@ -20,14 +23,43 @@ from .stats import (NO_CHANGE, agreement, curve_agreement, fold_seed_labels, per
 from .studies import by_point
 from .tables import PAUSE_GAP_S, read_curve, study_frame
 
-TEXT = yaml.safe_load((ledger.repo_root() / "report" / "text.yml").read_text(encoding="utf-8"))
-PROXY_NOTE = {p: "" if p == "full" else t for p, t in TEXT["profile_note"].items()}   # full's names the proxy
+
+
+def read_text() -> dict:
+    """report/text.yml of the checkout (MAINRUN_ROOT): the report's words ship with a checkout, not the package."""
+    path = ledger.repo_root() / "report" / "text.yml"
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist: the report's words are read from a checkout of mainrun; "
+                                f"run this from one, or set MAINRUN_ROOT to one") from None
+
+
+class _Lazy(Mapping):
+    """A mapping built at its first use, so that importing this module reads no file (a wheel has no report/)."""
+
+    def __init__(self, build: Callable[[], dict]):
+        self._build = build
+
+    @functools.cached_property
+    def _data(self) -> dict:
+        return self._build()
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+TEXT = _Lazy(read_text)
+# each profile's note on its scale; full's names the proxy
+PROXY_NOTE = _Lazy(lambda: {p: "" if p == "full" else t for p, t in TEXT["profile_note"].items()})
 
 DEVICE_NAME = {"cpu": "CPU", "cuda": "GPU"}
-# The project's own budget (the Mainrun rules fix the epochs, not the time): a candidate's 7 epochs in 60 minutes
-# on a 2-core CPU, so that a candidate and its extra seeds train within a working session on these machines.
-CPU_BUDGET_S = 3600
-PUBLISHED_BASELINE = 1.7533   # Mainrun's published baseline loss, on the hub dataset
 
 
 def say(key: str, **values) -> str:

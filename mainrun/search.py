@@ -194,7 +194,7 @@ def median_thresholds(ostudy, startup: int, warmup_steps: int) -> dict[int, floa
 class _Pending:
     number: int
     trial_id: int
-    job: Any                         # cluster.Job
+    job: Any                         # train.Job
     thresholds: dict[int, float]
     future: Any = None               # a dask future (cluster), or None (here, or already in the ledger)
     summary: dict | None = None      # known without training (from the ledger)
@@ -214,8 +214,8 @@ def run_search(spec: dict, profile: str, study: str, progress: bool = True, forc
     import optuna
     from optuna.trial import TrialState
 
-    from .cluster import TIMEOUT, Engine, connect, pruner, resolve_job
-    from .train import run
+    from .cluster import TIMEOUT, Engine, connect
+    from .train import pruner, resolve_job, run
 
     s = parse(spec)
     ostudy = open_study(profile, study, s)

@@ -9,7 +9,7 @@ choices made over a study's table. Nothing here trains (the runner is `sweep.run
 
 An axis value may be a dict of overrides (a compound change); its plotted value is the entry named like the
 axis. A study record (<results>/studies/<profile>/<study>.json) holds the specs a study ran and one row per
-point; ladder.json beside it names the rungs.
+point; ladder.json beside it names the run of each rung of the ladder (presets.LADDER, RUNG_ORDER).
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from typing import Any
 import pandas as pd
 
 from . import ledger
-from .config import PROFILES, Config, make_config
+from .config import Config, make_config
+from .presets import LADDER
 
 SPEC_KEYS = ("base", "points", "axes", "grid", "seeds")
 # Where and in what precision a study's points train: part of the study's definition, never guessed from
@@ -34,8 +35,13 @@ EXECUTION = {"device": "cpu", "precision": "fp32"}
 # Where the one-change-at-a-time studies run. Under full they run on the quick proxy and only the kept
 # configuration is trained at full scale (a full-scale sweep would take days on 2 CPU cores).
 STUDY_PROFILE = {"full": "quick", "quick": "quick", "smoke": "smoke"}
-STAGES = ("baseline", "epic1", "epic2", "epic3", "beyond")  # the seed plan (notebooks 01-04), then past it
-# Fields that name or place a run rather than change it; left out of a stage's overrides.
+# The order of ladder.json's entries (each entry's "stage" is a rung's name): the rungs of presets.LADDER, the one
+# table of the ladder, with the proxy's own rung after the seed plan's last (epic3): "beyond", the best of the
+# changes past the seed plan on the proxy (notebook 04; the full-scale ladder goes on with the final rungs).
+PROXY_RUNG = "beyond"
+_RUNGS = [r["rung"] for r in LADDER]
+RUNG_ORDER = (*_RUNGS[:_RUNGS.index("epic3") + 1], PROXY_RUNG, *_RUNGS[_RUNGS.index("epic3") + 1:])
+# Fields that name or place a run rather than change it; left out of a rung's overrides.
 IDENTITY = ("name", "profile", "preset", "data", "precision", "device", "checkpoint_every")
 
 
@@ -118,45 +124,6 @@ SUMMARY_COLUMNS = ("status", "official", "final_val_loss", "full_val_bpc", "n_pa
 
 
 # ----------------------------------------------------------------------------- records
-def load_spec_file(path: Path) -> tuple[str | None, list[dict]]:
-    """A spec file (YAML, or JSON): (the profile it names or None, the specs of its calls). A record
-    (records/<round>/<study>.yaml) may name its profile and list the specs of several calls under `specs`."""
-    import yaml
-
-    expected = "a YAML or JSON mapping with the keys base, points, axes, grid, seeds (a sweep) or search, base"
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ValueError(f"spec file {path}: {e.strerror or e}; give the path of {expected}") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"spec file {path}: not text (byte {e.start}: {e.reason}); expected {expected}") from None
-    try:
-        spec = yaml.safe_load(text)                      # YAML, or JSON (a subset of YAML)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ValueError(f"spec file {path}{where}: not valid YAML ({getattr(e, 'problem', None) or e}); "
-                         f"expected {expected}") from None
-    if not isinstance(spec, dict):
-        raise ValueError(f"spec file {path}: holds a {type(spec).__name__}; expected {expected}")
-    named = spec.pop("profile", None)
-    if named is not None and named not in PROFILES:
-        raise ValueError(f"{path}: profile {named!r} is not accepted; choose one of: {', '.join(PROFILES)}")
-    calls = [spec]
-    if "specs" in spec:
-        calls = spec.pop("specs")
-        if spec or not isinstance(calls, list) or not calls or not all(isinstance(c, dict) for c in calls):
-            raise ValueError(f"{path}: 'specs' is a non-empty list of sweep specs, beside 'profile' only "
-                             f"(other keys: {', '.join(spec) or 'none'})")
-    from .search import parse                       # every call's shape, before any runs
-    for i, call in enumerate(calls):
-        try:
-            parse(call) if "search" in call else check_shape(call)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"spec file {path}{f' (specs[{i}])' if len(calls) > 1 else ''}: {e}") from None
-    return named, calls
-
-
 def studies_dir(profile: str) -> Path:
     return ledger.results_root(profile) / "studies" / profile
 
@@ -180,16 +147,16 @@ def record_study(profile: str, study: str, spec: dict, rows: list[dict]) -> Path
 
 
 def mark_stage(profile: str, stage: str, row: Any, note: str = "") -> None:
-    """Name a run as a rung of the ladder (baseline, epic1, ...): ladder.json, in notebook order."""
+    """Name a run as the rung `stage` of the ladder (baseline, epic1, ...): ladder.json, in RUNG_ORDER."""
     row = dict(row)
     path = studies_dir(profile) / "ladder.json"
     ladder = ledger.read_json(path) or {"profile": profile, "stages": []}
     entry = {"stage": stage, "hash": row["hash"], "label": row.get("label", stage), "note": note}
     stages = {s["stage"]: s for s in ladder["stages"]}
     stages[stage] = entry                   # a rung run again keeps its place
-    # the seed plan's rungs in their order (a notebook may run alone); later rungs keep their insertion order
-    rank = {name: i for i, name in enumerate(STAGES)}
-    ladder["stages"] = sorted(stages.values(), key=lambda s: rank.get(s["stage"], len(STAGES)))
+    # the rungs in their order (a notebook may run alone); a name not in RUNG_ORDER keeps its insertion order
+    rank = {name: i for i, name in enumerate(RUNG_ORDER)}
+    ladder["stages"] = sorted(stages.values(), key=lambda s: rank.get(s["stage"], len(RUNG_ORDER)))
     ledger.atomic_write_json(path, ladder, only_if_changed=True)   # a ladder a notebook re-reads stays put
     print(f"stage {stage!r} = {entry['label']} (run {row['hash']})" + (f": {note}" if note else ""))
 
@@ -199,7 +166,7 @@ def read_ladder(profile: str) -> list[dict]:
 
 
 def stage_overrides(profile: str, stage: str, fallback_preset: str = "baseline") -> dict[str, Any]:
-    """The config of a ladder stage as overrides of the profile's baseline (for the next study); a preset, with
+    """The config of a rung of the ladder as overrides of the profile's baseline (for the next study); a preset, with
     a printed note, while the stage has not been run (so a notebook still runs alone in JupyterLab)."""
     stages = {s["stage"]: s for s in read_ladder(profile)}
     run_dir = ledger.find_run(ledger.results_root(profile), stages[stage]["hash"]) if stage in stages else None

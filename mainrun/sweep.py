@@ -1,21 +1,23 @@
 """The study runner: every point of a spec trained (or read back from the ledger) here, one after another, or on
 the Dask engine (`mainrun.cluster`); the driver writes the ledger and the study record either way. A spec with a
-"search" key is an Optuna search (`mainrun.search`). Specs, study records and the choices made over a study's
+"search" key is an Optuna search (`mainrun.search`); `load_spec_file` reads either from YAML or JSON and checks
+its shape. Specs, study records and the choices made over a study's
 table are in `mainrun.studies` (re-exported here under their old names)."""
 from __future__ import annotations
 
 import contextlib
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from . import ledger
-from .config import Config, cli_command
+from .config import PROFILES, Config, cli_command
 from .studies import (EXECUTION, STUDY_PROFILE, SUMMARY_COLUMNS, Point, accum_axis, best_row,  # noqa: F401
-                      build_configs, by_point, combine, expand, finished, helpful, joint_best, mark_stage,
-                      read_ladder, record_study, row, stage_overrides, studies_dir, widen)
+                      build_configs, by_point, check_shape, combine, expand, finished, helpful, joint_best,
+                      mark_stage, read_ladder, record_study, row, stage_overrides, studies_dir, widen)
 
 
 def run_sweep(spec: dict, profile: str, study: str, progress: bool = True, force: bool = False,
@@ -37,7 +39,8 @@ def run_sweep(spec: dict, profile: str, study: str, progress: bool = True, force
         rows = [_run_here(study, i, len(pairs), p, cfg, force, progress, train)
                 for i, (p, cfg) in enumerate(pairs, 1)]
     else:
-        from .cluster import connect, data_files, resolve_job, run_points
+        from .cluster import connect, data_files, run_points
+        from .train import resolve_job
         jobs = [resolve_job(cfg, label=p.label + (f" seed={p.seed}" if p.seed is not None else ""), force=force)
                 for p, cfg in pairs]
         todo = [j for j in jobs if force or not j.done] if train else []
@@ -49,6 +52,45 @@ def run_sweep(spec: dict, profile: str, study: str, progress: bool = True, force
     if recorded:
         record_study(profile, study, spec, recorded)
     return pd.DataFrame(rows)
+
+
+def load_spec_file(path: Path) -> tuple[str | None, list[dict]]:
+    """A spec file (YAML, or JSON): (the profile it names or None, the specs of its calls). A record
+    (records/<round>/<study>.yaml) may name its profile and list the specs of several calls under `specs`."""
+    import yaml
+
+    expected = "a YAML or JSON mapping with the keys base, points, axes, grid, seeds (a sweep) or search, base"
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ValueError(f"spec file {path}: {e.strerror or e}; give the path of {expected}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"spec file {path}: not text (byte {e.start}: {e.reason}); expected {expected}") from None
+    try:
+        spec = yaml.safe_load(text)                      # YAML, or JSON (a subset of YAML)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"spec file {path}{where}: not valid YAML ({getattr(e, 'problem', None) or e}); "
+                         f"expected {expected}") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"spec file {path}: holds a {type(spec).__name__}; expected {expected}")
+    named = spec.pop("profile", None)
+    if named is not None and named not in PROFILES:
+        raise ValueError(f"{path}: profile {named!r} is not accepted; choose one of: {', '.join(PROFILES)}")
+    calls = [spec]
+    if "specs" in spec:
+        calls = spec.pop("specs")
+        if spec or not isinstance(calls, list) or not calls or not all(isinstance(c, dict) for c in calls):
+            raise ValueError(f"{path}: 'specs' is a non-empty list of sweep specs, beside 'profile' only "
+                             f"(other keys: {', '.join(spec) or 'none'})")
+    from .search import parse                       # every call's shape, before any runs
+    for i, call in enumerate(calls):
+        try:
+            parse(call) if "search" in call else check_shape(call)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"spec file {path}{f' (specs[{i}])' if len(calls) > 1 else ''}: {e}") from None
+    return named, calls
 
 
 def check_engine_args(cluster, threads_per_run: int | None, runs_per_gpu: int | None) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .data import DataError, atomic_write_bytes, cache_dir, file_sha256, resolve_source, titles_sha256
+from .data import DataError, cache_dir, file_sha256, resolve_source, titles_sha256
+from .ledger import atomic_write_bytes
 
 TEST_SEED = 2026
 RANDOM_TITLES = 10_000

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import io
 import json
 import math
@@ -20,6 +19,7 @@ import shutil
 import sys
 import time
 from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,12 +29,13 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from . import ledger
-from .config import EVAL_BATCH, EVAL_BLOCK, Config, code_version, rules_check, run_hash, validate
-from .data import Corpus, atomic_write_bytes, fingerprint, get_batch, prepare
+from . import host, ledger
+from .config import EVAL_BATCH, EVAL_BLOCK, Config, rules_check, run_hash, validate
+from .data import Corpus, fingerprint, get_batch, prepare
 from .evaluate import autocast, evaluate, full_coverage, official_coverage
+from .ledger import atomic_write_bytes
 from .model import GPT, Ensemble, GPTConfig
-from .optim import build_optimizers, describe_groups, lr_multiplier, native_bf16, param_groups, set_lr
+from .optim import build_optimizers, describe_groups, lr_multiplier, param_groups, set_lr
 
 
 # A run stops and is recorded "diverged" (with the step and the rule) on a NaN/inf loss ("nonfinite"), a
@@ -70,28 +71,6 @@ def stability_after(groups: dict[str, list[torch.nn.Parameter]], before: dict[st
         ratio[name] = math.sqrt(delta / size) if size > 0 else 0.0
     return {"grad_norm": math.sqrt(sum(v * v for v in grad.values())), "grad_norm_by_group": grad,
             "update_ratio": ratio}
-
-
-def resolve_device(device: str, check: bool = True) -> str:
-    """`auto` -> what this host has; check=False lets device=cuda through without one (to read a run back)."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if check and device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for but torch sees no CUDA device; use device=cpu or auto")
-    return device
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """auto -> bf16 where matmuls have native bf16 support, else fp32 (emulated bf16 is ~50x slower)."""
-    return precision if precision != "auto" else "bf16" if native_bf16(device) else "fp32"
-
-
-def resolve_execution(cfg: Config, check: bool = True) -> Config:
-    """The config with `auto` device and precision replaced by what this host gives, and code_version 0 by the
-    version this code runs it under (hashed and recorded)."""
-    device = resolve_device(cfg.device, check)
-    return dataclasses.replace(cfg, device=device, precision=resolve_precision(cfg.precision, device),
-                               code_version=code_version(cfg))
 
 
 def build_model(cfg: Config, vocab_size: int, eos_id: int | None = None) -> GPT | Ensemble:
@@ -182,6 +161,74 @@ def _atomic_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, slow_write)
 
 
+# ----------------------------------------------------------------------------- before a run starts
+@dataclass
+class Job:
+    """A run before it starts, as train.run and the Dask engine's driver (mainrun.cluster) both see it."""
+    cfg: Config              # validated; device, precision and code version resolved (host.resolve_execution)
+    hash: str
+    source: dict             # the data as the run's records name it (data.file_record or hub)
+    found: Path | None       # its run folder, if the ledger has one
+    ckpt_dir: Path           # its checkpoint folder
+    summary: dict | None = None   # (resolve_job) the ledger's finished/diverged/pruned summary, or a stub
+    label: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.summary is not None and self.summary.get("status") in ledger.TERMINAL
+
+    def folder(self) -> Path:
+        """Its run folder: the ledger's (looked up again: another process may have made it since), else the one
+        it will make, <name>-<hash>."""
+        root = ledger.results_root(self.cfg.profile)
+        return ledger.find_run(root, self.hash) or root / "runs" / f"{self.cfg.run_name}-{self.hash}"
+
+
+def locate(cfg: Config, check: bool = False, elsewhere: bool = False, label: str = "") -> Job:
+    """What a run needs before it starts, written once: the config validated and resolved for this host
+    (host.resolve_execution; check=False lets a GPU run be read back on any host, elsewhere=True resolves a
+    run a worker trains), its run hash, its data, its run folder if the ledger has one, its checkpoint folder.
+    Trains no tokenizer."""
+    cfg = host.resolve_execution(validate(cfg), check, elsewhere)
+    fp, source = fingerprint(cfg)
+    h = run_hash(cfg, fp)
+    return Job(cfg, h, source, ledger.find_run(ledger.results_root(cfg.profile), h), ledger.checkpoints_root() / h,
+               label=label)
+
+
+def resolve_job(cfg: Config, local: bool = False, label: str = "", force: bool = False) -> Job:
+    """A point of a study as a driver sees it before sending it out: located (`locate`: local=True resolves and
+    checks it as train.run does on this host; else for a worker) with its data prepared, and its ledger state.
+    A damaged summary stops the study here, before anything is sent; with force, a run whose log does not show
+    that it ended is trained again."""
+    job = locate(cfg, check=local, elsewhere=not local, label=label)
+    prepare(job.cfg)                               # the data checked and tokenized here, before anything is sent
+    summary = None
+    if job.found is not None:
+        if force:
+            refuse_discarding(job.found)
+        try:
+            summary = ledger.finished_summary(job.found)
+        except ledger.DamagedRun:
+            if not force:
+                raise
+    job.summary = summary or not_trained(job.cfg, job.hash, job.found)
+    return job
+
+
+def pruner(thresholds: dict[int, float] | None) -> Callable[[int, float], bool] | None:
+    """run's on_eval from per-step thresholds: stop when the best validation loss so far is above the
+    threshold of this evaluation step (Optuna's MedianPruner rule with the medians given)."""
+    if not thresholds:
+        return None
+    best = [float("inf")]
+
+    def on_eval(step: int, val: float) -> bool:
+        best[0] = min(best[0], val)
+        return step in thresholds and best[0] > thresholds[step]
+    return on_eval
+
+
 def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None = None,
         progress: bool = True, train: bool = True, on_eval: Callable[[int, float], bool] | None = None,
         wait: bool = False, discard_finished: bool = False, restart: bool = False) -> dict:
@@ -193,22 +240,19 @@ def run(cfg: Config, force: bool = False, on_step: Callable[[int], None] | None 
     refuses, naming the holder, or with wait=True waits and returns its result (or resumes a dead holder's
     run). force=True never discards a run whose log shows it ended, unless discard_finished=True. restart=True
     starts an unfinished run over from step 0 (its checkpoint damaged, say); a finished one is returned."""
-    cfg = resolve_execution(validate(cfg), check=False)   # a GPU run is read back on any host
-    h = run_hash(cfg, fingerprint(cfg)[0])          # names the run; a read-back trains no tokenizer
-    root = ledger.results_root(cfg.profile)
-    run_dir = ledger.find_run(root, h)
-    ckpt_dir = ledger.checkpoints_root() / h
+    job = locate(cfg)                               # a GPU run is read back on any host; no tokenizer trained
+    cfg, h, run_dir, ckpt_dir = job.cfg, job.hash, job.found, job.ckpt_dir
     if run_dir is not None and not force and (summary := ledger.finished_summary(run_dir)) is not None:
         return summary
     if not train:
         return not_trained(cfg, h, run_dir)
-    resolve_device(cfg.device)                      # training needs the pinned device to exist
+    host.resolve_device(cfg.device)                 # training needs the pinned device to exist
     if force and run_dir is not None and not discard_finished:
         refuse_discarding(run_dir)
-    warn_emulated_bf16(cfg.device, cfg.precision)
+    host.warn_emulated_bf16(cfg.device, cfg.precision)
     corpus = prepare(cfg)
     data_sizes(cfg, corpus)
-    run_dir = run_dir or root / "runs" / f"{cfg.run_name}-{h}"
+    run_dir = run_dir or job.folder()
     record = ledger.lock_record("training", run_dir)
     with tidied(run_dir), ledger.hold(run_dir / ".lock", record, f"run {run_dir.name} is being trained by",
                      "wait for it (its result goes into this ledger), or stop it and start again to resume", wait):
@@ -250,21 +294,6 @@ def refuse_discarding(run_dir: Path) -> None:
             f"run {run_dir.name} has no readable summary.json but its log.jsonl shows it {outcome}: --force would "
             f"discard it. Rebuild its summary with `python -m mainrun repair {run_dir.name}`, or add "
             f"--discard-finished (discard_finished=True) to start it over")
-
-
-@functools.cache                                    # once per process
-def warn_emulated_bf16(device: str, precision: str) -> None:
-    """precision=bf16 on a CPU without native bf16 is emulated: say how slow, suggest fp32."""
-    from . import optim
-
-    if device != "cpu" or precision != "bf16" or optim.native_bf16("cpu"):
-        return
-    n = 256
-    fp32, bf16 = (min(optim.matmul_seconds(n, dtype)) for dtype in (torch.float32, torch.bfloat16))
-    print(f"warning: precision=bf16 on a CPU without native bf16 (optim.native_bf16 is false: no AVX512-BF16 or "
-          f"AMX): bf16 matmuls are emulated, {bf16 / fp32:.0f}x slower than fp32 here (a {n}x{n} matmul timed "
-          f"just now: {bf16 * 1e3:.2f} ms against {fp32 * 1e3:.3f} ms), so training will be several times slower; "
-          f"use precision=fp32 (or auto, which picks fp32 on this CPU)", file=sys.stderr, flush=True)
 
 
 def not_trained(cfg: Config, h: str, run_dir: Path | None) -> dict:
@@ -409,7 +438,7 @@ class Trainer:
                                         "final_val": None, "resumes": 0,
                                         "started_at": datetime.now(timezone.utc).isoformat()}
         step, ptr = (ck["step"], ck["ptr"]) if ck else (0, 0)
-        code = {**ledger.git_state(), "torch_version": torch.__version__, "device": self.device}
+        code = {**host.git_state(), "torch_version": torch.__version__, "device": self.device}
         if ck:
             state["resumes"] += 1
             state.setdefault("code", [{"git_commit": None, "note": "started before code was recorded"}])
@@ -418,7 +447,7 @@ class Trainer:
         else:
             state["code"] = [code]
             log.log("hyperparameters_configured", **self.meta["config"], run_hash=self.meta["hash"])
-            log.log("device_info", **ledger.hardware(self.device))
+            log.log("device_info", **host.hardware(self.device))
             log.log("dataset_info", titles_count=c.n_train_titles, epochs=cfg.epochs,
                     batches_per_epoch=self.steps_per_epoch, tokens_per_epoch=len(c.train_ids),
                     vocab_size=c.vocab_size, val_tokens=len(c.val_ids), val_chars=c.val_chars,
@@ -537,7 +566,7 @@ class Trainer:
             "peak_rss_process_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "resumes": state["resumes"],
             "started_at": state["started_at"], "finished_at": datetime.now(timezone.utc).isoformat(),
-            "hardware": ledger.hardware(self.device), **state["code"][0], "code_history": state["code"],
+            "hardware": host.hardware(self.device), **state["code"][0], "code_history": state["code"],
         }
         if self.device == "cuda":
             summary["peak_cuda_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20

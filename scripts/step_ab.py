@@ -21,8 +21,7 @@ import torch
 
 from mainrun.bench import random_batch, train_step
 from mainrun.config import make_config, parse_overrides
-from mainrun.ledger import hardware
-from mainrun.train import resolve_execution
+from mainrun.host import hardware, resolve_execution
 
 
 def main() -> None:

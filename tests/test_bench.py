@@ -73,7 +73,7 @@ def test_ab_against_a_commit_times_both_codes_alternately():
 
 def test_a_cpu_hardware_record_says_whether_bf16_is_native(monkeypatch):
     """Two kinds of 2-core CPU give a 60-minute run different compute: the record tells them apart."""
-    from mainrun import ledger
+    from mainrun import host
     for native in (True, False):
-        monkeypatch.setattr(ledger, "native_bf16", lambda device, native=native: native)
-        assert ledger.hardware("cpu")["native_bf16"] is native
+        monkeypatch.setattr(host, "native_bf16", lambda device, native=native: native)
+        assert host.hardware("cpu")["native_bf16"] is native

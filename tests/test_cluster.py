@@ -15,10 +15,10 @@ from conftest import STANDIN, have_standin
 pytest.importorskip("distributed")
 optuna = pytest.importorskip("optuna")
 
-from mainrun import bench, cluster, ledger, search, sweep  # noqa: E402
+from mainrun import bench, cluster, ledger, search, sweep, train  # noqa: E402
 from mainrun.config import STANDIN_SHA256  # noqa: E402
 from mainrun.data import file_sha256  # noqa: E402
-from mainrun.train import run  # noqa: E402
+from mainrun.train import resolve_job, run  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not have_standin(), reason="needs the offline stand-in corpus (MAINRUN_DATA)")
 
@@ -95,7 +95,7 @@ def test_killed_worker_retries_and_resumes_from_its_checkpoint(client, tmp_path,
 
     spec = {"base": {"batch_size": 32, "checkpoint_every": 5}, "points": {"k": {"lr": 3e-3}}}
     pairs = sweep.build_configs(spec, "smoke", "kill")
-    jobs = [cluster.resolve_job(cfg, label=p.label) for p, cfg in pairs]
+    jobs = [resolve_job(cfg, label=p.label) for p, cfg in pairs]
     [summary] = cluster.run_points(jobs, client, cluster.data_files(jobs), "kill", timeout=TIMEOUT, on_step=kill_once)
 
     assert marker.exists()
@@ -162,7 +162,7 @@ def test_data_reaches_workers_through_the_cluster(client, worker_env, tmp_path, 
     shutil.copy(STANDIN, src)
     monkeypatch.setenv("MAINRUN_DATA", str(src))
     pairs = sweep.build_configs({"base": {"batch_size": 32}, "points": {"d": {"lr": 2e-3}}}, "smoke", "data")
-    jobs = [cluster.resolve_job(cfg, label=p.label) for p, cfg in pairs]
+    jobs = [resolve_job(cfg, label=p.label) for p, cfg in pairs]
     files = cluster.data_files(jobs)
     src.unlink()                                      # the driver's file is gone before any worker trains
     [summary] = cluster.run_points(jobs, client, files, "data", timeout=TIMEOUT)
@@ -197,7 +197,7 @@ def test_median_thresholds_apply_optuna_median_pruner_rule():
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
     for curve in ([(1, 9.0), (10, 2.9), (20, 2.1)], [(1, 4.0), (10, 3.1)], [(1, 5.0), (10, 2.0), (20, 1.0)],
                   [(1, 5.0), (10, 2.9), (20, 1.95), (30, 1.9)]):
-        ours = cluster.pruner(thresholds)
+        ours = train.pruner(thresholds)
         trial = study.ask()
         for step, loss in curve:
             trial.report(loss, step)

@@ -19,7 +19,7 @@ import pytest
 import mainrun
 import mainrun.train as train_mod
 from conftest import ROOT, have_standin
-from mainrun import cli, ledger, optim
+from mainrun import cli, host, ledger
 from mainrun.config import make_config
 
 pytestmark = pytest.mark.skipif(not have_standin(), reason="needs the offline HN corpus (MAINRUN_DATA)")
@@ -136,8 +136,8 @@ def workers(tmp_path_factory):
 
 
 def _jobs(spec: dict, study: str):
-    from mainrun import cluster, sweep
-    return [cluster.resolve_job(cfg, label=p.label) for p, cfg in sweep.build_configs(spec, "smoke", study)]
+    from mainrun import sweep
+    return [train_mod.resolve_job(cfg, label=p.label) for p, cfg in sweep.build_configs(spec, "smoke", study)]
 
 
 def test_two_workers_training_one_config_take_turns_with_its_checkpoints(isolated, workers):
@@ -309,8 +309,8 @@ def test_repair_refuses_a_log_that_did_not_finish(isolated):
 
 # ----------------------------------------------------------------------------- 6. emulated bf16
 def test_bf16_on_a_cpu_without_native_bf16_warns_once(isolated, monkeypatch, capsys):
-    monkeypatch.setattr(optim, "native_bf16", lambda device: False)
-    train_mod.warn_emulated_bf16.cache_clear()          # it warns once per process
+    monkeypatch.setattr(host, "native_bf16", lambda device: False)
+    host.warn_emulated_bf16.cache_clear()               # it warns once per process
 
     class Stop(Exception):
         pass

@@ -3,7 +3,7 @@ find every run they ask for, whatever the host probe says (an AVX2-only CPU, a C
 CUDA machine), so they train nothing and rewrite no study record; and the analysis the report reads
 comes out of the committed ledger as committed.
 
-The host is faked at the two probes the code consults: `optim.native_bf16` (which `precision=auto`
+The host is faked at the two probes the code consults: `host.native_bf16` (which `precision=auto`
 follows) and `torch.cuda.is_available` (which `device=auto` follows). Training is made impossible
 (`train.Trainer` raises), so a study that asks for a run the ledger lacks fails the test by name; under
 `full` the notebooks only read the ledger (train=None), so every point they ask for is recorded and one the
@@ -30,11 +30,10 @@ HOSTS = {
 
 
 def fake_host(monkeypatch, bf16: bool, cuda: bool) -> None:
-    import mainrun.optim
+    import mainrun.host
     import mainrun.train
     probe = lambda device="cpu": bf16 or device == "cuda"
-    monkeypatch.setattr(mainrun.optim, "native_bf16", probe)
-    monkeypatch.setattr(mainrun.train, "native_bf16", probe)
+    monkeypatch.setattr(mainrun.host, "native_bf16", probe)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
 
     class NoTraining:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from mainrun.config import CHOICES, PRESETS, PROFILES, Config, make_config
-from mainrun.presets import LADDER
+from mainrun.config import CHOICES, PROFILES, Config, make_config
+from mainrun.presets import LADDER, PRESETS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

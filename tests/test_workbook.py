@@ -1,4 +1,6 @@
 """The workbook's small parts: sweep specs, the seed test, the report's two render paths agreeing."""
+import json
+
 import pytest
 
 from mainrun import sweep
@@ -69,3 +71,16 @@ def test_includes_and_cross_references_render_as_quarto_would(tmp_path):
     (tmp_path / "part.md").write_text("| a |\n|:--|\n| 1 |\n")
     assert expand_includes("x\n{{< include part.md >}}\n\ny\n", tmp_path) == "x\n| a |\n|:--|\n| 1 |\n\ny\n"
     assert CITE_REF.sub(r"@\1", 'See #cite(<fig-curves>, form: "prose").') == "See @fig-curves."
+
+
+@pytest.mark.parametrize("profile", ["full", "quick"])
+def test_the_ladder_on_disk_follows_the_one_ladder_table(profile, isolated):
+    """ladder.json's entries (each "stage" a rung) come in presets.LADDER's order, the proxy's own rung after
+    epic3 (studies.RUNG_ORDER): marking the committed ladder's rungs in reverse writes the committed bytes."""
+    from conftest import ROOT
+    from mainrun import studies
+
+    committed = ROOT / "results" / "studies" / profile / "ladder.json"
+    for e in reversed(json.loads(committed.read_text())["stages"]):
+        studies.mark_stage(profile, e["stage"], {"hash": e["hash"], "label": e["label"]}, note=e["note"])
+    assert (studies.studies_dir(profile) / "ladder.json").read_bytes() == committed.read_bytes()
