@@ -64,4 +64,7 @@ LADDER: tuple[dict[str, Any], ...] = (
          what="the tuned single model: final3 with weight decay 0.1, two heads and AdamW beta1 0.8"),
     dict(rung="final7", record="2026-12-01-final7", preset="final7", study="14_final7", single=False,
          what="a three-model ensemble: three final4 models trained side by side, averaged in probability"),
+    dict(rung="final8", record="2026-12-08-final8", preset="final8", study="final8", single=False,
+         what="final7 with each member's head at its own learning rate (the code-version-1 defect fixed) and "
+              "hashed dropout masks"),
 )
