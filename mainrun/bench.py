@@ -154,7 +154,10 @@ def breakdown(cfg: Config, device: str, s_per_step: float) -> dict[str, float]:
     import torch._inductor.config as inductor
     from torch.profiler import profile
 
-    inductor.cpp.enable_kernel_profile = True           # before the first compile: one event per fused kernel
+    # one profiler event per fused kernel: set before compiling, with the FX graph cache off (a cached graph from
+    # this process's earlier compile has no kernel events) and dynamo's state reset
+    cache, inductor.fx_graph_cache, inductor.cpp.enable_kernel_profile = inductor.fx_graph_cache, False, True
+    torch._dynamo.reset()
     try:
         step, _ = train_step(cfg, device, resolve_precision(cfg.precision, device), *random_batch(cfg, device))
         step(), step()
@@ -163,7 +166,7 @@ def breakdown(cfg: Config, device: str, s_per_step: float) -> dict[str, float]:
             step()
         wall = time.perf_counter() - t0
     finally:
-        inductor.cpp.enable_kernel_profile = False
+        inductor.cpp.enable_kernel_profile, inductor.fx_graph_cache = False, cache
     parts = dict.fromkeys(PARTS, 0.0)
     for ev in prof.events():
         chain, up = [ev.name], ev.cpu_parent
