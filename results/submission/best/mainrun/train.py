@@ -1,4 +1,4 @@
-"""Mainrun train.py: the ledger run `full-14_final4-final4-2821b86aca17` of the mainrun workbench.
+"""Mainrun train.py: the ledger run `full-final8-final8-7ca36c0c4295` of the mainrun workbench.
 
 One self-contained script, run by `task train` (`python3 train.py` in mainrun/): it loads the Hacker News titles
 (or, with MAINRUN_DATA=/path/to/titles.parquet/.jsonl/.csv set, that file's 'title' column, and says so), trains
@@ -39,7 +39,7 @@ class Hyperparameters:
     d_model: int = 192                    # width of the residual stream
     dropout: float = 0.05                 # dropout on embeddings, attention probabilities and residual branches
     attn_dropout: float = -1.0            # dropout on attention probabilities alone; -1 = dropout
-    dropout_rng: str = "torch"            # torch: its dropout masks | hash: masks hashed from the element index
+    dropout_rng: str = "hash"             # torch: its dropout masks | hash: masks hashed from the element index
     norm: str = "layernorm"               # layernorm | rmsnorm
     pos: str = "rope"                     # learned position embedding | rope (rotary embeddings of q and k)
     init: str = "scaled_residual"         # normal: std 0.02 | scaled_residual: residual writers / sqrt(2 n_layer)
@@ -47,7 +47,7 @@ class Hyperparameters:
     qk_norm: bool = True                  # RMS-normalise queries and keys per head
     tie_embeddings: bool = False          # the output head shares the token embedding's weights
     unet: bool = True                     # U-net: the first half's block outputs, scaled, enter the last half
-    ensemble: int = 1                     # k models trained side by side; predict the mean of their probabilities
+    ensemble: int = 3                     # k models trained side by side; predict the mean of their probabilities
     # --- optimisation
     optimizer: str = "muon"               # sgd | adamw | muon (Muon on the hidden matrices, AdamW on the rest)
     lr: float = 0.002                     # peak learning rate (of the AdamW part under muon)
@@ -70,10 +70,10 @@ class Hyperparameters:
     decay_shape: str = "sqrt"             # wsd: linear | sqrt (1 - sqrt(progress) cooldown)
     ema: float = 0.99                     # decay of the weights' moving average that evaluate() scores; 0 = off
     # --- execution and log
-    evals_per_epoch: int = 2              # validation passes per epoch (plus the first and the last step)
+    evals_per_epoch: int = 1              # validation passes per epoch (plus the first and the last step)
     device: str = "cpu"                   # auto (cuda if available) | cpu | cuda
-    precision: str = "fp32"               # fp32 | bf16 (autocast) | auto: bf16 where matmuls have native bf16
-    compile: bool = False                 # torch.compile the training forward pass
+    precision: str = "bf16"               # fp32 | bf16 (autocast) | auto: bf16 where matmuls have native bf16
+    compile: bool = True                  # torch.compile the training forward pass
     log_file: str = "./logs/mainrun.log"  # the JSONL event log
 
 
