@@ -29,8 +29,8 @@ from typing import Any
 import jinja2
 
 from . import ledger
-from .config import (CODE_CHANGES, CODE_VERSION, HUB_DATASET, Config, code_version, make_config, recorded_config,
-                     rules_check)
+from .config import (CODE_CHANGES, CODE_VERSION, HUB_DATASET, Config, code_version, latest_code_version,
+                     make_config, recorded_config, rules_check)
 from .ledger import atomic_write_bytes, repo_root
 from .presets import PRESETS
 
@@ -117,7 +117,7 @@ def check_recipe(recipe: Recipe) -> None:
     if not ok:
         raise ExportError(f"{recipe.label} changes what the Mainrun rules fix: {'; '.join(reasons)}; a submission "
                           f"keeps epochs=7, seed=1337, num_titles=100000, val_frac=0.1 and the dataset")
-    if code_version(cfg) < code_version(dataclasses.replace(cfg, code_version=0)):
+    if code_version(cfg) < latest_code_version(cfg):
         raise ExportError(f"{recipe.label} ran under code version {code_version(cfg)}, before "
                           f"{CODE_CHANGES[code_version(cfg) + 1][0]}; the exported script is this code's "
                           f"(version {CODE_VERSION}) and would not reproduce its numbers: export a run of this "

@@ -352,15 +352,13 @@ def test_recommended_runs_are_the_ledgers_best(monkeypatch):
     """final: the lowest official single-model loss among the runs on the baseline's CPU (fp32, AVX2) that took
     60 minutes or less; best: the lowest official loss of a CPU run that the exported script reproduces (one
     made under the code version this code gives its config)."""
-    import dataclasses
-    from mainrun.config import code_version, recorded_config
+    from mainrun.config import code_version, latest_code_version, recorded_config
     monkeypatch.setenv("MAINRUN_RESULTS", str(ROOT / "results"))
     runs = [r for r in ledger.load_runs(ROOT / "results") if r["status"] == "finished" and r["summary"]["official"]]
     cpu = [r for r in runs if r["config"]["device"] == "cpu"]
     budget = [r for r in cpu if r["config"]["precision"] == "fp32" and r["config"].get("ensemble", 1) == 1
               and r["summary"]["wall_time_s"] <= 3600]
-    current = [r for r in cpu if code_version(c := recorded_config(r["config"]))
-               == code_version(dataclasses.replace(c, code_version=0))]
+    current = [r for r in cpu if code_version(c := recorded_config(r["config"])) == latest_code_version(c)]
     best = lambda rs: min(rs, key=lambda r: r["summary"]["final_val_loss"])["hash"]  # noqa: E731
     assert export.RECOMMENDED == {"final": best(budget), "best": best(current)}
     assert best(cpu) not in export.RECOMMENDED.values() or best(cpu) == best(current)
